@@ -1,0 +1,82 @@
+"""The combiner contract: a `[k, n]` matrix of group gradients in, one `[n]` gradient out."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar, NamedTuple
+
+from torch import Tensor
+
+from gradsurg.combiners.gramian import gramian, weighted_rows
+from gradsurg.errors import ConfigError
+
+
+class Combined(NamedTuple):
+    """A combiner's output: the gradient and per-step facts for logging (plain floats)."""
+
+    gradient: Tensor
+    info: dict[str, float]
+
+
+class Combiner:
+    """Turns the per-group gradient matrix into the gradient the optimizer steps with.
+
+    Subclasses implement `combine`. State that must survive a restart (a generator, an EMA)
+    goes through `state_dict` / `load_state_dict` as tensors and plain values only.
+    """
+
+    name: ClassVar[str] = ""
+    #: True when `combine` reads the Gramian, so the caller can compute it once and share it.
+    uses_gramian: ClassVar[bool] = False
+
+    def __call__(
+        self, matrix: Tensor, names: Sequence[str], *, gram: Tensor | None = None
+    ) -> Combined:
+        if matrix.dim() != 2 or matrix.shape[0] != len(names):
+            raise ValueError(f"expected a [{len(names)}, n] matrix, got {tuple(matrix.shape)}")
+        if self.uses_gramian and gram is None:
+            gram = gramian(matrix)
+        return self.combine(matrix, list(names), gram)
+
+    def combine(self, matrix: Tensor, names: list[str], gram: Tensor | None) -> Combined:
+        raise NotImplementedError
+
+    def linear_weights(self, names: Sequence[str]) -> list[float] | None:
+        """Fixed weights w when the output is always `w @ matrix`, else None.
+
+        With fixed weights the matrix never needs to exist: one backward pass of the weighted
+        loss sum gives the same gradient, which is how `sum` and `mean` cost nothing extra.
+        """
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        del state
+
+
+class GramianWeighting(Combiner):
+    """A combiner whose output is `w @ matrix` with w chosen from the Gramian alone."""
+
+    uses_gramian = True
+
+    def combine(self, matrix: Tensor, names: list[str], gram: Tensor | None) -> Combined:
+        assert gram is not None
+        weights, info = self.weights(gram, names)
+        return Combined(weighted_rows(weights, matrix), info)
+
+    def weights(self, gram: Tensor, names: list[str]) -> tuple[Tensor, dict[str, float]]:
+        """float64 `[k]` weights for the rows, from the float64 `[k, k]` Gramian."""
+        raise NotImplementedError
+
+
+def row_index(names: Sequence[str], group: str, *, role: str, combiner: str) -> int:
+    """Position of `group` among the matrix rows, or a clear error naming what exists."""
+    try:
+        return list(names).index(group)
+    except ValueError:
+        raise ConfigError(
+            f"combiner {combiner!r}: {role} group {group!r} is not among the loss groups "
+            f"{list(names)}"
+        ) from None

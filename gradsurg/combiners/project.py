@@ -1,0 +1,39 @@
+"""`project`: GEM / A-GEM-style one-sided projection, as RomeBERT's gradient regularization."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from gradsurg.combiners.base import GramianWeighting, row_index
+from gradsurg.errors import ConfigError
+
+
+class Project(GramianWeighting):
+    """Project the target group's gradient off the reference's when they conflict.
+
+    With target t and reference r:
+        if g_t . g_r < 0:  g_t <- g_t - (g_t . g_r / ||g_r||^2) g_r
+        g = g_t + g_r + sum of all other groups
+    Only the target moves; the reference is kept whole. RomeBERT's paper projects the final
+    exit's gradient (target `final`) against self-distillation's (reference `sd`); its code
+    does the reverse on MNLI and QQP, which is `target: sd, reference: final` here.
+    """
+
+    name = "project"
+
+    def __init__(self, *, target: str, reference: str) -> None:
+        if target == reference:
+            raise ConfigError(f"combiner 'project': target and reference are both {target!r}")
+        self.target = target
+        self.reference = reference
+
+    def weights(self, gram: Tensor, names: list[str]) -> tuple[Tensor, dict[str, float]]:
+        t = row_index(names, self.target, role="target", combiner=self.name)
+        r = row_index(names, self.reference, role="reference", combiner=self.name)
+        weights = torch.ones(len(names), dtype=torch.float64, device=gram.device)
+        dot, reference_sq = gram[t, r].item(), gram[r, r].item()
+        fired = dot < 0 and reference_sq > 0
+        if fired:
+            weights[r] -= dot / reference_sq
+        return weights, {"project/fired": float(fired)}

@@ -1,0 +1,224 @@
+"""`Surgery`: per-group backward passes now, the combination at `optimizer.step()`.
+
+    surgery = Surgery(model, optimizer, "project", ...)
+    surgery.backward({"final": loss_final, "sd": loss_sd})   # any number of micro-batches
+    optimizer.step()                                         # pre-hook combines, then steps
+    optimizer.zero_grad()
+
+The combiner runs in a step pre-hook, so LR schedulers and any `torch.optim.Optimizer` work
+unchanged. Between `backward` and the step, the selected parameters' gradients live in the
+matrix (their `.grad` is None); after the hook their `.grad` holds the combined gradient.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from gradsurg.combiners import CombinerSpec, build_combiner, gramian
+from gradsurg.errors import ConfigError, GradsurgError
+from gradsurg.jacobian import MODES, GradientMatrix, Mode, resolve_mode
+from gradsurg.params import (
+    FlatLayout,
+    NamedParameters,
+    match_patterns,
+    reached_parameters,
+    trainable_parameters,
+)
+
+
+class Surgery:
+    """Collects one gradient row per loss group and combines them before each optimizer step.
+
+    Args:
+        model: the module whose trainable parameters are trained.
+        optimizer: any optimizer over (a superset of) those parameters.
+        combiner: a combiner, its registered name, or a `{name: ..., **options}` mapping.
+        include, exclude: name globs choosing the parameters to operate on. Default: every
+            trainable parameter that more than one group reaches (found on the first backward),
+            minus `exclude`. All others receive the plain sum of the group gradients.
+        mode: `sequential`, `batched` or `auto` (batched on accelerators, sequential on CPU).
+        max_grad_norm: clip the combined gradient (all trainable parameters) to this norm.
+        diagnostics_every: with fixed-weight combiners (sum, mean) the matrix is skipped; set N
+            to still build it every N-th step for diagnostics. Other combiners always build it.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: Optimizer,
+        combiner: CombinerSpec,
+        *,
+        include: Sequence[str] | None = None,
+        exclude: Sequence[str] | None = None,
+        mode: Mode = "auto",
+        max_grad_norm: float | None = None,
+        diagnostics_every: int | None = None,
+    ) -> None:
+        if mode not in MODES:
+            raise ConfigError(f"mode {mode!r} is not one of {list(MODES)}")
+        if max_grad_norm is not None and not max_grad_norm > 0:
+            raise ConfigError(f"max_grad_norm must be > 0, got {max_grad_norm}")
+        if diagnostics_every is not None and diagnostics_every < 1:
+            raise ConfigError(f"diagnostics_every must be >= 1, got {diagnostics_every}")
+        self.model = model
+        self.optimizer = optimizer
+        self.combiner = build_combiner(combiner)
+        self.include = list(include) if include is not None else None
+        self.exclude = list(exclude or [])
+        self.mode: Mode = mode
+        self.max_grad_norm = max_grad_norm
+        self.diagnostics_every = diagnostics_every
+        self.steps = 0
+        self.diagnostics: dict[str, float] = {}
+        self._trainable: NamedParameters = trainable_parameters(model)
+        if not self._trainable:
+            raise ConfigError("the model has no trainable parameters")
+        self._layout: FlatLayout | None = None
+        self._outside: list[nn.Parameter] = []
+        self._matrix: GradientMatrix | None = None
+        self._pending_names: tuple[str, ...] | None = None
+        self._combined_grads: dict[int, int] = {}
+        self._hook = optimizer.register_step_pre_hook(self._before_step)
+
+    # ---- public API -------------------------------------------------------------------------
+
+    @property
+    def selected_names(self) -> list[str]:
+        """Names of the parameters the combiner operates on (known after the first backward)."""
+        return list(self._layout.names) if self._layout else []
+
+    def backward(self, losses: Mapping[str, Tensor]) -> None:
+        """Backward every group's loss; call once per micro-batch, then `optimizer.step()`."""
+        names = tuple(losses)
+        values = [self._checked_loss(name, loss) for name, loss in losses.items()]
+        if not names:
+            raise GradsurgError("surgery.backward() needs at least one loss group")
+        if self._pending_names is not None and names != self._pending_names:
+            raise GradsurgError(
+                f"loss groups changed within one optimizer step: {list(self._pending_names)} "
+                f"then {list(names)}"
+            )
+        self._pending_names = names
+        if self._layout is None:
+            self._choose_parameters(values)
+        assert self._layout is not None
+        weights = self.combiner.linear_weights(names)
+        if weights is not None and not self._diagnose_this_step():
+            total = sum(w * loss for w, loss in zip(weights, values))
+            torch.autograd.backward(total, inputs=[p for _, p in self._trainable])
+            return
+        self._release_combined_grads()
+        if self._matrix is None:
+            self._matrix = GradientMatrix(names, self._layout)
+        self._matrix.accumulate(
+            values, self._outside, mode=resolve_mode(self.mode, self._layout.device)
+        )
+
+    def combine(self) -> None:
+        """Write the combined gradient into `.grad`; the optimizer's pre-hook calls this."""
+        self.diagnostics = {}
+        matrix, self._matrix = self._matrix, None
+        self._pending_names = None
+        if matrix is not None and self._layout is not None:
+            self._write_combined(matrix)
+        if self.max_grad_norm is not None:
+            params = [p for _, p in self._trainable if p.grad is not None]
+            norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
+            self.diagnostics["grad_norm/total"] = float(norm)
+        self.steps += 1
+
+    def discard(self) -> None:
+        """Drop the gradients collected since the last step (e.g. after a skipped step)."""
+        self._matrix = None
+        self._pending_names = None
+
+    def remove(self) -> None:
+        """Detach from the optimizer."""
+        self._hook.remove()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"steps": self.steps, "combiner": self.combiner.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.steps = int(state["steps"])
+        self.combiner.load_state_dict(dict(state["combiner"]))
+
+    # ---- internals --------------------------------------------------------------------------
+
+    def _before_step(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
+        self.combine()
+
+    def _diagnose_this_step(self) -> bool:
+        return self.diagnostics_every is not None and self.steps % self.diagnostics_every == 0
+
+    def _checked_loss(self, name: str, loss: Tensor) -> Tensor:
+        if not isinstance(loss, Tensor) or loss.numel() != 1:
+            raise GradsurgError(f"loss group {name!r} must be a scalar tensor")
+        return loss.reshape(())
+
+    def _choose_parameters(self, losses: Sequence[Tensor]) -> None:
+        if self.include is not None:
+            selected = match_patterns(self._trainable, include=self.include, exclude=self.exclude)
+        else:
+            params = [p for _, p in self._trainable]
+            counts: dict[int, int] = {}
+            for loss in losses:
+                for pid in reached_parameters(loss, params):
+                    counts[pid] = counts.get(pid, 0) + 1
+            candidates = match_patterns(self._trainable, exclude=self.exclude)
+            selected = [(n, p) for n, p in candidates if counts.get(id(p), 0) > 1]
+        self._layout = FlatLayout.of(selected)
+        chosen = {id(p) for _, p in selected}
+        self._outside = [p for _, p in self._trainable if id(p) not in chosen]
+
+    def _write_combined(self, matrix: GradientMatrix) -> None:
+        layout = self._layout
+        assert layout is not None
+        names = list(matrix.names)
+        gram = gramian(matrix.values)  # one pass; shared by the combiner and diagnostics
+        combined = self.combiner(matrix.values, names, gram=gram)
+        del matrix  # free the [k, n] rows before the optimizer allocates its temporaries
+        self._combined_grads = {}
+        for p, view in zip(layout.params, layout.views(combined.gradient)):
+            p.grad = view
+            self._combined_grads[id(p)] = view.data_ptr()
+        self.diagnostics.update(combined.info)
+        if gram is not None:
+            self.diagnostics.update(_gram_diagnostics(gram, names))
+        self.diagnostics["grad_norm/combined"] = float(combined.gradient.norm())
+
+    def _release_combined_grads(self) -> None:
+        """Before a step's first matrix backward, the selected `.grad`s must be ours or None.
+
+        A gradient put there by something else would be silently overwritten, so refuse it.
+        """
+        if self._matrix is not None or self._layout is None:
+            return
+        for name, p in zip(self._layout.names, self._layout.params):
+            if p.grad is None:
+                continue
+            if self._combined_grads.get(id(p)) != p.grad.data_ptr():
+                raise GradsurgError(
+                    f"parameter {name!r} already has a gradient that gradsurg did not write; "
+                    "call optimizer.zero_grad() before surgery.backward()"
+                )
+            p.grad = None
+
+
+def _gram_diagnostics(gram: Tensor, names: Sequence[str]) -> dict[str, float]:
+    """Per-group gradient norms and pairwise cosines from the Gramian (one device sync)."""
+    values = gram.tolist()
+    norms = [math.sqrt(max(values[i][i], 0.0)) for i in range(len(names))]
+    out = {f"grad_norm/{name}": norms[i] for i, name in enumerate(names)}
+    for i in range(len(names)):
+        for j in range(i + 1, len(names)):
+            denominator = norms[i] * norms[j]
+            cosine = values[i][j] / denominator if denominator > 0 else 0.0
+            out[f"cosine/{names[i]}/{names[j]}"] = cosine
+    return out
