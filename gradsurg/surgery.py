@@ -44,8 +44,9 @@ class Surgery:
             minus `exclude`. All others receive the plain sum of the group gradients.
         mode: `sequential`, `batched` or `auto` (batched on accelerators, sequential on CPU).
         max_grad_norm: clip the combined gradient (all trainable parameters) to this norm.
-        diagnostics_every: with fixed-weight combiners (sum, mean) the matrix is skipped; set N
-            to still build it every N-th step for diagnostics. Other combiners always build it.
+        diagnostics_every: with uniform-weight combiners (sum, mean) the matrix is skipped (one
+            backward of the summed loss gives the same gradient); set N to still build it every
+            N-th step for diagnostics. Other combiners always build it.
     """
 
     def __init__(
@@ -83,7 +84,7 @@ class Surgery:
         self._outside: list[nn.Parameter] = []
         self._matrix: GradientMatrix | None = None
         self._pending_names: tuple[str, ...] | None = None
-        self._combined_grads: dict[int, int] = {}
+        self._shortcut_scale = 1.0
         self._hook = optimizer.register_step_pre_hook(self._before_step)
 
     # ---- public API -------------------------------------------------------------------------
@@ -109,11 +110,13 @@ class Surgery:
             self._choose_parameters(values)
         assert self._layout is not None
         weights = self.combiner.linear_weights(names)
-        if weights is not None and not self._diagnose_this_step():
-            total = sum(w * loss for w, loss in zip(weights, values))
-            torch.autograd.backward(total, inputs=[p for _, p in self._trainable])
+        if weights is not None and len(set(weights)) == 1 and not self._diagnose_this_step():
+            # g = w * sum_i g_i on the selected parameters and the plain sum elsewhere: one
+            # backward pass of the summed loss, the selected gradients scaled at the step.
+            torch.autograd.backward(sum(values), inputs=[p for _, p in self._trainable])
+            self._shortcut_scale = weights[0]
             return
-        self._release_combined_grads()
+        self._release_stale_grads()
         if self._matrix is None:
             self._matrix = GradientMatrix(names, self._layout)
         self._matrix.accumulate(
@@ -127,6 +130,11 @@ class Surgery:
         self._pending_names = None
         if matrix is not None and self._layout is not None:
             self._write_combined(matrix)
+        elif self._shortcut_scale != 1.0 and self._layout is not None:
+            for p in self._layout.params:
+                if p.grad is not None:
+                    p.grad.mul_(self._shortcut_scale)
+        self._shortcut_scale = 1.0
         if self.max_grad_norm is not None:
             params = [p for _, p in self._trainable if p.grad is not None]
             norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
@@ -137,6 +145,7 @@ class Surgery:
         """Drop the gradients collected since the last step (e.g. after a skipped step)."""
         self._matrix = None
         self._pending_names = None
+        self._shortcut_scale = 1.0
 
     def remove(self) -> None:
         """Detach from the optimizer."""
@@ -184,29 +193,28 @@ class Surgery:
         gram = gramian(matrix.values)  # one pass; shared by the combiner and diagnostics
         combined = self.combiner(matrix.values, names, gram=gram)
         del matrix  # free the [k, n] rows before the optimizer allocates its temporaries
-        self._combined_grads = {}
         for p, view in zip(layout.params, layout.views(combined.gradient)):
             p.grad = view
-            self._combined_grads[id(p)] = view.data_ptr()
         self.diagnostics.update(combined.info)
         if gram is not None:
             self.diagnostics.update(_gram_diagnostics(gram, names))
         self.diagnostics["grad_norm/combined"] = float(combined.gradient.norm())
 
-    def _release_combined_grads(self) -> None:
-        """Before a step's first matrix backward, the selected `.grad`s must be ours or None.
+    def _release_stale_grads(self) -> None:
+        """Before a step's first matrix backward the selected `.grad`s must be None or zero.
 
-        A gradient put there by something else would be silently overwritten, so refuse it.
+        Anything else (the last step's gradient when `zero_grad` was forgotten, or a plain
+        backward's) would be silently dropped, so it is refused instead.
         """
         if self._matrix is not None or self._layout is None:
             return
         for name, p in zip(self._layout.names, self._layout.params):
             if p.grad is None:
                 continue
-            if self._combined_grads.get(id(p)) != p.grad.data_ptr():
+            if bool(p.grad.any()):
                 raise GradsurgError(
-                    f"parameter {name!r} already has a gradient that gradsurg did not write; "
-                    "call optimizer.zero_grad() before surgery.backward()"
+                    f"parameter {name!r} already has a non-zero gradient; call "
+                    "optimizer.zero_grad() before surgery.backward()"
                 )
             p.grad = None
 

@@ -31,9 +31,17 @@ class Project(GramianWeighting):
     def weights(self, gram: Tensor, names: list[str]) -> tuple[Tensor, dict[str, float]]:
         t = row_index(names, self.target, role="target", combiner=self.name)
         r = row_index(names, self.reference, role="reference", combiner=self.name)
+        coefficient = projection_coefficient(gram, t, r)
         weights = torch.ones(len(names), dtype=torch.float64, device=gram.device)
-        dot, reference_sq = gram[t, r].item(), gram[r, r].item()
-        fired = dot < 0 and reference_sq > 0
-        if fired:
-            weights[r] -= dot / reference_sq
-        return weights, {"project/fired": float(fired)}
+        weights[r] -= coefficient
+        return weights, {"project/fired": float(coefficient != 0.0)}
+
+
+def projection_coefficient(gram: Tensor, t: int, r: int) -> float:
+    """c such that the projected target is g_t - c g_r: (g_t . g_r) / ||g_r||^2 on conflict, else 0.
+
+    Kept separate from the row weights because 1 - c rounds away a small c, while g_t - c g_r
+    does not: tests check the projection itself through this number.
+    """
+    dot, reference_sq = gram[t, r].item(), gram[r, r].item()
+    return dot / reference_sq if dot < 0 and reference_sq > 0 else 0.0
