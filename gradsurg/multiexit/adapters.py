@@ -1,0 +1,208 @@
+"""Adapters: one small interface over the layer stacks of Hugging Face encoders.
+
+An early-exit runner must stop after any layer and may drop finished rows between
+layers, so it cannot call the HF model's ``forward`` (which runs every layer). Each
+adapter exposes the three pieces it needs — embeddings, one layer at a time, and the
+attention mask in the form that layer expects — and nothing else. New architectures
+(ALBERT, RoBERTa, MPNet) subclass :class:`EncoderAdapter` and register themselves
+under their ``config.model_type``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
+
+from torch import Tensor, nn
+
+from gradsurg.errors import ConfigError
+
+__all__ = [
+    "ADAPTERS",
+    "BertAdapter",
+    "EncoderAdapter",
+    "LayerMask",
+    "make_adapter",
+    "register_adapter",
+]
+
+
+@dataclass(frozen=True)
+class LayerMask:
+    """An attention mask ready for one backbone's layers, plus the padding mask it came from.
+
+    ``value`` is whatever the HF layer wants for the configured attention implementation
+    (an additive float mask for eager, a boolean mask or ``None`` for sdpa, ...), so it is
+    opaque to callers. ``padding`` ([B, T], 1 = real token) is kept because exits need it
+    for mean pooling and because a runner that drops rows re-prepares the mask from it
+    (some forms, e.g. flex-attention block masks, cannot be row-sliced).
+    """
+
+    padding: Tensor
+    value: Any
+
+    def select(self, adapter: EncoderAdapter, rows: Tensor, hidden: Tensor) -> LayerMask:
+        """Keep only ``rows`` (index or boolean tensor); ``hidden`` is already row-selected."""
+        return adapter.prepare_mask(self.padding[rows], hidden)
+
+
+class EncoderAdapter(nn.Module, ABC):
+    """Layer-by-layer access to an encoder; owns exactly the modules it runs.
+
+    Subclasses set ``model_type`` (the HF ``config.model_type`` they handle).
+    """
+
+    model_type: ClassVar[str]
+
+    def __init__(self, hf_config: Any) -> None:
+        super().__init__()
+        # Plain attribute, not a module: layers read the attention implementation from it.
+        self.hf_config = hf_config
+
+    @property
+    @abstractmethod
+    def num_layers(self) -> int:
+        """Number of transformer layers (= number of possible exits)."""
+
+    @property
+    def hidden_size(self) -> int:
+        """Width of the hidden states ``run_layer`` returns."""
+        return int(self.hf_config.hidden_size)
+
+    @property
+    def attn_implementation(self) -> str:
+        """Attention kernel the layers dispatch to (``eager``, ``sdpa``, ...)."""
+        return str(getattr(self.hf_config, "_attn_implementation", None) or "eager")
+
+    @abstractmethod
+    def embed(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        token_type_ids: Tensor | None = None,
+    ) -> Tensor:
+        """Token ids [B, T] -> hidden states [B, T, H] fed to layer 0."""
+
+    @abstractmethod
+    def prepare_mask(self, attention_mask: Tensor, hidden: Tensor) -> LayerMask:
+        """Turn a padding mask [B, T] (1 = token, 0 = pad) into what the layers expect."""
+
+    @abstractmethod
+    def _layer_forward(self, index: int, hidden: Tensor, mask_value: Any) -> Tensor:
+        """Run layer ``index`` with an already-prepared mask value."""
+
+    def run_layer(self, index: int, hidden: Tensor, attention_mask: LayerMask | Tensor) -> Tensor:
+        """Run layer ``index`` (0-based) alone: hidden [B, T, H] -> [B, T, H].
+
+        ``attention_mask`` is a :class:`LayerMask` from :meth:`prepare_mask` (prepare once,
+        reuse for every layer) or a raw [B, T] padding mask, prepared here on the fly. The
+        raw form is accepted on purpose: passing a 2-D mask straight to sdpa would broadcast
+        it along the wrong axis and corrupt results silently.
+        """
+        if not 0 <= index < self.num_layers:
+            raise ConfigError(
+                f"layer index {index} is out of range; allowed: 0..{self.num_layers - 1}"
+            )
+        if not isinstance(attention_mask, LayerMask):
+            attention_mask = self.prepare_mask(attention_mask, hidden)
+        return self._layer_forward(index, hidden, attention_mask.value)
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        token_type_ids: Tensor | None = None,
+    ) -> Tensor:
+        """All layers in order; the last hidden state [B, T, H] (used for checks)."""
+        hidden = self.embed(input_ids, attention_mask, token_type_ids)
+        mask = self.prepare_mask(attention_mask, hidden)
+        for i in range(self.num_layers):
+            hidden = self.run_layer(i, hidden, mask)
+        return hidden
+
+
+ADAPTERS: dict[str, type[EncoderAdapter]] = {}
+
+_A = TypeVar("_A", bound=type[EncoderAdapter])
+
+
+def register_adapter(cls: _A) -> _A:
+    """Class decorator: make ``cls`` the adapter for ``cls.model_type``."""
+    ADAPTERS[cls.model_type] = cls
+    return cls
+
+
+@register_adapter
+class BertAdapter(EncoderAdapter):
+    """Adapter for ``transformers.BertModel`` (any depth; covers the packaged MiniLM).
+
+    Only the embeddings and the layer list are kept: the HF pooler is not used (each exit
+    has its own), and leaving it registered would give parameters that never receive
+    gradients (DDP complains) and bloat checkpoints.
+    """
+
+    model_type = "bert"
+
+    def __init__(self, hf_model: nn.Module) -> None:
+        config = getattr(hf_model, "config", None)
+        encoder = getattr(hf_model, "encoder", None)
+        if config is None or not hasattr(hf_model, "embeddings") or encoder is None:
+            raise ConfigError(
+                f"backbone {type(hf_model).__name__} is not a BertModel; "
+                "allowed: a transformers BertModel (AutoModel of a model_type 'bert' checkpoint)"
+            )
+        if getattr(config, "is_decoder", False):
+            raise ConfigError("backbone config is_decoder=True; allowed: an encoder (False)")
+        super().__init__(config)
+        self.embeddings = hf_model.embeddings
+        self.layers = encoder.layer
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    def embed(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        token_type_ids: Tensor | None = None,
+    ) -> Tensor:
+        # BERT positions are absolute from 0, so the padding mask plays no part here.
+        return self.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
+
+    def prepare_mask(self, attention_mask: Tensor, hidden: Tensor) -> LayerMask:
+        # Same helper BertModel.forward uses, so every attention implementation gets the
+        # form it expects: eager an additive [B,1,T,T] float mask (dtype-min on pads),
+        # sdpa a boolean [B,1,T,T] mask or None when nothing is padded, flash a 2-D mask
+        # or None, flex a BlockMask.
+        from transformers.masking_utils import create_bidirectional_mask
+
+        if attention_mask.dim() != 2 or attention_mask.shape != hidden.shape[:2]:
+            raise ConfigError(
+                f"attention_mask shape {tuple(attention_mask.shape)} does not match the batch; "
+                f"allowed: [B, T] = {tuple(hidden.shape[:2])}"
+            )
+        padding = attention_mask.to(device=hidden.device)
+        value = create_bidirectional_mask(
+            config=self.hf_config, inputs_embeds=hidden, attention_mask=padding
+        )
+        return LayerMask(padding=padding, value=value)
+
+    def _layer_forward(self, index: int, hidden: Tensor, mask_value: Any) -> Tensor:
+        out = self.layers[index](hidden, mask_value)
+        # Older transformers returned a tuple from BertLayer; 5.x returns the tensor.
+        return out[0] if isinstance(out, tuple) else out
+
+
+def make_adapter(hf_model: nn.Module) -> EncoderAdapter:
+    """Pick the registered adapter by the backbone's ``config.model_type``."""
+    model_type = getattr(getattr(hf_model, "config", None), "model_type", None)
+    factory: Callable[[nn.Module], EncoderAdapter] | None = ADAPTERS.get(str(model_type))
+    if factory is None:
+        allowed = ", ".join(sorted(ADAPTERS))
+        raise ConfigError(
+            f"model_type {model_type!r} has no multi-exit adapter; allowed: {allowed}"
+        )
+    return factory(hf_model)

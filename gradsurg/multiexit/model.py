@@ -1,0 +1,281 @@
+"""MultiExitModel: an encoder with one exit after every layer, plus its checkpoint format.
+
+Checkpoint folder (everything needed for inference, no hub and no original backbone):
+
+- ``model.safetensors``     all weights (encoder + exits), shared tensors stored once
+- ``gradsurg_config.json``  :class:`MultiExitConfig`
+- ``config.json``           the backbone's HF config (rebuilt with random init, then loaded)
+- tokenizer files           when a tokenizer is passed to ``save_pretrained``
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from gradsurg.errors import ConfigError, GradsurgError
+from gradsurg.multiexit.adapters import EncoderAdapter, make_adapter
+from gradsurg.multiexit.backbones import load_backbone
+from gradsurg.multiexit.exits import Exit, check_pooling
+
+__all__ = [
+    "BACKBONE_CONFIG_FILE",
+    "CONFIG_FILE",
+    "WEIGHTS_FILE",
+    "MultiExitConfig",
+    "MultiExitModel",
+]
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "gradsurg_config.json"
+BACKBONE_CONFIG_FILE = "config.json"
+FORMAT_VERSION = 1
+
+
+@dataclass(kw_only=True)
+class MultiExitConfig:
+    """What a multi-exit model needs beyond the backbone's own HF config.
+
+    ``backbone`` is provenance only (reload uses the saved ``config.json``);
+    ``num_labels == 1`` means regression; ``model_type`` is filled from the backbone.
+    """
+
+    num_labels: int
+    backbone: str = "minilm"
+    pooling: str = "cls"
+    dropout: float = 0.1
+    model_type: str | None = None
+    attn_implementation: str | None = None
+    format_version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        if isinstance(self.num_labels, bool) or not isinstance(self.num_labels, int):
+            raise ConfigError(f"num_labels={self.num_labels!r} is invalid; allowed: an int >= 1")
+        if self.num_labels < 1:
+            raise ConfigError(f"num_labels={self.num_labels} is invalid; allowed: an int >= 1")
+        check_pooling(self.pooling)
+        if not isinstance(self.dropout, int | float) or not 0.0 <= float(self.dropout) < 1.0:
+            raise ConfigError(f"dropout={self.dropout!r} is invalid; allowed: a float in [0, 1)")
+        if self.format_version != FORMAT_VERSION:
+            raise ConfigError(
+                f"format_version={self.format_version!r} is not supported; "
+                f"allowed: {FORMAT_VERSION}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MultiExitConfig:
+        """Build from parsed JSON; unknown or missing keys are a ConfigError."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"multi-exit config must be a JSON object, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(
+                f"multi-exit config key {unknown[0]!r} is unknown; "
+                f"allowed: {', '.join(sorted(known))}"
+            )
+        if "num_labels" not in data:
+            raise ConfigError("multi-exit config key 'num_labels' is missing; allowed: an int >= 1")
+        return cls(**data)
+
+    def to_json_file(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def from_json_file(cls, path: str | Path) -> MultiExitConfig:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise GradsurgError(f"{path}: not a readable JSON file ({exc})") from exc
+        return cls.from_dict(data)
+
+
+class MultiExitModel(nn.Module):
+    """Encoder adapter + one :class:`Exit` per layer; returns every exit's logits.
+
+    Build from a loaded HF backbone (``MultiExitModel(hf_model, config)``) or by name
+    (:meth:`from_backbone`); reload a saved folder with :meth:`from_pretrained`.
+    """
+
+    def __init__(self, backbone: nn.Module, config: MultiExitConfig) -> None:
+        super().__init__()
+        encoder: EncoderAdapter = make_adapter(backbone)
+        if config.model_type is not None and config.model_type != encoder.model_type:
+            raise ConfigError(
+                f"model_type={config.model_type!r} does not match the backbone; "
+                f"allowed: {encoder.model_type!r}"
+            )
+        self.config = dataclasses.replace(config, model_type=encoder.model_type)
+        self.encoder = encoder
+        self.exits = nn.ModuleList(
+            Exit(
+                encoder.hidden_size,
+                config.num_labels,
+                pooling=config.pooling,
+                dropout=config.dropout,
+            )
+            for _ in range(encoder.num_layers)
+        )
+        self._init_exits(float(getattr(encoder.hf_config, "initializer_range", 0.02)))
+
+    def _init_exits(self, std: float) -> None:
+        # Same scale as the backbone's own heads, so new exits do not dominate early steps.
+        for module in self.exits.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+                nn.init.zeros_(module.bias)
+
+    @property
+    def num_exits(self) -> int:
+        return len(self.exits)
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+    ) -> list[Tensor]:
+        """Per-exit logits [B, num_labels]: index 0 after layer 1, the last after the top layer."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        hidden = self.encoder.embed(input_ids, attention_mask, token_type_ids)
+        mask = self.encoder.prepare_mask(attention_mask, hidden)
+        logits: list[Tensor] = []
+        for i, exit_head in enumerate(self.exits):
+            hidden = self.encoder.run_layer(i, hidden, mask)
+            logits.append(exit_head(hidden, mask.padding))
+        return logits
+
+    # -- construction -------------------------------------------------------------
+
+    @classmethod
+    def from_backbone(
+        cls,
+        name_or_path: str,
+        *,
+        num_labels: int,
+        pooling: str = "cls",
+        dropout: float = 0.1,
+        attn_implementation: str | None = None,
+    ) -> tuple[MultiExitModel, Any]:
+        """Pretrained backbone by name (``"minilm"``, HF id, folder) -> ``(model, tokenizer)``."""
+        config = MultiExitConfig(
+            num_labels=num_labels,
+            backbone=name_or_path,
+            pooling=pooling,
+            dropout=dropout,
+            attn_implementation=attn_implementation,
+        )
+        hf_model, tokenizer = load_backbone(name_or_path, attn_implementation=attn_implementation)
+        return cls(hf_model, config), tokenizer
+
+    # -- checkpoints --------------------------------------------------------------
+
+    def save_pretrained(self, directory: str | Path, *, tokenizer: Any | None = None) -> Path:
+        """Write weights, both configs and (optionally) the tokenizer into ``directory``."""
+        from safetensors.torch import save_model
+
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        # save_model (not save_file) drops aliases of shared tensors, e.g. ALBERT's layer group.
+        save_model(self, str(out / WEIGHTS_FILE), metadata={"format": "pt"})
+        self.config.to_json_file(out / CONFIG_FILE)
+        self.encoder.hf_config.to_json_file(str(out / BACKBONE_CONFIG_FILE))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(out))
+        return out
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        directory: str | Path,
+        *,
+        attn_implementation: str | None = None,
+        device: str | torch.device = "cpu",
+    ) -> MultiExitModel:
+        """Rebuild a saved model for inference from its folder alone (eval mode).
+
+        ``attn_implementation`` overrides the saved choice, e.g. to reload on a machine
+        without the kernel it was trained with.
+        """
+        from transformers import AutoConfig, AutoModel
+
+        folder = Path(directory)
+        if not folder.is_dir():
+            raise ConfigError(
+                f"checkpoint folder {str(folder)!r} does not exist or is not a folder"
+            )
+        for name in (CONFIG_FILE, BACKBONE_CONFIG_FILE, WEIGHTS_FILE):
+            if not (folder / name).is_file():
+                raise ConfigError(
+                    f"checkpoint folder {str(folder)!r} has no {name}; "
+                    "allowed: a folder written by MultiExitModel.save_pretrained"
+                )
+        config = MultiExitConfig.from_json_file(folder / CONFIG_FILE)
+        try:
+            hf_config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
+        except (OSError, ValueError, KeyError) as exc:
+            raise GradsurgError(
+                f"{folder / BACKBONE_CONFIG_FILE}: not a usable HF config ({_first_line(exc)})"
+            ) from exc
+        if config.model_type is not None and hf_config.model_type != config.model_type:
+            raise GradsurgError(
+                f"checkpoint {str(folder)!r}: {BACKBONE_CONFIG_FILE} has model_type "
+                f"{hf_config.model_type!r} but {CONFIG_FILE} says {config.model_type!r}"
+            )
+        attn = attn_implementation or config.attn_implementation
+        kwargs = {} if attn is None else {"attn_implementation": attn}
+        hf_model = AutoModel.from_config(hf_config, **kwargs)
+        model = cls(hf_model, config)
+        _load_weights(model, folder / WEIGHTS_FILE, device=str(device))
+        return model.to(device).eval()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _load_weights(model: nn.Module, path: Path, *, device: str) -> None:
+    """Load ``path`` into ``model``, turning every mismatch into one readable line."""
+    from safetensors import safe_open
+    from safetensors.torch import load_model
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            shapes = {key: tuple(fh.get_slice(key).get_shape()) for key in fh.keys()}  # noqa: SIM118
+    except Exception as exc:  # safetensors raises its own error types for corrupt headers
+        raise GradsurgError(f"{path}: unreadable safetensors file ({_first_line(exc)})") from exc
+    expected = model.state_dict()
+    for key, shape in shapes.items():
+        if key in expected and tuple(expected[key].shape) != shape:
+            raise GradsurgError(
+                f"{path}: tensor {key!r} has shape {list(shape)} but the config builds "
+                f"{list(expected[key].shape)}; the weights do not match the saved configs"
+            )
+    try:
+        missing, unexpected = load_model(model, str(path), strict=False, device=device)
+    except Exception as exc:
+        raise GradsurgError(f"{path}: could not load weights ({_first_line(exc)})") from exc
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {_sample(missing)}")
+        if unexpected:
+            parts.append(f"unexpected {_sample(unexpected)}")
+        raise GradsurgError(f"{path}: weights do not match the saved configs ({'; '.join(parts)})")
+
+
+def _sample(names: Any, limit: int = 3) -> str:
+    names = sorted(names)
+    head = ", ".join(names[:limit])
+    return f"{head} (+{len(names) - limit} more)" if len(names) > limit else head
