@@ -33,12 +33,18 @@ def resolve_mode(mode: Mode, device: torch.device) -> Literal["sequential", "bat
 class GradientMatrix:
     """A `[k, n]` matrix of per-group gradients that accumulates over micro-batches."""
 
-    def __init__(self, names: Sequence[str], layout: FlatLayout) -> None:
+    def __init__(
+        self, names: Sequence[str], layout: FlatLayout, *, buffer: Tensor | None = None
+    ) -> None:
+        """`buffer`: a previous step's storage to reuse (zeroed here); on CPUs a fresh
+        allocation of this size costs more in page faults than the rest of the combination."""
         self.names = tuple(names)
         self.layout = layout
-        self.values = torch.zeros(
-            len(self.names), layout.size, dtype=layout.dtype, device=layout.device
-        )
+        shape = (len(self.names), layout.size)
+        if buffer is not None and buffer.shape == shape and buffer.dtype == layout.dtype:
+            self.values = buffer.zero_()
+        else:
+            self.values = torch.zeros(shape, dtype=layout.dtype, device=layout.device)
         self.micro_batches = 0
 
     def accumulate(

@@ -64,7 +64,7 @@ class GramianWeighting(Combiner):
     def combine(self, matrix: Tensor, names: list[str], gram: Tensor | None) -> Combined:
         assert gram is not None
         weights, info = self.weights(gram, names)
-        return Combined(weighted_rows(weights, matrix), info)
+        return Combined(weighted_rows(weights, matrix, gram), info)
 
     def weights(self, gram: Tensor, names: list[str]) -> tuple[Tensor, dict[str, float]]:
         """float64 `[k]` weights for the rows, from the float64 `[k, k]` Gramian."""
