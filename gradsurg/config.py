@@ -1,0 +1,88 @@
+"""Recipes: YAML loading (safe loader only), `--set` overrides, validation against a program."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from gradsurg.errors import ConfigError
+from gradsurg.programs import PROGRAMS, Program, ProgramConfig
+
+
+def read_recipe(path: Path) -> dict[str, Any]:
+    """The recipe's YAML as a mapping; errors name the file (and line, for syntax errors)."""
+    if not path.is_file():
+        raise ConfigError(f"recipe {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"{where}: invalid YAML: {problem}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a recipe must be a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def apply_overrides(recipe: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply `key.sub=value` overrides; values are parsed as YAML (`lr=3e-5`, `exits=[1,2]`)."""
+    result = _deep_copy(recipe)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {item!r}: value is not valid YAML") from None
+        node = result
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {item!r}: {part!r} is not a mapping")
+            node = child
+        node[parts[-1]] = value
+    return result
+
+
+def validate_recipe(recipe: dict[str, Any], *, source: str) -> tuple[Program, ProgramConfig]:
+    """Find the recipe's program and validate every key against its schema."""
+    name = recipe.get("program")
+    if not isinstance(name, str):
+        raise ConfigError(f"{source}: key 'program' is missing; allowed: {PROGRAMS.names()}")
+    program = PROGRAMS.get(name)
+    try:
+        return program, program.config.model_validate(recipe)
+    except ValidationError as error:
+        raise ConfigError(f"{source}: {_first_problem(error)}") from None
+
+
+def load_recipe(path: Path, overrides: Sequence[str] = ()) -> tuple[Program, ProgramConfig]:
+    return validate_recipe(apply_overrides(read_recipe(path), overrides), source=str(path))
+
+
+def _first_problem(error: ValidationError) -> str:
+    problems = error.errors()
+    first = problems[0]
+    key = ".".join(str(part) for part in first["loc"]) or "(recipe)"
+    message = first["msg"]
+    if first["type"] == "extra_forbidden":
+        message = "unknown key"
+    elif "input" in first and first["type"] not in ("missing",):
+        message = f"{message} (got {first['input']!r})"
+    more = f" (+{len(problems) - 1} more problems)" if len(problems) > 1 else ""
+    return f"key {key!r}: {message}{more}"
+
+
+def _deep_copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _deep_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_deep_copy(v) for v in value]
+    return value

@@ -1,0 +1,38 @@
+"""Training programs that recipes name (`program: romebert`), registered like combiners.
+
+A program is a config schema (a pydantic model, so recipes are validated before anything runs)
+and a function that runs it into an output folder. Installed packages add programs through the
+`gradsurg.programs` entry-point group.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from gradsurg.registry import Registry
+
+
+class ProgramConfig(BaseModel):
+    """Base of every program's recipe schema: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    program: str
+
+
+@dataclass(frozen=True)
+class Program:
+    """`run(config, output_dir)` trains and evaluates, writes its files, returns the results."""
+
+    name: str
+    config: type[ProgramConfig]
+    run: Callable[[Any, Path], dict[str, Any]]
+    summary: str
+
+
+PROGRAMS: Registry[Program] = Registry("program", "gradsurg.programs")

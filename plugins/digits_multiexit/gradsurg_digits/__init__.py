@@ -1,0 +1,1 @@
+"""gradsurg plugin: a multi-exit MLP on scikit-learn's digits."""
