@@ -1,0 +1,113 @@
+"""PNG figures for early-exit results: metric per exit, metric vs. cost, exit histogram.
+
+Figures are built with matplotlib's object-oriented API on an Agg canvas, so nothing here
+touches pyplot's global state or the user's backend, and it works on headless machines.
+Metric values are fractions (as ``gradsurg.metrics`` returns them) and are drawn times
+``scale`` (100 by default, as GLUE reports scores).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+FIGSIZE = (8.0, 5.0)  # inches; at DPI this is 800 x 500 px
+DPI = 100
+
+
+def _new_axes() -> tuple[Figure, Axes]:
+    figure = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure, figure.add_subplot()
+
+
+def _save(figure: Figure, path: str | os.PathLike[str]) -> Path:
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(target, format="png", dpi=DPI)
+    return target
+
+
+def _metric_label(metric_name: str, scale: float) -> str:
+    return metric_name if scale == 1 else f"{metric_name} (×{scale:g})"
+
+
+def _layer_ticks(axes: Axes, num_layers: int) -> None:
+    """Every layer gets a tick (as in BERT's 12 or 24 layers); long ranges get integer ticks."""
+    if num_layers <= 24:
+        axes.set_xticks(range(1, num_layers + 1))
+    else:
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _check_curves(curves: Mapping[str, Sequence[object]]) -> None:
+    if not curves:
+        raise ValueError("need at least one curve to plot")
+    empty = [name for name, values in curves.items() if len(values) == 0]
+    if empty:
+        raise ValueError(f"curves without points: {', '.join(map(repr, empty))}")
+
+
+def plot_exit_metrics(curves: Mapping[str, Sequence[float]], metric_name: str,
+                      path: str | os.PathLike[str], *, title: str | None = None,
+                      scale: float = 100.0) -> Path:
+    """Line plot of the metric at each exit layer (1-based), one line per model or mode."""
+    _check_curves(curves)
+    figure, axes = _new_axes()
+    for name, values in curves.items():
+        layers = range(1, len(values) + 1)
+        axes.plot(layers, [v * scale for v in values], marker="o", label=name)
+    _layer_ticks(axes, max(len(values) for values in curves.values()))
+    axes.set_xlabel("exit layer")
+    axes.set_ylabel(_metric_label(metric_name, scale))
+    axes.set_title(title or f"{metric_name} at each exit")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    return _save(figure, path)
+
+
+def plot_tradeoff(curves: Mapping[str, Sequence[tuple[float, float]]], metric_name: str,
+                  path: str | os.PathLike[str], *, title: str | None = None,
+                  scale: float = 100.0) -> Path:
+    """Metric against expected time % (points ``(time_percent, metric)``), one line each.
+
+    Points are joined in order of time so a sweep in threshold order draws one clean curve.
+    """
+    _check_curves(curves)
+    figure, axes = _new_axes()
+    for name, points in curves.items():
+        ordered = sorted(points, key=lambda point: point[0])
+        axes.plot([t for t, _ in ordered], [m * scale for _, m in ordered], marker="o",
+                  label=name)
+    axes.set_xlabel("expected time (% of layers run)")
+    axes.set_ylabel(_metric_label(metric_name, scale))
+    axes.set_title(title or f"{metric_name} vs. expected time")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    return _save(figure, path)
+
+
+def plot_exit_distribution(exit_counts: Sequence[int], path: str | os.PathLike[str], *,
+                           title: str = "Examples leaving at each exit") -> Path:
+    """Bar chart of how many examples leave at each exit layer (1-based), counts on top."""
+    if len(exit_counts) == 0:
+        raise ValueError("need the count of at least one exit layer")
+    if any(count < 0 for count in exit_counts):
+        raise ValueError(f"exit counts must be >= 0, got {list(exit_counts)}")
+    figure, axes = _new_axes()
+    bars = axes.bar(range(1, len(exit_counts) + 1), exit_counts, color="tab:blue")
+    axes.bar_label(bars, labels=[str(int(count)) for count in exit_counts], padding=2)
+    _layer_ticks(axes, len(exit_counts))
+    axes.yaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.set_ylim(0, max(max(exit_counts), 1) * 1.12)  # room for the labels
+    axes.set_xlabel("exit layer")
+    axes.set_ylabel("examples")
+    axes.set_title(title)
+    axes.grid(axis="y", alpha=0.3)
+    return _save(figure, path)
