@@ -1,0 +1,1 @@
+"""Training programs that `recipes/*.yaml` name; each registers through an entry point."""

@@ -1,0 +1,84 @@
+"""Recipe schema of the `multiexit_glue` program (RomeBERT, DeeBERT and their SD variants)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from gradsurg.combiners import build_combiner
+from gradsurg.data.glue import get_task
+from gradsurg.errors import ConfigError
+from gradsurg.multiexit.early_exit import DEFAULT_THRESHOLDS
+from gradsurg.programs import ProgramConfig
+
+Mode = Literal["romebert", "romebert_sd", "deebert", "deebert_sd"]
+
+
+class MultiExitGlueConfig(ProgramConfig):
+    """Every key a multi-exit GLUE recipe may set; defaults are the RomeBERT paper's."""
+
+    mode: Mode = "romebert"
+    task: str = "sst2"
+    data_dir: str | None = Field(
+        None, description="GLUE_DIR-style folder; default: $GLUE_DIR, else the hub"
+    )
+    model: str = Field("minilm", description="short name, Hugging Face id or local folder")
+    pooling: Literal["cls", "mean"] = "mean"
+    dropout: float = Field(0.1, ge=0, lt=1)
+    max_length: int = Field(128, ge=8)
+    train_rows: int | None = Field(None, ge=1, description="seeded random subset of train")
+    eval_rows: int | None = Field(None, ge=1, description="first rows of the dev split")
+    eval_split: str = "dev"
+    batch_size: int = Field(8, ge=1)
+    eval_batch_size: int = Field(64, ge=1)
+    epochs: float = Field(3, gt=0, description="per stage; fractions train part of an epoch")
+    lr: float = Field(2e-5, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    seed: int = 42
+    gamma: float = Field(0.9, ge=0, le=1)
+    temperature: float = Field(3.0, gt=0)
+    combiner: str | dict[str, Any] | None = Field(
+        None, description="default: project (final vs sd) for romebert, sum otherwise"
+    )
+    include: list[str] | None = Field(["encoder.layers.*"], description="surgery parameters")
+    exclude: list[str] | None = None
+    thresholds: list[float] = Field(list(DEFAULT_THRESHOLDS))
+    log_every: int = Field(50, ge=1)
+    device: str = "auto"
+    threads: int | None = Field(None, ge=1)
+    save_model: bool = True
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, value: str) -> str:
+        try:
+            return get_task(value).name
+        except ConfigError as error:
+            raise ValueError(str(error)) from None
+
+    @field_validator("combiner")
+    @classmethod
+    def _buildable_combiner(cls, value: Any) -> Any:
+        if value is not None:
+            try:
+                build_combiner(value)
+            except ConfigError as error:
+                raise ValueError(str(error)) from None
+        return value
+
+    @field_validator("thresholds")
+    @classmethod
+    def _sorted_thresholds(cls, value: list[float]) -> list[float]:
+        if any(t < 0 for t in value):
+            raise ValueError("entropy thresholds must be >= 0")
+        return sorted(value)
+
+    def combiner_spec(self) -> str | dict[str, Any]:
+        if self.combiner is not None:
+            return self.combiner
+        if self.mode == "romebert":
+            return {"name": "project", "target": "final", "reference": "sd"}
+        return "sum"

@@ -1,0 +1,266 @@
+"""The `multiexit_glue` program: RomeBERT, RomeBERT-SD, DeeBERT and DeeBERT-SD on GLUE.
+
+Modes (the RomeBERT paper's Table 1 rows):
+- romebert     one stage; groups `final` (last exit's task loss) and `sd` (self-distillation of
+               the other exits); combiner `project`: final projected off sd on conflict (GR).
+- romebert_sd  the same groups, combiner `sum` (the SD-only ablation).
+- deebert      stage 1 trains backbone + final exit on the final loss; stage 2 freezes them
+               and trains the other exits on the sum of their task losses.
+- deebert_sd   stage 2 uses the SD loss instead (the paper's FastBERT stand-in).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from torch import Tensor
+from torch.utils.data import DataLoader
+from transformers import get_linear_schedule_with_warmup
+
+from gradsurg.data.collate import GlueCollator, tokenize_dataset
+from gradsurg.data.glue import TaskSpec, get_task, load_glue
+from gradsurg.errors import ConfigError
+from gradsurg.metrics import primary_metric
+from gradsurg.multiexit.early_exit import entropy_sweep, per_exit_metrics
+from gradsurg.multiexit.loss_terms import self_distillation_loss, task_loss
+from gradsurg.multiexit.model import MultiExitModel
+from gradsurg.programs import Program
+from gradsurg.recipes.glue_config import MultiExitGlueConfig
+from gradsurg.recipes.training import (
+    JsonlLog,
+    StageResult,
+    progress_bar,
+    stage_steps,
+    train_stage,
+)
+from gradsurg.report.plots import plot_exit_distribution, plot_exit_metrics, plot_tradeoff
+from gradsurg.report.tables import exit_metrics_table, sweep_table
+from gradsurg.surgery import Surgery
+
+console = Console()
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One optimization stage: which exits train, and which loss groups drive them."""
+
+    name: str
+    groups: tuple[str, ...]
+    train_encoder: bool
+    trained_exits: str  # "all", "final" or "early"
+
+
+def plan_stages(mode: str) -> list[Stage]:
+    if mode in ("romebert", "romebert_sd"):
+        return [Stage("joint", ("final", "sd"), train_encoder=True, trained_exits="all")]
+    second = ("exits",) if mode == "deebert" else ("sd",)
+    return [
+        Stage("stage1", ("final",), train_encoder=True, trained_exits="final"),
+        Stage("stage2", second, train_encoder=False, trained_exits="early"),
+    ]
+
+
+def group_losses(
+    logits: list[Tensor], labels: Tensor, groups: tuple[str, ...], config: MultiExitGlueConfig
+) -> dict[str, Tensor]:
+    """`final`: last exit's task loss; `sd`: RomeBERT's self-distillation over the other exits;
+    `exits`: the plain sum of the other exits' task losses (DeeBERT's second stage)."""
+    losses: dict[str, Tensor] = {}
+    for group in groups:
+        if group == "final":
+            losses[group] = task_loss(logits[-1], labels)
+        elif group == "sd":
+            losses[group] = self_distillation_loss(
+                logits, labels, gamma=config.gamma, temperature=config.temperature
+            )
+        else:
+            losses[group] = torch.stack([task_loss(x, labels) for x in logits[:-1]]).sum()
+    return losses
+
+
+def set_trainable(model: MultiExitModel, stage: Stage) -> list[torch.nn.Parameter]:
+    model.encoder.requires_grad_(stage.train_encoder)
+    last = model.num_exits - 1
+    for index, exit_head in enumerate(model.exits):
+        wanted = (
+            stage.trained_exits == "all"
+            or (stage.trained_exits == "final" and index == last)
+            or (stage.trained_exits == "early" and index < last)
+        )
+        exit_head.requires_grad_(wanted)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"key 'device': {name!r} is not a torch device") from None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def load_split(task: TaskSpec, split: str, config: MultiExitGlueConfig, *, rows: int | None,
+               shuffle_seed: int | None) -> Any:
+    """One split; `rows` with a seed takes a seeded random subset (train), else the first rows."""
+    if shuffle_seed is None or rows is None:
+        return load_glue(task, split, data_dir=config.data_dir, max_rows=rows)
+    data = load_glue(task, split, data_dir=config.data_dir)
+    if rows >= len(data):
+        return data
+    return data.shuffle(seed=shuffle_seed).select(range(rows))
+
+
+def to_device(batch: Mapping[str, Tensor], device: torch.device) -> dict[str, Tensor]:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def forward(model: MultiExitModel, batch: Mapping[str, Tensor]) -> list[Tensor]:
+    return model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+
+
+@torch.no_grad()
+def collect_exit_logits(model: MultiExitModel, loader: DataLoader, device: torch.device
+                        ) -> tuple[Tensor, Tensor]:
+    """All exits' logits on a split, `[layers, examples, labels]`, and the labels."""
+    model.eval()
+    outputs, labels = [], []
+    for batch in loader:
+        batch = to_device(batch, device)
+        outputs.append(torch.stack(forward(model, batch)).float().cpu())
+        labels.append(batch["labels"].cpu())
+    return torch.cat(outputs, dim=1), torch.cat(labels)
+
+
+def run(config: MultiExitGlueConfig, output_dir: Path) -> dict[str, Any]:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    seed_everything(config.seed)
+    device = resolve_device(config.device)
+    task = get_task(config.task)
+    model, tokenizer = MultiExitModel.from_backbone(
+        config.model, num_labels=task.num_labels, pooling=config.pooling, dropout=config.dropout
+    )
+    model.to(device)
+    collate = GlueCollator(tokenizer)
+    train_data = tokenize_dataset(
+        load_split(task, "train", config, rows=config.train_rows, shuffle_seed=config.seed),
+        tokenizer, max_length=config.max_length,
+    )
+    eval_data = tokenize_dataset(
+        load_split(task, config.eval_split, config, rows=config.eval_rows, shuffle_seed=None),
+        tokenizer, max_length=config.max_length,
+    )
+    eval_loader = DataLoader(eval_data, batch_size=config.eval_batch_size, collate_fn=collate)
+    steps_per_epoch = -(-len(train_data) // config.batch_size)
+
+    def batches(epoch: int) -> Iterator[dict[str, Tensor]]:
+        generator = torch.Generator().manual_seed(config.seed + epoch)
+        loader = DataLoader(train_data, batch_size=config.batch_size, shuffle=True,
+                            collate_fn=collate, generator=generator)
+        for batch in loader:
+            yield to_device(batch, device)
+
+    log = JsonlLog(output_dir / "train_log.jsonl")
+    stage_results: list[StageResult] = []
+    try:
+        with progress_bar() as progress:
+            for stage in plan_stages(config.mode):
+                stage_results.append(
+                    run_stage(stage, model, batches, steps_per_epoch, config, log, progress)
+                )
+    finally:
+        log.close()
+
+    all_logits, labels = collect_exit_logits(model, eval_loader, device)
+    results = evaluate(all_logits, labels, task, config, output_dir)
+    results["train"] = {
+        r.name: {"steps": r.steps, "seconds": round(r.seconds, 2),
+                 **{k: round(v, 6) for k, v in r.means.items()}}
+        for r in stage_results
+    }
+    if config.save_model:
+        model.save_pretrained(output_dir / "model", tokenizer=tokenizer)
+        results["model_dir"] = str(output_dir / "model")
+    return results
+
+
+def run_stage(stage: Stage, model: MultiExitModel, batches: Any, steps_per_epoch: int,
+              config: MultiExitGlueConfig, log: JsonlLog, progress: Any) -> StageResult:
+    params = set_trainable(model, stage)
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    total = stage_steps(steps_per_epoch, config.epochs)
+    scheduler = get_linear_schedule_with_warmup(
+        optimizer, int(config.warmup_ratio * total), total
+    )
+    several = len(stage.groups) > 1
+    surgery = Surgery(
+        model, optimizer, config.combiner_spec() if several else "sum",
+        include=config.include if several else None,
+        exclude=config.exclude if several else None,
+        max_grad_norm=config.max_grad_norm,
+    )
+    try:
+        return train_stage(
+            name=stage.name, model=model, batches=batches, steps_per_epoch=steps_per_epoch,
+            epochs=config.epochs,
+            loss_fn=lambda batch: group_losses(forward(model, batch), batch["labels"],
+                                               stage.groups, config),
+            surgery=surgery, optimizer=optimizer, scheduler=scheduler, log=log,
+            log_every=config.log_every, progress=progress,
+        )
+    finally:
+        surgery.remove()
+        model.requires_grad_(True)
+
+
+def evaluate(all_logits: Tensor, labels: Tensor, task: TaskSpec, config: MultiExitGlueConfig,
+             output_dir: Path) -> dict[str, Any]:
+    """Per-exit metrics, the entropy sweep, their tables and the paper-style plots."""
+    primary = primary_metric(task.name)
+    per_exit = per_exit_metrics(all_logits, labels, task.name)
+    console.print(exit_metrics_table(per_exit, title=f"{task.name} {config.eval_split}: "
+                                     "every example exits at layer i"))
+    results: dict[str, Any] = {
+        "program": "multiexit_glue", "mode": config.mode, "task": task.name,
+        "model": config.model, "primary_metric": primary, "exit_metrics": per_exit,
+    }
+    plots = output_dir / "plots"
+    plots.mkdir(exist_ok=True)
+    plot_exit_metrics({config.mode: [m[primary] for m in per_exit]}, primary,
+                      plots / "metric_per_exit.png")
+    if task.is_regression:
+        return results
+    sweep = entropy_sweep(all_logits, labels, task.name, thresholds=config.thresholds)
+    console.print(sweep_table(sweep, primary, title="early exit by entropy threshold"))
+    results["sweep"] = [
+        {"threshold": p.threshold, **p.metric, "time_percent": p.time_percent,
+         "exit_counts": p.exit_counts}
+        for p in sweep
+    ]
+    plot_tradeoff({config.mode: [(p.time_percent, p.metric[primary]) for p in sweep]}, primary,
+                  plots / "metric_vs_time.png")
+    middle = sweep[len(sweep) // 2]
+    plot_exit_distribution(middle.exit_counts, plots / "exit_layers.png",
+                           title=f"exit layers at entropy < {middle.threshold}")
+    return results
+
+
+PROGRAM = Program(
+    name="multiexit_glue",
+    config=MultiExitGlueConfig,
+    run=run,
+    summary="multi-exit BERT on GLUE (RomeBERT, RomeBERT-SD, DeeBERT, DeeBERT-SD)",
+)

@@ -1,0 +1,103 @@
+"""The multi-exit GLUE program end to end, every mode, on a tiny BERT and real TSV rows."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from gradsurg.config import load_recipe
+from gradsurg.errors import ConfigError
+from gradsurg.multiexit.model import MultiExitModel
+from gradsurg.recipes.glue_config import MultiExitGlueConfig
+from gradsurg.recipes.multiexit_glue import plan_stages, run
+
+
+def make_config(tiny_bert_dir, shared_glue_dir, **overrides) -> MultiExitGlueConfig:
+    values = dict(program="multiexit_glue", model=str(tiny_bert_dir),
+                  data_dir=str(shared_glue_dir), train_rows=32, eval_rows=24, batch_size=8,
+                  eval_batch_size=16, epochs=1, max_length=32, lr=1e-3, log_every=2,
+                  threads=2)
+    values.update(overrides)
+    return MultiExitGlueConfig(**values)
+
+
+@pytest.mark.parametrize("mode", ["romebert", "romebert_sd", "deebert", "deebert_sd"])
+def test_every_mode_trains_evaluates_and_saves(mode, tiny_bert_dir, shared_glue_dir, tmp_path):
+    config = make_config(tiny_bert_dir, shared_glue_dir, mode=mode)
+    results = run(config, tmp_path)
+    assert results["mode"] == mode and results["primary_metric"] == "accuracy"
+    assert len(results["exit_metrics"]) == 3
+    assert all(0.0 <= m["accuracy"] <= 1.0 for m in results["exit_metrics"])
+    sweep = results["sweep"]
+    assert [p["threshold"] for p in sweep] == sorted(config.thresholds)
+    assert sweep[0]["threshold"] == 0 and sweep[0]["time_percent"] == pytest.approx(100.0)
+    assert sweep[0]["accuracy"] == results["exit_metrics"][-1]["accuracy"]
+    assert sum(sweep[-1]["exit_counts"]) == 24
+    stages = [s.name for s in plan_stages(mode)]
+    assert list(results["train"]) == stages
+    assert all(results["train"][s]["steps"] == 4 for s in stages)  # 32 rows / batch 8
+    log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert [line["stage"] for line in log] == [s for s in stages for _ in range(2)]
+    if mode == "romebert":
+        assert {"loss/final", "loss/sd", "project/fired", "cosine/final/sd"} <= set(log[0])
+    for plot in ("metric_per_exit.png", "metric_vs_time.png", "exit_layers.png"):
+        assert (tmp_path / "plots" / plot).read_bytes().startswith(b"\x89PNG")
+    reloaded = MultiExitModel.from_pretrained(tmp_path / "model")
+    assert reloaded.num_exits == 3
+
+
+def test_deebert_stages_train_only_their_parts(
+    tiny_bert_dir, shared_glue_dir, tmp_path, monkeypatch
+):
+    """Stage 1: encoder + final exit move, early exits do not; stage 2: the reverse."""
+    import torch
+
+    from gradsurg.recipes import multiexit_glue
+
+    changed: dict[str, dict[str, bool]] = {}
+    original = multiexit_glue.run_stage
+
+    def spy(stage, model, *args, **kwargs):
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        result = original(stage, model, *args, **kwargs)
+        changed[stage.name] = {
+            part: any(not torch.equal(before[n], p) for n, p in model.named_parameters()
+                      if n.startswith(prefix))
+            for part, prefix in (("encoder", "encoder."), ("final", "exits.2."),
+                                 ("early", "exits.0."))
+        }
+        return result
+
+    monkeypatch.setattr(multiexit_glue, "run_stage", spy)
+    run(make_config(tiny_bert_dir, shared_glue_dir, mode="deebert", save_model=False), tmp_path)
+    assert changed["stage1"] == {"encoder": True, "final": True, "early": False}
+    assert changed["stage2"] == {"encoder": False, "final": False, "early": True}
+
+
+def test_pair_and_regression_tasks(tiny_bert_dir, shared_glue_dir, tmp_path):
+    mrpc = run(make_config(tiny_bert_dir, shared_glue_dir, task="mrpc"), tmp_path / "mrpc")
+    assert {"f1", "accuracy"} <= set(mrpc["exit_metrics"][0])
+    stsb = run(make_config(tiny_bert_dir, shared_glue_dir, task="stsb", mode="romebert"),
+               tmp_path / "stsb")
+    assert {"pearson", "spearman"} <= set(stsb["exit_metrics"][0])
+    assert "sweep" not in stsb  # entropy exit needs class probabilities
+
+
+def test_shipped_recipes_validate_and_bad_values_name_the_key(tmp_path):
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "recipes"
+    for recipe in sorted(root.glob("*.yaml")):
+        program, config = load_recipe(recipe)
+        assert program.name == "multiexit_glue" and config.model == "minilm", recipe
+    recipe = root / "romebert_glue.yaml"
+    assert load_recipe(recipe, ["model=bert-base-uncased"])[1].model == "bert-base-uncased"
+    for override, message in [
+        ("gamma=1.5", "key 'gamma'"), ("temperature=0", "key 'temperature'"),
+        ("lr=0", "key 'lr'"), ("task=sst3", "unknown GLUE task"),
+        ("mode=fastbert", "key 'mode'"), ("combiner=pcgard", "unknown combiner 'pcgard'"),
+        ("epochz=1", "key 'epochz': unknown key"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            load_recipe(recipe, [override])
