@@ -45,9 +45,9 @@ VARIANTS = {
     "sum_matrix": {"combiner": "sum", "diagnostics_every": 1},
     "project_sequential": {"combiner": {"name": "project", "target": "final", "reference": "sd"},
                            "mode": "sequential"},
-    "project_sequential_reuse": {
+    "project_sequential_fresh": {
         "combiner": {"name": "project", "target": "final", "reference": "sd"},
-        "mode": "sequential", "reuse_buffer": True},
+        "mode": "sequential", "reuse_buffer": False},
     "project_batched": {"combiner": {"name": "project", "target": "final", "reference": "sd"},
                         "mode": "batched"},
 }
