@@ -136,10 +136,13 @@ def collect_exit_logits(model: MultiExitModel, loader: DataLoader, device: torch
     """All exits' logits on a split, `[layers, examples, labels]`, and the labels."""
     model.eval()
     outputs, labels = [], []
-    for batch in loader:
-        batch = to_device(batch, device)
-        outputs.append(torch.stack(forward(model, batch)).float().cpu())
-        labels.append(batch["labels"].cpu())
+    with progress_bar() as progress:
+        bar = progress.add_task("evaluate", total=len(loader), status="", rate="")
+        for batch in loader:
+            batch = to_device(batch, device)
+            outputs.append(torch.stack(forward(model, batch)).float().cpu())
+            labels.append(batch["labels"].cpu())
+            progress.update(bar, advance=1)
     return torch.cat(outputs, dim=1), torch.cat(labels)
 
 
@@ -231,8 +234,7 @@ def evaluate(all_logits: Tensor, labels: Tensor, task: TaskSpec, config: MultiEx
     """Per-exit metrics, the entropy sweep, their tables and the paper-style plots."""
     primary = primary_metric(task.name)
     per_exit = per_exit_metrics(all_logits, labels, task.name)
-    console.print(exit_metrics_table(per_exit, title=f"{task.name} {config.eval_split}: "
-                                     "every example exits at layer i"))
+    console.print(exit_metrics_table(per_exit, title=f"{task.name} {config.eval_split}, per exit"))
     results: dict[str, Any] = {
         "program": "multiexit_glue", "mode": config.mode, "task": task.name,
         "model": config.model, "primary_metric": primary, "exit_metrics": per_exit,
@@ -244,7 +246,8 @@ def evaluate(all_logits: Tensor, labels: Tensor, task: TaskSpec, config: MultiEx
     if task.is_regression:
         return results
     sweep = entropy_sweep(all_logits, labels, task.name, thresholds=config.thresholds)
-    console.print(sweep_table(sweep, primary, title="early exit by entropy threshold"))
+    console.print(sweep_table(sweep, primary, title=f"{task.name} {config.eval_split}, "
+                              "early exit by entropy"))
     results["sweep"] = [
         {"threshold": p.threshold, **p.metric, "time_percent": p.time_percent,
          "exit_counts": p.exit_counts}

@@ -1,0 +1,114 @@
+"""Train deebert, deebert_sd, romebert_sd and romebert on GLUE tasks and write the report.
+
+    GLUE_DIR=../shared/glue_data python bench/reproduce_romebert.py \
+        [--tasks sst2 mrpc rte stsb] [--modes ...] [--set epochs=1 ...] [--runs runs/repro]
+
+Each (task, mode) run goes to RUNS/TASK/MODE through the same `multiexit_glue` program that
+`gradsurg run recipes/MODE_glue.yaml` uses; a finished run (results.json present) is reused, so
+the script can be stopped and started again. The report, docs/reproduction.md, gets per-exit dev
+metrics of every mode and a trade-off table like the RomeBERT paper's Table 2 (the best metric
+each mode reaches within a time budget), with plots under docs/reproduction/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from gradsurg.config import apply_overrides, read_recipe, validate_recipe
+from gradsurg.report.plots import plot_exit_metrics, plot_tradeoff
+
+ROOT = Path(__file__).resolve().parents[1]
+MODES = ["deebert", "deebert_sd", "romebert_sd", "romebert"]
+TASKS = ["sst2", "mrpc", "rte", "stsb"]
+BUDGETS = [25.0, 30.0, 40.0, 50.0, 60.0, 100.0]
+
+
+def run_one(task: str, mode: str, overrides: list[str], runs: Path) -> dict[str, Any]:
+    folder = runs / task / mode
+    done = folder / "results.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    recipe_path = ROOT / "recipes" / f"{mode}_glue.yaml"
+    recipe = apply_overrides(read_recipe(recipe_path), [f"task={task}", *overrides])
+    program, config = validate_recipe(recipe, source=str(recipe_path))
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "recipe.json").write_text(json.dumps(config.model_dump(mode="json"), indent=2))
+    results = program.run(config, folder)
+    done.write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def best_within(sweep: list[dict[str, Any]], metric: str, budget: float) -> tuple[float, float]:
+    """(metric, time %) of the best sweep point whose expected time is within the budget."""
+    fitting = [p for p in sweep if p["time_percent"] <= budget + 1e-9]
+    if not fitting:
+        return float("nan"), float("nan")
+    best = max(fitting, key=lambda p: (p[metric], -p["time_percent"]))
+    return best[metric], best["time_percent"]
+
+
+def task_section(task: str, results: dict[str, dict[str, Any]], figures: Path) -> list[str]:
+    any_result = next(iter(results.values()))
+    metric = any_result["primary_metric"]
+    layers = len(any_result["exit_metrics"])
+    lines = [f"### {task} (dev, {metric} x 100)", "",
+             "Metric at every exit when all examples leave there:", "",
+             "| mode | " + " | ".join(f"L{i}" for i in range(1, layers + 1)) + " |",
+             "| --- |" + " ---: |" * layers]
+    for mode, result in results.items():
+        values = " | ".join(f"{m[metric] * 100:.2f}" for m in result["exit_metrics"])
+        lines.append(f"| {mode} | {values} |")
+    curves = {mode: [m[metric] for m in r["exit_metrics"]] for mode, r in results.items()}
+    per_exit_png = plot_exit_metrics(curves, metric, figures / f"{task}_per_exit.png",
+                                     title=f"{task}: {metric} per exit")
+    lines += ["", f"![per exit](reproduction/{per_exit_png.name})", ""]
+    if all("sweep" in r for r in results.values()):
+        lines += ["Best metric within a time budget (entropy exit; expected time % in brackets):",
+                  "", "| mode | " + " | ".join(f"<= {b:g}%" for b in BUDGETS) + " |",
+                  "| --- |" + " ---: |" * len(BUDGETS)]
+        for mode, result in results.items():
+            cells = []
+            for budget in BUDGETS:
+                value, time_percent = best_within(result["sweep"], metric, budget)
+                cells.append("-" if value != value else f"{value * 100:.2f} ({time_percent:.1f})")
+            lines.append(f"| {mode} | " + " | ".join(cells) + " |")
+        tradeoff = {mode: [(p["time_percent"], p[metric]) for p in r["sweep"]]
+                    for mode, r in results.items()}
+        png = plot_tradeoff(tradeoff, metric, figures / f"{task}_tradeoff.png",
+                            title=f"{task}: {metric} vs expected time")
+        lines += ["", f"![trade-off](reproduction/{png.name})", ""]
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", nargs="+", default=TASKS)
+    parser.add_argument("--modes", nargs="+", default=MODES, choices=MODES)
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        help="recipe override for every run, e.g. --set epochs=1")
+    parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "repro")
+    parser.add_argument("--report", type=Path, default=ROOT / "docs" / "reproduction.md")
+    args = parser.parse_args()
+
+    figures = args.report.parent / "reproduction"
+    figures.mkdir(parents=True, exist_ok=True)
+    command = "python bench/reproduce_romebert.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    lines = ["# RomeBERT reproduction on the packaged MiniLM", "",
+             f"Command: `GLUE_DIR=... {command.strip()}`", ""]
+    summary = {}
+    for task in args.tasks:
+        results = {mode: run_one(task, mode, args.overrides, args.runs) for mode in args.modes}
+        summary[task] = results
+        lines += task_section(task, results, figures)
+    args.report.write_text("\n".join(lines) + "\n")
+    (figures / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"wrote {args.report}")
+
+
+if __name__ == "__main__":
+    main()
