@@ -6,7 +6,7 @@ its own by declaring an entry point in the registry's group, without editing gra
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import Generic, TypeVar
 
@@ -50,13 +50,6 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         self._load_entry_points()
         return sorted(self._items)
-
-    def __contains__(self, name: object) -> bool:
-        self._load_entry_points()
-        return name in self._items
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.names())
 
     def _load_entry_points(self) -> None:
         if self._loaded_entry_points:

