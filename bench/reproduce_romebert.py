@@ -1,7 +1,8 @@
 """Train deebert, deebert_sd, romebert_sd and romebert on GLUE tasks and write the report.
 
     GLUE_DIR=../shared/glue_data python bench/reproduce_romebert.py \
-        [--tasks sst2 mrpc rte stsb] [--modes ...] [--set epochs=1 ...] [--runs runs/repro]
+        [--tasks sst2 mrpc rte stsb] [--modes ...] [--set epochs=1 ...]
+        [--task-set sst2:train_rows=8000 ...] [--runs runs/repro]
 
 Each (task, mode) run goes to RUNS/TASK/MODE through the same `multiexit_glue` program that
 `gradsurg run recipes/MODE_glue.yaml` uses; a finished run (results.json present) is reused, so
@@ -85,12 +86,28 @@ def task_section(task: str, results: dict[str, dict[str, Any]], figures: Path) -
     return lines
 
 
+def task_overrides(entries: list[str], tasks: list[str]) -> dict[str, list[str]]:
+    """`TASK:key=value` entries grouped by task; a task not being run is an error."""
+    grouped: dict[str, list[str]] = {}
+    for entry in entries:
+        task, sep, override = entry.partition(":")
+        if not sep or "=" not in override:
+            sys.exit(f"error: --task-set {entry!r}: expected TASK:key=value")
+        if task not in tasks:
+            sys.exit(f"error: --task-set {entry!r}: task {task!r} is not in --tasks {tasks}")
+        grouped.setdefault(task, []).append(override)
+    return grouped
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=TASKS)
     parser.add_argument("--modes", nargs="+", default=MODES, choices=MODES)
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         help="recipe override for every run, e.g. --set epochs=1")
+    parser.add_argument("--task-set", dest="task_overrides", action="append", default=[],
+                        metavar="TASK:KEY=VALUE",
+                        help="recipe override for one task, e.g. --task-set sst2:train_rows=8000")
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "repro")
     parser.add_argument("--report", type=Path, default=ROOT / "docs" / "reproduction.md")
     args = parser.parse_args()
@@ -100,14 +117,17 @@ def main() -> None:
     command = "python bench/reproduce_romebert.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     lines = ["# RomeBERT reproduction on the packaged MiniLM", "",
              f"Command: `GLUE_DIR=... {command.strip()}`", ""]
+    per_task = task_overrides(args.task_overrides, args.tasks)
     summary = {}
     for task in args.tasks:
-        results = {mode: run_one(task, mode, args.overrides, args.runs) for mode in args.modes}
+        overrides = [*args.overrides, *per_task.get(task, [])]
+        results = {mode: run_one(task, mode, overrides, args.runs) for mode in args.modes}
         summary[task] = results
         lines += task_section(task, results, figures)
-    args.report.write_text("\n".join(lines) + "\n")
-    (figures / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"wrote {args.report}")
+        # Rewritten after every task, so a long run that is stopped still leaves a report.
+        args.report.write_text("\n".join(lines) + "\n")
+        (figures / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        print(f"wrote {args.report} ({', '.join(summary)})", flush=True)
 
 
 if __name__ == "__main__":
