@@ -16,14 +16,28 @@ from gradsurg.metrics import compute_metrics
 from gradsurg.multiexit.early_exit import (
     DEFAULT_THRESHOLDS,
     ExitSweepPoint,
-    entropy_exit_layers,
-    entropy_sweep,
     expected_time_percent,
-    first_exit,
     per_exit_metrics,
-    prediction_entropy,
+    policy_sweep,
     select_exit_outputs,
 )
+from gradsurg.multiexit.policies import EntropyPolicy, prediction_entropy
+from gradsurg.multiexit.runner import simulate_exits
+
+
+def entropy_exit_layers(all_logits: torch.Tensor, threshold: float) -> torch.Tensor:
+    return simulate_exits(EntropyPolicy(threshold), all_logits).exit_layers
+
+
+def entropy_sweep(all_logits, labels, task, thresholds=None):
+    return policy_sweep(all_logits, labels, task, "entropy", thresholds)
+
+
+def first_exit(confident: torch.Tensor) -> torch.Tensor:
+    """Independent vectorized reference: first True along layers, else the last layer."""
+    forced = confident.clone()
+    forced[-1] = True
+    return forced.to(torch.uint8).argmax(dim=0)
 
 # [L=3, N=4, C=2]. Entropies: [0, 0] -> ln 2 = 0.693, [0.1, 0] -> 0.692, [2, 0] -> 0.365,
 # [10, 0] -> 5.0e-4. So threshold 0.4 takes [2, 0] and [10, 0]; 0.01 takes only [10, 0].
@@ -84,22 +98,10 @@ def test_entropy_handles_masked_classes() -> None:
 def test_entropy_rejects_regression_outputs() -> None:
     with pytest.raises(ConfigError, match="classification task"):
         prediction_entropy(torch.zeros(4, 1))
-    with pytest.raises(ConfigError, match="classification task"):
+    with pytest.raises(ConfigError, match="classification model"):
         entropy_exit_layers(torch.zeros(3, 4, 1), 0.1)
-    with pytest.raises(ConfigError, match="classification task"):
+    with pytest.raises(ConfigError, match="classification model"):
         entropy_sweep(torch.zeros(3, 4, 1), torch.zeros(4), "stsb")
-
-
-def test_first_exit_takes_first_confident_layer_else_last() -> None:
-    confident = torch.tensor([[False, True, False, False],
-                              [True, True, False, False],
-                              [False, True, False, True]])
-    assert first_exit(confident).tolist() == [1, 0, 2, 2]
-    assert first_exit(torch.zeros(1, 3, dtype=torch.bool)).tolist() == [0, 0, 0]
-    with pytest.raises(ValueError, match="bool"):
-        first_exit(torch.zeros(2, 3))
-    with pytest.raises(ValueError, match=r"\[L, N\]"):
-        first_exit(torch.zeros(3, dtype=torch.bool))
 
 
 @pytest.mark.parametrize(("threshold", "exits"), [
@@ -133,7 +135,7 @@ def test_huge_threshold_exits_at_first_layer(threshold: float) -> None:
 @pytest.mark.parametrize("threshold", [-0.1, math.nan])
 def test_bad_threshold_is_a_config_error(threshold: float) -> None:
     with pytest.raises(ConfigError, match="threshold"):
-        entropy_exit_layers(HAND_LOGITS, threshold)
+        EntropyPolicy(threshold)
     with pytest.raises(ConfigError, match="threshold"):
         entropy_sweep(HAND_LOGITS, HAND_LABELS, "sst2", (0.1, threshold))
 
@@ -159,7 +161,7 @@ def test_expected_time_percent() -> None:
 
 def test_sweep_metric_equals_metrics_of_hand_selected_predictions() -> None:
     points = entropy_sweep(HAND_LOGITS, HAND_LABELS, "mrpc", (0.0, 0.01, 0.4, 10.0))
-    assert [p.threshold for p in points] == [0.0, 0.01, 0.4, 10.0]
+    assert [p.value for p in points] == [0.0, 0.01, 0.4, 10.0]
     assert all(isinstance(p, ExitSweepPoint) for p in points)
     # Predictions read off HAND_LOGITS at the exits of test_exit_layers_on_hand_made_example
     # (argmax of a tie [0, 0] is class 0, torch's documented first maximal index).
@@ -168,10 +170,10 @@ def test_sweep_metric_equals_metrics_of_hand_selected_predictions() -> None:
              10.0: 100 / 3}
     counts = {0.0: [0, 0, 4], 0.01: [1, 0, 3], 0.4: [1, 1, 2], 10.0: [4, 0, 0]}
     for point in points:
-        expected = compute_metrics("mrpc", hand[point.threshold], HAND_LABELS.tolist())
+        expected = compute_metrics("mrpc", hand[point.value], HAND_LABELS.tolist())
         assert point.metric == pytest.approx(expected)
-        assert point.time_percent == pytest.approx(times[point.threshold])
-        assert point.exit_counts == counts[point.threshold]
+        assert point.time_percent == pytest.approx(times[point.value])
+        assert point.exit_counts == counts[point.value]
     assert points[1].metric["accuracy"] == pytest.approx(0.75)
     assert points[2].metric["accuracy"] == pytest.approx(0.5)
 
@@ -180,7 +182,7 @@ def test_default_sweep_starts_with_the_full_model() -> None:
     logits = torch.randn(4, 20, 2, generator=torch.Generator().manual_seed(0))
     labels = torch.randint(0, 2, (20,), generator=torch.Generator().manual_seed(1))
     points = entropy_sweep(logits, labels, "sst2")
-    assert [p.threshold for p in points] == list(DEFAULT_THRESHOLDS)
+    assert [p.value for p in points] == list(DEFAULT_THRESHOLDS)
     assert points[0].time_percent == 100.0
     assert points[0].exit_counts == [0, 0, 0, 20]
     assert points[0].metric == compute_metrics("sst2", logits[-1].argmax(-1), labels)
@@ -205,11 +207,12 @@ def test_exits_are_monotone_in_the_threshold(logits: np.ndarray,
     low, high = thresholds
     exits_low = entropy_exit_layers(all_logits, low)
     exits_high = entropy_exit_layers(all_logits, high)
+    entropy = prediction_entropy(all_logits)
+    assert exits_high.tolist() == first_exit(entropy < high).tolist()
     assert (exits_high <= exits_low).all()  # a larger threshold never exits later
     assert (expected_time_percent(exits_high, num_layers)
             <= expected_time_percent(exits_low, num_layers))
     # and the exit is the first layer under the threshold, else the last
-    entropy = prediction_entropy(all_logits)
     for n, layer in enumerate(exits_high.tolist()):
         assert (entropy[:layer, n] >= high).all()
         assert layer == num_layers - 1 or entropy[layer, n] < high

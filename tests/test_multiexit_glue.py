@@ -8,6 +8,7 @@ import pytest
 
 from gradsurg.config import load_recipe
 from gradsurg.errors import ConfigError
+from gradsurg.multiexit.early_exit import DEFAULT_THRESHOLDS
 from gradsurg.multiexit.model import MultiExitModel
 from gradsurg.recipes.glue_config import MultiExitGlueConfig
 from gradsurg.recipes.multiexit_glue import plan_stages, run
@@ -30,7 +31,7 @@ def test_every_mode_trains_evaluates_and_saves(mode, tiny_bert_dir, shared_glue_
     assert len(results["exit_metrics"]) == 3
     assert all(0.0 <= m["accuracy"] <= 1.0 for m in results["exit_metrics"])
     sweep = results["sweep"]
-    assert [p["threshold"] for p in sweep] == sorted(config.thresholds)
+    assert [p["threshold"] for p in sweep] == list(DEFAULT_THRESHOLDS)
     assert sweep[0]["threshold"] == 0 and sweep[0]["time_percent"] == pytest.approx(100.0)
     assert sweep[0]["accuracy"] == results["exit_metrics"][-1]["accuracy"]
     assert sum(sweep[-1]["exit_counts"]) == 24

@@ -97,9 +97,9 @@ def test_exit_metrics_table_scales_signed_metrics() -> None:
 
 def test_sweep_table_lists_thresholds_metrics_time_and_exits() -> None:
     points = [
-        ExitSweepPoint(threshold=0.0, metric={"f1": 0.9, "accuracy": 0.85},
+        ExitSweepPoint(value=0.0, metric={"f1": 0.9, "accuracy": 0.85},
                        time_percent=100.0, exit_counts=[0, 0, 8]),
-        ExitSweepPoint(threshold=0.005, metric={"f1": 0.875, "accuracy": 0.8},
+        ExitSweepPoint(value=0.005, metric={"f1": 0.875, "accuracy": 0.8},
                        time_percent=200 / 3, exit_counts=[3, 2, 3]),
     ]
     table = sweep_table(points, "accuracy", "MRPC entropy sweep")
@@ -115,7 +115,7 @@ def test_sweep_table_lists_thresholds_metrics_time_and_exits() -> None:
 
 
 def test_sweep_table_needs_the_primary_metric() -> None:
-    point = ExitSweepPoint(threshold=0.1, metric={"accuracy": 0.5}, time_percent=50.0,
+    point = ExitSweepPoint(value=0.1, metric={"accuracy": 0.5}, time_percent=50.0,
                            exit_counts=[1, 1])
     with pytest.raises(ValueError, match="'f1'"):
         sweep_table([point], "f1", "sweep")

@@ -1,105 +1,62 @@
 """Early-exit evaluation of a multi-exit model from its stacked exit logits.
 
 Everything here works on ``all_logits`` of shape ``[L, N, C]`` (exit layer, example, class),
-collected once after training, so a threshold sweep costs no extra forward passes. The
-policy is DeeBERT/RomeBERT's: an example leaves at the first exit whose prediction entropy
-is below the threshold, and at the last exit otherwise. Exit indices are 0-based; the cost
-model (``expected_time_percent``) counts layers 1-based, as running exit ``i`` costs
-``i + 1`` layers.
-
-Policies are split into "which exits are confident" (a ``[L, N]`` boolean mask) and
-``first_exit`` (where each example leaves), so other confidence rules can reuse the rest.
+collected once after training, so a sweep over a policy's parameter costs no extra forward
+passes. Exits are chosen by :func:`gradsurg.multiexit.runner.simulate_exits`, the same loop
+the layer-by-layer runner uses. Exit indices are 0-based; the cost model
+(``expected_time_percent``) counts layers 1-based, as running exit ``i`` costs ``i + 1`` layers.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from gradsurg.data.glue import TaskSpec, get_task
-from gradsurg.errors import ConfigError
 from gradsurg.metrics import compute_metrics
+from gradsurg.multiexit.policies import ExitPolicy, build_policy
+from gradsurg.multiexit.runner import simulate_exits
 
 DEFAULT_THRESHOLDS: tuple[float, ...] = (
     0.0, 0.001, 0.005, 0.01, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 """Entropy thresholds of the sweep, from "never exit early" (0) upwards."""
 
+DEFAULT_SWEEPS: dict[str, tuple[float, ...]] = {
+    "entropy": DEFAULT_THRESHOLDS,
+    "normalized_entropy": (0.0, 0.001, 0.005, 0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8),
+    "max_prob": (1.0, 0.999, 0.99, 0.98, 0.95, 0.9, 0.85, 0.8, 0.7, 0.6),
+    "confidence_window": (0.0, 0.001, 0.005, 0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8),
+}
+"""Sweeps for policies whose swept parameter does not depend on the depth; ``patience``
+and ``fixed`` sweep 1..L-1 and 1..L."""
+
+
+def default_sweep(policy: str, num_layers: int) -> list[float]:
+    """The values a trade-off sweep tries for ``policy`` on a model with ``num_layers``."""
+    if policy in DEFAULT_SWEEPS:
+        return list(DEFAULT_SWEEPS[policy])
+    if policy == "patience":
+        return [float(p) for p in range(num_layers - 1, 0, -1)]
+    return [float(layer) for layer in range(num_layers, 0, -1)]
+
 
 @dataclass(frozen=True)
 class ExitSweepPoint:
-    """One threshold of a sweep: its metrics, cost and where the examples left."""
+    """One value of a policy's swept parameter: its metrics, cost and where examples left."""
 
-    threshold: float
+    value: float
     metric: dict[str, float]
     time_percent: float
     exit_counts: list[int]  # examples leaving at each exit, index 0 = first layer
-
-
-def prediction_entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy (nats) of ``softmax(logits)`` over the last dim, shape ``logits.shape[:-1]``.
-
-    Computed from ``log_softmax`` so huge logits (1e4) do not overflow; classes with zero
-    probability contribute exactly 0, so a one-hot-like distribution has entropy 0. Half
-    precision inputs are computed in float32.
-    """
-    if logits.ndim == 0:
-        raise ValueError("logits must have a class dimension, got a scalar")
-    if logits.shape[-1] == 1:
-        raise ConfigError("entropy exit needs a classification task: logits have a single "
-                          "output (regression), whose entropy is undefined")
-    if logits.shape[-1] == 0:
-        raise ValueError("logits have zero classes")
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    log_p = torch.log_softmax(logits, dim=-1)
-    p = log_p.exp()
-    # p == 0 exactly where log_p is very negative or -inf; 0 * -inf would be NaN.
-    terms = torch.where(p > 0, p * log_p, torch.zeros_like(p))
-    # clamp guards against rounding below 0; + 0.0 turns -0.0 into 0.0 for printing.
-    return (-terms.sum(dim=-1)).clamp_min(0.0) + 0.0
-
-
-def first_exit(confident: torch.Tensor) -> torch.Tensor:
-    """0-based index of the first confident exit per example, else the last exit.
-
-    ``confident`` is a boolean ``[L, N]`` mask; the result is a long ``[N]`` tensor. The last
-    exit is always taken when no earlier one is confident, since the model must answer.
-    """
-    if confident.dtype != torch.bool:
-        raise ValueError(f"confident must be a bool tensor, got {confident.dtype}")
-    if confident.ndim != 2 or confident.shape[0] == 0:
-        raise ValueError(f"confident must be [L, N] with L >= 1, got {tuple(confident.shape)}")
-    forced = confident.clone()
-    forced[-1] = True
-    # argmax returns the first maximal index, i.e. the first True along the layer axis.
-    return forced.to(torch.uint8).argmax(dim=0)
 
 
 def _check_all_logits(all_logits: torch.Tensor) -> None:
     if all_logits.ndim != 3 or 0 in all_logits.shape:
         raise ValueError("all_logits must be a non-empty [L, N, C] tensor, got shape "
                          f"{tuple(all_logits.shape)}")
-
-
-def _check_threshold(threshold: float) -> float:
-    value = float(threshold)
-    if math.isnan(value) or value < 0:
-        raise ConfigError(f"entropy threshold must be a number >= 0, got {threshold!r}")
-    return value
-
-
-def entropy_exit_layers(all_logits: torch.Tensor, threshold: float) -> torch.Tensor:
-    """0-based exit per example: the first layer with entropy < ``threshold``, else ``L - 1``.
-
-    Threshold 0 never exits early (entropy is never negative); ``inf`` always exits at the
-    first layer. NaN logits never count as confident.
-    """
-    _check_all_logits(all_logits)
-    value = _check_threshold(threshold)
-    return first_exit(prediction_entropy(all_logits) < value)
 
 
 def select_exit_outputs(all_logits: torch.Tensor, exit_layers: torch.Tensor) -> torch.Tensor:
@@ -136,40 +93,50 @@ def expected_time_percent(exit_layers: torch.Tensor, num_layers: int) -> float:
     return 100.0 * layers_run / (exits.numel() * num_layers)
 
 
-def _classification_spec(task: str | TaskSpec, num_outputs: int) -> TaskSpec:
-    spec = get_task(task)
-    if spec.is_regression:
-        raise ConfigError(f"entropy exit needs a classification task, got regression task "
-                          f"{spec.name!r}")
-    _check_width(spec, num_outputs)
-    return spec
-
-
 def _check_width(spec: TaskSpec, num_outputs: int) -> None:
     if num_outputs != spec.num_labels:
         raise ValueError(f"task {spec.name!r} has {spec.num_labels} outputs, got logits with "
                          f"{num_outputs}")
 
 
-def entropy_sweep(all_logits: torch.Tensor, labels: Any, task: str | TaskSpec,
-                  thresholds: Sequence[float] = DEFAULT_THRESHOLDS) -> list[ExitSweepPoint]:
-    """Metric, expected time % and exit histogram for each entropy threshold, in order."""
+def policy_sweep(all_logits: torch.Tensor, labels: Any, task: str | TaskSpec, policy: str,
+                 values: Sequence[float] | None = None,
+                 params: Mapping[str, Any] | None = None) -> list[ExitSweepPoint]:
+    """Metric, expected time % and exit histogram for each value of the policy's swept
+    parameter (``threshold`` for entropy, ``patience`` for patience, ...), in the given order.
+
+    ``params`` fixes the policy's other parameters; ``values`` defaults to
+    :func:`default_sweep`. Every policy is built before any work, so a bad value fails fast.
+    """
     _check_all_logits(all_logits)
-    spec = _classification_spec(task, all_logits.shape[-1])
+    spec = get_task(task)
+    _check_width(spec, all_logits.shape[-1])
     num_layers = all_logits.shape[0]
-    values = [_check_threshold(threshold) for threshold in thresholds]  # fail before work
-    entropy = prediction_entropy(all_logits)  # once for all thresholds
+    values = default_sweep(policy, num_layers) if values is None else list(values)
+    policies = [_policy_at(policy, params, value) for value in values]
     points = []
-    for threshold in values:
-        exits = first_exit(entropy < threshold)
-        predictions = select_exit_outputs(all_logits, exits).argmax(dim=-1)
+    for value, rule in zip(values, policies):
+        exits = simulate_exits(rule, all_logits).exit_layers
+        outputs = select_exit_outputs(all_logits, exits)
+        predictions = outputs[:, 0] if spec.is_regression else outputs.argmax(dim=-1)
         points.append(ExitSweepPoint(
-            threshold=threshold,
+            value=value,
             metric=compute_metrics(spec, predictions, labels),
             time_percent=expected_time_percent(exits, num_layers),
             exit_counts=torch.bincount(exits.cpu(), minlength=num_layers).tolist(),
         ))
     return points
+
+
+def _policy_at(name: str, params: Mapping[str, Any] | None, value: float) -> ExitPolicy:
+    policy_cls = type(build_policy(name, params))
+    swept = policy_cls.sweep_parameter
+    if swept is None:
+        return build_policy(name, params)
+    # Integer parameters (patience, layer) arrive as floats from YAML lists of numbers.
+    default = getattr(policy_cls, swept, None)
+    typed = int(value) if isinstance(default, int) and float(value).is_integer() else value
+    return build_policy(name, {**(params or {}), swept: typed})
 
 
 def per_exit_metrics(all_logits: torch.Tensor, labels: Any,

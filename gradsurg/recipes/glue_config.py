@@ -9,7 +9,7 @@ from pydantic import Field, field_validator
 from gradsurg.combiners import build_combiner
 from gradsurg.data.glue import get_task
 from gradsurg.errors import ConfigError
-from gradsurg.multiexit.early_exit import DEFAULT_THRESHOLDS
+from gradsurg.multiexit.policies import build_policy, split_policy_spec
 from gradsurg.programs import ProgramConfig
 
 Mode = Literal["romebert", "romebert_sd", "deebert", "deebert_sd"]
@@ -45,7 +45,11 @@ class MultiExitGlueConfig(ProgramConfig):
     )
     include: list[str] | None = Field(["encoder.layers.*"], description="surgery parameters")
     exclude: list[str] | None = None
-    thresholds: list[float] = Field(list(DEFAULT_THRESHOLDS))
+    exit_policy: str | dict[str, Any] = Field(
+        "entropy", description="exit policy of the trade-off sweep: a name or {name, params}")
+    sweep: list[float] | None = Field(
+        None, description="values of the policy's swept parameter (entropy: thresholds); "
+        "default: the policy's standard list")
     log_every: int = Field(50, ge=1)
     device: str = "auto"
     threads: int | None = Field(None, ge=1)
@@ -69,12 +73,18 @@ class MultiExitGlueConfig(ProgramConfig):
                 raise ValueError(str(error)) from None
         return value
 
-    @field_validator("thresholds")
+    @field_validator("exit_policy")
     @classmethod
-    def _sorted_thresholds(cls, value: list[float]) -> list[float]:
-        if any(t < 0 for t in value):
-            raise ValueError("entropy thresholds must be >= 0")
-        return sorted(value)
+    def _buildable_policy(cls, value: str | dict[str, Any]) -> str | dict[str, Any]:
+        try:
+            build_policy(*split_policy_spec(value))
+        except ConfigError as error:
+            raise ValueError(str(error)) from None
+        return value
+
+    def policy_spec(self) -> tuple[str, dict[str, Any]]:
+        """The exit policy's name and its fixed parameters."""
+        return split_policy_spec(self.exit_policy)
 
     def combiner_spec(self) -> str | dict[str, Any]:
         if self.combiner is not None:

@@ -25,11 +25,12 @@ from transformers import get_linear_schedule_with_warmup
 
 from gradsurg.data.collate import GlueCollator, tokenize_dataset
 from gradsurg.data.glue import TaskSpec, get_task, load_glue
-from gradsurg.errors import ConfigError
+from gradsurg.devices import resolve_device
 from gradsurg.metrics import primary_metric
-from gradsurg.multiexit.early_exit import entropy_sweep, per_exit_metrics
+from gradsurg.multiexit.early_exit import per_exit_metrics, policy_sweep
 from gradsurg.multiexit.loss_terms import self_distillation_loss, task_loss
 from gradsurg.multiexit.model import MultiExitModel
+from gradsurg.multiexit.policies import POLICIES
 from gradsurg.programs import Program
 from gradsurg.recipes.glue_config import MultiExitGlueConfig
 from gradsurg.recipes.training import (
@@ -97,15 +98,6 @@ def set_trainable(model: MultiExitModel, stage: Stage) -> list[torch.nn.Paramete
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"key 'device': {name!r} is not a torch device") from None
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
@@ -156,6 +148,9 @@ def run(config: MultiExitGlueConfig, output_dir: Path) -> dict[str, Any]:
     model, tokenizer = MultiExitModel.from_backbone(
         config.model, num_labels=task.num_labels, pooling=config.pooling, dropout=config.dropout
     )
+    # Recorded in the checkpoint so `gradsurg predict/eval` know the classes and the task.
+    model.config.task = task.name
+    model.config.labels = list(task.labels) if task.labels else None
     model.to(device)
     collate = GlueCollator(tokenizer)
     train_data = tokenize_dataset(
@@ -231,7 +226,7 @@ def run_stage(stage: Stage, model: MultiExitModel, batches: Any, steps_per_epoch
 
 def evaluate(all_logits: Tensor, labels: Tensor, task: TaskSpec, config: MultiExitGlueConfig,
              output_dir: Path) -> dict[str, Any]:
-    """Per-exit metrics, the entropy sweep, their tables and the paper-style plots."""
+    """Per-exit metrics, the exit-policy sweep, their tables and the paper-style plots."""
     primary = primary_metric(task.name)
     per_exit = per_exit_metrics(all_logits, labels, task.name)
     console.print(exit_metrics_table(per_exit, title=f"{task.name} {config.eval_split}, per exit"))
@@ -243,21 +238,23 @@ def evaluate(all_logits: Tensor, labels: Tensor, task: TaskSpec, config: MultiEx
     plots.mkdir(exist_ok=True)
     plot_exit_metrics({config.mode: [m[primary] for m in per_exit]}, primary,
                       plots / "metric_per_exit.png")
-    if task.is_regression:
-        return results
-    sweep = entropy_sweep(all_logits, labels, task.name, thresholds=config.thresholds)
-    console.print(sweep_table(sweep, primary, title=f"{task.name} {config.eval_split}, "
-                              "early exit by entropy"))
+    name, params = config.policy_spec()
+    if task.is_regression and POLICIES.get(name).classification_only:
+        return results  # e.g. entropy: undefined for a single regression output
+    sweep = policy_sweep(all_logits, labels, task.name, name, config.sweep, params)
+    swept = POLICIES.get(name).sweep_parameter or "value"
+    console.print(sweep_table(sweep, primary, parameter=swept, title=(
+        f"{task.name} {config.eval_split}, early exit by {name}")))
+    results["exit_policy"] = {"name": name, **params}
     results["sweep"] = [
-        {"threshold": p.threshold, **p.metric, "time_percent": p.time_percent,
-         "exit_counts": p.exit_counts}
+        {swept: p.value, **p.metric, "time_percent": p.time_percent, "exit_counts": p.exit_counts}
         for p in sweep
     ]
     plot_tradeoff({config.mode: [(p.time_percent, p.metric[primary]) for p in sweep]}, primary,
                   plots / "metric_vs_time.png")
     middle = sweep[len(sweep) // 2]
     plot_exit_distribution(middle.exit_counts, plots / "exit_layers.png",
-                           title=f"exit layers at entropy < {middle.threshold}")
+                           title=f"exit layers at {name} {swept}={middle.value:g}")
     return results
 
 

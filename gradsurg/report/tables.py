@@ -41,8 +41,9 @@ def exit_metrics_table(per_exit: Sequence[Mapping[str, float]],
 
 
 def sweep_table(points: Sequence[ExitSweepPoint], primary: str,
-                title: str = "Entropy early-exit sweep", *, scale: float = 100.0) -> Table:
-    """Threshold, primary metric (bold), other metrics, expected time % and exit counts.
+                title: str = "Early-exit sweep", *, parameter: str = "threshold",
+                scale: float = 100.0) -> Table:
+    """Swept value, primary metric (bold), other metrics, expected time % and exit counts.
 
     The last column lists examples leaving at exits 1..L, separated by spaces.
     """
@@ -51,7 +52,7 @@ def sweep_table(points: Sequence[ExitSweepPoint], primary: str,
         raise ValueError(f"primary metric {primary!r} not among the sweep's metrics {keys}")
     others = [key for key in keys if key != primary]
     table = Table(title=title)
-    table.add_column("threshold", justify="right")
+    table.add_column(parameter, justify="right")
     table.add_column(primary, justify="right", style="bold")
     for key in others:
         table.add_column(key, justify="right")
@@ -59,7 +60,7 @@ def sweep_table(points: Sequence[ExitSweepPoint], primary: str,
     table.add_column("exits (layer 1..L)")
     for point in points:
         table.add_row(
-            f"{point.threshold:g}",
+            f"{point.value:g}",
             _format(point.metric, primary, scale),
             *(_format(point.metric, key, scale) for key in others),
             f"{point.time_percent:.2f}",

@@ -1,0 +1,323 @@
+"""Exit policies: when does an example stop at an exit instead of running more layers?
+
+A policy sees one exit's outputs at a time, for the rows still running, and answers with a
+boolean "leave now" per row. Anything a rule must remember across exits (PABEE's patience
+counter, ELBERT's window) lives in a per-row ``state`` dict of tensors whose first dimension
+is the row, so a runner that drops finished rows can drop their state with the same index.
+The same ``decide`` calls drive the layer-by-layer runner and the simulation over
+precomputed exit outputs, which is why the two agree.
+
+Exit indices are 0-based (``layer`` 0 is the exit after the first encoder layer); the
+user-facing ``fixed`` policy counts layers from 1, like the per-exit tables (L1..Ln).
+New policies subclass :class:`ExitPolicy` and register under a name in :data:`POLICIES`
+(or through the ``gradsurg.policies`` entry point group).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from gradsurg.errors import ConfigError
+from gradsurg.registry import Registry
+
+__all__ = [
+    "POLICIES",
+    "ConfidenceWindowPolicy",
+    "EntropyPolicy",
+    "ExitPolicy",
+    "FixedPolicy",
+    "MaxProbPolicy",
+    "NormalizedEntropyPolicy",
+    "PatiencePolicy",
+    "PolicyState",
+    "build_policy",
+    "prediction_entropy",
+    "split_policy_spec",
+]
+
+PolicyState = dict[str, Tensor]
+"""Per-row memory of a policy: every tensor is indexed by row first."""
+
+
+def prediction_entropy(logits: Tensor) -> Tensor:
+    """Entropy (nats) of ``softmax(logits)`` over the last dim, shape ``logits.shape[:-1]``.
+
+    Computed from ``log_softmax`` so huge logits (1e4) do not overflow, unlike the papers'
+    ``exp``-based code; classes with zero probability contribute exactly 0, so a one-hot-like
+    distribution has entropy 0. Half precision inputs are computed in float32.
+    """
+    if logits.ndim == 0:
+        raise ValueError("logits must have a class dimension, got a scalar")
+    if logits.shape[-1] == 0:
+        raise ValueError("logits have zero classes")
+    if logits.shape[-1] == 1:
+        raise ConfigError("entropy needs a classification task: logits have a single output "
+                          "(regression), whose entropy is undefined")
+    log_p = torch.log_softmax(_at_least_float32(logits), dim=-1)
+    p = log_p.exp()
+    # p == 0 exactly where log_p is very negative or -inf; 0 * -inf would be NaN.
+    terms = torch.where(p > 0, p * log_p, torch.zeros_like(p))
+    # clamp guards against rounding below 0; + 0.0 turns -0.0 into 0.0 for printing.
+    return (-terms.sum(dim=-1)).clamp_min(0.0) + 0.0
+
+
+def _at_least_float32(x: Tensor) -> Tensor:
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+class ExitPolicy(ABC):
+    """One exit rule. Subclasses are dataclasses whose fields are the rule's parameters."""
+
+    name: ClassVar[str]
+    classification_only: ClassVar[bool] = True
+    sweep_parameter: ClassVar[str | None] = None
+    """The parameter a trade-off sweep varies (``threshold``, ``patience``, ...)."""
+
+    def check_model(self, num_outputs: int, num_layers: int) -> None:
+        """Refuse a model this rule cannot judge (e.g. entropy of a regression output)."""
+        if self.classification_only and num_outputs < 2:
+            raise ConfigError(f"exit policy {self.name!r} needs a classification model; this "
+                              "model has a single (regression) output; allowed: patience, fixed")
+
+    def start(self, num_rows: int, device: torch.device) -> PolicyState:
+        """Fresh per-row state before the first exit."""
+        return {}
+
+    def needs_outputs(self, layer: int) -> bool:
+        """Whether exit ``layer``'s head must run for this rule (``fixed`` skips the others)."""
+        return True
+
+    @abstractmethod
+    def decide(self, layer: int, outputs: Tensor | None, state: PolicyState) -> Tensor:
+        """Rows that leave at exit ``layer`` (bool ``[rows]``); may update ``state`` in place.
+
+        ``outputs`` are the exit's ``[rows, C]`` logits (``None`` when ``needs_outputs`` said
+        no). The last exit is always taken by the caller, whatever this returns.
+        """
+
+    def params(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    def describe(self) -> str:
+        args = ", ".join(f"{k}={v}" for k, v in self.params().items())
+        return f"{self.name}({args})"
+
+
+POLICIES: Registry[type[ExitPolicy]] = Registry("exit policy", "gradsurg.policies")
+
+
+def _threshold(name: str, value: Any, *, upper: float = math.inf) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{name}={value!r} is invalid; allowed: a number in [0, {upper}]")
+    value = float(value)
+    if math.isnan(value) or not 0.0 <= value <= upper:
+        raise ConfigError(f"{name}={value!r} is out of range; allowed: a number in [0, {upper}]")
+    return value
+
+
+def _count(name: str, value: Any, *, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{name}={value!r} is invalid; allowed: an integer >= {minimum}")
+    if value < minimum:
+        raise ConfigError(f"{name}={value!r} is out of range; allowed: an integer >= {minimum}")
+    return value
+
+
+@POLICIES.register("entropy")
+@dataclass
+class EntropyPolicy(ExitPolicy):
+    """DeeBERT/RomeBERT: leave at the first exit whose prediction entropy (nats) < threshold.
+
+    Threshold 0 never leaves early (entropy is never negative); NaN outputs never leave.
+    """
+
+    name: ClassVar[str] = "entropy"
+    sweep_parameter: ClassVar[str] = "threshold"
+    threshold: float = 0.1
+
+    def __post_init__(self) -> None:
+        self.threshold = _threshold("threshold", self.threshold)
+
+    def decide(self, layer: int, outputs: Tensor | None, state: PolicyState) -> Tensor:
+        assert outputs is not None
+        return prediction_entropy(outputs) < self.threshold
+
+
+@POLICIES.register("normalized_entropy")
+@dataclass
+class NormalizedEntropyPolicy(ExitPolicy):
+    """FastBERT: entropy / log(C) < threshold, so one threshold means the same for any C."""
+
+    name: ClassVar[str] = "normalized_entropy"
+    sweep_parameter: ClassVar[str] = "threshold"
+    threshold: float = 0.1
+
+    def __post_init__(self) -> None:
+        self.threshold = _threshold("threshold", self.threshold, upper=1.0)
+
+    def decide(self, layer: int, outputs: Tensor | None, state: PolicyState) -> Tensor:
+        assert outputs is not None
+        return normalized_entropy(outputs) < self.threshold
+
+
+def normalized_entropy(logits: Tensor) -> Tensor:
+    """Entropy divided by its maximum, log(C): in [0, 1] for any number of classes."""
+    return prediction_entropy(logits) / math.log(logits.shape[-1])
+
+
+@POLICIES.register("max_prob")
+@dataclass
+class MaxProbPolicy(ExitPolicy):
+    """Leave when the highest class probability is above ``threshold``."""
+
+    name: ClassVar[str] = "max_prob"
+    sweep_parameter: ClassVar[str] = "threshold"
+    threshold: float = 0.9
+
+    def __post_init__(self) -> None:
+        self.threshold = _threshold("threshold", self.threshold, upper=1.0)
+
+    def decide(self, layer: int, outputs: Tensor | None, state: PolicyState) -> Tensor:
+        assert outputs is not None
+        top = torch.softmax(_at_least_float32(outputs), dim=-1).amax(dim=-1)
+        return top > self.threshold
+
+
+@POLICIES.register("patience")
+@dataclass
+class PatiencePolicy(ExitPolicy):
+    """PABEE: leave once the prediction has stayed the same for ``patience`` consecutive exits.
+
+    With ``patience=2`` an example leaves at the third exit if exits 1, 2 and 3 agree. For
+    classification "the same" is the same argmax; for regression it is a change smaller than
+    ``tolerance`` between consecutive outputs (PABEE's regression rule).
+    """
+
+    name: ClassVar[str] = "patience"
+    classification_only: ClassVar[bool] = False
+    sweep_parameter: ClassVar[str] = "patience"
+    patience: int = 3
+    tolerance: float = 0.1
+
+    def __post_init__(self) -> None:
+        self.patience = _count("patience", self.patience)
+        self.tolerance = _threshold("tolerance", self.tolerance)
+
+    def start(self, num_rows: int, device: torch.device) -> PolicyState:
+        return {"streak": torch.zeros(num_rows, dtype=torch.long, device=device)}
+
+    def decide(self, layer: int, outputs: Tensor | None, state: PolicyState) -> Tensor:
+        assert outputs is not None
+        outputs = _at_least_float32(outputs)
+        current = outputs[:, 0] if outputs.shape[-1] == 1 else outputs.argmax(dim=-1)
+        previous = state.get("previous")
+        if previous is None:
+            same = torch.zeros_like(state["streak"], dtype=torch.bool)
+        elif outputs.shape[-1] == 1:
+            same = (current - previous).abs() < self.tolerance
+        else:
+            same = current == previous
+        state["streak"] = torch.where(same, state["streak"] + 1, torch.zeros_like(state["streak"]))
+        state["previous"] = current
+        return state["streak"] >= self.patience
+
+
+@POLICIES.register("confidence_window")
+@dataclass
+class ConfidenceWindowPolicy(ExitPolicy):
+    """ELBERT's two-stage rule, for any number of classes and any batch.
+
+    Leave when the normalized entropy is below ``threshold``; otherwise leave when the last
+    ``window`` exits (this one included) all predict the same class with a margin: its
+    probability exceeds the runner-up's by more than ``2 * margin``. For two classes that is
+    exactly ELBERT's "p > 0.5 + margin (or < 0.5 - margin) at each of the last N exits".
+    """
+
+    name: ClassVar[str] = "confidence_window"
+    sweep_parameter: ClassVar[str] = "threshold"
+    threshold: float = 0.1
+    window: int = 2
+    margin: float = 0.1
+
+    def __post_init__(self) -> None:
+        self.threshold = _threshold("threshold", self.threshold, upper=1.0)
+        self.window = _count("window", self.window)
+        self.margin = _threshold("margin", self.margin, upper=0.5)
+
+    def start(self, num_rows: int, device: torch.device) -> PolicyState:
+        return {"streak": torch.zeros(num_rows, dtype=torch.long, device=device),
+                "previous": torch.full((num_rows,), -1, dtype=torch.long, device=device)}
+
+    def decide(self, layer: int, outputs: Tensor | None, state: PolicyState) -> Tensor:
+        assert outputs is not None
+        probs = torch.softmax(_at_least_float32(outputs), dim=-1)
+        top2 = probs.topk(2, dim=-1)
+        predicted = top2.indices[:, 0]
+        confident = (top2.values[:, 0] - top2.values[:, 1]) > 2 * self.margin
+        continues = confident & (predicted == state["previous"])
+        streak = torch.where(continues, state["streak"] + 1, confident.long())
+        state["streak"] = streak
+        state["previous"] = torch.where(confident, predicted, torch.full_like(predicted, -1))
+        return (normalized_entropy(outputs) < self.threshold) | (streak >= self.window)
+
+
+@POLICIES.register("fixed")
+@dataclass
+class FixedPolicy(ExitPolicy):
+    """Every example leaves after ``layer`` layers (1-based): per-exit evaluation and timing."""
+
+    name: ClassVar[str] = "fixed"
+    classification_only: ClassVar[bool] = False
+    sweep_parameter: ClassVar[str] = "layer"
+    layer: int = 1
+
+    def __post_init__(self) -> None:
+        self.layer = _count("layer", self.layer)
+
+    def needs_outputs(self, layer: int) -> bool:
+        return layer == self.layer - 1
+
+    def check_model(self, num_outputs: int, num_layers: int) -> None:
+        if self.layer > num_layers:
+            raise ConfigError(f"layer={self.layer} is out of range; allowed: 1..{num_layers}")
+
+    def start(self, num_rows: int, device: torch.device) -> PolicyState:
+        # Carries the row count through the layers whose head is skipped.
+        return {"rows": torch.zeros(num_rows, dtype=torch.bool, device=device)}
+
+    def decide(self, layer: int, outputs: Tensor | None, state: PolicyState) -> Tensor:
+        return torch.full_like(state["rows"], layer == self.layer - 1)
+
+
+def build_policy(name: str, params: Mapping[str, Any] | None = None) -> ExitPolicy:
+    """``build_policy("patience", {"patience": 2})``; unknown names or keys are one-line errors."""
+    cls = POLICIES.get(name)
+    params = dict(params or {})
+    if dataclasses.is_dataclass(cls):
+        allowed = [f.name for f in dataclasses.fields(cls)]
+        for key in params:
+            if key not in allowed:
+                raise ConfigError(f"exit policy {name!r} has no parameter {key!r}; "
+                                  f"allowed: {', '.join(allowed) or '(none)'}")
+    try:
+        return cls(**params)
+    except TypeError as exc:
+        raise ConfigError(f"exit policy {name!r}: {exc}") from exc
+
+
+def split_policy_spec(spec: str | Mapping[str, Any], where: str = "exit_policy"
+                      ) -> tuple[str, dict[str, Any]]:
+    """A recipe's ``entropy`` or ``{name: patience, patience: 2}`` -> (name, parameters)."""
+    if isinstance(spec, str):
+        return spec, {}
+    if not isinstance(spec, Mapping) or not isinstance(spec.get("name"), str):
+        raise ConfigError(f"{where}: expected a policy name or a mapping with 'name'")
+    return spec["name"], {key: value for key, value in spec.items() if key != "name"}
