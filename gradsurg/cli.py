@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -14,12 +15,14 @@ from rich.table import Table
 
 from gradsurg.combiners import COMBINERS
 from gradsurg.config import load_recipe
-from gradsurg.errors import GradsurgError
+from gradsurg.errors import ConfigError, GradsurgError
+from gradsurg.multiexit.policies import POLICIES, ExitPolicy, build_policy
 from gradsurg.programs import PROGRAMS
 
 app = typer.Typer(
     name="gradsurg",
-    help="Gradient surgery for multi-loss training: run recipes, list combiners and programs.",
+    help="Gradient surgery for multi-loss training: run recipes, predict and evaluate with "
+    "early exit, list what is registered.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -31,6 +34,39 @@ SetOption = Annotated[
     list[str] | None,
     typer.Option("--set", "-s", help="Override a recipe key: --set key.sub=value (repeatable)."),
 ]
+
+
+PolicyOption = Annotated[str, typer.Option(
+    "--policy", "-p", help="Exit policy: entropy, normalized_entropy, max_prob, patience, "
+    "confidence_window, fixed (or a plugin's).")]
+ThresholdOption = Annotated[float | None, typer.Option(
+    help="entropy / normalized_entropy / confidence_window: exit below it; max_prob: above it.")]
+PatienceOption = Annotated[int | None, typer.Option(
+    help="patience: consecutive agreeing exits needed.")]
+ToleranceOption = Annotated[float | None, typer.Option(
+    help="patience on regression: largest change that counts as agreeing.")]
+WindowOption = Annotated[int | None, typer.Option(
+    help="confidence_window: exits that must agree.")]
+MarginOption = Annotated[float | None, typer.Option(
+    help="confidence_window: required margin (two classes: p > 0.5 + margin).")]
+LayerOption = Annotated[int | None, typer.Option(
+    help="fixed: leave after this many layers (1 = first exit).")]
+ParamOption = Annotated[list[str] | None, typer.Option(
+    "--param", help="Any other policy parameter: --param key=value (repeatable).")]
+BatchSizeOption = Annotated[int, typer.Option(min=1, help="Examples per forward pass.")]
+MaxLengthOption = Annotated[int, typer.Option(min=2, help="Truncate inputs to this many tokens.")]
+DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")]
+
+
+def policy_from_options(name: str, **options: float | int | None) -> ExitPolicy:
+    """The named policy with only the options the user gave (the rest keep defaults)."""
+    params: dict[str, object] = {k: v for k, v in options.items() if k != "param" and v is not None}
+    for item in options.get("param") or []:  # type: ignore[union-attr]
+        key, sep, raw = str(item).partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--param {item!r}: expected key=value")
+        params[key] = yaml.safe_load(raw)
+    return build_policy(name, params)
 
 
 def fail(error: Exception) -> typer.Exit:
@@ -80,9 +116,124 @@ def validate(
         raise typer.Exit(code=2)
 
 
+@app.command()
+def predict(
+    model_dir: Annotated[Path, typer.Argument(help="Saved model folder (a run's model/).")],
+    input_file: Annotated[str, typer.Option(
+        "--input", "-i", help="TSV, JSONL or plain text file; - reads stdin.")] = "-",
+    output_file: Annotated[str, typer.Option(
+        "--output", "-o", help="Where predictions go; - is stdout.")] = "-",
+    input_format: Annotated[str, typer.Option(
+        help="auto (by extension, else by the first line), jsonl or tsv.")] = "auto",
+    output_format: Annotated[str | None, typer.Option(
+        help="jsonl or tsv (default: from the output's extension, else jsonl).")] = None,
+    fields: Annotated[str | None, typer.Option(
+        help="Input text field(s), comma-separated, e.g. sentence1,sentence2.")] = None,
+    header: Annotated[bool, typer.Option(help="TSV input starts with a header line.")] = False,
+    policy: PolicyOption = "entropy",
+    threshold: ThresholdOption = None,
+    patience: PatienceOption = None,
+    tolerance: ToleranceOption = None,
+    window: WindowOption = None,
+    margin: MarginOption = None,
+    layer: LayerOption = None,
+    param: ParamOption = None,
+    batch_size: BatchSizeOption = 32,
+    max_length: MaxLengthOption = 128,
+    device: DeviceOption = "auto",
+) -> None:
+    """Predict with early exit: one line per input with the answer, confidence and exit layer."""
+    from gradsurg.multiexit.inference import load_for_inference, predict_texts
+    from gradsurg.multiexit.textio import open_output, read_texts, write_prediction
+
+    count = 0
+    try:
+        rule = policy_from_options(policy, threshold=threshold, patience=patience,
+                                   tolerance=tolerance, window=window, margin=margin,
+                                   layer=layer, param=param)
+        out_format = output_format or ("tsv" if output_file.endswith(".tsv") else "jsonl")
+        if out_format not in ("jsonl", "tsv"):
+            raise ConfigError(f"--output-format {out_format!r} is unknown; allowed: jsonl, tsv")
+        if input_format not in ("auto", "jsonl", "tsv"):
+            raise ConfigError(f"--input-format {input_format!r} is unknown; allowed: auto, "
+                              "jsonl, tsv")
+        loaded = load_for_inference(model_dir, device=device)
+        texts = read_texts(input_file, arity=loaded.arity, fmt=input_format,  # type: ignore[arg-type]
+                           fields=fields.split(",") if fields else None, header=header)
+        handle = open_output(output_file)
+        try:
+            for record in predict_texts(loaded, rule, texts, batch_size=batch_size,
+                                        max_length=max_length):
+                write_prediction(handle, record, out_format, first=count == 0)  # type: ignore[arg-type]
+                count += 1
+        finally:
+            if handle is not sys.stdout:
+                handle.close()
+    except GradsurgError as error:
+        raise fail(error) from None
+    errors.print(f"{count} predictions ({rule.describe()})", highlight=False)
+
+
+@app.command("eval")
+def evaluate(
+    model_dir: Annotated[Path, typer.Argument(help="Saved model folder (a run's model/).")],
+    task: Annotated[str | None, typer.Option(
+        help="GLUE task (default: the one the model was trained on).")] = None,
+    split: Annotated[str, typer.Option(help="dev, train, dev_matched, ...")] = "dev",
+    data_dir: Annotated[str | None, typer.Option(
+        help="GLUE folder (default: $GLUE_DIR, else the Hugging Face hub).")] = None,
+    max_rows: Annotated[int | None, typer.Option(min=1, help="Score the first N rows.")] = None,
+    policy: PolicyOption = "entropy",
+    threshold: ThresholdOption = None,
+    patience: PatienceOption = None,
+    tolerance: ToleranceOption = None,
+    window: WindowOption = None,
+    margin: MarginOption = None,
+    layer: LayerOption = None,
+    param: ParamOption = None,
+    batch_size: BatchSizeOption = 32,
+    max_length: MaxLengthOption = 128,
+    device: DeviceOption = "auto",
+    full_depth: Annotated[bool, typer.Option(
+        help="Also time the full-depth model on the same batches (measured speed-up).")] = False,
+    json_out: Annotated[Path | None, typer.Option(
+        "--json", help="Also write the report as JSON here.")] = None,
+) -> None:
+    """Score a saved model on a GLUE split under an exit policy; print metric and times."""
+    from gradsurg.multiexit.inference import evaluate_split, load_for_inference
+
+    try:
+        rule = policy_from_options(policy, threshold=threshold, patience=patience,
+                                   tolerance=tolerance, window=window, margin=margin,
+                                   layer=layer, param=param)
+        loaded = load_for_inference(model_dir, device=device)
+        report = evaluate_split(loaded, rule, task=task, split=split, data_dir=data_dir,
+                                batch_size=batch_size, max_length=max_length,
+                                max_rows=max_rows, full_depth=full_depth)
+    except GradsurgError as error:
+        raise fail(error) from None
+    table = Table(title=f"{report.task} {report.split}: {report.policy}, batch {batch_size}")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for key, value in report.metric.items():
+        table.add_row(key, f"{value * 100:.2f}")
+    table.add_row("examples", str(report.examples))
+    table.add_row("expected time % (layers)", f"{report.time_percent:.2f}")
+    table.add_row("exits (layer 1..L)", " ".join(map(str, report.exit_counts)))
+    table.add_row("measured seconds", f"{report.seconds:.3f}")
+    table.add_row("examples / second", f"{report.examples / report.seconds:.1f}")
+    if report.full_depth_seconds is not None:
+        table.add_row("full-depth seconds", f"{report.full_depth_seconds:.3f}")
+        table.add_row("speed-up: measured / predicted",
+                      f"{report.measured_speedup:.2f} / {report.predicted_speedup:.2f}")
+    console.print(table)
+    if json_out is not None:
+        json_out.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+
+
 @app.command("list")
 def list_registered() -> None:
-    """Show the registered programs and combiners (built in and from installed plugins)."""
+    """Show registered programs, combiners and exit policies (built in and from plugins)."""
     table = Table(title="gradsurg registry")
     table.add_column("kind")
     table.add_column("name")
@@ -91,6 +242,8 @@ def list_registered() -> None:
         table.add_row("program", name, PROGRAMS.get(name).run.__module__)
     for name in COMBINERS.names():
         table.add_row("combiner", name, COMBINERS.get(name).__module__)
+    for name in POLICIES.names():
+        table.add_row("exit policy", name, POLICIES.get(name).__module__)
     console.print(table)
 
 

@@ -44,10 +44,14 @@ class MultiExitConfig:
 
     ``backbone`` is provenance only (reload uses the saved ``config.json``);
     ``num_labels == 1`` means regression; ``model_type`` is filled from the backbone.
+    ``task`` and ``labels`` (class names) let ``gradsurg predict``/``eval`` name classes and
+    pick the right number of input texts; they are optional for models built in code.
     """
 
     num_labels: int
     backbone: str = "minilm"
+    task: str | None = None
+    labels: list[str] | None = None
     pooling: str = "cls"
     dropout: float = 0.1
     model_type: str | None = None
@@ -62,6 +66,12 @@ class MultiExitConfig:
         check_pooling(self.pooling)
         if not isinstance(self.dropout, int | float) or not 0.0 <= float(self.dropout) < 1.0:
             raise ConfigError(f"dropout={self.dropout!r} is invalid; allowed: a float in [0, 1)")
+        if self.labels is not None and (
+            not isinstance(self.labels, list) or len(self.labels) != self.num_labels
+            or not all(isinstance(label, str) for label in self.labels)
+        ):
+            raise ConfigError(f"labels={self.labels!r} is invalid; allowed: a list of "
+                              f"{self.num_labels} class names, or null")
         if self.format_version != FORMAT_VERSION:
             raise ConfigError(
                 f"format_version={self.format_version!r} is not supported; "
