@@ -74,7 +74,14 @@ def fail(error: Exception) -> typer.Exit:
     return typer.Exit(code=2)
 
 
-@app.command()
+RUN_EPILOG = (
+    "The output folder receives recipe.yaml (the resolved recipe), results.json, "
+    "train_log.jsonl (one line per logging step), plots/*.png and model/ (reload with "
+    "gradsurg predict / eval). `gradsurg keys PROGRAM` lists every recipe key."
+)
+
+
+@app.command(epilog=RUN_EPILOG)
 def run(
     recipe: Annotated[Path, typer.Argument(help="Recipe YAML file, e.g. recipes/quickstart.yaml.")],
     overrides: SetOption = None,
@@ -229,6 +236,25 @@ def evaluate(
     console.print(table)
     if json_out is not None:
         json_out.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+
+
+@app.command()
+def keys(
+    program: Annotated[str, typer.Argument(help="Program name, e.g. multiexit_glue.")],
+) -> None:
+    """List a program's recipe keys with their types, defaults and meaning."""
+    try:
+        config_cls = PROGRAMS.get(program).config
+    except GradsurgError as error:
+        raise fail(error) from None
+    table = Table(title=f"recipe keys of {program}")
+    for column in ("key", "type", "default", "meaning"):
+        table.add_column(column)
+    for name, info in config_cls.model_fields.items():
+        default = "(required)" if info.is_required() else repr(info.get_default())
+        kind = getattr(info.annotation, "__name__", None) or str(info.annotation)
+        table.add_row(name, kind.replace("typing.", ""), default, info.description or "")
+    console.print(table)
 
 
 @app.command("list")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from gradsurg.registry import Registry
 
@@ -22,7 +22,7 @@ class ProgramConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    program: str
+    program: str = Field(description="registered program that runs the recipe (gradsurg list)")
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from typer.testing import CliRunner
 
 from gradsurg.cli import app
@@ -52,3 +54,25 @@ def test_validate_and_list():
     assert result.exit_code == 0
     for name in ("digits_multiexit", "sum", "mean", "pcgrad", "project", "merge"):
         assert name in result.output
+    for name in ("entropy", "normalized_entropy", "max_prob", "patience", "confidence_window",
+                 "fixed"):
+        assert name in result.output
+
+
+def test_keys_lists_every_recipe_key_with_a_meaning():
+    from gradsurg.recipes.glue_config import MultiExitGlueConfig
+
+    result = runner.invoke(app, ["keys", "multiexit_glue"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    for name, info in MultiExitGlueConfig.model_fields.items():
+        assert name in result.output
+        assert info.description, f"recipe key {name!r} has no description"
+    result = runner.invoke(app, ["keys", "nope"])
+    assert result.exit_code == 2 and "unknown program 'nope'" in result.output
+
+
+@pytest.mark.parametrize("command", ["run", "validate", "predict", "eval", "list", "keys"])
+def test_every_command_has_help(command):
+    result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    assert "Usage" in result.output and len(result.output.splitlines()) > 5

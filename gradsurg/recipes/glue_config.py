@@ -18,42 +18,44 @@ Mode = Literal["romebert", "romebert_sd", "deebert", "deebert_sd"]
 class MultiExitGlueConfig(ProgramConfig):
     """Every key a multi-exit GLUE recipe may set; defaults are the RomeBERT paper's."""
 
-    mode: Mode = "romebert"
-    task: str = "sst2"
+    mode: Mode = Field("romebert", description="romebert (project), romebert_sd (sum), "
+                       "deebert or deebert_sd (two stages)")
+    task: str = Field("sst2", description="GLUE task: sst2, mrpc, rte, cola, stsb, qnli, qqp, mnli")
     data_dir: str | None = Field(
         None, description="GLUE_DIR-style folder; default: $GLUE_DIR, else the hub"
     )
     model: str = Field("minilm", description="short name, Hugging Face id or local folder")
-    pooling: Literal["cls", "mean"] = "mean"
-    dropout: float = Field(0.1, ge=0, lt=1)
-    max_length: int = Field(128, ge=8)
+    pooling: Literal["cls", "mean"] = Field("mean", description="what each exit reads: [CLS] or "
+                                            "the masked mean of the layer")
+    dropout: float = Field(0.1, ge=0, lt=1, description="dropout inside every exit")
+    max_length: int = Field(128, ge=8, description="tokens kept per example (truncation)")
     train_rows: int | None = Field(None, ge=1, description="seeded random subset of train")
     eval_rows: int | None = Field(None, ge=1, description="first rows of the dev split")
-    eval_split: str = "dev"
-    batch_size: int = Field(8, ge=1)
-    eval_batch_size: int = Field(64, ge=1)
+    eval_split: str = Field("dev", description="split scored after training")
+    batch_size: int = Field(8, ge=1, description="training batch size")
+    eval_batch_size: int = Field(64, ge=1, description="evaluation batch size")
     epochs: float = Field(3, gt=0, description="per stage; fractions train part of an epoch")
-    lr: float = Field(2e-5, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    warmup_ratio: float = Field(0.0, ge=0, lt=1)
-    max_grad_norm: float | None = Field(1.0, gt=0)
-    seed: int = 42
-    gamma: float = Field(0.9, ge=0, le=1)
-    temperature: float = Field(3.0, gt=0)
+    lr: float = Field(2e-5, gt=0, description="AdamW peak learning rate (linear decay)")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="share of steps warming up")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="clip the combined gradient")
+    seed: int = Field(42, description="seeds the subset, shuffling, init and dropout")
+    gamma: float = Field(0.9, ge=0, le=1, description="SD weight of the KL term vs CE")
+    temperature: float = Field(3.0, gt=0, description="SD softmax temperature T")
     combiner: str | dict[str, Any] | None = Field(
         None, description="default: project (final vs sd) for romebert, sum otherwise"
     )
     include: list[str] | None = Field(["encoder.layers.*"], description="surgery parameters")
-    exclude: list[str] | None = None
+    exclude: list[str] | None = Field(None, description="parameters left out of surgery")
     exit_policy: str | dict[str, Any] = Field(
         "entropy", description="exit policy of the trade-off sweep: a name or {name, params}")
     sweep: list[float] | None = Field(
         None, description="values of the policy's swept parameter (entropy: thresholds); "
         "default: the policy's standard list")
-    log_every: int = Field(50, ge=1)
-    device: str = "auto"
-    threads: int | None = Field(None, ge=1)
-    save_model: bool = True
+    log_every: int = Field(50, ge=1, description="training steps per train_log.jsonl line")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
+    threads: int | None = Field(None, ge=1, description="CPU threads (default: torch's)")
+    save_model: bool = Field(True, description="write model/ for gradsurg predict / eval")
 
     @field_validator("task")
     @classmethod
