@@ -8,7 +8,8 @@ Each (task, mode) run goes to RUNS/TASK/MODE through the same `multiexit_glue` p
 `gradsurg run recipes/MODE_glue.yaml` uses; a finished run (results.json present) is reused, so
 the script can be stopped and started again. The report, docs/reproduction.md, gets per-exit dev
 metrics of every mode and a trade-off table like the RomeBERT paper's Table 2 (the best metric
-each mode reaches within a time budget), with plots under docs/reproduction/.
+each mode reaches within a time budget), with plots under docs/reproduction/. Reusing a run
+trained with other settings is refused.
 """
 
 from __future__ import annotations
@@ -31,14 +32,21 @@ BUDGETS = [25.0, 30.0, 40.0, 50.0, 60.0, 100.0]
 
 def run_one(task: str, mode: str, overrides: list[str], runs: Path) -> dict[str, Any]:
     folder = runs / task / mode
-    done = folder / "results.json"
-    if done.is_file():
-        return json.loads(done.read_text())
     recipe_path = ROOT / "recipes" / f"{mode}_glue.yaml"
     recipe = apply_overrides(read_recipe(recipe_path), [f"task={task}", *overrides])
     program, config = validate_recipe(recipe, source=str(recipe_path))
+    resolved = config.model_dump(mode="json")
+    done = folder / "results.json"
+    if done.is_file():
+        saved = json.loads((folder / "recipe.json").read_text())
+        if saved != resolved:
+            changed = sorted(k for k in resolved.keys() | saved.keys()
+                             if resolved.get(k) != saved.get(k))
+            sys.exit(f"error: {folder} was trained with other settings ({', '.join(changed)}); "
+                     "use another --runs folder or delete it")
+        return json.loads(done.read_text())
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "recipe.json").write_text(json.dumps(config.model_dump(mode="json"), indent=2))
+    (folder / "recipe.json").write_text(json.dumps(resolved, indent=2))
     results = program.run(config, folder)
     done.write_text(json.dumps(results, indent=2) + "\n")
     return results
@@ -51,6 +59,24 @@ def best_within(sweep: list[dict[str, Any]], metric: str, budget: float) -> tupl
         return float("nan"), float("nan")
     best = max(fitting, key=lambda p: (p[metric], -p["time_percent"]))
     return best[metric], best["time_percent"]
+
+
+def summary_rows(results: dict[str, dict[str, Any]], metric: str, layers: int) -> list[str]:
+    """Early exits' mean, the final exit, the least time within 1 point of the final exit,
+    and the training time of each mode."""
+    lines = ["| mode | mean of exits 1..L-1 | final exit | least time % within 1 point of "
+             "the final exit | training seconds |", "| --- | ---: | ---: | ---: | ---: |"]
+    for mode, result in results.items():
+        values = [m[metric] for m in result["exit_metrics"]]
+        early = sum(values[:-1]) / max(1, layers - 1)
+        final = values[-1]
+        close = [p["time_percent"] for p in result.get("sweep", [])
+                 if p[metric] >= final - 0.01]
+        seconds = sum(stage["seconds"] for stage in result.get("train", {}).values())
+        lines.append(f"| {mode} | {early * 100:.2f} | {final * 100:.2f} | "
+                     f"{min(close):.1f} | {seconds:.0f} |" if close else
+                     f"| {mode} | {early * 100:.2f} | {final * 100:.2f} | - | {seconds:.0f} |")
+    return [*lines, ""]
 
 
 def task_section(task: str, results: dict[str, dict[str, Any]], figures: Path) -> list[str]:
@@ -68,6 +94,7 @@ def task_section(task: str, results: dict[str, dict[str, Any]], figures: Path) -
     per_exit_png = plot_exit_metrics(curves, metric, figures / f"{task}_per_exit.png",
                                      title=f"{task}: {metric} per exit")
     lines += ["", f"![per exit](reproduction/{per_exit_png.name})", ""]
+    lines += summary_rows(results, metric, layers)
     if all("sweep" in r for r in results.values()):
         lines += ["Best metric within a time budget (entropy exit; expected time % in brackets):",
                   "", "| mode | " + " | ".join(f"<= {b:g}%" for b in BUDGETS) + " |",
@@ -108,6 +135,8 @@ def main() -> None:
     parser.add_argument("--task-set", dest="task_overrides", action="append", default=[],
                         metavar="TASK:KEY=VALUE",
                         help="recipe override for one task, e.g. --task-set sst2:train_rows=8000")
+    parser.add_argument("--notes", type=Path, default=None,
+                        help="Markdown placed under the title (findings written by hand)")
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "repro")
     parser.add_argument("--report", type=Path, default=ROOT / "docs" / "reproduction.md")
     args = parser.parse_args()
@@ -117,6 +146,8 @@ def main() -> None:
     command = "python bench/reproduce_romebert.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     lines = ["# RomeBERT reproduction on the packaged MiniLM", "",
              f"Command: `GLUE_DIR=... {command.strip()}`", ""]
+    if args.notes is not None:
+        lines += [args.notes.read_text().strip(), ""]
     per_task = task_overrides(args.task_overrides, args.tasks)
     summary = {}
     for task in args.tasks:
