@@ -7,9 +7,10 @@ The model is a saved multi-exit model (default: the one `gradsurg run recipes/qu
 --output runs/quickstart` writes). For every batch size, the same pre-tokenized batches (dev
 order, dynamic padding) run through: the full-depth model (every layer, last exit only), the
 early-exit runner at each entropy threshold, and the runner without row compaction (finished
-rows stay in the batch, as published code bases batch). Variants are interleaved over
-``--repeats`` rounds and the median pass time is kept. The predicted speed-up is the layer
-count's, 100 / expected time %; the target is measured / predicted >= 0.85 at batch 1 and 64.
+rows stay in the batch, as published code bases batch). Variants alternate batch by batch
+over ``--repeats`` rounds and the median pass time is kept. The predicted speed-up is the
+layer count's, 100 / expected time %; the target is measured / predicted >= 0.85 at batch 1
+and 64.
 Writes bench/results/early_exit_speed.json and prints a table.
 """
 
@@ -40,16 +41,25 @@ ROOT = Path(__file__).resolve().parents[1]
 TARGET = 0.85
 
 
-def timed_pass(runner: EarlyExitRunner, batches: list[dict[str, torch.Tensor]]
-               ) -> tuple[float, torch.Tensor, torch.Tensor]:
-    logits, exits = [], []
-    start = time.perf_counter()
-    for batch in batches:
-        out = runner(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
-        logits.append(out.logits)
-        exits.append(out.exit_layers)
-    seconds = time.perf_counter() - start
-    return seconds, torch.cat(logits), torch.cat(exits)
+def interleaved_passes(runners: dict[str, EarlyExitRunner], batches: list[dict[str, torch.Tensor]],
+                       repeats: int) -> tuple[dict[str, list[float]], dict[str, Any]]:
+    """Seconds per full pass of each runner, ``repeats`` times. Variants alternate batch by
+    batch (in a rotating order), so a slow spell of a shared machine hits them all alike."""
+    names = list(runners)
+    seconds = {name: [0.0] * repeats for name in names}
+    outputs: dict[str, Any] = {name: ([], []) for name in names}
+    for repeat in range(repeats):
+        for index, batch in enumerate(batches):
+            shift = (index + repeat) % len(names)
+            for name in names[shift:] + names[:shift]:
+                start = time.perf_counter()
+                out = runners[name](batch["input_ids"], batch["attention_mask"],
+                                    batch.get("token_type_ids"))
+                seconds[name][repeat] += time.perf_counter() - start
+                if repeat == 0:
+                    outputs[name][0].append(out.logits)
+                    outputs[name][1].append(out.exit_layers)
+    return seconds, {name: (torch.cat(a), torch.cat(b)) for name, (a, b) in outputs.items()}
 
 
 def main() -> None:
@@ -89,14 +99,8 @@ def main() -> None:
         labels = torch.cat([b.pop("labels") for b in batches])
         runners = {name: EarlyExitRunner(loaded.model, policy, compact=compact)
                    for name, (policy, compact) in variants.items()}
-        timed_pass(runners["full depth"], batches[:4])  # warm-up
-        seconds: dict[str, list[float]] = {name: [] for name in runners}
-        outputs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        for _ in range(args.repeats):
-            for name, runner in runners.items():
-                elapsed, logits, exits = timed_pass(runner, batches)
-                seconds[name].append(elapsed)
-                outputs[name] = (logits, exits)
+        interleaved_passes(runners, batches[:4], 1)  # warm-up
+        seconds, outputs = interleaved_passes(runners, batches, args.repeats)
         full = statistics.median(seconds["full depth"])
         for name in runners:
             logits, exits = outputs[name]

@@ -26,7 +26,10 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
 
     from gradsurg.multiexit.backbones import resolve_backbone, tiny_bert_config
 
+    import torch
+
     folder = tmp_path_factory.mktemp("tiny-bert")
+    torch.manual_seed(0)  # the same random backbone in every session
     BertModel(tiny_bert_config(num_layers=3, hidden=32, heads=2, intermediate=64)).save_pretrained(
         folder
     )

@@ -158,7 +158,7 @@ class EarlyExitRunner:
         self.policy = policy
         self.compact = compact
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def __call__(self, input_ids: Tensor, attention_mask: Tensor | None = None,
                  token_type_ids: Tensor | None = None) -> EarlyExitOutput:
         if input_ids.ndim != 2 or input_ids.shape[0] == 0:
