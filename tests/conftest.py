@@ -22,11 +22,10 @@ def shared_glue_dir() -> Path:
 def tiny_bert_dir(tmp_path_factory) -> Path:
     """A 2-layer random BERT saved as a local model folder with the packaged MiniLM tokenizer,
     so recipes load it through the same code path as a real checkpoint."""
+    import torch
     from transformers import AutoTokenizer, BertModel
 
     from gradsurg.multiexit.backbones import resolve_backbone, tiny_bert_config
-
-    import torch
 
     folder = tmp_path_factory.mktemp("tiny-bert")
     torch.manual_seed(0)  # the same random backbone in every session
