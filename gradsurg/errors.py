@@ -16,3 +16,7 @@ class ConfigError(GradsurgError):
 
 class DataError(GradsurgError):
     """A data file is missing, empty or malformed; the message names file and line."""
+
+
+class NonFiniteError(GradsurgError):
+    """Training produced NaN/inf losses or gradients too many steps in a row."""

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from gradsurg.combiners import CombinerSpec, build_combiner, gramian
-from gradsurg.errors import ConfigError, GradsurgError
+from gradsurg.errors import ConfigError, GradsurgError, NonFiniteError
 from gradsurg.jacobian import MODES, GradientMatrix, Mode, resolve_mode
 from gradsurg.params import (
     FlatLayout,
@@ -30,6 +30,8 @@ from gradsurg.params import (
     reached_parameters,
     trainable_parameters,
 )
+
+NonFinite = Literal["skip", "raise", "ignore"]
 
 
 class Surgery:
@@ -50,6 +52,13 @@ class Surgery:
         reuse_buffer: keep the `[k, n]` matrix's memory between steps instead of allocating
             (and page-faulting) it anew: 5% of a step on a 2-core CPU in bench/core_step.py,
             with the same peak. False frees it after every step.
+        nonfinite: what a NaN/inf loss or gradient does to the step. `skip` (default): the
+            optimizer step changes nothing (every `.grad` is set to None, which torch's
+            optimizers skip, weight decay and moments included), `skipped_steps` counts it and
+            `diagnostics["nonfinite/skipped"]` is 1; `raise`: stop at once; `ignore`: no check
+            (saves one pass over the gradients).
+        max_nonfinite_steps: with `skip`, this many skipped steps in a row raise
+            :class:`NonFiniteError` (a diverged run should stop, not idle).
     """
 
     def __init__(
@@ -64,6 +73,8 @@ class Surgery:
         max_grad_norm: float | None = None,
         diagnostics_every: int | None = None,
         reuse_buffer: bool = True,
+        nonfinite: NonFinite = "skip",
+        max_nonfinite_steps: int = 10,
     ) -> None:
         if mode not in MODES:
             raise ConfigError(f"mode {mode!r} is not one of {list(MODES)}")
@@ -71,6 +82,10 @@ class Surgery:
             raise ConfigError(f"max_grad_norm must be > 0, got {max_grad_norm}")
         if diagnostics_every is not None and diagnostics_every < 1:
             raise ConfigError(f"diagnostics_every must be >= 1, got {diagnostics_every}")
+        if nonfinite not in ("skip", "raise", "ignore"):
+            raise ConfigError(f"nonfinite={nonfinite!r} is unknown; allowed: skip, raise, ignore")
+        if max_nonfinite_steps < 1:
+            raise ConfigError(f"max_nonfinite_steps must be >= 1, got {max_nonfinite_steps}")
         self.model = model
         self.optimizer = optimizer
         self.combiner = build_combiner(combiner)
@@ -80,7 +95,12 @@ class Surgery:
         self.max_grad_norm = max_grad_norm
         self.diagnostics_every = diagnostics_every
         self.reuse_buffer = reuse_buffer
+        self.nonfinite: NonFinite = nonfinite
+        self.max_nonfinite_steps = max_nonfinite_steps
         self.steps = 0
+        self.skipped_steps = 0
+        self.nonfinite_in_a_row = 0
+        self._bad_losses: dict[str, Tensor] = {}
         self.diagnostics: dict[str, float] = {}
         self._trainable: NamedParameters = trainable_parameters(model)
         if not self._trainable:
@@ -112,6 +132,11 @@ class Surgery:
                 f"then {list(names)}"
             )
         self._pending_names = names
+        if self.nonfinite != "ignore":
+            for name, value in zip(names, values):  # flags stay on device: no sync here
+                bad = ~torch.isfinite(value.detach())
+                previous = self._bad_losses.get(name)
+                self._bad_losses[name] = bad if previous is None else previous | bad
         if self._layout is None:
             self._choose_parameters(values)
         assert self._layout is not None
@@ -144,33 +169,66 @@ class Surgery:
                 if p.grad is not None:
                     p.grad.mul_(self._shortcut_scale)
         self._shortcut_scale = 1.0
+        self.steps += 1
+        params = [p for _, p in self._trainable if p.grad is not None]
+        norm: Tensor | None = None
         if self.max_grad_norm is not None:
-            params = [p for _, p in self._trainable if p.grad is not None]
+            # A non-finite norm scales the gradients to NaN; such a step is skipped below.
             norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
             self.diagnostics["grad_norm/total"] = float(norm)
-        self.steps += 1
+        bad_losses, self._bad_losses = self._bad_losses, {}
+        if self.nonfinite == "ignore":
+            return
+        if norm is None:
+            norm = _total_norm(params)
+        bad = [name for name, flag in bad_losses.items() if bool(flag)]
+        if bad or not bool(torch.isfinite(norm)):
+            self._skip_step(bad)
+        else:
+            self.nonfinite_in_a_row = 0
 
     def discard(self) -> None:
         """Drop the gradients collected since the last step (e.g. after a skipped step)."""
         self._matrix = None
         self._pending_names = None
         self._shortcut_scale = 1.0
+        self._bad_losses = {}
 
     def remove(self) -> None:
         """Detach from the optimizer."""
         self._hook.remove()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"steps": self.steps, "combiner": self.combiner.state_dict()}
+        return {"steps": self.steps, "skipped_steps": self.skipped_steps,
+                "nonfinite_in_a_row": self.nonfinite_in_a_row,
+                "combiner": self.combiner.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.steps = int(state["steps"])
+        self.skipped_steps = int(state.get("skipped_steps", 0))
+        self.nonfinite_in_a_row = int(state.get("nonfinite_in_a_row", 0))
         self.combiner.load_state_dict(dict(state["combiner"]))
 
     # ---- internals --------------------------------------------------------------------------
 
     def _before_step(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
         self.combine()
+
+    def _skip_step(self, bad_losses: Sequence[str]) -> None:
+        cause = (f"loss group(s) {', '.join(bad_losses)} not finite" if bad_losses
+                 else "gradient not finite")
+        if self.nonfinite == "raise":
+            raise NonFiniteError(f"optimizer step {self.steps}: {cause}")
+        for group in self.optimizer.param_groups:
+            for p in group["params"]:
+                p.grad = None  # torch optimizers leave parameters without gradients untouched
+        self.skipped_steps += 1
+        self.nonfinite_in_a_row += 1
+        self.diagnostics["nonfinite/skipped"] = 1.0
+        if self.nonfinite_in_a_row >= self.max_nonfinite_steps:
+            raise NonFiniteError(
+                f"{self.nonfinite_in_a_row} optimizer steps in a row skipped (last: step "
+                f"{self.steps}, {cause}); stopping. Lower the learning rate or check the data")
 
     def _diagnose_this_step(self) -> bool:
         return self.diagnostics_every is not None and self.steps % self.diagnostics_every == 0
@@ -226,6 +284,15 @@ class Surgery:
                     "optimizer.zero_grad() before surgery.backward()"
                 )
             p.grad = None
+
+
+def _total_norm(params: Sequence[Tensor]) -> Tensor:
+    """2-norm of all gradients together (inf or NaN if any entry is)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    norms = torch._foreach_norm(grads)
+    return torch.linalg.vector_norm(torch.stack([n.to(norms[0].device) for n in norms]))
 
 
 def _gram_diagnostics(gram: Tensor, names: Sequence[str]) -> dict[str, float]:

@@ -40,6 +40,7 @@ def test_every_mode_trains_evaluates_and_saves(mode, tiny_bert_dir, shared_glue_
     assert all(results["train"][s]["steps"] == 4 for s in stages)  # 32 rows / batch 8
     log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     assert [line["stage"] for line in log] == [s for s in stages for _ in range(2)]
+    assert all(line["skipped_steps"] == 0 for line in log)
     if mode == "romebert":
         assert {"loss/final", "loss/sd", "project/fired", "cosine/final/sd"} <= set(log[0])
     for plot in ("metric_per_exit.png", "metric_vs_time.png", "exit_layers.png"):

@@ -39,6 +39,8 @@ class MultiExitGlueConfig(ProgramConfig):
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     warmup_ratio: float = Field(0.0, ge=0, lt=1, description="share of steps warming up")
     max_grad_norm: float | None = Field(1.0, gt=0, description="clip the combined gradient")
+    max_nonfinite_steps: int = Field(
+        10, ge=1, description="NaN/inf steps are skipped; this many in a row stop the run")
     seed: int = Field(42, description="seeds the subset, shuffling, init and dropout")
     gamma: float = Field(0.9, ge=0, le=1, description="SD weight of the KL term vs CE")
     temperature: float = Field(3.0, gt=0, description="SD softmax temperature T")

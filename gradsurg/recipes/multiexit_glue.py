@@ -209,6 +209,7 @@ def run_stage(stage: Stage, model: MultiExitModel, batches: Any, steps_per_epoch
         include=config.include if several else None,
         exclude=config.exclude if several else None,
         max_grad_norm=config.max_grad_norm,
+        max_nonfinite_steps=config.max_nonfinite_steps,
     )
     try:
         return train_stage(

@@ -115,6 +115,7 @@ def train_stage(
             step += 1
             values = {f"loss/{k}": v.item() for k, v in losses.items()}
             values.update(surgery.diagnostics)
+            values.pop("nonfinite/skipped", None)  # counted in `skipped_steps` instead
             interval.add(values)
             overall.add(values)
             rate = step / (time.perf_counter() - start)
@@ -122,7 +123,8 @@ def train_stage(
             progress.update(task, advance=1, status=shown, rate=f"{rate:.2f} it/s")
             if step % log_every == 0 or step == total:
                 log.write({"stage": name, "step": step, "epoch": epoch + 1,
-                           "lr": scheduler.get_last_lr()[0], **interval.means()})
+                           "lr": scheduler.get_last_lr()[0],
+                           "skipped_steps": surgery.skipped_steps, **interval.means()})
                 interval = Interval()
             if step >= total:
                 break
