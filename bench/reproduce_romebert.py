@@ -73,9 +73,9 @@ def summary_rows(results: dict[str, dict[str, Any]], metric: str, layers: int) -
         close = [p["time_percent"] for p in result.get("sweep", [])
                  if p[metric] >= final - 0.01]
         seconds = sum(stage["seconds"] for stage in result.get("train", {}).values())
-        lines.append(f"| {mode} | {early * 100:.2f} | {final * 100:.2f} | "
-                     f"{min(close):.1f} | {seconds:.0f} |" if close else
-                     f"| {mode} | {early * 100:.2f} | {final * 100:.2f} | - | {seconds:.0f} |")
+        least = f"{min(close):.1f}" if close else "-"
+        lines.append(f"| {mode} | {early * 100:.2f} | {final * 100:.2f} | {least} | "
+                     f"{seconds:.0f} |")
     return [*lines, ""]
 
 

@@ -6,10 +6,10 @@ import copy
 
 import pytest
 import torch
+from models import TwoHeads, batch, group_losses
 
 from gradsurg import Surgery
 from gradsurg.errors import ConfigError, NonFiniteError
-from models import TwoHeads, batch, group_losses
 
 PROJECT = {"name": "project", "target": "a", "reference": "b"}
 COMBINERS = ["sum", "mean", PROJECT, {"name": "project", "target": "b", "reference": "a"},

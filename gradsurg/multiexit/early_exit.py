@@ -17,8 +17,8 @@ import torch
 
 from gradsurg.data.glue import TaskSpec, get_task
 from gradsurg.metrics import compute_metrics
-from gradsurg.multiexit.policies import ExitPolicy, build_policy
-from gradsurg.multiexit.runner import simulate_exits
+from gradsurg.multiexit.policies import POLICIES, ExitPolicy, build_policy
+from gradsurg.multiexit.runner import check_all_logits, simulate_exits
 
 DEFAULT_THRESHOLDS: tuple[float, ...] = (
     0.0, 0.001, 0.005, 0.01, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
@@ -53,15 +53,9 @@ class ExitSweepPoint:
     exit_counts: list[int]  # examples leaving at each exit, index 0 = first layer
 
 
-def _check_all_logits(all_logits: torch.Tensor) -> None:
-    if all_logits.ndim != 3 or 0 in all_logits.shape:
-        raise ValueError("all_logits must be a non-empty [L, N, C] tensor, got shape "
-                         f"{tuple(all_logits.shape)}")
-
-
 def select_exit_outputs(all_logits: torch.Tensor, exit_layers: torch.Tensor) -> torch.Tensor:
     """The ``[N, C]`` outputs each example produced at its own exit."""
-    _check_all_logits(all_logits)
+    check_all_logits(all_logits)
     num_layers, num_examples = all_logits.shape[:2]
     exits = _check_exit_layers(exit_layers, num_layers, num_examples)
     index = torch.arange(num_examples, device=all_logits.device)
@@ -108,7 +102,7 @@ def policy_sweep(all_logits: torch.Tensor, labels: Any, task: str | TaskSpec, po
     ``params`` fixes the policy's other parameters; ``values`` defaults to
     :func:`default_sweep`. Every policy is built before any work, so a bad value fails fast.
     """
-    _check_all_logits(all_logits)
+    check_all_logits(all_logits)
     spec = get_task(task)
     _check_width(spec, all_logits.shape[-1])
     num_layers = all_logits.shape[0]
@@ -129,7 +123,7 @@ def policy_sweep(all_logits: torch.Tensor, labels: Any, task: str | TaskSpec, po
 
 
 def _policy_at(name: str, params: Mapping[str, Any] | None, value: float) -> ExitPolicy:
-    policy_cls = type(build_policy(name, params))
+    policy_cls = POLICIES.get(name)
     swept = policy_cls.sweep_parameter
     if swept is None:
         return build_policy(name, params)
@@ -145,7 +139,7 @@ def per_exit_metrics(all_logits: torch.Tensor, labels: Any,
 
     Predictions are the argmax for classification and ``logits[..., 0]`` for regression.
     """
-    _check_all_logits(all_logits)
+    check_all_logits(all_logits)
     spec = get_task(task)
     _check_width(spec, all_logits.shape[-1])
     predictions = all_logits[..., 0] if spec.is_regression else all_logits.argmax(dim=-1)

@@ -70,7 +70,11 @@ def _check_classes(logits: Tensor) -> Tensor:
 
 def _entropy(logits: Tensor) -> Tensor:
     # Four kernels: policies call this after every layer, where small ops dominate at batch 1.
-    return torch.special.entr(torch.softmax(_at_least_float32(logits), dim=-1)).sum(dim=-1)
+    return _entropy_of(torch.softmax(_at_least_float32(logits), dim=-1))
+
+
+def _entropy_of(probs: Tensor) -> Tensor:
+    return torch.special.entr(probs).sum(dim=-1)
 
 
 def _at_least_float32(x: Tensor) -> Tensor:
@@ -270,7 +274,8 @@ class ConfidenceWindowPolicy(ExitPolicy):
         streak = torch.where(continues, state["streak"] + 1, confident.long())
         state["streak"] = streak
         state["previous"] = torch.where(confident, predicted, torch.full_like(predicted, -1))
-        return (normalized_entropy(outputs) < self.threshold) | (streak >= self.window)
+        low_entropy = _entropy_of(probs) / math.log(probs.shape[-1]) < self.threshold
+        return low_entropy | (streak >= self.window)
 
 
 @POLICIES.register("fixed")

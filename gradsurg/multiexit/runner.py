@@ -23,7 +23,7 @@ from torch import Tensor
 from gradsurg.multiexit.model import MultiExitModel
 from gradsurg.multiexit.policies import ExitPolicy
 
-__all__ = ["EarlyExitOutput", "EarlyExitRunner", "simulate_exits"]
+__all__ = ["EarlyExitOutput", "EarlyExitRunner", "check_all_logits", "simulate_exits"]
 
 
 @dataclass(frozen=True)
@@ -89,11 +89,16 @@ class _PrecomputedStepper:
         self.alive = self.alive[stay]
 
 
-def simulate_exits(policy: ExitPolicy, all_logits: Tensor) -> EarlyExitOutput:
-    """Exits and outputs a policy gives on precomputed ``[L, N, C]`` exit logits."""
+def check_all_logits(all_logits: Tensor) -> None:
+    """Stacked exit outputs must be a non-empty ``[L, N, C]`` tensor."""
     if all_logits.ndim != 3 or 0 in all_logits.shape:
         raise ValueError("all_logits must be a non-empty [L, N, C] tensor, got shape "
                          f"{tuple(all_logits.shape)}")
+
+
+def simulate_exits(policy: ExitPolicy, all_logits: Tensor) -> EarlyExitOutput:
+    """Exits and outputs a policy gives on precomputed ``[L, N, C]`` exit logits."""
+    check_all_logits(all_logits)
     num_layers, num_rows, num_outputs = all_logits.shape
     policy.check_model(num_outputs, num_layers)
     return _exit_loop(policy, _PrecomputedStepper(all_logits), num_rows=num_rows,

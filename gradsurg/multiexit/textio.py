@@ -9,6 +9,7 @@ is worse than no prediction.
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import sys
 from collections.abc import Iterable, Iterator, Sequence
@@ -82,13 +83,8 @@ def _sniff(name: str, lines: Iterator[str]) -> tuple[InputFormat, Iterator[str]]
         seen.append(line)
         if line.strip():
             fmt: InputFormat = "jsonl" if line.lstrip().startswith("{") else "tsv"
-            return fmt, _chain(seen, lines)
+            return fmt, itertools.chain(seen, lines)
     return "tsv", iter(seen)
-
-
-def _chain(first: list[str], rest: Iterator[str]) -> Iterator[str]:
-    yield from first
-    yield from rest
 
 
 def _read_jsonl(name: str, lines: Iterable[str], arity: int,
@@ -172,7 +168,7 @@ def open_output(path: str | Path | None) -> IO[str]:
     if path is None or str(path) == "-":
         return sys.stdout
     target = Path(path)
-    if target.parent and not target.parent.is_dir():
+    if not target.parent.is_dir():
         raise ConfigError(f"output folder {str(target.parent)!r} does not exist")
     return target.open("w", encoding="utf-8", newline="")
 

@@ -11,6 +11,7 @@ Modes (the RomeBERT paper's Table 1 rows):
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -149,8 +150,8 @@ def run(config: MultiExitGlueConfig, output_dir: Path) -> dict[str, Any]:
         config.model, num_labels=task.num_labels, pooling=config.pooling, dropout=config.dropout
     )
     # Recorded in the checkpoint so `gradsurg predict/eval` know the classes and the task.
-    model.config.task = task.name
-    model.config.labels = list(task.labels) if task.labels else None
+    model.config = dataclasses.replace(
+        model.config, task=task.name, labels=list(task.labels) if task.labels else None)
     model.to(device)
     collate = GlueCollator(tokenizer)
     train_data = tokenize_dataset(
@@ -240,10 +241,11 @@ def evaluate(all_logits: Tensor, labels: Tensor, task: TaskSpec, config: MultiEx
     plot_exit_metrics({config.mode: [m[primary] for m in per_exit]}, primary,
                       plots / "metric_per_exit.png")
     name, params = config.policy_spec()
-    if task.is_regression and POLICIES.get(name).classification_only:
+    policy_cls = POLICIES.get(name)
+    if task.is_regression and policy_cls.classification_only:
         return results  # e.g. entropy: undefined for a single regression output
     sweep = policy_sweep(all_logits, labels, task.name, name, config.sweep, params)
-    swept = POLICIES.get(name).sweep_parameter or "value"
+    swept = policy_cls.sweep_parameter or "value"
     console.print(sweep_table(sweep, primary, parameter=swept, title=(
         f"{task.name} {config.eval_split}, early exit by {name}")))
     results["exit_policy"] = {"name": name, **params}
