@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -76,8 +77,8 @@ def fail(error: Exception) -> typer.Exit:
 
 RUN_EPILOG = (
     "The output folder receives recipe.yaml (the resolved recipe), results.json, "
-    "train_log.jsonl (one line per logging step), plots/*.png and model/ (reload with "
-    "gradsurg predict / eval). `gradsurg keys PROGRAM` lists every recipe key."
+    "train_log.jsonl (one line per logging step), checkpoints/ (for --resume), plots/*.png and "
+    "model/ (reload with gradsurg predict / eval). `gradsurg keys PROGRAM` lists every recipe key."
 )
 
 
@@ -89,20 +90,48 @@ def run(
         Path | None,
         typer.Option("--output", "-o", help="Output folder (default: runs/<recipe>-<time>)."),
     ] = None,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue the run in --output from its latest checkpoint (same recipe "
+        "and overrides); starts at step 0 if it has none.")] = False,
 ) -> None:
     """Train and evaluate the program a recipe names; write results to the output folder."""
     try:
         program, config = load_recipe(recipe, overrides or [])
         folder = output or Path("runs") / f"{recipe.stem}-{dt.datetime.now():%Y%m%d-%H%M%S}"
-        folder.mkdir(parents=True, exist_ok=True)
         resolved = config.model_dump(mode="json")
+        check_run_folder(folder, resolved, resume=resume, output_given=output is not None)
+        if resume and "resume" not in inspect.signature(program.run).parameters:
+            raise ConfigError(f"program {program.name!r} cannot resume; run it without --resume")
+        folder.mkdir(parents=True, exist_ok=True)
         (folder / "recipe.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
         console.print(f"[bold]{program.name}[/]: {program.summary} -> {folder}")
-        results = program.run(config, folder)
+        extra = {"resume": True} if resume else {}
+        results = program.run(config, folder, **extra)
         (folder / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     except GradsurgError as error:
         raise fail(error) from None
     console.print(f"results: {folder / 'results.json'}")
+
+
+def check_run_folder(folder: Path, resolved: dict[str, object], *, resume: bool,
+                     output_given: bool) -> None:
+    """Refuse to overwrite a run that could be resumed, or to resume it with another recipe."""
+    has_checkpoints = any((folder / "checkpoints").glob("step-*"))
+    if resume and not output_given:
+        raise ConfigError("--resume needs --output DIR: the folder of the run to continue")
+    if not resume and has_checkpoints:
+        raise ConfigError(
+            f"{folder} holds checkpoints of an earlier run; pass --resume to continue it, or "
+            "choose another --output")
+    saved_recipe = folder / "recipe.yaml"
+    if resume and saved_recipe.is_file():
+        saved = yaml.safe_load(saved_recipe.read_text(encoding="utf-8")) or {}
+        for key in sorted(saved.keys() | resolved.keys()):
+            if saved.get(key) != resolved.get(key):
+                raise ConfigError(
+                    f"--resume: key {key!r} is {resolved.get(key)!r} here but "
+                    f"{saved.get(key)!r} in {saved_recipe}; resume with the original recipe "
+                    "and --set overrides")
 
 
 @app.command()

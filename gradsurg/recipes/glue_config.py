@@ -58,6 +58,14 @@ class MultiExitGlueConfig(ProgramConfig):
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
     threads: int | None = Field(None, ge=1, description="CPU threads (default: torch's)")
     save_model: bool = Field(True, description="write model/ for gradsurg predict / eval")
+    checkpoints: bool = Field(True, description="write checkpoints/ so `run --resume` can "
+                              "continue after a crash")
+    checkpoint_every: int | None = Field(
+        500, ge=1, description="optimizer steps between checkpoints (also after every epoch); "
+        "null: after every epoch only")
+    keep_checkpoints: int = Field(1, ge=1, description="newest checkpoints kept on disk")
+    deterministic: bool = Field(False, description="torch deterministic algorithms: bitwise "
+                                "repeatable runs and resumes, sometimes slower")
 
     @field_validator("task")
     @classmethod

@@ -12,6 +12,7 @@ Modes (the RomeBERT paper's Table 1 rows):
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -24,9 +25,11 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from transformers import get_linear_schedule_with_warmup
 
+from gradsurg.checkpoint import Checkpoints, capture_rng, restore_rng
 from gradsurg.data.collate import GlueCollator, tokenize_dataset
 from gradsurg.data.glue import TaskSpec, get_task, load_glue
 from gradsurg.devices import resolve_device
+from gradsurg.errors import ConfigError
 from gradsurg.metrics import primary_metric
 from gradsurg.multiexit.early_exit import per_exit_metrics, policy_sweep
 from gradsurg.multiexit.loss_terms import self_distillation_loss, task_loss
@@ -36,6 +39,7 @@ from gradsurg.programs import Program
 from gradsurg.recipes.glue_config import MultiExitGlueConfig
 from gradsurg.recipes.training import (
     JsonlLog,
+    StageProgress,
     StageResult,
     progress_bar,
     stage_steps,
@@ -99,9 +103,20 @@ def set_trainable(model: MultiExitModel, stage: Stage) -> list[torch.nn.Paramete
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def seed_everything(seed: int) -> None:
+def seed_everything(seed: int, *, deterministic: bool = False) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it
+        torch.use_deterministic_algorithms(True)
+
+
+def epoch_order(size: int, batch_size: int, *, seed: int, epoch: int) -> list[list[int]]:
+    """The training batches of one epoch as row indices: a function of (seed, epoch) only,
+    so a resumed run can start at any batch and see what the uninterrupted run saw."""
+    generator = torch.Generator().manual_seed(seed + epoch)
+    order = torch.randperm(size, generator=generator).tolist()
+    return [order[i:i + batch_size] for i in range(0, size, batch_size)]
 
 
 def load_split(task: TaskSpec, split: str, config: MultiExitGlueConfig, *, rows: int | None,
@@ -139,11 +154,17 @@ def collect_exit_logits(model: MultiExitModel, loader: DataLoader, device: torch
     return torch.cat(outputs, dim=1), torch.cat(labels)
 
 
-def run(config: MultiExitGlueConfig, output_dir: Path) -> dict[str, Any]:
+def run(config: MultiExitGlueConfig, output_dir: Path, *, resume: bool = False
+        ) -> dict[str, Any]:
+    """Train every stage of the mode, evaluate, write the outputs into `output_dir`.
+
+    Checkpoints go to `output_dir/checkpoints` (every `checkpoint_every` steps and after each
+    epoch); `resume=True` continues from the latest one, bit for bit on a deterministic CPU.
+    """
     output_dir.mkdir(parents=True, exist_ok=True)
     if config.threads is not None:
         torch.set_num_threads(config.threads)
-    seed_everything(config.seed)
+    seed_everything(config.seed, deterministic=config.deterministic)
     device = resolve_device(config.device)
     task = get_task(config.task)
     model, tokenizer = MultiExitModel.from_backbone(
@@ -153,6 +174,8 @@ def run(config: MultiExitGlueConfig, output_dir: Path) -> dict[str, Any]:
     model.config = dataclasses.replace(
         model.config, task=task.name, labels=list(task.labels) if task.labels else None)
     model.to(device)
+    checkpoints = Checkpoints(output_dir / "checkpoints", keep=config.keep_checkpoints)
+    restored = load_latest(checkpoints, model, config, device) if resume else None
     collate = GlueCollator(tokenizer)
     train_data = tokenize_dataset(
         load_split(task, "train", config, rows=config.train_rows, shuffle_seed=config.seed),
@@ -165,21 +188,29 @@ def run(config: MultiExitGlueConfig, output_dir: Path) -> dict[str, Any]:
     eval_loader = DataLoader(eval_data, batch_size=config.eval_batch_size, collate_fn=collate)
     steps_per_epoch = -(-len(train_data) // config.batch_size)
 
-    def batches(epoch: int) -> Iterator[dict[str, Tensor]]:
-        generator = torch.Generator().manual_seed(config.seed + epoch)
-        loader = DataLoader(train_data, batch_size=config.batch_size, shuffle=True,
-                            collate_fn=collate, generator=generator)
+    def batches(epoch: int, skip: int) -> Iterator[dict[str, Tensor]]:
+        order = epoch_order(len(train_data), config.batch_size, seed=config.seed, epoch=epoch)
+        # Its own generator: a loader otherwise draws a seed from the global RNG, which would
+        # shift the dropout masks of a run resumed mid-epoch.
+        loader = DataLoader(train_data, batch_sampler=order[skip:], collate_fn=collate,
+                            generator=torch.Generator().manual_seed(config.seed + epoch))
         for batch in loader:
             yield to_device(batch, device)
 
-    log = JsonlLog(output_dir / "train_log.jsonl")
-    stage_results: list[StageResult] = []
+    log = JsonlLog(output_dir / "train_log.jsonl",
+                   truncate_to=restored["log_offset"] if restored else 0)
+    stage_results: list[StageResult] = [
+        StageResult(**result) for result in (restored or {}).get("finished", [])]
     try:
         with progress_bar() as progress:
-            for stage in plan_stages(config.mode):
-                stage_results.append(
-                    run_stage(stage, model, batches, steps_per_epoch, config, log, progress)
-                )
+            for index, stage in enumerate(plan_stages(config.mode)):
+                if index < len(stage_results):
+                    continue  # finished before the restart
+                context = StageContext(index, stage_results, checkpoints, config,
+                                       restored if restored and restored["stage"] == index
+                                       else None)
+                stage_results.append(run_stage(stage, model, batches, steps_per_epoch, log,
+                                               progress, context))
     finally:
         log.close()
 
@@ -196,8 +227,44 @@ def run(config: MultiExitGlueConfig, output_dir: Path) -> dict[str, Any]:
     return results
 
 
+def load_latest(checkpoints: Checkpoints, model: MultiExitModel, config: MultiExitGlueConfig,
+                device: torch.device) -> dict[str, Any] | None:
+    """The latest checkpoint's state (weights loaded into `model`), or None to start fresh.
+
+    A checkpoint written under a different recipe is refused: continuing it would silently
+    train a run that matches neither recipe.
+    """
+    latest = checkpoints.latest()
+    if latest is None:
+        console.print(f"no checkpoint in {checkpoints.root}: starting from step 0")
+        return None
+    state = checkpoints.load(latest, model=model, device=device)
+    saved, current = state.get("recipe", {}), config.model_dump(mode="json")
+    changed = sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
+    if changed:
+        key = changed[0]
+        raise ConfigError(
+            f"--resume: key {key!r} is {current.get(key)!r} but {latest} was written with "
+            f"{saved.get(key)!r}; resume with the original recipe or use another --output")
+    console.print(f"resuming from {latest} (stage {state['stage'] + 1}, "
+                  f"step {state['progress']['step']})")
+    return state
+
+
+@dataclass
+class StageContext:
+    """What a stage needs to checkpoint itself and to continue from a checkpoint."""
+
+    index: int
+    finished: list[StageResult]
+    checkpoints: Checkpoints
+    config: MultiExitGlueConfig
+    restored: dict[str, Any] | None
+
+
 def run_stage(stage: Stage, model: MultiExitModel, batches: Any, steps_per_epoch: int,
-              config: MultiExitGlueConfig, log: JsonlLog, progress: Any) -> StageResult:
+              log: JsonlLog, progress: Any, context: StageContext) -> StageResult:
+    config = context.config
     params = set_trainable(model, stage)
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     total = stage_steps(steps_per_epoch, config.epochs)
@@ -212,6 +279,28 @@ def run_stage(stage: Stage, model: MultiExitModel, batches: Any, steps_per_epoch
         max_grad_norm=config.max_grad_norm,
         max_nonfinite_steps=config.max_nonfinite_steps,
     )
+    resume = None
+    if context.restored is not None:
+        optimizer.load_state_dict(context.restored["optimizer"])
+        scheduler.load_state_dict(context.restored["scheduler"])
+        surgery.load_state_dict(context.restored["surgery"])
+        resume = StageProgress.from_state(context.restored["progress"])
+        restore_rng(context.restored["rng"])
+
+    def save(state: StageProgress) -> None:
+        global_step = sum(r.steps for r in context.finished) + state.step
+        context.checkpoints.save(global_step, model=model, state={
+            "recipe": config.model_dump(mode="json"),
+            "stage": context.index,
+            "finished": [dataclasses.asdict(r) for r in context.finished],
+            "progress": state.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "surgery": surgery.state_dict(),
+            "rng": capture_rng(),
+            "log_offset": log.tell(),
+        })
+
     try:
         return train_stage(
             name=stage.name, model=model, batches=batches, steps_per_epoch=steps_per_epoch,
@@ -219,7 +308,9 @@ def run_stage(stage: Stage, model: MultiExitModel, batches: Any, steps_per_epoch
             loss_fn=lambda batch: group_losses(forward(model, batch), batch["labels"],
                                                stage.groups, config),
             surgery=surgery, optimizer=optimizer, scheduler=scheduler, log=log,
-            log_every=config.log_every, progress=progress,
+            log_every=config.log_every, progress=progress, resume=resume,
+            save_checkpoint=save if config.checkpoints else None,
+            checkpoint_every=config.checkpoint_every,
         )
     finally:
         surgery.remove()

@@ -28,11 +28,21 @@ LossFn = Callable[[Mapping[str, Tensor]], dict[str, Tensor]]
 
 
 class JsonlLog:
-    """Appends one JSON object per line, flushed at once so a crash loses nothing logged."""
+    """Appends one JSON object per line, flushed at once so a crash loses nothing logged.
 
-    def __init__(self, path: Path) -> None:
+    `truncate_to` (a byte offset a checkpoint recorded with `tell`) drops the lines a killed
+    run wrote after its last checkpoint, so a resumed run's log has each step once.
+    """
+
+    def __init__(self, path: Path, *, truncate_to: int | None = None) -> None:
         self.path = path
+        if truncate_to is not None and path.exists():
+            with path.open("r+b") as existing:
+                existing.truncate(truncate_to)
         self._file = path.open("a", encoding="utf-8")
+
+    def tell(self) -> int:
+        return self._file.tell()
 
     def write(self, record: Mapping[str, Any]) -> None:
         self._file.write(json.dumps(dict(record)) + "\n")
@@ -56,6 +66,35 @@ class Interval:
 
     def means(self) -> dict[str, float]:
         return {key: self.sums[key] / self.counts[key] for key in self.sums}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sums": dict(self.sums), "counts": dict(self.counts)}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> Interval:
+        interval = cls()
+        interval.sums.update(state["sums"])
+        interval.counts.update(state["counts"])
+        return interval
+
+
+@dataclass
+class StageProgress:
+    """How far a stage got and what it has averaged so far: enough to continue after a crash."""
+
+    step: int = 0
+    seconds: float = 0.0
+    interval: Interval = field(default_factory=Interval)
+    overall: Interval = field(default_factory=Interval)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "seconds": self.seconds,
+                "interval": self.interval.state_dict(), "overall": self.overall.state_dict()}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> StageProgress:
+        return cls(int(state["step"]), float(state["seconds"]),
+                   Interval.from_state(state["interval"]), Interval.from_state(state["overall"]))
 
 
 @dataclass
@@ -83,11 +122,14 @@ def progress_bar() -> Progress:
     )
 
 
+SaveCheckpoint = Callable[[StageProgress], None]
+
+
 def train_stage(
     *,
     name: str,
     model: nn.Module,
-    batches: Callable[[int], Iterable[Mapping[str, Tensor]]],
+    batches: Callable[[int, int], Iterable[Mapping[str, Tensor]]],
     steps_per_epoch: int,
     epochs: float,
     loss_fn: LossFn,
@@ -97,37 +139,52 @@ def train_stage(
     log: JsonlLog,
     log_every: int,
     progress: Progress,
+    resume: StageProgress | None = None,
+    save_checkpoint: SaveCheckpoint | None = None,
+    checkpoint_every: int | None = None,
 ) -> StageResult:
-    """Run `ceil(steps_per_epoch * epochs)` optimizer steps; `batches(epoch)` yields batches."""
+    """Run `ceil(steps_per_epoch * epochs)` optimizer steps.
+
+    `batches(epoch, skip)` yields an epoch's batches from the `skip`-th on (the order depends
+    on the epoch only, so a resumed stage sees exactly the batches it missed). With
+    `save_checkpoint`, it is called every `checkpoint_every` steps and after each epoch.
+    """
     total = stage_steps(steps_per_epoch, epochs)
-    task = progress.add_task(name, total=total, status="", rate="")
-    interval, overall = Interval(), Interval()
-    start = time.perf_counter()
-    step = 0
+    state = resume or StageProgress()
+    task = progress.add_task(name, total=total, completed=state.step, status="", rate="")
+    session_start = time.perf_counter()
+    start = session_start - state.seconds  # wall time of earlier sessions counts too
+    resumed_at = state.step
     model.train()
-    for epoch in range(math.ceil(epochs)):
-        for batch in batches(epoch):
+    for epoch in range(state.step // steps_per_epoch, math.ceil(epochs)):
+        if state.step >= total:
+            break
+        for batch in batches(epoch, state.step - epoch * steps_per_epoch):
             losses = loss_fn(batch)
             surgery.backward(losses)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            step += 1
+            state.step += 1
+            step = state.step
             values = {f"loss/{k}": v.item() for k, v in losses.items()}
             values.update(surgery.diagnostics)
             values.pop("nonfinite/skipped", None)  # counted in `skipped_steps` instead
-            interval.add(values)
-            overall.add(values)
-            rate = step / (time.perf_counter() - start)
+            state.interval.add(values)
+            state.overall.add(values)
+            rate = (step - resumed_at) / (time.perf_counter() - session_start)
             shown = " ".join(f"{k[5:]}={v:.3f}" for k, v in values.items() if k.startswith("loss/"))
             progress.update(task, advance=1, status=shown, rate=f"{rate:.2f} it/s")
             if step % log_every == 0 or step == total:
                 log.write({"stage": name, "step": step, "epoch": epoch + 1,
                            "lr": scheduler.get_last_lr()[0],
-                           "skipped_steps": surgery.skipped_steps, **interval.means()})
-                interval = Interval()
+                           "skipped_steps": surgery.skipped_steps, **state.interval.means()})
+                state.interval = Interval()
+            epoch_done = step % steps_per_epoch == 0 or step == total
+            due = checkpoint_every is not None and step % checkpoint_every == 0
+            if save_checkpoint is not None and (epoch_done or due):
+                state.seconds = time.perf_counter() - start
+                save_checkpoint(state)
             if step >= total:
                 break
-        if step >= total:
-            break
-    return StageResult(name, step, time.perf_counter() - start, overall.means())
+    return StageResult(name, state.step, time.perf_counter() - start, state.overall.means())

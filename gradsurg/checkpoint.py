@@ -1,0 +1,165 @@
+"""Training checkpoints that a crash cannot corrupt and a load cannot exploit.
+
+A checkpoint is a folder `step-00000123/` under the run's `checkpoints/` holding
+
+- `model.safetensors`: the weights (shared tensors stored once), never pickled;
+- `state.pt`: everything else (optimizer, scheduler, combiner state, RNG states, counters) as
+  tensors and plain Python values, read back with `torch.load(weights_only=True)`, so loading
+  one never runs pickled code.
+
+It is written into a hidden temporary folder, flushed to disk, then renamed into place: the
+rename is the commit, so a folder with a `step-` name is always complete and the latest one is
+simply the highest step. Older ones beyond `keep` are deleted only after the new one exists.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from gradsurg.errors import GradsurgError
+
+__all__ = [
+    "CheckpointError",
+    "Checkpoints",
+    "capture_rng",
+    "restore_rng",
+]
+
+WEIGHTS = "model.safetensors"
+STATE = "state.pt"
+_NAME = re.compile(r"^step-(\d{8,})$")
+
+
+class CheckpointError(GradsurgError):
+    """A checkpoint is missing, incomplete or unreadable; the message names the file."""
+
+
+def capture_rng() -> dict[str, Any]:
+    """The global RNG states training draws from (dropout, init): torch CPU, CUDA, Python."""
+    version, internal, gauss = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": [version, list(internal), gauss],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Checkpoints:
+    """The checkpoints of one run: save atomically, find the latest, load it safely."""
+
+    def __init__(self, root: Path, *, keep: int = 1) -> None:
+        if keep < 1:
+            raise GradsurgError(f"keep_checkpoints must be >= 1, got {keep}")
+        self.root = Path(root)
+        self.keep = keep
+
+    def steps(self) -> list[int]:
+        """Global steps of the complete checkpoints, oldest first."""
+        if not self.root.is_dir():
+            return []
+        found = (_NAME.match(entry.name) for entry in self.root.iterdir() if entry.is_dir())
+        return sorted(int(match.group(1)) for match in found if match)
+
+    def path(self, step: int) -> Path:
+        return self.root / f"step-{step:08d}"
+
+    def latest(self) -> Path | None:
+        steps = self.steps()
+        return self.path(steps[-1]) if steps else None
+
+    def save(self, step: int, *, model: nn.Module, state: Mapping[str, Any]) -> Path:
+        """Write checkpoint `step` (weights + `state`), commit it by rename, prune old ones."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        for leftover in self.root.glob(".step-*"):  # staging folders of a killed save
+            shutil.rmtree(leftover, ignore_errors=True)
+        final = self.path(step)
+        if final.exists():
+            # Resuming starts from the newest checkpoint, so a step is never saved twice;
+            # should it happen, the committed folder wins over replacing it non-atomically.
+            return final
+        staging = Path(tempfile.mkdtemp(prefix=f".step-{step:08d}-", dir=self.root))
+        try:
+            save_model(model, str(staging / WEIGHTS))
+            torch.save(dict(state), staging / STATE)
+            for name in (WEIGHTS, STATE):
+                _fsync(staging / name)
+            _rename(staging, final)
+            _fsync(self.root)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        for old in self.steps()[: -self.keep]:
+            shutil.rmtree(self.path(old), ignore_errors=True)
+        return final
+
+    def load(self, path: Path, *, model: nn.Module, device: torch.device | str = "cpu"
+             ) -> dict[str, Any]:
+        """Load the weights into `model` and return the rest of the state (on the CPU)."""
+        weights, state_file = path / WEIGHTS, path / STATE
+        for required in (weights, state_file):
+            if not required.is_file():
+                raise CheckpointError(f"checkpoint file {required} is missing")
+        try:
+            missing, unexpected = load_model(model, str(weights), strict=False,
+                                             device=str(device))
+        except (SafetensorError, OSError, ValueError) as error:
+            raise CheckpointError(f"{weights} could not be read: {_first_line(error)}") from None
+        except RuntimeError as error:  # shapes differ: load_state_dict's message says which
+            raise CheckpointError(
+                f"{weights} does not match the model: {_first_line(error)}") from None
+        if missing or unexpected:
+            raise CheckpointError(
+                f"{weights} does not match the model: missing {sorted(missing)[:3]}, "
+                f"unexpected {sorted(unexpected)[:3]}")
+        try:
+            state = torch.load(state_file, map_location="cpu", weights_only=True)
+        except Exception as error:  # pickle/zip errors have many types; all mean unreadable
+            raise CheckpointError(
+                f"{state_file} could not be read safely: {_first_line(error)}") from None
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{state_file} does not hold a training state")
+        return state
+
+
+def _rename(source: Path, target: Path) -> None:
+    """The commit point of a save (a separate function so tests can crash right before it)."""
+    os.replace(source, target)
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file (or a folder's entries) to disk, so a power cut cannot half-commit it."""
+    flags = os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0)
+    try:
+        descriptor = os.open(path, flags)
+    except OSError:
+        return  # e.g. folders cannot be opened on some platforms; the rename is still atomic
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
