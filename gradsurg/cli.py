@@ -16,6 +16,7 @@ from rich.table import Table
 
 from gradsurg.combiners import COMBINERS
 from gradsurg.config import load_recipe
+from gradsurg.distributed import is_main_process
 from gradsurg.errors import ConfigError, GradsurgError
 from gradsurg.multiexit.policies import POLICIES, ExitPolicy, build_policy
 from gradsurg.programs import PROGRAMS
@@ -102,15 +103,18 @@ def run(
         check_run_folder(folder, resolved, resume=resume, output_given=output is not None)
         if resume and "resume" not in inspect.signature(program.run).parameters:
             raise ConfigError(f"program {program.name!r} cannot resume; run it without --resume")
+        main = is_main_process()  # under torchrun only rank 0 writes files and prints
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "recipe.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
-        console.print(f"[bold]{program.name}[/]: {program.summary} -> {folder}")
+        if main:
+            (folder / "recipe.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+            console.print(f"[bold]{program.name}[/]: {program.summary} -> {folder}")
         extra = {"resume": True} if resume else {}
         results = program.run(config, folder, **extra)
-        (folder / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        if main:
+            (folder / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+            console.print(f"results: {folder / 'results.json'}")
     except GradsurgError as error:
         raise fail(error) from None
-    console.print(f"results: {folder / 'results.json'}")
 
 
 def check_run_folder(folder: Path, resolved: dict[str, object], *, resume: bool,

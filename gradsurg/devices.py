@@ -7,10 +7,11 @@ import torch
 from gradsurg.errors import ConfigError
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when present; an unknown or unavailable device is a ConfigError."""
+def resolve_device(name: str = "auto", *, local_rank: int = 0) -> torch.device:
+    """``auto`` picks CUDA when present (``cuda:LOCAL_RANK`` under torchrun); an unknown or
+    unavailable device is a ConfigError."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
@@ -18,4 +19,6 @@ def resolve_device(name: str = "auto") -> torch.device:
                           "cuda, cuda:N, ...") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} asked for but CUDA is not available")
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", local_rank)  # each torchrun process its own GPU
     return device

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from gradsurg.combiners import CombinerSpec, build_combiner, gramian
+from gradsurg.distributed import SINGLE_PROCESS, DataParallel
 from gradsurg.errors import ConfigError, GradsurgError, NonFiniteError
 from gradsurg.jacobian import MODES, GradientMatrix, Mode, resolve_mode
 from gradsurg.params import (
@@ -30,6 +31,7 @@ from gradsurg.params import (
     reached_parameters,
     trainable_parameters,
 )
+from gradsurg.precision import LossScale
 
 NonFinite = Literal["skip", "raise", "ignore"]
 
@@ -59,6 +61,13 @@ class Surgery:
             (saves one pass over the gradients).
         max_nonfinite_steps: with `skip`, this many skipped steps in a row raise
             :class:`NonFiniteError` (a diverged run should stop, not idle).
+        data_parallel: with several processes, each `backward` weights its losses by this
+            rank's share of the global batch, and the step all-reduces the matrix (and the
+            plain gradients, losses and non-finite flags) before combining, so every rank
+            combines the global batch's matrix. Parameters must get gradients on every rank
+            alike (the model's structure, not the data, decides which ones).
+        loss_scale: fp16 loss scaling: losses are scaled before backward, the matrix and the
+            other gradients unscaled before combining; a skipped step backs the scale off.
     """
 
     def __init__(
@@ -75,6 +84,8 @@ class Surgery:
         reuse_buffer: bool = True,
         nonfinite: NonFinite = "skip",
         max_nonfinite_steps: int = 10,
+        data_parallel: DataParallel = SINGLE_PROCESS,
+        loss_scale: LossScale | None = None,
     ) -> None:
         if mode not in MODES:
             raise ConfigError(f"mode {mode!r} is not one of {list(MODES)}")
@@ -86,6 +97,9 @@ class Surgery:
             raise ConfigError(f"nonfinite={nonfinite!r} is unknown; allowed: skip, raise, ignore")
         if max_nonfinite_steps < 1:
             raise ConfigError(f"max_nonfinite_steps must be >= 1, got {max_nonfinite_steps}")
+        if loss_scale is not None and nonfinite != "skip":
+            raise ConfigError(f"loss scaling needs nonfinite='skip' (got {nonfinite!r}): an "
+                              "overflowing fp16 step must be skipped, not applied or fatal")
         self.model = model
         self.optimizer = optimizer
         self.combiner = build_combiner(combiner)
@@ -97,6 +111,11 @@ class Surgery:
         self.reuse_buffer = reuse_buffer
         self.nonfinite: NonFinite = nonfinite
         self.max_nonfinite_steps = max_nonfinite_steps
+        self.data_parallel = data_parallel
+        self.loss_scale = loss_scale
+        #: The loss of each group at the last step, over the global batch (for logging).
+        self.losses: dict[str, float] = {}
+        self._loss_sums: dict[str, Tensor] = {}
         self.steps = 0
         self.skipped_steps = 0
         self.nonfinite_in_a_row = 0
@@ -120,10 +139,23 @@ class Surgery:
         """Names of the parameters the combiner operates on (known after the first backward)."""
         return list(self._layout.names) if self._layout else []
 
-    def backward(self, losses: Mapping[str, Tensor]) -> None:
-        """Backward every group's loss; call once per micro-batch, then `optimizer.step()`."""
+    def backward(self, losses: Mapping[str, Tensor], *, share: float | None = None) -> None:
+        """Backward every group's loss; call once per micro-batch, then `optimizer.step()`.
+
+        `share`: with data parallelism, this rank's fraction of the global batch's rows (the
+        losses are means over the local rows); default: an equal split.
+        """
         names = tuple(losses)
         values = [self._checked_loss(name, loss) for name, loss in losses.items()]
+        if self.data_parallel.enabled:
+            weight = 1 / self.data_parallel.world_size if share is None else share
+            values = [value * weight for value in values]
+        for name, value in zip(names, values):
+            previous = self._loss_sums.get(name)
+            detached = value.detach().float()
+            self._loss_sums[name] = detached if previous is None else previous + detached
+        if self.loss_scale is not None:
+            values = [self.loss_scale.scale(value) for value in values]
         if not names:
             raise GradsurgError("surgery.backward() needs at least one loss group")
         if self._pending_names is not None and names != self._pending_names:
@@ -162,6 +194,12 @@ class Surgery:
         self.diagnostics = {}
         matrix, self._matrix = self._matrix, None
         self._pending_names = None
+        if self.data_parallel.enabled:
+            self._all_reduce(matrix)
+        if self.loss_scale is not None:
+            self._unscale(matrix)
+        self.losses = {name: float(value) for name, value in self._loss_sums.items()}
+        self._loss_sums = {}
         if matrix is not None and self._layout is not None:
             self._write_combined(matrix)
         elif self._shortcut_scale != 1.0 and self._layout is not None:
@@ -182,7 +220,10 @@ class Surgery:
         if norm is None:
             norm = _total_norm(params)
         bad = [name for name, flag in bad_losses.items() if bool(flag)]
-        if bad or not bool(torch.isfinite(norm)):
+        skipped = bool(bad) or not bool(torch.isfinite(norm))
+        if self.loss_scale is not None:
+            self.loss_scale.update(skipped=skipped)
+        if skipped:
             self._skip_step(bad)
         else:
             self.nonfinite_in_a_row = 0
@@ -193,21 +234,27 @@ class Surgery:
         self._pending_names = None
         self._shortcut_scale = 1.0
         self._bad_losses = {}
+        self._loss_sums = {}
 
     def remove(self) -> None:
         """Detach from the optimizer."""
         self._hook.remove()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"steps": self.steps, "skipped_steps": self.skipped_steps,
-                "nonfinite_in_a_row": self.nonfinite_in_a_row,
-                "combiner": self.combiner.state_dict()}
+        state = {"steps": self.steps, "skipped_steps": self.skipped_steps,
+                 "nonfinite_in_a_row": self.nonfinite_in_a_row,
+                 "combiner": self.combiner.state_dict()}
+        if self.loss_scale is not None:
+            state["loss_scale"] = self.loss_scale.state_dict()
+        return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.steps = int(state["steps"])
         self.skipped_steps = int(state.get("skipped_steps", 0))
         self.nonfinite_in_a_row = int(state.get("nonfinite_in_a_row", 0))
         self.combiner.load_state_dict(dict(state["combiner"]))
+        if self.loss_scale is not None and "loss_scale" in state:
+            self.loss_scale.load_state_dict(dict(state["loss_scale"]))
 
     # ---- internals --------------------------------------------------------------------------
 
@@ -229,6 +276,45 @@ class Surgery:
             raise NonFiniteError(
                 f"{self.nonfinite_in_a_row} optimizer steps in a row skipped (last: step "
                 f"{self.steps}, {cause}); stopping. Lower the learning rate or check the data")
+
+    def _all_reduce(self, matrix: GradientMatrix | None) -> None:
+        """Sum over ranks: the matrix in place (one call), then one flat buffer holding the
+        other gradients, the share-weighted losses and the non-finite flags."""
+        if matrix is not None:
+            self.data_parallel.all_reduce_(matrix.values)
+            plain = self._outside
+        else:
+            plain = [p for _, p in self._trainable]
+        grads = [p.grad for p in plain if p.grad is not None]
+        names = list(self._loss_sums)
+        dtype = grads[0].dtype if grads else torch.float32
+        device = grads[0].device if grads else self._layout.device if self._layout else None
+        extras = [self._loss_sums[name].reshape(1) for name in names]
+        extras += [self._bad_losses[name].reshape(1) for name in names if name in self._bad_losses]
+        flat = torch.cat([g.reshape(-1) for g in grads]
+                         + [x.to(device=device, dtype=dtype) for x in extras])
+        self.data_parallel.all_reduce_(flat)
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            offset += g.numel()
+        for name in names:
+            self._loss_sums[name] = flat[offset].float()
+            offset += 1
+        for name in names:
+            if name in self._bad_losses:
+                self._bad_losses[name] = flat[offset] > 0
+                offset += 1
+
+    def _unscale(self, matrix: GradientMatrix | None) -> None:
+        """Divide the loss scale out of the matrix and the plain gradients, before combining."""
+        inverse = 1.0 / self.loss_scale.value if self.loss_scale is not None else 1.0
+        plain = self._outside if matrix is not None else [p for _, p in self._trainable]
+        if matrix is not None:
+            matrix.values.mul_(inverse)
+        grads = [p.grad for p in plain if p.grad is not None]
+        if grads:
+            torch._foreach_mul_(grads, inverse)
 
     def _diagnose_this_step(self) -> bool:
         return self.diagnostics_every is not None and self.steps % self.diagnostics_every == 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from gradsurg.combiners import build_combiner
 from gradsurg.data.glue import get_task
@@ -24,10 +24,14 @@ class MultiExitGlueConfig(ProgramConfig):
     data_dir: str | None = Field(
         None, description="GLUE_DIR-style folder; default: $GLUE_DIR, else the hub"
     )
-    model: str = Field("minilm", description="short name, Hugging Face id or local folder")
+    model: str = Field("minilm", min_length=1,
+                       description="short name, Hugging Face id or local folder")
     pooling: Literal["cls", "mean"] = Field("mean", description="what each exit reads: [CLS] or "
                                             "the masked mean of the layer")
     dropout: float = Field(0.1, ge=0, lt=1, description="dropout inside every exit")
+    backbone_dropout: float | None = Field(
+        None, ge=0, lt=1, description="the backbone's hidden and attention dropout; "
+        "default: the checkpoint's own (0.1 for BERT)")
     max_length: int = Field(128, ge=8, description="tokens kept per example (truncation)")
     train_rows: int | None = Field(None, ge=1, description="seeded random subset of train")
     eval_rows: int | None = Field(None, ge=1, description="first rows of the dev split")
@@ -56,6 +60,8 @@ class MultiExitGlueConfig(ProgramConfig):
         "default: the policy's standard list")
     log_every: int = Field(50, ge=1, description="training steps per train_log.jsonl line")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="bf16: autocast (CPU or GPU); fp16: autocast + loss scaling (GPU)")
     threads: int | None = Field(None, ge=1, description="CPU threads (default: torch's)")
     save_model: bool = Field(True, description="write model/ for gradsurg predict / eval")
     checkpoints: bool = Field(True, description="write checkpoints/ so `run --resume` can "
@@ -93,6 +99,20 @@ class MultiExitGlueConfig(ProgramConfig):
         except ConfigError as error:
             raise ValueError(str(error)) from None
         return value
+
+    @model_validator(mode="after")
+    def _combiner_groups_exist(self) -> MultiExitGlueConfig:
+        if self.combiner is None:
+            return self
+        if self.mode.startswith("deebert"):
+            raise ValueError(f"key 'combiner': mode {self.mode} trains one loss group per "
+                             "stage, so there is nothing to combine; remove the key")
+        allowed = ("final", "sd")  # the joint stage's loss groups
+        unknown = [g for g in build_combiner(self.combiner).group_names() if g not in allowed]
+        if unknown:
+            raise ValueError(f"key 'combiner': loss group {unknown[0]!r} does not exist in mode "
+                             f"{self.mode}; allowed: {', '.join(allowed)}")
+        return self
 
     def policy_spec(self) -> tuple[str, dict[str, Any]]:
         """The exit policy's name and its fixed parameters."""

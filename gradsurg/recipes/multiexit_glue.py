@@ -29,12 +29,14 @@ from gradsurg.checkpoint import Checkpoints, capture_rng, restore_rng
 from gradsurg.data.collate import GlueCollator, tokenize_dataset
 from gradsurg.data.glue import TaskSpec, get_task, load_glue
 from gradsurg.devices import resolve_device
+from gradsurg.distributed import DataParallel
 from gradsurg.errors import ConfigError
 from gradsurg.metrics import primary_metric
 from gradsurg.multiexit.early_exit import per_exit_metrics, policy_sweep
 from gradsurg.multiexit.loss_terms import self_distillation_loss, task_loss
 from gradsurg.multiexit.model import MultiExitModel
 from gradsurg.multiexit.policies import POLICIES
+from gradsurg.precision import LossScale, autocast_factory
 from gradsurg.programs import Program
 from gradsurg.recipes.glue_config import MultiExitGlueConfig
 from gradsurg.recipes.training import (
@@ -165,17 +167,21 @@ def run(config: MultiExitGlueConfig, output_dir: Path, *, resume: bool = False
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     seed_everything(config.seed, deterministic=config.deterministic)
-    device = resolve_device(config.device)
+    parallel = DataParallel.from_environment()
+    device = resolve_device(config.device, local_rank=parallel.local_rank)
+    autocast_factory(config.precision, device)  # fp16 on a CPU fails here, before any work
     task = get_task(config.task)
     model, tokenizer = MultiExitModel.from_backbone(
-        config.model, num_labels=task.num_labels, pooling=config.pooling, dropout=config.dropout
+        config.model, num_labels=task.num_labels, pooling=config.pooling, dropout=config.dropout,
+        backbone_dropout=config.backbone_dropout,
     )
     # Recorded in the checkpoint so `gradsurg predict/eval` know the classes and the task.
     model.config = dataclasses.replace(
         model.config, task=task.name, labels=list(task.labels) if task.labels else None)
     model.to(device)
+    parallel.broadcast_module_(model)
     checkpoints = Checkpoints(output_dir / "checkpoints", keep=config.keep_checkpoints)
-    restored = load_latest(checkpoints, model, config, device) if resume else None
+    restored = load_latest(checkpoints, model, config, device, parallel) if resume else None
     collate = GlueCollator(tokenizer)
     train_data = tokenize_dataset(
         load_split(task, "train", config, rows=config.train_rows, shuffle_seed=config.seed),
@@ -188,31 +194,38 @@ def run(config: MultiExitGlueConfig, output_dir: Path, *, resume: bool = False
     eval_loader = DataLoader(eval_data, batch_size=config.eval_batch_size, collate_fn=collate)
     steps_per_epoch = -(-len(train_data) // config.batch_size)
 
-    def batches(epoch: int, skip: int) -> Iterator[dict[str, Tensor]]:
+    def batches(epoch: int, skip: int) -> Iterator[tuple[dict[str, Tensor], float]]:
         order = epoch_order(len(train_data), config.batch_size, seed=config.seed, epoch=epoch)
+        shards = [parallel.shard(rows) for rows in order[skip:]]  # all of it on one process
         # Its own generator: a loader otherwise draws a seed from the global RNG, which would
         # shift the dropout masks of a run resumed mid-epoch.
-        loader = DataLoader(train_data, batch_sampler=order[skip:], collate_fn=collate,
+        loader = DataLoader(train_data, batch_sampler=[rows for rows, _ in shards],
+                            collate_fn=collate,
                             generator=torch.Generator().manual_seed(config.seed + epoch))
-        for batch in loader:
-            yield to_device(batch, device)
+        for batch, (_, share) in zip(loader, shards):
+            yield to_device(batch, device), share
 
-    log = JsonlLog(output_dir / "train_log.jsonl",
+    log = JsonlLog(output_dir / "train_log.jsonl" if parallel.is_main else None,
                    truncate_to=restored["log_offset"] if restored else 0)
     stage_results: list[StageResult] = [
         StageResult(**result) for result in (restored or {}).get("finished", [])]
     try:
-        with progress_bar() as progress:
+        with progress_bar(disable=not parallel.is_main) as progress:
             for index, stage in enumerate(plan_stages(config.mode)):
                 if index < len(stage_results):
                     continue  # finished before the restart
-                context = StageContext(index, stage_results, checkpoints, config,
+                context = StageContext(index, stage_results, checkpoints, config, parallel,
                                        restored if restored and restored["stage"] == index
                                        else None)
                 stage_results.append(run_stage(stage, model, batches, steps_per_epoch, log,
                                                progress, context))
     finally:
         log.close()
+    parallel.barrier()
+    if not parallel.is_main:  # rank 0 alone evaluates and writes the outputs
+        parallel.close()
+        return {}
+    parallel.close()
 
     all_logits, labels = collect_exit_logits(model, eval_loader, device)
     results = evaluate(all_logits, labels, task, config, output_dir)
@@ -228,7 +241,7 @@ def run(config: MultiExitGlueConfig, output_dir: Path, *, resume: bool = False
 
 
 def load_latest(checkpoints: Checkpoints, model: MultiExitModel, config: MultiExitGlueConfig,
-                device: torch.device) -> dict[str, Any] | None:
+                device: torch.device, parallel: DataParallel) -> dict[str, Any] | None:
     """The latest checkpoint's state (weights loaded into `model`), or None to start fresh.
 
     A checkpoint written under a different recipe is refused: continuing it would silently
@@ -246,6 +259,10 @@ def load_latest(checkpoints: Checkpoints, model: MultiExitModel, config: MultiEx
         raise ConfigError(
             f"--resume: key {key!r} is {current.get(key)!r} but {latest} was written with "
             f"{saved.get(key)!r}; resume with the original recipe or use another --output")
+    if state.get("world_size", 1) != parallel.world_size:
+        raise ConfigError(
+            f"--resume: {latest} was written by {state.get('world_size', 1)} process(es), this "
+            f"run has {parallel.world_size}; resume with the same torchrun --nproc_per_node")
     console.print(f"resuming from {latest} (stage {state['stage'] + 1}, "
                   f"step {state['progress']['step']})")
     return state
@@ -259,6 +276,7 @@ class StageContext:
     finished: list[StageResult]
     checkpoints: Checkpoints
     config: MultiExitGlueConfig
+    parallel: DataParallel
     restored: dict[str, Any] | None
 
 
@@ -272,12 +290,18 @@ def run_stage(stage: Stage, model: MultiExitModel, batches: Any, steps_per_epoch
         optimizer, int(config.warmup_ratio * total), total
     )
     several = len(stage.groups) > 1
+    device = next(model.parameters()).device
+    autocast = autocast_factory(config.precision, device)
+    loss_scale = (LossScale(torch.amp.GradScaler(device.type))
+                  if config.precision == "fp16" else None)
     surgery = Surgery(
         model, optimizer, config.combiner_spec() if several else "sum",
         include=config.include if several else None,
         exclude=config.exclude if several else None,
         max_grad_norm=config.max_grad_norm,
         max_nonfinite_steps=config.max_nonfinite_steps,
+        data_parallel=context.parallel,
+        loss_scale=loss_scale,
     )
     resume = None
     if context.restored is not None:
@@ -285,11 +309,15 @@ def run_stage(stage: Stage, model: MultiExitModel, batches: Any, steps_per_epoch
         scheduler.load_state_dict(context.restored["scheduler"])
         surgery.load_state_dict(context.restored["surgery"])
         resume = StageProgress.from_state(context.restored["progress"])
-        restore_rng(context.restored["rng"])
+        restore_rng(context.restored["rng"][context.parallel.rank])
 
     def save(state: StageProgress) -> None:
+        rng = context.parallel.gather_objects(capture_rng())  # each rank's dropout stream
+        if not context.parallel.is_main:
+            return
         global_step = sum(r.steps for r in context.finished) + state.step
         context.checkpoints.save(global_step, model=model, state={
+            "world_size": context.parallel.world_size,
             "recipe": config.model_dump(mode="json"),
             "stage": context.index,
             "finished": [dataclasses.asdict(r) for r in context.finished],
@@ -297,7 +325,7 @@ def run_stage(stage: Stage, model: MultiExitModel, batches: Any, steps_per_epoch
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "surgery": surgery.state_dict(),
-            "rng": capture_rng(),
+            "rng": rng,
             "log_offset": log.tell(),
         })
 
@@ -305,8 +333,7 @@ def run_stage(stage: Stage, model: MultiExitModel, batches: Any, steps_per_epoch
         return train_stage(
             name=stage.name, model=model, batches=batches, steps_per_epoch=steps_per_epoch,
             epochs=config.epochs,
-            loss_fn=lambda batch: group_losses(forward(model, batch), batch["labels"],
-                                               stage.groups, config),
+            loss_fn=lambda batch: mixed_precision_losses(model, batch, stage, config, autocast),
             surgery=surgery, optimizer=optimizer, scheduler=scheduler, log=log,
             log_every=config.log_every, progress=progress, resume=resume,
             save_checkpoint=save if config.checkpoints else None,
@@ -315,6 +342,15 @@ def run_stage(stage: Stage, model: MultiExitModel, batches: Any, steps_per_epoch
     finally:
         surgery.remove()
         model.requires_grad_(True)
+
+
+def mixed_precision_losses(model: MultiExitModel, batch: Mapping[str, Tensor], stage: Stage,
+                           config: MultiExitGlueConfig, autocast: Any) -> dict[str, Tensor]:
+    """The stage's group losses, the forward pass under the recipe's autocast; losses in
+    float32 (autocast runs softmax / KL in float32 already; the cast makes it explicit)."""
+    with autocast():
+        logits = forward(model, batch)
+    return group_losses([x.float() for x in logits], batch["labels"], stage.groups, config)
 
 
 def evaluate(all_logits: Tensor, labels: Tensor, task: TaskSpec, config: MultiExitGlueConfig,

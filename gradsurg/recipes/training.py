@@ -34,22 +34,25 @@ class JsonlLog:
     run wrote after its last checkpoint, so a resumed run's log has each step once.
     """
 
-    def __init__(self, path: Path, *, truncate_to: int | None = None) -> None:
+    def __init__(self, path: Path | None, *, truncate_to: int | None = None) -> None:
+        """`path=None` logs nothing (the non-main ranks of a distributed run)."""
         self.path = path
-        if truncate_to is not None and path.exists():
+        if path is not None and truncate_to is not None and path.exists():
             with path.open("r+b") as existing:
                 existing.truncate(truncate_to)
-        self._file = path.open("a", encoding="utf-8")
+        self._file = path.open("a", encoding="utf-8") if path is not None else None
 
     def tell(self) -> int:
-        return self._file.tell()
+        return self._file.tell() if self._file is not None else 0
 
     def write(self, record: Mapping[str, Any]) -> None:
-        self._file.write(json.dumps(dict(record)) + "\n")
-        self._file.flush()
+        if self._file is not None:
+            self._file.write(json.dumps(dict(record)) + "\n")
+            self._file.flush()
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
 
 
 @dataclass
@@ -110,7 +113,7 @@ def stage_steps(steps_per_epoch: int, epochs: float) -> int:
     return max(1, math.ceil(steps_per_epoch * epochs))
 
 
-def progress_bar() -> Progress:
+def progress_bar(*, disable: bool = False) -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -119,17 +122,20 @@ def progress_bar() -> Progress:
         TextColumn("{task.fields[rate]}"),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
+        disable=disable,
     )
 
 
 SaveCheckpoint = Callable[[StageProgress], None]
+#: `(batch, share)`: share is this process's fraction of the global batch (None: all of it).
+Batches = Callable[[int, int], Iterable[tuple[Mapping[str, Tensor], float | None]]]
 
 
 def train_stage(
     *,
     name: str,
     model: nn.Module,
-    batches: Callable[[int, int], Iterable[Mapping[str, Tensor]]],
+    batches: Batches,
     steps_per_epoch: int,
     epochs: float,
     loss_fn: LossFn,
@@ -145,8 +151,8 @@ def train_stage(
 ) -> StageResult:
     """Run `ceil(steps_per_epoch * epochs)` optimizer steps.
 
-    `batches(epoch, skip)` yields an epoch's batches from the `skip`-th on (the order depends
-    on the epoch only, so a resumed stage sees exactly the batches it missed). With
+    `batches(epoch, skip)` yields an epoch's `(batch, share)` pairs from the `skip`-th on (the
+    order depends on the epoch only, so a resumed stage sees exactly the batches it missed). With
     `save_checkpoint`, it is called every `checkpoint_every` steps and after each epoch.
     """
     total = stage_steps(steps_per_epoch, epochs)
@@ -159,15 +165,14 @@ def train_stage(
     for epoch in range(state.step // steps_per_epoch, math.ceil(epochs)):
         if state.step >= total:
             break
-        for batch in batches(epoch, state.step - epoch * steps_per_epoch):
-            losses = loss_fn(batch)
-            surgery.backward(losses)
+        for batch, share in batches(epoch, state.step - epoch * steps_per_epoch):
+            surgery.backward(loss_fn(batch), share=share)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             state.step += 1
             step = state.step
-            values = {f"loss/{k}": v.item() for k, v in losses.items()}
+            values = {f"loss/{k}": v for k, v in surgery.losses.items()}  # global batch
             values.update(surgery.diagnostics)
             values.pop("nonfinite/skipped", None)  # counted in `skipped_steps` instead
             state.interval.add(values)
