@@ -70,13 +70,15 @@ def load_recipe(path: Path, overrides: Sequence[str] = ()) -> tuple[Program, Pro
 def _first_problem(error: ValidationError) -> str:
     problems = error.errors()
     first = problems[0]
-    key = ".".join(str(part) for part in first["loc"]) or "(recipe)"
-    message = first["msg"]
+    message = first["msg"].removeprefix("Value error, ")
+    more = f" (+{len(problems) - 1} more problems)" if len(problems) > 1 else ""
+    if not first["loc"]:  # a check across keys: its message names the keys itself
+        return f"{message}{more}"
+    key = ".".join(str(part) for part in first["loc"])
     if first["type"] == "extra_forbidden":
         message = "unknown key"
     elif "input" in first and first["type"] not in ("missing",):
         message = f"{message} (got {first['input']!r})"
-    more = f" (+{len(problems) - 1} more problems)" if len(problems) > 1 else ""
     return f"key {key!r}: {message}{more}"
 
 

@@ -49,6 +49,11 @@ class Combiner:
         """
         return None
 
+    def group_names(self) -> list[str]:
+        """Loss groups this combiner names in its options (checked against a recipe's groups
+        before anything runs)."""
+        return []
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 

@@ -33,6 +33,9 @@ class Merge(Combiner):
         self.into = into
         self.then = then
 
+    def group_names(self) -> list[str]:
+        return [*self.groups, *(n for n in self.then.group_names() if n != self.into)]
+
     def combine(self, matrix: Tensor, names: list[str], gram: Tensor | None) -> Combined:
         picked = [row_index(names, g, role="merged", combiner=self.name) for g in self.groups]
         rest = [i for i in range(len(names)) if i not in picked]

@@ -28,6 +28,9 @@ class Project(GramianWeighting):
         self.target = target
         self.reference = reference
 
+    def group_names(self) -> list[str]:
+        return [self.target, self.reference]
+
     def weights(self, gram: Tensor, names: list[str]) -> tuple[Tensor, dict[str, float]]:
         t = row_index(names, self.target, role="target", combiner=self.name)
         r = row_index(names, self.reference, role="reference", combiner=self.name)
