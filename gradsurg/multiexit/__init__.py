@@ -8,19 +8,30 @@ from gradsurg.multiexit.adapters import (
     make_adapter,
     register_adapter,
 )
-from gradsurg.multiexit.backbones import load_backbone, resolve_backbone, tiny_bert_config
+from gradsurg.multiexit.adapters_albert import AlbertAdapter
+from gradsurg.multiexit.adapters_mpnet import MPNetAdapter
+from gradsurg.multiexit.adapters_roberta import RobertaAdapter
+from gradsurg.multiexit.backbones import (
+    load_backbone,
+    resolve_backbone,
+    tiny_bert_config,
+    tiny_config,
+)
 from gradsurg.multiexit.exits import Exit
 from gradsurg.multiexit.loss_terms import self_distillation_loss, task_loss
 from gradsurg.multiexit.model import MultiExitConfig, MultiExitModel
 
 __all__ = [
     "ADAPTERS",
+    "AlbertAdapter",
     "BertAdapter",
     "EncoderAdapter",
     "Exit",
     "LayerMask",
+    "MPNetAdapter",
     "MultiExitConfig",
     "MultiExitModel",
+    "RobertaAdapter",
     "load_backbone",
     "make_adapter",
     "register_adapter",
@@ -28,4 +39,5 @@ __all__ = [
     "self_distillation_loss",
     "task_loss",
     "tiny_bert_config",
+    "tiny_config",
 ]

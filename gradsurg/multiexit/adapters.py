@@ -3,9 +3,10 @@
 An early-exit runner must stop after any layer and may drop finished rows between
 layers, so it cannot call the HF model's ``forward`` (which runs every layer). Each
 adapter exposes the three pieces it needs — embeddings, one layer at a time, and the
-attention mask in the form that layer expects — and nothing else. New architectures
-(ALBERT, RoBERTa, MPNet) subclass :class:`EncoderAdapter` and register themselves
-under their ``config.model_type``.
+attention mask in the form that layer expects — and nothing else. Each architecture
+subclasses :class:`EncoderAdapter` and registers itself under its ``config.model_type``:
+BERT here, RoBERTa, MPNet and ALBERT in ``adapters_*.py`` (registered on import of
+``gradsurg.multiexit``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ __all__ = [
     "BertAdapter",
     "EncoderAdapter",
     "LayerMask",
+    "check_backbone",
     "make_adapter",
+    "padding_mask",
     "register_adapter",
 ]
 
@@ -134,30 +137,84 @@ def register_adapter(cls: _A) -> _A:
     return cls
 
 
+def check_backbone(
+    hf_model: nn.Module, *, class_name: str, model_type: str, modules: tuple[str, ...]
+) -> Any:
+    """The backbone's HF config, after checking it is the bare encoder an adapter expects.
+
+    ``modules`` are dotted attribute paths the adapter takes over (``"encoder.layer"``). A
+    wrong class, a mismatched ``config.model_type`` or a decoder config is a one-line
+    :class:`ConfigError`.
+    """
+    config = getattr(hf_model, "config", None)
+    if getattr(config, "model_type", None) != model_type or not all(
+        isinstance(_attribute(hf_model, path), nn.Module) for path in modules
+    ):
+        raise ConfigError(
+            f"backbone {type(hf_model).__name__} is not a transformers {class_name}; allowed: "
+            f"the bare encoder (AutoModel of a model_type {model_type!r} checkpoint)"
+        )
+    if getattr(config, "is_decoder", False):
+        raise ConfigError("backbone config is_decoder=True; allowed: an encoder (False)")
+    return config
+
+
+def _attribute(obj: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        obj = getattr(obj, part, None)
+    return obj
+
+
+def padding_mask(adapter: EncoderAdapter, attention_mask: Tensor, hidden: Tensor) -> LayerMask:
+    """The bidirectional mask HF encoders build in ``forward``, for ``adapter``'s config.
+
+    Same helper the HF models call, so every attention implementation gets the form it
+    expects: eager an additive [B,1,T,T] float mask (dtype-min on pads), sdpa a boolean
+    [B,1,T,T] mask or None when nothing is padded, flash a 2-D mask or None, flex a BlockMask.
+    """
+    from transformers.masking_utils import create_bidirectional_mask
+
+    if attention_mask.dim() != 2 or attention_mask.shape != hidden.shape[:2]:
+        raise ConfigError(
+            f"attention_mask shape {tuple(attention_mask.shape)} does not match the batch; "
+            f"allowed: [B, T] = {tuple(hidden.shape[:2])}"
+        )
+    padding = attention_mask.to(device=hidden.device)
+    value = create_bidirectional_mask(
+        config=adapter.hf_config, inputs_embeds=hidden, attention_mask=padding
+    )
+    return LayerMask(padding=padding, value=value)
+
+
+def first_output(out: Any) -> Tensor:
+    """A layer's hidden states: some HF layers return a tuple, newer ones the tensor."""
+    return out[0] if isinstance(out, tuple) else out
+
+
 @register_adapter
 class BertAdapter(EncoderAdapter):
     """Adapter for ``transformers.BertModel`` (any depth; covers the packaged MiniLM).
 
     Only the embeddings and the layer list are kept: the HF pooler is not used (each exit
     has its own), and leaving it registered would give parameters that never receive
-    gradients (DDP complains) and bloat checkpoints.
+    gradients (DDP complains) and bloat checkpoints. Subclasses for models with the same
+    layout (``embeddings`` + ``encoder.layer``, layers called as ``layer(hidden, mask)``)
+    only change ``model_type`` and ``class_name``.
     """
 
     model_type = "bert"
+    class_name: ClassVar[str] = "BertModel"
 
     def __init__(self, hf_model: nn.Module) -> None:
-        config = getattr(hf_model, "config", None)
-        encoder = getattr(hf_model, "encoder", None)
-        if config is None or not hasattr(hf_model, "embeddings") or encoder is None:
-            raise ConfigError(
-                f"backbone {type(hf_model).__name__} is not a BertModel; "
-                "allowed: a transformers BertModel (AutoModel of a model_type 'bert' checkpoint)"
-            )
-        if getattr(config, "is_decoder", False):
-            raise ConfigError("backbone config is_decoder=True; allowed: an encoder (False)")
+        config = check_backbone(
+            hf_model,
+            class_name=self.class_name,
+            model_type=self.model_type,
+            modules=("embeddings", "encoder.layer"),
+        )
         super().__init__(config)
         self.embeddings = hf_model.embeddings
-        self.layers = encoder.layer
+        self.layers = hf_model.encoder.layer
 
     @property
     def num_layers(self) -> int:
@@ -169,31 +226,15 @@ class BertAdapter(EncoderAdapter):
         attention_mask: Tensor,
         token_type_ids: Tensor | None = None,
     ) -> Tensor:
-        # BERT positions are absolute from 0, so the padding mask plays no part here.
+        # The model's own embedding module, called as its forward calls it: BERT positions
+        # are absolute from 0, so the padding mask plays no part here.
         return self.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
 
     def prepare_mask(self, attention_mask: Tensor, hidden: Tensor) -> LayerMask:
-        # Same helper BertModel.forward uses, so every attention implementation gets the
-        # form it expects: eager an additive [B,1,T,T] float mask (dtype-min on pads),
-        # sdpa a boolean [B,1,T,T] mask or None when nothing is padded, flash a 2-D mask
-        # or None, flex a BlockMask.
-        from transformers.masking_utils import create_bidirectional_mask
-
-        if attention_mask.dim() != 2 or attention_mask.shape != hidden.shape[:2]:
-            raise ConfigError(
-                f"attention_mask shape {tuple(attention_mask.shape)} does not match the batch; "
-                f"allowed: [B, T] = {tuple(hidden.shape[:2])}"
-            )
-        padding = attention_mask.to(device=hidden.device)
-        value = create_bidirectional_mask(
-            config=self.hf_config, inputs_embeds=hidden, attention_mask=padding
-        )
-        return LayerMask(padding=padding, value=value)
+        return padding_mask(self, attention_mask, hidden)
 
     def _layer_forward(self, index: int, hidden: Tensor, mask_value: Any) -> Tensor:
-        out = self.layers[index](hidden, mask_value)
-        # Older transformers returned a tuple from BertLayer; 5.x returns the tensor.
-        return out[0] if isinstance(out, tuple) else out
+        return first_output(self.layers[index](hidden, mask_value))
 
 
 def make_adapter(hf_model: nn.Module) -> EncoderAdapter:
@@ -201,7 +242,7 @@ def make_adapter(hf_model: nn.Module) -> EncoderAdapter:
     model_type = getattr(getattr(hf_model, "config", None), "model_type", None)
     factory: Callable[[nn.Module], EncoderAdapter] | None = ADAPTERS.get(str(model_type))
     if factory is None:
-        allowed = ", ".join(sorted(ADAPTERS))
+        allowed = ", ".join(ADAPTERS)  # registration order: bert first
         raise ConfigError(
             f"model_type {model_type!r} has no multi-exit adapter; allowed: {allowed}"
         )

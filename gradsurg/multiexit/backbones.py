@@ -13,6 +13,7 @@ __all__ = [
     "minilm_vocab_size",
     "resolve_backbone",
     "tiny_bert_config",
+    "tiny_config",
 ]
 
 #: Short names that resolve to a model shipped as a Python package (works offline).
@@ -40,12 +41,22 @@ def resolve_backbone(name: str) -> str:
     return name
 
 
-def load_backbone(name_or_path: str, *, attn_implementation: str | None = None) -> tuple[Any, Any]:
-    """Load ``(AutoModel, AutoTokenizer)`` with pretrained weights for a backbone name."""
+def load_backbone(
+    name_or_path: str, *, attn_implementation: str | None = None, dropout: float | None = None
+) -> tuple[Any, Any]:
+    """Load ``(AutoModel, AutoTokenizer)`` with pretrained weights for a backbone name.
+
+    ``dropout`` replaces the config's hidden and attention dropout (BERT, RoBERTa, ALBERT and
+    MPNet all name them ``hidden_dropout_prob`` / ``attention_probs_dropout_prob``).
+    """
     from transformers import AutoModel, AutoTokenizer
 
     path = resolve_backbone(name_or_path)
-    kwargs = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
+    kwargs: dict[str, Any] = {}
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    if dropout is not None:
+        kwargs.update(hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
     try:
         model = AutoModel.from_pretrained(path, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(path)
@@ -64,6 +75,56 @@ def minilm_vocab_size() -> int:
         return sum(1 for _ in fh)
 
 
+def tiny_config(
+    model_type: str = "bert",
+    *,
+    num_layers: int = 2,
+    hidden: int = 32,
+    heads: int = 2,
+    intermediate: int = 64,
+    vocab_size: int | None = None,
+    max_positions: int = 512,
+    attn_implementation: str | None = None,
+    **extra: Any,
+) -> Any:
+    """A small random-init HF config of ``model_type`` (bert, roberta, mpnet, albert, ...).
+
+    The vocabulary defaults to the packaged MiniLM tokenizer's size and ``pad_token_id`` to
+    its ``[PAD]`` id (0), so real tokenized text can drive a tiny model. ``max_positions`` is
+    the number of tokens the model accepts: RoBERTa and MPNet number positions from
+    ``padding_idx + 1``, so their position tables get that many extra rows. ALBERT's
+    ``embedding_size`` defaults to ``hidden // 2`` (so the projection is not square).
+    ``extra`` goes to the config unchanged (e.g. ``num_hidden_groups``, ``inner_group_num``).
+    """
+    from transformers import AutoConfig
+
+    values: dict[str, Any] = {
+        "vocab_size": minilm_vocab_size() if vocab_size is None else vocab_size,
+        "hidden_size": hidden,
+        "num_hidden_layers": num_layers,
+        "num_attention_heads": heads,
+        "intermediate_size": intermediate,
+        "pad_token_id": 0,
+    }
+    if model_type == "albert":
+        values["embedding_size"] = max(1, hidden // 2)
+    values.update(extra)
+    # First position id: RoBERTa counts from pad_token_id + 1, MPNet from 2 (its embedding
+    # hard-codes padding_idx=1), the others from 0.
+    offset = {"roberta": int(values["pad_token_id"]) + 1, "mpnet": 2}.get(model_type, 0)
+    values.setdefault("max_position_embeddings", max_positions + offset)
+    try:
+        config = AutoConfig.for_model(model_type, **values)
+    except ValueError as exc:
+        raise ConfigError(
+            f"model_type {model_type!r} is not a transformers config; "
+            "allowed: bert, roberta, mpnet, albert"
+        ) from exc
+    if attn_implementation is not None:
+        config._attn_implementation = attn_implementation
+    return config
+
+
 def tiny_bert_config(
     *,
     num_layers: int = 2,
@@ -74,21 +135,14 @@ def tiny_bert_config(
     max_positions: int = 512,
     attn_implementation: str | None = None,
 ) -> Any:
-    """A small random-init ``BertConfig`` for tests and smoke runs.
-
-    The vocabulary defaults to the packaged MiniLM tokenizer's size, so real tokenized
-    text can drive a tiny model.
-    """
-    from transformers import BertConfig
-
-    config = BertConfig(
-        vocab_size=minilm_vocab_size() if vocab_size is None else vocab_size,
-        hidden_size=hidden,
-        num_hidden_layers=num_layers,
-        num_attention_heads=heads,
-        intermediate_size=intermediate,
-        max_position_embeddings=max_positions,
+    """A small random-init ``BertConfig`` for tests and smoke runs (see :func:`tiny_config`)."""
+    return tiny_config(
+        "bert",
+        num_layers=num_layers,
+        hidden=hidden,
+        heads=heads,
+        intermediate=intermediate,
+        vocab_size=vocab_size,
+        max_positions=max_positions,
+        attn_implementation=attn_implementation,
     )
-    if attn_implementation is not None:
-        config._attn_implementation = attn_implementation
-    return config

@@ -176,8 +176,12 @@ class MultiExitModel(nn.Module):
         pooling: str = "cls",
         dropout: float = 0.1,
         attn_implementation: str | None = None,
+        backbone_dropout: float | None = None,
     ) -> tuple[MultiExitModel, Any]:
-        """Pretrained backbone by name (``"minilm"``, HF id, folder) -> ``(model, tokenizer)``."""
+        """Pretrained backbone by name (``"minilm"``, HF id, folder) -> ``(model, tokenizer)``.
+
+        ``backbone_dropout`` overrides the backbone's hidden and attention dropout.
+        """
         config = MultiExitConfig(
             num_labels=num_labels,
             backbone=name_or_path,
@@ -185,7 +189,8 @@ class MultiExitModel(nn.Module):
             dropout=dropout,
             attn_implementation=attn_implementation,
         )
-        hf_model, tokenizer = load_backbone(name_or_path, attn_implementation=attn_implementation)
+        hf_model, tokenizer = load_backbone(name_or_path, attn_implementation=attn_implementation,
+                                            dropout=backbone_dropout)
         return cls(hf_model, config), tokenizer
 
     # -- checkpoints --------------------------------------------------------------
