@@ -127,3 +127,19 @@ def test_torchrun_runs_a_recipe_on_two_processes(tiny_bert_dir, shared_glue_dir,
     assert len(results["exit_metrics"]) == 3 and results["mode"] == "romebert"
     log = (tmp_path / "two" / "train_log.jsonl").read_text().splitlines()
     assert len(log) == len((tmp_path / "one" / "train_log.jsonl").read_text().splitlines())
+
+
+def test_torchrun_runs_the_digits_plugin_recipe(tmp_path):
+    """The plugin program (a non-BERT model, its own loop) is data-parallel as well."""
+    recipe = Path(__file__).resolve().parents[1] / "plugins" / "digits_multiexit" / "recipes" / (
+        "digits_project.yaml")
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                "--master_port", str(free_port()), "-m", "gradsurg"]
+    for command, folder in ((torchrun, "two"), ([sys.executable, "-m", "gradsurg"], "one")):
+        done = subprocess.run([*command, "run", str(recipe), "--set", "epochs=2", "--output",
+                               str(tmp_path / folder)], capture_output=True, text=True,
+                              timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert done.returncode == 0, done.stderr[-3000:]
+    two, one = (torch.load(tmp_path / f / "model.pt", weights_only=True) for f in ("two", "one"))
+    for name, tensor in one.items():
+        torch.testing.assert_close(two[name], tensor, rtol=1e-5, atol=1e-5, msg=name)

@@ -12,6 +12,7 @@ from sklearn.datasets import load_digits
 from torch import Tensor
 
 from gradsurg.combiners import build_combiner
+from gradsurg.distributed import DataParallel
 from gradsurg.errors import ConfigError
 from gradsurg.losses import LossGroup
 from gradsurg.multiexit.loss_terms import exit_cross_entropy, self_distillation_loss
@@ -67,13 +68,16 @@ def train(config: DigitsConfig, output_dir: Path | None = None) -> dict[str, Any
     x_train, y_train, x_test, y_test = digits_split(config.seed, config.test_fraction)
     model = MultiExitMLP(inputs=x_train.shape[1], hidden=config.hidden, layers=config.layers,
                          classes=10)
+    parallel = DataParallel.from_environment()  # torchrun: each rank a share of every batch
+    parallel.broadcast_module_(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
     try:
         combiner = build_combiner(config.combiner)
     except ConfigError as error:
         raise ConfigError(f"key 'combiner': {error}") from None
     surgery = Surgery(model, optimizer, combiner, include=config.include,
-                      exclude=config.exclude, max_grad_norm=config.max_grad_norm)
+                      exclude=config.exclude, max_grad_norm=config.max_grad_norm,
+                      data_parallel=parallel)
     groups = loss_groups(config)
     generator = torch.Generator().manual_seed(config.seed)
     log_lines, fired = [], []
@@ -81,15 +85,14 @@ def train(config: DigitsConfig, output_dir: Path | None = None) -> dict[str, Any
         model.train()
         order = torch.randperm(len(y_train), generator=generator)
         for start in range(0, len(order), config.batch_size):
-            rows = order[start : start + config.batch_size]
+            rows, share = parallel.shard(order[start : start + config.batch_size].tolist())
             logits = model(x_train[rows])
             losses = {group.name: group(logits, y_train[rows]) for group in groups}
-            surgery.backward(losses)
+            surgery.backward(losses, share=share)
             optimizer.step()
             optimizer.zero_grad()
             fired.append(surgery.diagnostics.get("project/fired", 0.0))
-        log_lines.append({"epoch": epoch + 1, **{k: v.item() for k, v in losses.items()},
-                          **surgery.diagnostics})
+        log_lines.append({"epoch": epoch + 1, **surgery.losses, **surgery.diagnostics})
     accuracies = exit_accuracies(model, x_test, y_test)
     results = {
         "program": "digits_multiexit",
@@ -99,7 +102,8 @@ def train(config: DigitsConfig, output_dir: Path | None = None) -> dict[str, Any
         "projection_fired_fraction": sum(fired) / len(fired),
         "steps": surgery.steps,
     }
-    if output_dir is not None:
+    parallel.close()
+    if output_dir is not None and parallel.is_main:
         with (output_dir / "train_log.jsonl").open("w") as log:
             log.writelines(json.dumps(line) + "\n" for line in log_lines)
         torch.save(model.state_dict(), output_dir / "model.pt")
