@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from gradsurg.combiners import COMBINERS
-from gradsurg.config import load_recipe
+from gradsurg.config import first_changed_key, load_recipe
 from gradsurg.distributed import is_main_process
 from gradsurg.errors import ConfigError, GradsurgError
 from gradsurg.multiexit.policies import POLICIES, ExitPolicy, build_policy
@@ -130,12 +130,11 @@ def check_run_folder(folder: Path, resolved: dict[str, object], *, resume: bool,
     saved_recipe = folder / "recipe.yaml"
     if resume and saved_recipe.is_file():
         saved = yaml.safe_load(saved_recipe.read_text(encoding="utf-8")) or {}
-        for key in sorted(saved.keys() | resolved.keys()):
-            if saved.get(key) != resolved.get(key):
-                raise ConfigError(
-                    f"--resume: key {key!r} is {resolved.get(key)!r} here but "
-                    f"{saved.get(key)!r} in {saved_recipe}; resume with the original recipe "
-                    "and --set overrides")
+        key = first_changed_key(saved, resolved)
+        if key is not None:
+            raise ConfigError(
+                f"--resume: key {key!r} is {resolved.get(key)!r} here but {saved.get(key)!r} "
+                f"in {saved_recipe}; resume with the original recipe and --set overrides")
 
 
 @app.command()

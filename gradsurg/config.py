@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,12 @@ def validate_recipe(recipe: dict[str, Any], *, source: str) -> tuple[Program, Pr
 
 def load_recipe(path: Path, overrides: Sequence[str] = ()) -> tuple[Program, ProgramConfig]:
     return validate_recipe(apply_overrides(read_recipe(path), overrides), source=str(path))
+
+
+def first_changed_key(saved: Mapping[str, Any], current: Mapping[str, Any]) -> str | None:
+    """The alphabetically first key whose value differs between two resolved recipes."""
+    changed = sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
+    return changed[0] if changed else None
 
 
 def _first_problem(error: ValidationError) -> str:

@@ -308,7 +308,8 @@ class Surgery:
 
     def _unscale(self, matrix: GradientMatrix | None) -> None:
         """Divide the loss scale out of the matrix and the plain gradients, before combining."""
-        inverse = 1.0 / self.loss_scale.value if self.loss_scale is not None else 1.0
+        assert self.loss_scale is not None
+        inverse = 1.0 / self.loss_scale.value
         plain = self._outside if matrix is not None else [p for _, p in self._trainable]
         if matrix is not None:
             matrix.values.mul_(inverse)

@@ -125,24 +125,6 @@ def tiny_config(
     return config
 
 
-def tiny_bert_config(
-    *,
-    num_layers: int = 2,
-    hidden: int = 32,
-    heads: int = 2,
-    intermediate: int = 64,
-    vocab_size: int | None = None,
-    max_positions: int = 512,
-    attn_implementation: str | None = None,
-) -> Any:
-    """A small random-init ``BertConfig`` for tests and smoke runs (see :func:`tiny_config`)."""
-    return tiny_config(
-        "bert",
-        num_layers=num_layers,
-        hidden=hidden,
-        heads=heads,
-        intermediate=intermediate,
-        vocab_size=vocab_size,
-        max_positions=max_positions,
-        attn_implementation=attn_implementation,
-    )
+def tiny_bert_config(**options: Any) -> Any:
+    """A small random-init ``BertConfig`` for tests (options: :func:`tiny_config`)."""
+    return tiny_config("bert", **options)

@@ -14,7 +14,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import random
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from torch.utils.data import DataLoader
 from transformers import get_linear_schedule_with_warmup
 
 from gradsurg.checkpoint import Checkpoints, capture_rng, restore_rng
+from gradsurg.config import first_changed_key
 from gradsurg.data.collate import GlueCollator, tokenize_dataset
 from gradsurg.data.glue import TaskSpec, get_task, load_glue
 from gradsurg.devices import resolve_device
@@ -169,7 +171,7 @@ def run(config: MultiExitGlueConfig, output_dir: Path, *, resume: bool = False
     seed_everything(config.seed, deterministic=config.deterministic)
     parallel = DataParallel.from_environment()
     device = resolve_device(config.device, local_rank=parallel.local_rank)
-    autocast_factory(config.precision, device)  # fp16 on a CPU fails here, before any work
+    autocast = autocast_factory(config.precision, device)  # fp16 on a CPU fails here, early
     task = get_task(config.task)
     model, tokenizer = MultiExitModel.from_backbone(
         config.model, num_labels=task.num_labels, pooling=config.pooling, dropout=config.dropout,
@@ -214,18 +216,17 @@ def run(config: MultiExitGlueConfig, output_dir: Path, *, resume: bool = False
             for index, stage in enumerate(plan_stages(config.mode)):
                 if index < len(stage_results):
                     continue  # finished before the restart
+                here = restored if restored and restored["stage"] == index else None
                 context = StageContext(index, stage_results, checkpoints, config, parallel,
-                                       restored if restored and restored["stage"] == index
-                                       else None)
+                                       autocast, here)
                 stage_results.append(run_stage(stage, model, batches, steps_per_epoch, log,
                                                progress, context))
     finally:
         log.close()
     parallel.barrier()
-    if not parallel.is_main:  # rank 0 alone evaluates and writes the outputs
-        parallel.close()
-        return {}
     parallel.close()
+    if not parallel.is_main:  # rank 0 alone evaluates and writes the outputs
+        return {}
 
     all_logits, labels = collect_exit_logits(model, eval_loader, device)
     results = evaluate(all_logits, labels, task, config, output_dir)
@@ -253,9 +254,8 @@ def load_latest(checkpoints: Checkpoints, model: MultiExitModel, config: MultiEx
         return None
     state = checkpoints.load(latest, model=model, device=device)
     saved, current = state.get("recipe", {}), config.model_dump(mode="json")
-    changed = sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
-    if changed:
-        key = changed[0]
+    key = first_changed_key(saved, current)
+    if key is not None:
         raise ConfigError(
             f"--resume: key {key!r} is {current.get(key)!r} but {latest} was written with "
             f"{saved.get(key)!r}; resume with the original recipe or use another --output")
@@ -277,6 +277,7 @@ class StageContext:
     checkpoints: Checkpoints
     config: MultiExitGlueConfig
     parallel: DataParallel
+    autocast: Callable[[], AbstractContextManager[Any]]
     restored: dict[str, Any] | None
 
 
@@ -290,9 +291,8 @@ def run_stage(stage: Stage, model: MultiExitModel, batches: Any, steps_per_epoch
         optimizer, int(config.warmup_ratio * total), total
     )
     several = len(stage.groups) > 1
-    device = next(model.parameters()).device
-    autocast = autocast_factory(config.precision, device)
-    loss_scale = (LossScale(torch.amp.GradScaler(device.type))
+    device_type = next(model.parameters()).device.type
+    loss_scale = (LossScale(torch.amp.GradScaler(device_type))
                   if config.precision == "fp16" else None)
     surgery = Surgery(
         model, optimizer, config.combiner_spec() if several else "sum",
@@ -333,7 +333,8 @@ def run_stage(stage: Stage, model: MultiExitModel, batches: Any, steps_per_epoch
         return train_stage(
             name=stage.name, model=model, batches=batches, steps_per_epoch=steps_per_epoch,
             epochs=config.epochs,
-            loss_fn=lambda batch: mixed_precision_losses(model, batch, stage, config, autocast),
+            loss_fn=lambda batch: mixed_precision_losses(model, batch, stage, config,
+                                                           context.autocast),
             surgery=surgery, optimizer=optimizer, scheduler=scheduler, log=log,
             log_every=config.log_every, progress=progress, resume=resume,
             save_checkpoint=save if config.checkpoints else None,
