@@ -21,6 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 from gradsurg.config import apply_overrides, read_recipe, validate_recipe
 from gradsurg.report.plots import plot_exit_metrics, plot_tradeoff
 
@@ -37,19 +39,35 @@ def run_one(task: str, mode: str, overrides: list[str], runs: Path) -> dict[str,
     program, config = validate_recipe(recipe, source=str(recipe_path))
     resolved = config.model_dump(mode="json")
     done = folder / "results.json"
-    if done.is_file():
-        saved = json.loads((folder / "recipe.json").read_text())
-        if saved != resolved:
-            changed = sorted(k for k in resolved.keys() | saved.keys()
-                             if resolved.get(k) != saved.get(k))
+    saved_path = folder / "recipe.json"
+    if saved_path.is_file():
+        saved = json.loads(saved_path.read_text())
+        changed = changed_settings(saved, resolved, defaults(type(config)))
+        if changed:
             sys.exit(f"error: {folder} was trained with other settings ({', '.join(changed)}); "
                      "use another --runs folder or delete it")
-        return json.loads(done.read_text())
+        if done.is_file():
+            return json.loads(done.read_text())
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "recipe.json").write_text(json.dumps(resolved, indent=2))
-    results = program.run(config, folder)
+    saved_path.write_text(json.dumps(resolved, indent=2))
+    # A run stopped part-way continues from its latest checkpoint instead of starting over.
+    resume = any((folder / "checkpoints").glob("step-*"))
+    results = program.run(config, folder, resume=resume)
     done.write_text(json.dumps(results, indent=2) + "\n")
     return results
+
+
+def defaults(schema: type[BaseModel]) -> dict[str, Any]:
+    """Each recipe key's default, as JSON: the value a run made before the key existed used."""
+    return {name: field.default for name, field in schema.model_fields.items()
+            if not field.is_required()}
+
+
+def changed_settings(saved: dict[str, Any], resolved: dict[str, Any],
+                     default: dict[str, Any]) -> list[str]:
+    """Keys whose value differs; a key missing from an older run counts as its default."""
+    return sorted(key for key in resolved.keys() | saved.keys()
+                  if resolved.get(key) != saved.get(key, default.get(key)))
 
 
 def best_within(sweep: list[dict[str, Any]], metric: str, budget: float) -> tuple[float, float]:
