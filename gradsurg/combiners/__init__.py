@@ -7,16 +7,21 @@ from collections.abc import Mapping
 from typing import Any
 
 from gradsurg.combiners.base import Combined, Combiner, GramianWeighting
+from gradsurg.combiners.cagrad import CAGrad
+from gradsurg.combiners.gradvac import GradVac
 from gradsurg.combiners.gramian import gramian, weighted_rows
+from gradsurg.combiners.imtlg import IMTLG
 from gradsurg.combiners.linear import Mean, Sum
 from gradsurg.combiners.merge import Merge
+from gradsurg.combiners.mgda import MGDA
 from gradsurg.combiners.pcgrad import PCGrad
 from gradsurg.combiners.project import Project
+from gradsurg.combiners.upgrad import UPGrad
 from gradsurg.errors import ConfigError
 from gradsurg.registry import Registry
 
 COMBINERS: Registry[type[Combiner]] = Registry("combiner", "gradsurg.combiners")
-for _cls in (Sum, Mean, PCGrad, Project, Merge):
+for _cls in (Sum, Mean, PCGrad, Project, Merge, CAGrad, GradVac, MGDA, IMTLG, UPGrad):
     COMBINERS.add(_cls.name, _cls)
 
 CombinerSpec = str | Mapping[str, Any] | Combiner
@@ -51,14 +56,19 @@ def build_combiner(spec: CombinerSpec, *, where: str = "combiner") -> Combiner:
 
 __all__ = [
     "COMBINERS",
+    "IMTLG",
+    "MGDA",
+    "CAGrad",
     "Combined",
     "Combiner",
+    "GradVac",
     "GramianWeighting",
     "Mean",
     "Merge",
     "PCGrad",
     "Project",
     "Sum",
+    "UPGrad",
     "build_combiner",
     "gramian",
     "weighted_rows",

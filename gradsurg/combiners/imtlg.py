@@ -1,0 +1,75 @@
+"""`imtlg`: the gradient part of impartial multi-task learning (Liu et al., ICLR 2021)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from gradsurg.combiners.base import Combined, GramianWeighting
+from gradsurg.combiners.gramian import weighted_rows
+from gradsurg.combiners.qp import cosine_matrix
+
+
+class IMTLG(GramianWeighting):
+    """Weights making the combined gradient's projection onto every unit group direction equal.
+
+        u_i = g_i / ||g_i||,   find alpha with  g . u_1 = ... = g . u_k  for g = sum_i alpha_i g_i
+        <=> G alpha = c * (||g_1||, ..., ||g_k||)   (G the Gramian, c the common projection)
+        <=> N v = c * 1  with N the cosine matrix, v_i = alpha_i ||g_i||
+
+    Liu et al., "Towards Impartial Multi-task Learning" (ICLR 2021), IMTL-G, whose closed form
+    alpha_{2:k} = g_1 U^T (D U^T)^-1 is the same solution with sum(alpha) = 1. Here
+    v = pinv(N) 1, dropping eigenvalues of N below 32 k eps times the largest (eps of the
+    input's dtype: the Gramian carries its rounding), which also covers what the closed form
+    cannot:
+      * zero rows have no direction; they get weight 0 and constrain nothing;
+      * linearly dependent rows make N singular; the pseudo-inverse gives the least-squares
+        solution (the generalization of Quinton & Rey, "Jacobian Descent", 2024);
+      * if no non-zero solution exists (e.g. two opposite rows, where equal projections force
+        g = 0) the output is 0.
+
+    Scaling: the paper normalizes sum(alpha) = 1 (the scale of `mean`). Here the weights are
+    k * alpha / sum(|alpha|) with alpha = v / ||g||: the same as k times the paper's whenever
+    every alpha_i >= 0 (so identical rows give their plain `sum`), but the common projection
+    stays positive and the scale finite when sum(alpha) crosses 0, where the paper's
+    normalization would divide by 0 or turn the step against every group. With linearly
+    independent rows the output therefore conflicts with no group. The direction is invariant
+    to rescaling any row by a positive factor ("impartial").
+    """
+
+    name = "imtlg"
+
+    def combine(self, matrix: Tensor, names: list[str], gram: Tensor | None) -> Combined:
+        assert gram is not None
+        # the Gramian carries the rounding of the input's dtype: eigenvalues below it are noise
+        rtol = 32 * len(names) * torch.finfo(matrix.dtype).eps
+        weights, info = imtlg_weights(gram, rtol=rtol)
+        return Combined(weighted_rows(weights, matrix, gram), info)
+
+    def weights(self, gram: Tensor, names: list[str]) -> tuple[Tensor, dict[str, float]]:
+        return imtlg_weights(gram, rtol=32 * len(names) * torch.finfo(torch.float64).eps)
+
+
+def imtlg_weights(gram: Tensor, *, rtol: float) -> tuple[Tensor, dict[str, float]]:
+    """IMTL-G's float64 weights from the Gramian; see `IMTLG`."""
+    norms, cosines = cosine_matrix(gram)
+    k = norms.numel()
+    weights = torch.zeros(k, dtype=torch.float64)
+    nonzero = torch.nonzero(norms > 0).flatten()
+    info = {"imtlg/rank": 0.0, "imtlg/negative_weights": 0.0}
+    if nonzero.numel() > 0:
+        values, vectors = torch.linalg.eigh(cosines[nonzero][:, nonzero])
+        keep = values > rtol * float(values.max().clamp_min(0))
+        info["imtlg/rank"] = float(keep.sum())
+        if bool(keep.any()):
+            kept = vectors[:, keep]
+            ones = torch.ones(nonzero.numel(), dtype=torch.float64)
+            v = kept @ ((kept.T @ ones) / values[keep])
+            alpha = v / norms[nonzero]
+            size = float(alpha.abs().sum())
+            if size > 0 and bool(torch.isfinite(alpha).all()):
+                # the projections onto the u_j are (N v)_j * k / size, and N v is the
+                # projection of the all-ones vector onto the range of N: never all negative
+                weights[nonzero] = k * alpha / size
+                info["imtlg/negative_weights"] = float((weights < 0).sum())
+    return weights.to(gram.device), info
