@@ -49,6 +49,21 @@ def test_every_mode_trains_evaluates_and_saves(mode, tiny_bert_dir, shared_glue_
     assert reloaded.num_exits == 3
 
 
+@pytest.mark.parametrize("combiner", ["cagrad", "gradvac", "mgda", "imtlg", "upgrad"])
+def test_every_combiner_trains_a_romebert_recipe(combiner, tiny_bert_dir, shared_glue_dir,
+                                                 tmp_path):
+    """The combiners beyond the core ones plug into the recipe by name and log their facts."""
+    config = make_config(tiny_bert_dir, shared_glue_dir, mode="romebert", combiner=combiner,
+                         train_rows=16, eval_rows=8, log_every=1, save_model=False,
+                         checkpoints=False)
+    results = run(config, tmp_path)
+    assert results["train"]["joint"]["steps"] == 2
+    log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert len(log) == 2
+    assert any(key.startswith(f"{combiner}/") for key in log[0])
+    assert all(line["skipped_steps"] == 0 for line in log)
+
+
 def test_deebert_stages_train_only_their_parts(
     tiny_bert_dir, shared_glue_dir, tmp_path, monkeypatch
 ):
