@@ -1,0 +1,185 @@
+"""Loss terms over all exits' logits, by name: what a loss group of a multi-exit recipe sums.
+
+A term is an `nn.Module` built as `Term(num_exits, **params)` and called as
+`term(exit_logits, labels) -> scalar`. Modules, so that a term may learn (ELBERT's exit
+weights are parameters, trained with the model and kept in checkpoints). Terms register in
+`LOSS_TERMS`; an installed package adds its own through the `gradsurg.loss_terms` entry
+point group and a recipe names it under `loss_groups`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from gradsurg.errors import ConfigError
+from gradsurg.multiexit.loss_terms import self_distillation_loss, task_loss
+from gradsurg.registry import Registry
+
+__all__ = [
+    "LOSS_TERMS",
+    "EarlyTaskSum",
+    "ExitLossTerm",
+    "FinalTask",
+    "LayerWeighted",
+    "LearnedExitWeights",
+    "SelfDistillation",
+    "build_loss_term",
+]
+
+
+class ExitLossTerm(nn.Module):
+    """Base class: `forward(exit_logits, labels)` returns one scalar loss.
+
+    `exit_logits[i]` is exit i's `[B, num_labels]` output, the last one the final exit.
+    `num_exits` lets a term size its parameters or weights when it is built.
+    """
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, num_exits: int) -> None:
+        super().__init__()
+        if num_exits < 1:
+            raise ConfigError(f"loss term {self.name!r}: needs at least one exit")
+        self.num_exits = num_exits
+
+    def forward(self, exit_logits: Sequence[Tensor], labels: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, float]:
+        """Facts worth logging (e.g. learned weights), as plain floats."""
+        return {}
+
+
+LOSS_TERMS: Registry[type[ExitLossTerm]] = Registry("loss term", "gradsurg.loss_terms")
+
+
+@LOSS_TERMS.register("final_task")
+class FinalTask(ExitLossTerm):
+    """The final exit's task loss (cross-entropy, or MSE for regression)."""
+
+    name = "final_task"
+
+    def forward(self, exit_logits: Sequence[Tensor], labels: Tensor) -> Tensor:
+        return task_loss(exit_logits[-1], labels)
+
+
+@LOSS_TERMS.register("early_task_sum")
+class EarlyTaskSum(ExitLossTerm):
+    """The plain sum of the task losses of every exit but the last (DeeBERT's stage 2)."""
+
+    name = "early_task_sum"
+
+    def forward(self, exit_logits: Sequence[Tensor], labels: Tensor) -> Tensor:
+        return torch.stack([task_loss(x, labels) for x in exit_logits[:-1]]).sum()
+
+
+@LOSS_TERMS.register("self_distillation")
+class SelfDistillation(ExitLossTerm):
+    """RomeBERT's self-distillation of the early exits from the (detached) final exit."""
+
+    name = "self_distillation"
+
+    def __init__(self, num_exits: int, *, gamma: float = 0.9, temperature: float = 3.0) -> None:
+        super().__init__(num_exits)
+        self.gamma = gamma
+        self.temperature = temperature
+        # Checked now, so a bad recipe fails before any training.
+        self_distillation_loss([torch.zeros(1, 2)] * 2, torch.zeros(1, dtype=torch.long),
+                               gamma=gamma, temperature=temperature)
+
+    def forward(self, exit_logits: Sequence[Tensor], labels: Tensor) -> Tensor:
+        return self_distillation_loss(exit_logits, labels, gamma=self.gamma,
+                                      temperature=self.temperature)
+
+
+@LOSS_TERMS.register("layer_weighted")
+class LayerWeighted(ExitLossTerm):
+    """PABEE's loss: the exits' task losses averaged with weights proportional to depth.
+
+        L = sum_i i * L_i / sum_i i     (i = 1 .. n, exit i after layer i)
+
+    Zhou et al., "BERT Loses Patience: Fast and Robust Inference with Early Exit" (NeurIPS
+    2020): deeper exits are more reliable, so they weigh more.
+    """
+
+    name = "layer_weighted"
+
+    def __init__(self, num_exits: int) -> None:
+        super().__init__(num_exits)
+        depth = torch.arange(1, num_exits + 1, dtype=torch.float32)
+        self.register_buffer("weights", depth / depth.sum(), persistent=False)
+
+    def forward(self, exit_logits: Sequence[Tensor], labels: Tensor) -> Tensor:
+        losses = torch.stack([task_loss(x, labels) for x in exit_logits])
+        return (self.weights.to(losses) * losses).sum()
+
+
+@LOSS_TERMS.register("learned_exit_weights")
+class LearnedExitWeights(ExitLossTerm):
+    """ELBERT's loss: exit losses weighted by trainable weights.
+
+        w_i = sigmoid(W_i)  for the early exits i < n,   w_n = M - sum_{i<n} w_i
+        L   = sum_i w_i L_i
+
+    Xie et al., "ELBERT: Fast ALBERT with Confidence-Window Based Early Exit" (ICASSP 2021).
+    The weights always sum to M (`total`; default: the number of exits, the sum a plain
+    average times n would have), and the final exit keeps at least M - (n - 1). W starts at
+    0 (every early weight 0.5). Note the pull on W_i: d L / d W_i = w_i (1 - w_i) (L_i - L_n),
+    so an early exit whose loss stays above the final one loses weight over training.
+    """
+
+    name = "learned_exit_weights"
+
+    def __init__(self, num_exits: int, *, total: float | None = None) -> None:
+        super().__init__(num_exits)
+        total = float(num_exits) if total is None else total
+        if isinstance(total, bool) or not isinstance(total, int | float) or not (
+                math.isfinite(total) and total > num_exits - 1):
+            raise ConfigError(
+                f"loss term 'learned_exit_weights': total={total!r} is invalid; allowed: a "
+                f"number > {num_exits - 1} (the early weights' largest sum), so the final "
+                "exit's weight stays positive")
+        self.total = float(total)
+        self.logits = nn.Parameter(torch.zeros(num_exits - 1))
+
+    def exit_weights(self) -> Tensor:
+        early = torch.sigmoid(self.logits)
+        return torch.cat([early, (self.total - early.sum()).reshape(1)])
+
+    def forward(self, exit_logits: Sequence[Tensor], labels: Tensor) -> Tensor:
+        losses = torch.stack([task_loss(x, labels) for x in exit_logits])
+        return (self.exit_weights().to(losses) * losses).sum()
+
+    def describe(self) -> dict[str, float]:
+        return {f"exit_weight/{i + 1}": float(w) for i, w in enumerate(self.exit_weights())}
+
+
+def build_loss_term(spec: str | Mapping[str, Any], num_exits: int, *, where: str
+                    ) -> ExitLossTerm:
+    """A term from a recipe value: a name, or `{name: ..., <param>: ...}`.
+
+    Unknown names and bad parameters raise a ConfigError naming `where` (the recipe key).
+    """
+    if isinstance(spec, str):
+        name, params = spec, {}
+    elif isinstance(spec, Mapping) and isinstance(spec.get("name"), str):
+        name, params = spec["name"], {k: v for k, v in spec.items() if k != "name"}
+    else:
+        raise ConfigError(f"{where}: expected a loss term name or a mapping with 'name', "
+                          f"got {spec!r}")
+    try:
+        term_cls = LOSS_TERMS.get(name)
+    except ConfigError as error:
+        raise ConfigError(f"{where}: {error}") from None
+    try:
+        return term_cls(num_exits, **params)
+    except TypeError as error:
+        raise ConfigError(f"{where}: loss term {name!r} does not take these options "
+                          f"({error})") from None
+    except ConfigError as error:
+        raise ConfigError(f"{where}: {error}") from None
