@@ -6,7 +6,8 @@ adapter exposes the three pieces it needs — embeddings, one layer at a time, a
 attention mask in the form that layer expects — and nothing else. Each architecture
 subclasses :class:`EncoderAdapter` and registers itself under its ``config.model_type``:
 BERT here, RoBERTa, MPNet and ALBERT in ``adapters_*.py`` (registered on import of
-``gradsurg.multiexit``).
+``gradsurg.multiexit``). Other packages add architectures through the ``gradsurg.adapters``
+entry point group (name = the ``model_type``, object = the adapter class).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any, ClassVar, TypeVar
 from torch import Tensor, nn
 
 from gradsurg.errors import ConfigError
+from gradsurg.registry import Registry
 
 __all__ = [
     "ADAPTERS",
@@ -126,14 +128,14 @@ class EncoderAdapter(nn.Module, ABC):
         return hidden
 
 
-ADAPTERS: dict[str, type[EncoderAdapter]] = {}
+ADAPTERS: Registry[type[EncoderAdapter]] = Registry("backbone adapter", "gradsurg.adapters")
 
 _A = TypeVar("_A", bound=type[EncoderAdapter])
 
 
 def register_adapter(cls: _A) -> _A:
     """Class decorator: make ``cls`` the adapter for ``cls.model_type``."""
-    ADAPTERS[cls.model_type] = cls
+    ADAPTERS.add(cls.model_type, cls)
     return cls
 
 
@@ -240,10 +242,10 @@ class BertAdapter(EncoderAdapter):
 def make_adapter(hf_model: nn.Module) -> EncoderAdapter:
     """Pick the registered adapter by the backbone's ``config.model_type``."""
     model_type = getattr(getattr(hf_model, "config", None), "model_type", None)
-    factory: Callable[[nn.Module], EncoderAdapter] | None = ADAPTERS.get(str(model_type))
-    if factory is None:
-        allowed = ", ".join(ADAPTERS)  # registration order: bert first
+    if str(model_type) not in ADAPTERS:
+        allowed = ", ".join(entry.name for entry in ADAPTERS.entries())  # bert first
         raise ConfigError(
             f"model_type {model_type!r} has no multi-exit adapter; allowed: {allowed}"
         )
+    factory: Callable[[nn.Module], EncoderAdapter] = ADAPTERS.get(str(model_type))
     return factory(hf_model)
