@@ -14,17 +14,16 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from gradsurg.combiners import COMBINERS
 from gradsurg.config import first_changed_key, load_recipe
 from gradsurg.distributed import is_main_process
 from gradsurg.errors import ConfigError, GradsurgError
-from gradsurg.multiexit.policies import POLICIES, ExitPolicy, build_policy
+from gradsurg.multiexit.policies import ExitPolicy, build_policy
 from gradsurg.programs import PROGRAMS
 
 app = typer.Typer(
     name="gradsurg",
     help="Gradient surgery for multi-loss training: run recipes, predict and evaluate with "
-    "early exit, list what is registered.",
+    "early exit, list what is registered (built in and from plugins).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -85,7 +84,9 @@ RUN_EPILOG = (
 
 @app.command(epilog=RUN_EPILOG)
 def run(
-    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file, e.g. recipes/quickstart.yaml.")],
+    recipe: Annotated[Path, typer.Argument(
+        help="Recipe YAML file (e.g. recipes/quickstart.yaml) or the name of a recipe an "
+        "installed package registers (gradsurg plugins lists them); a file path wins.")],
     overrides: SetOption = None,
     output: Annotated[
         Path | None,
@@ -139,7 +140,8 @@ def check_run_folder(folder: Path, resolved: dict[str, object], *, resume: bool,
 
 @app.command()
 def validate(
-    recipes: Annotated[list[Path], typer.Argument(help="Recipe YAML files to check.")],
+    recipes: Annotated[list[Path], typer.Argument(
+        help="Recipe YAML files or registered recipe names to check; a file path wins.")],
     overrides: SetOption = None,
 ) -> None:
     """Check recipes against their program's schema without running anything."""
@@ -289,20 +291,55 @@ def keys(
     console.print(table)
 
 
+PLUGINS_EPILOG = (
+    "Extensions register through Python entry points in the groups shown by each table "
+    "(gradsurg.combiners, gradsurg.loss_terms, gradsurg.policies, gradsurg.adapters, "
+    "gradsurg.programs, gradsurg.recipes); see docs/plugins.md. Exit code 2 when an entry "
+    "fails to load."
+)
+
+
+@app.command(epilog=PLUGINS_EPILOG)
+def plugins(
+    json_output: Annotated[bool, typer.Option(
+        "--json", help="Print the listing as JSON: {kind: {group, entries: [{name, source, "
+        "error}]}}.")] = False,
+) -> None:
+    """List combiners, loss terms, exit policies, backbone adapters, programs and recipes,
+    each with the package it comes from (gradsurg for built-ins); every entry is loaded."""
+    from gradsurg.plugins import REGISTRIES, as_json, inventory
+
+    try:
+        listing = inventory()
+    except GradsurgError as error:  # e.g. two packages registering one name
+        raise fail(error) from None
+    if json_output:
+        typer.echo(json.dumps(as_json(listing), indent=2))
+    else:
+        for kind, rows in listing.items():
+            console.print(f"[bold]{kind.replace('_', ' ')}[/] (entry point group "
+                          f"{REGISTRIES[kind].group})", highlight=False)
+            if not rows:
+                console.print("  (none installed)\n")
+                continue
+            table = Table()
+            table.add_column("name")
+            table.add_column("package")
+            table.add_column("status")
+            for row in rows:
+                table.add_row(row.name, row.source, "ok" if row.error is None else "failed")
+            console.print(table)
+    failures = [row.error for rows in listing.values() for row in rows if row.error]
+    for message in failures:
+        errors.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    if failures:
+        raise typer.Exit(code=2)
+
+
 @app.command("list")
 def list_registered() -> None:
-    """Show registered programs, combiners and exit policies (built in and from plugins)."""
-    table = Table(title="gradsurg registry")
-    table.add_column("kind")
-    table.add_column("name")
-    table.add_column("from")
-    for name in PROGRAMS.names():
-        table.add_row("program", name, PROGRAMS.get(name).run.__module__)
-    for name in COMBINERS.names():
-        table.add_row("combiner", name, COMBINERS.get(name).__module__)
-    for name in POLICIES.names():
-        table.add_row("exit policy", name, POLICIES.get(name).__module__)
-    console.print(table)
+    """Same as `gradsurg plugins` (kept for scripts written before it)."""
+    plugins(json_output=False)
 
 
 if __name__ == "__main__":

@@ -1,19 +1,72 @@
-"""Recipes: YAML loading (safe loader only), `--set` overrides, validation against a program."""
+"""Recipes: YAML loading (safe loader only), `--set` overrides, validation against a program.
+
+A recipe is named by its file, or by the name an installed package registers it under in the
+`gradsurg.recipes` entry point group: the entry point's object is the packaged YAML file, e.g.
+`importlib.resources.files(__name__) / "recipes" / "digits_project.yaml"` (any object with
+`is_file()` and `read_text()`, or a `str` / `os.PathLike` path). A file path always wins over a
+name, so a local file can never be shadowed by a plugin.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 from pydantic import ValidationError
 
 from gradsurg.errors import ConfigError
 from gradsurg.programs import PROGRAMS, Program, ProgramConfig
+from gradsurg.registry import Registry
 
 
-def read_recipe(path: Path) -> dict[str, Any]:
+class RecipeFile(Protocol):
+    """What a recipe entry point must give: `pathlib.Path` and importlib.resources both do."""
+
+    def is_file(self) -> bool: ...
+
+    def read_text(self, encoding: str | None = None) -> str: ...
+
+
+RECIPES: Registry[RecipeFile | str | os.PathLike[str]] = Registry("recipe", "gradsurg.recipes")
+
+
+def resolve_recipe(spec: str | os.PathLike[str]) -> RecipeFile:
+    """The recipe file `spec` names: an existing file, else a registered recipe name."""
+    path = Path(spec)
+    if path.is_file():
+        return path
+    name = str(spec)
+    if name not in RECIPES:
+        registered = ", ".join(RECIPES.names()) or "(none installed)"
+        raise ConfigError(
+            f"recipe {name} does not exist; allowed: a YAML file or a registered recipe name: "
+            f"{registered}"
+        )
+    return registered_recipe(name)
+
+
+def registered_recipe(name: str) -> RecipeFile:
+    """The packaged YAML file of the recipe registered as `name`, checked to exist."""
+    target = RECIPES.get(name)
+    if isinstance(target, str | os.PathLike):
+        target = Path(target)
+    if not all(callable(getattr(target, method, None)) for method in ("is_file", "read_text")):
+        raise ConfigError(
+            f"recipe {name!r} (package {RECIPES.source(name)}): the entry point must give a path "
+            f"to a YAML file, got {type(target).__name__}"
+        )
+    if not target.is_file():
+        raise ConfigError(
+            f"recipe {name!r} (package {RECIPES.source(name)}) points to {target}, which does "
+            "not exist; the package must ship the YAML file as package data"
+        )
+    return target
+
+
+def read_recipe(path: RecipeFile) -> dict[str, Any]:
     """The recipe's YAML as a mapping; errors name the file (and line, for syntax errors)."""
     if not path.is_file():
         raise ConfigError(f"recipe {path} does not exist")
@@ -63,7 +116,11 @@ def validate_recipe(recipe: dict[str, Any], *, source: str) -> tuple[Program, Pr
         raise ConfigError(f"{source}: {_first_problem(error)}") from None
 
 
-def load_recipe(path: Path, overrides: Sequence[str] = ()) -> tuple[Program, ProgramConfig]:
+def load_recipe(
+    recipe: str | os.PathLike[str], overrides: Sequence[str] = ()
+) -> tuple[Program, ProgramConfig]:
+    """Read the recipe a file path or registered name gives, apply overrides, validate it."""
+    path = resolve_recipe(recipe)
     return validate_recipe(apply_overrides(read_recipe(path), overrides), source=str(path))
 
 
