@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 from gradsurg.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
-DIGITS = ROOT / "plugins" / "digits_multiexit" / "recipes" / "digits_project.yaml"
+DIGITS = ROOT / "plugins" / "digits_multiexit" / "gradsurg_digits" / "recipes" / (
+    "digits_project.yaml")
 runner = CliRunner()
 
 
@@ -70,7 +71,8 @@ def test_keys_lists_every_recipe_key_with_a_meaning():
     assert result.exit_code == 2 and "unknown program 'nope'" in result.output
 
 
-@pytest.mark.parametrize("command", ["run", "validate", "predict", "eval", "list", "keys"])
+@pytest.mark.parametrize("command", ["run", "validate", "predict", "eval", "list", "keys",
+                                     "plugins"])
 def test_every_command_has_help(command):
     result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0

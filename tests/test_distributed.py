@@ -131,8 +131,8 @@ def test_torchrun_runs_a_recipe_on_two_processes(tiny_bert_dir, shared_glue_dir,
 
 def test_torchrun_runs_the_digits_plugin_recipe(tmp_path):
     """The plugin program (a non-BERT model, its own loop) is data-parallel as well."""
-    recipe = Path(__file__).resolve().parents[1] / "plugins" / "digits_multiexit" / "recipes" / (
-        "digits_project.yaml")
+    recipe = Path(__file__).resolve().parents[1] / "plugins" / "digits_multiexit" / (
+        "gradsurg_digits") / "recipes" / "digits_project.yaml"
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
                 "--master_port", str(free_port()), "-m", "gradsurg"]
     for command, folder in ((torchrun, "two"), ([sys.executable, "-m", "gradsurg"], "one")):

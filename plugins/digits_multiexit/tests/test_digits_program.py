@@ -43,10 +43,25 @@ def test_projection_fires_and_is_logged(tmp_path):
 def test_shipped_recipe_validates_and_bad_keys_are_named(tmp_path):
     from pathlib import Path
 
-    recipe = Path(__file__).resolve().parents[1] / "recipes" / "digits_project.yaml"
+    recipe = Path(__file__).resolve().parents[1] / "gradsurg_digits" / "recipes" / (
+        "digits_project.yaml")
     program, config = load_recipe(recipe)
     assert program.name == "digits_multiexit" and config.combiner["name"] == "project"
     with pytest.raises(ConfigError, match=r"key 'gamma'.*less than or equal to 1"):
         load_recipe(recipe, ["gamma=1.5"])
     with pytest.raises(ConfigError, match=r"key 'epoch': unknown key"):
         load_recipe(recipe, ["epoch=3"])
+
+
+def test_recipe_is_registered_by_name_and_validates_through_the_cli():
+    from typer.testing import CliRunner
+
+    from gradsurg.cli import app
+    from gradsurg.config import RECIPES
+
+    assert RECIPES.source("digits_project") == "gradsurg-digits"
+    result = CliRunner().invoke(app, ["validate", "digits_project"])
+    assert result.exit_code == 0, result.output
+    assert "ok digits_project (digits_multiexit)" in result.output
+    program, config = load_recipe("digits_project", ["epochs=2"])
+    assert program.name == "digits_multiexit" and config.epochs == 2
