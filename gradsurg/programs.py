@@ -22,7 +22,7 @@ class ProgramConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    program: str = Field(description="registered program that runs the recipe (gradsurg list)")
+    program: str = Field(description="registered program that runs the recipe (gradsurg plugins)")
 
 
 @dataclass(frozen=True)
