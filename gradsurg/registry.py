@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
-from typing import Generic, TypeVar
+from typing import Generic, NoReturn, TypeVar
 
 from gradsurg.errors import ConfigError
 
@@ -130,7 +130,7 @@ class Registry(Generic[T]):
         del self._pending[name]
         self.add(name, obj, source=source)  # same object if its import registered it itself
 
-    def _clash(self, name: str, first: str, second: str) -> None:
+    def _clash(self, name: str, first: str, second: str) -> NoReturn:
         raise ConfigError(
             f"{self.kind} name {name!r} is registered twice: by {first} and by {second}; "
             "uninstall one of the packages"
