@@ -1,4 +1,4 @@
-"""Shared fixtures: the real GLUE data beside the repository, and a tiny random BERT."""
+"""Shared fixtures: the real GLUE data beside the repository, and tiny random backbones."""
 
 from __future__ import annotations
 
@@ -34,3 +34,28 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
     )
     AutoTokenizer.from_pretrained(resolve_backbone("minilm")).save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone_dir(tmp_path_factory):
+    """`tiny_backbone_dir("albert")`: a 3-layer random backbone of that model type saved as a
+    local folder with the packaged MiniLM tokenizer (its vocabulary sizes the model); one
+    folder per type per session. No hub is needed, which is the only way to test ALBERT,
+    RoBERTa and MPNet recipes here."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from gradsurg.multiexit.backbones import resolve_backbone, tiny_config
+
+    folders: dict[str, Path] = {}
+
+    def make(model_type: str) -> Path:
+        if model_type not in folders:
+            folder = tmp_path_factory.mktemp(f"tiny-{model_type}")
+            torch.manual_seed(0)
+            AutoModel.from_config(tiny_config(model_type, num_layers=3)).save_pretrained(folder)
+            AutoTokenizer.from_pretrained(resolve_backbone("minilm")).save_pretrained(folder)
+            folders[model_type] = folder
+        return folders[model_type]
+
+    return make

@@ -109,14 +109,10 @@ class LayerWeighted(ExitLossTerm):
 
     name = "layer_weighted"
 
-    def __init__(self, num_exits: int) -> None:
-        super().__init__(num_exits)
-        depth = torch.arange(1, num_exits + 1, dtype=torch.float32)
-        self.register_buffer("weights", depth / depth.sum(), persistent=False)
-
     def forward(self, exit_logits: Sequence[Tensor], labels: Tensor) -> Tensor:
         losses = torch.stack([task_loss(x, labels) for x in exit_logits])
-        return (self.weights.to(losses) * losses).sum()
+        depth = torch.arange(1, len(exit_logits) + 1, dtype=losses.dtype, device=losses.device)
+        return (depth * losses).sum() / depth.sum()
 
 
 @LOSS_TERMS.register("learned_exit_weights")
@@ -156,7 +152,9 @@ class LearnedExitWeights(ExitLossTerm):
         return (self.exit_weights().to(losses) * losses).sum()
 
     def describe(self) -> dict[str, float]:
-        return {f"exit_weight/{i + 1}": float(w) for i, w in enumerate(self.exit_weights())}
+        with torch.no_grad():
+            weights = self.exit_weights().tolist()
+        return {f"exit_weight/{i + 1}": w for i, w in enumerate(weights)}
 
 
 def build_loss_term(spec: str | Mapping[str, Any], num_exits: int, *, where: str

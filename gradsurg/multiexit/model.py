@@ -54,6 +54,7 @@ class MultiExitConfig:
     labels: list[str] | None = None
     pooling: str = "cls"
     dropout: float = 0.1
+    shared_exit: bool = False
     model_type: str | None = None
     attn_implementation: str | None = None
     format_version: int = FORMAT_VERSION
@@ -66,6 +67,8 @@ class MultiExitConfig:
         check_pooling(self.pooling)
         if not isinstance(self.dropout, int | float) or not 0.0 <= float(self.dropout) < 1.0:
             raise ConfigError(f"dropout={self.dropout!r} is invalid; allowed: a float in [0, 1)")
+        if not isinstance(self.shared_exit, bool):
+            raise ConfigError(f"shared_exit={self.shared_exit!r} is invalid; allowed: true, false")
         if self.labels is not None and (
             not isinstance(self.labels, list) or len(self.labels) != self.num_labels
             or not all(isinstance(label, str) for label in self.labels)
@@ -126,15 +129,14 @@ class MultiExitModel(nn.Module):
             )
         self.config = dataclasses.replace(config, model_type=encoder.model_type)
         self.encoder = encoder
-        self.exits = nn.ModuleList(
-            Exit(
-                encoder.hidden_size,
-                config.num_labels,
-                pooling=config.pooling,
-                dropout=config.dropout,
-            )
-            for _ in range(encoder.num_layers)
-        )
+        heads = [
+            Exit(encoder.hidden_size, config.num_labels, pooling=config.pooling,
+                 dropout=config.dropout)
+            for _ in range(1 if config.shared_exit else encoder.num_layers)
+        ]
+        # A shared exit (ELBERT) is one module listed after every layer: its parameters exist
+        # once (`parameters()` and safetensors both store shared tensors once).
+        self.exits = nn.ModuleList(heads * encoder.num_layers if config.shared_exit else heads)
         self._init_exits(float(getattr(encoder.hf_config, "initializer_range", 0.02)))
 
     def _init_exits(self, std: float) -> None:
@@ -177,16 +179,19 @@ class MultiExitModel(nn.Module):
         dropout: float = 0.1,
         attn_implementation: str | None = None,
         backbone_dropout: float | None = None,
+        shared_exit: bool = False,
     ) -> tuple[MultiExitModel, Any]:
         """Pretrained backbone by name (``"minilm"``, HF id, folder) -> ``(model, tokenizer)``.
 
-        ``backbone_dropout`` overrides the backbone's hidden and attention dropout.
+        ``backbone_dropout`` overrides the backbone's hidden and attention dropout;
+        ``shared_exit`` puts one exit after every layer (ELBERT) instead of one per layer.
         """
         config = MultiExitConfig(
             num_labels=num_labels,
             backbone=name_or_path,
             pooling=pooling,
             dropout=dropout,
+            shared_exit=shared_exit,
             attn_implementation=attn_implementation,
         )
         hf_model, tokenizer = load_backbone(name_or_path, attn_implementation=attn_implementation,

@@ -1,4 +1,5 @@
-"""Recipe schema of the `multiexit_glue` program (RomeBERT, DeeBERT and their SD variants)."""
+"""Recipe schema of the `multiexit_glue` program (RomeBERT, DeeBERT, their SD variants, PABEE,
+ELBERT)."""
 
 from __future__ import annotations
 
@@ -9,17 +10,30 @@ from pydantic import Field, field_validator, model_validator
 from gradsurg.combiners import build_combiner
 from gradsurg.data.glue import get_task
 from gradsurg.errors import ConfigError
+from gradsurg.multiexit.exit_losses import build_loss_term
 from gradsurg.multiexit.policies import build_policy, split_policy_spec
 from gradsurg.programs import ProgramConfig
 
-Mode = Literal["romebert", "romebert_sd", "deebert", "deebert_sd"]
+Mode = Literal["romebert", "romebert_sd", "deebert", "deebert_sd", "pabee", "elbert"]
+#: Modes that train in two stages, each on one loss group of its own.
+TWO_STAGE_MODES = ("deebert", "deebert_sd")
+
+
+#: The loss groups of each one-stage mode: group name -> loss term (`LOSS_TERMS`).
+DEFAULT_GROUPS: dict[str, dict[str, str]] = {
+    "romebert": {"final": "final_task", "sd": "self_distillation"},
+    "romebert_sd": {"final": "final_task", "sd": "self_distillation"},
+    "pabee": {"exits": "layer_weighted"},
+    "elbert": {"exits": "learned_exit_weights"},
+}
 
 
 class MultiExitGlueConfig(ProgramConfig):
     """Every key a multi-exit GLUE recipe may set; defaults are the RomeBERT paper's."""
 
     mode: Mode = Field("romebert", description="romebert (project), romebert_sd (sum), "
-                       "deebert or deebert_sd (two stages)")
+                       "deebert or deebert_sd (two stages), pabee (depth-weighted exit "
+                       "losses), elbert (one shared exit, learned exit weights)")
     task: str = Field("sst2", description="GLUE task: sst2, mrpc, rte, cola, stsb, qnli, qqp, mnli")
     data_dir: str | None = Field(
         None, description="GLUE_DIR-style folder; default: $GLUE_DIR, else the hub"
@@ -48,6 +62,9 @@ class MultiExitGlueConfig(ProgramConfig):
     seed: int = Field(42, description="seeds the subset, shuffling, init and dropout")
     gamma: float = Field(0.9, ge=0, le=1, description="SD weight of the KL term vs CE")
     temperature: float = Field(3.0, gt=0, description="SD softmax temperature T")
+    loss_groups: dict[str, str | dict[str, Any]] | None = Field(
+        None, description="one-stage modes: loss group name -> loss term (a name or {name, "
+        "params}), replacing the mode's groups; default: the mode's own")
     combiner: str | dict[str, Any] | None = Field(
         None, description="default: project (final vs sd) for romebert, sum otherwise"
     )
@@ -100,19 +117,48 @@ class MultiExitGlueConfig(ProgramConfig):
             raise ValueError(str(error)) from None
         return value
 
+    @field_validator("loss_groups")
+    @classmethod
+    def _buildable_loss_groups(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is None:
+            return value
+        if not value:
+            raise ValueError("key 'loss_groups': needs at least one group")
+        for group, spec in value.items():
+            try:
+                build_loss_term(spec, 2, where=f"key 'loss_groups.{group}'")
+            except ConfigError as error:
+                raise ValueError(str(error)) from None
+        return value
+
     @model_validator(mode="after")
-    def _combiner_groups_exist(self) -> MultiExitGlueConfig:
+    def _groups_fit_the_mode(self) -> MultiExitGlueConfig:
+        if self.mode in TWO_STAGE_MODES:
+            if self.combiner is not None:
+                raise ValueError(f"key 'combiner': mode {self.mode} trains one loss group per "
+                                 "stage, so there is nothing to combine; remove the key")
+            if self.loss_groups is not None:
+                raise ValueError(f"key 'loss_groups': mode {self.mode}'s stages have fixed "
+                                 "loss groups; remove the key or use a one-stage mode")
+            return self
         if self.combiner is None:
             return self
-        if self.mode.startswith("deebert"):
-            raise ValueError(f"key 'combiner': mode {self.mode} trains one loss group per "
-                             "stage, so there is nothing to combine; remove the key")
-        allowed = ("final", "sd")  # the joint stage's loss groups
-        unknown = [g for g in build_combiner(self.combiner).group_names() if g not in allowed]
+        groups = self.joint_groups()
+        if len(groups) < 2:
+            raise ValueError(f"key 'combiner': mode {self.mode} trains the single loss group "
+                             f"{next(iter(groups))!r}, so there is nothing to combine; remove "
+                             "the key or split the loss with 'loss_groups'")
+        unknown = [g for g in build_combiner(self.combiner).group_names() if g not in groups]
         if unknown:
             raise ValueError(f"key 'combiner': loss group {unknown[0]!r} does not exist in mode "
-                             f"{self.mode}; allowed: {', '.join(allowed)}")
+                             f"{self.mode}; allowed: {', '.join(groups)}")
         return self
+
+    def joint_groups(self) -> dict[str, str | dict[str, Any]]:
+        """A one-stage mode's loss groups: `loss_groups`, else the mode's own."""
+        if self.loss_groups is not None:
+            return dict(self.loss_groups)
+        return dict(DEFAULT_GROUPS[self.mode])
 
     def policy_spec(self) -> tuple[str, dict[str, Any]]:
         """The exit policy's name and its fixed parameters."""
@@ -121,6 +167,6 @@ class MultiExitGlueConfig(ProgramConfig):
     def combiner_spec(self) -> str | dict[str, Any]:
         if self.combiner is not None:
             return self.combiner
-        if self.mode == "romebert":
+        if self.mode == "romebert" and {"final", "sd"} <= set(self.joint_groups()):
             return {"name": "project", "target": "final", "reference": "sd"}
         return "sum"

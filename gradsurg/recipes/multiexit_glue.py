@@ -1,12 +1,17 @@
-"""The `multiexit_glue` program: RomeBERT, RomeBERT-SD, DeeBERT and DeeBERT-SD on GLUE.
+"""The `multiexit_glue` program: RomeBERT and its baselines on GLUE.
 
-Modes (the RomeBERT paper's Table 1 rows):
+Modes (the RomeBERT paper's Table 1 rows, then PABEE and ELBERT):
 - romebert     one stage; groups `final` (last exit's task loss) and `sd` (self-distillation of
                the other exits); combiner `project`: final projected off sd on conflict (GR).
 - romebert_sd  the same groups, combiner `sum` (the SD-only ablation).
 - deebert      stage 1 trains backbone + final exit on the final loss; stage 2 freezes them
                and trains the other exits on the sum of their task losses.
 - deebert_sd   stage 2 uses the SD loss instead (the paper's FastBERT stand-in).
+- pabee        one stage, one group: the exits' losses averaged with weights ~ depth.
+- elbert       one exit module shared by every layer; one group: the exits' losses under
+               trainable weights (sigmoid, the final exit's weight M minus the others).
+Each group's loss is a registered loss term (`gradsurg.multiexit.exit_losses`); one-stage
+modes take other groups from the recipe's `loss_groups`.
 """
 
 from __future__ import annotations
@@ -35,12 +40,12 @@ from gradsurg.distributed import DataParallel
 from gradsurg.errors import ConfigError
 from gradsurg.metrics import primary_metric
 from gradsurg.multiexit.early_exit import per_exit_metrics, policy_sweep
-from gradsurg.multiexit.loss_terms import self_distillation_loss, task_loss
+from gradsurg.multiexit.exit_losses import ExitLossTerm, build_loss_term
 from gradsurg.multiexit.model import MultiExitModel
 from gradsurg.multiexit.policies import POLICIES
 from gradsurg.precision import LossScale, autocast_factory
 from gradsurg.programs import Program
-from gradsurg.recipes.glue_config import MultiExitGlueConfig
+from gradsurg.recipes.glue_config import DEFAULT_GROUPS, TWO_STAGE_MODES, MultiExitGlueConfig
 from gradsurg.recipes.training import (
     JsonlLog,
     StageProgress,
@@ -56,46 +61,74 @@ from gradsurg.surgery import Surgery
 console = Console()
 
 
+TermSpec = str | dict[str, Any]
+
+
 @dataclass(frozen=True)
 class Stage:
-    """One optimization stage: which exits train, and which loss groups drive them."""
+    """One optimization stage: which exits train, and the loss groups (name -> loss term)
+    that drive them."""
 
     name: str
-    groups: tuple[str, ...]
+    groups: dict[str, TermSpec]
     train_encoder: bool
     trained_exits: str  # "all", "final" or "early"
 
 
-def plan_stages(mode: str) -> list[Stage]:
-    if mode in ("romebert", "romebert_sd"):
-        return [Stage("joint", ("final", "sd"), train_encoder=True, trained_exits="all")]
-    second = ("exits",) if mode == "deebert" else ("sd",)
+def plan_stages(mode: str, groups: Mapping[str, TermSpec] | None = None) -> list[Stage]:
+    """The mode's stages; `groups` (a recipe's `loss_groups`) replaces a one-stage mode's."""
+    if mode not in TWO_STAGE_MODES:
+        joint = dict(groups if groups is not None else DEFAULT_GROUPS[mode])
+        return [Stage("joint", joint, train_encoder=True, trained_exits="all")]
+    second = {"exits": "early_task_sum"} if mode == "deebert" else {"sd": "self_distillation"}
     return [
-        Stage("stage1", ("final",), train_encoder=True, trained_exits="final"),
+        Stage("stage1", {"final": "final_task"}, train_encoder=True, trained_exits="final"),
         Stage("stage2", second, train_encoder=False, trained_exits="early"),
     ]
 
 
-def group_losses(
-    logits: list[Tensor], labels: Tensor, groups: tuple[str, ...], config: MultiExitGlueConfig
-) -> dict[str, Tensor]:
-    """`final`: last exit's task loss; `sd`: RomeBERT's self-distillation over the other exits;
-    `exits`: the plain sum of the other exits' task losses (DeeBERT's second stage)."""
-    losses: dict[str, Tensor] = {}
-    for group in groups:
-        if group == "final":
-            losses[group] = task_loss(logits[-1], labels)
-        elif group == "sd":
-            losses[group] = self_distillation_loss(
-                logits, labels, gamma=config.gamma, temperature=config.temperature
-            )
-        else:
-            losses[group] = torch.stack([task_loss(x, labels) for x in logits[:-1]]).sum()
-    return losses
+def build_stage_terms(stage: Stage, num_exits: int, config: MultiExitGlueConfig
+                      ) -> torch.nn.ModuleDict:
+    """The stage's loss terms; self-distillation takes the recipe's `gamma`/`temperature`
+    unless its own spec sets them."""
+    terms = {}
+    for group, spec in stage.groups.items():
+        if spec == "self_distillation" or (
+                isinstance(spec, Mapping) and spec.get("name") == "self_distillation"):
+            spec = {"gamma": config.gamma, "temperature": config.temperature,
+                    **({"name": spec} if isinstance(spec, str) else spec)}
+        terms[group] = build_loss_term(spec, num_exits, where=f"loss group {group!r}")
+    return torch.nn.ModuleDict(terms)
+
+
+def group_losses(logits: list[Tensor], labels: Tensor, terms: Mapping[str, ExitLossTerm]
+                 ) -> dict[str, Tensor]:
+    """Each loss group's value on one batch."""
+    return {group: term(logits, labels) for group, term in terms.items()}
+
+
+def attach_loss_terms(model: MultiExitModel, stages: list[Stage], config: MultiExitGlueConfig
+                      ) -> torch.nn.ModuleDict:
+    """Every stage's loss terms, attached to the model as `model.loss_terms[stage]` for the
+    run: a term that learns (ELBERT's weights) is then trained, clipped, all-reduced and
+    checkpointed with the model's own parameters. `detach_loss_terms` removes them before
+    the model is saved for inference."""
+    terms = torch.nn.ModuleDict(
+        {stage.name: build_stage_terms(stage, model.num_exits, config) for stage in stages})
+    model.loss_terms = terms.to(next(model.parameters()).device)
+    return terms
+
+
+def detach_loss_terms(model: MultiExitModel) -> None:
+    if "loss_terms" in model._modules:
+        del model.loss_terms
 
 
 def set_trainable(model: MultiExitModel, stage: Stage) -> list[torch.nn.Parameter]:
     model.encoder.requires_grad_(stage.train_encoder)
+    if "loss_terms" in model._modules:
+        for name, terms in model.loss_terms.items():
+            terms.requires_grad_(name == stage.name)
     last = model.num_exits - 1
     for index, exit_head in enumerate(model.exits):
         wanted = (
@@ -175,12 +208,14 @@ def run(config: MultiExitGlueConfig, output_dir: Path, *, resume: bool = False
     task = get_task(config.task)
     model, tokenizer = MultiExitModel.from_backbone(
         config.model, num_labels=task.num_labels, pooling=config.pooling, dropout=config.dropout,
-        backbone_dropout=config.backbone_dropout,
+        backbone_dropout=config.backbone_dropout, shared_exit=config.mode == "elbert",
     )
     # Recorded in the checkpoint so `gradsurg predict/eval` know the classes and the task.
     model.config = dataclasses.replace(
         model.config, task=task.name, labels=list(task.labels) if task.labels else None)
     model.to(device)
+    stages = plan_stages(config.mode, config.loss_groups)
+    loss_terms = attach_loss_terms(model, stages, config)
     parallel.broadcast_module_(model)
     checkpoints = Checkpoints(output_dir / "checkpoints", keep=config.keep_checkpoints)
     restored = load_latest(checkpoints, model, config, device, parallel) if resume else None
@@ -213,7 +248,7 @@ def run(config: MultiExitGlueConfig, output_dir: Path, *, resume: bool = False
         StageResult(**result) for result in (restored or {}).get("finished", [])]
     try:
         with progress_bar(disable=not parallel.is_main) as progress:
-            for index, stage in enumerate(plan_stages(config.mode)):
+            for index, stage in enumerate(stages):
                 if index < len(stage_results):
                     continue  # finished before the restart
                 here = restored if restored and restored["stage"] == index else None
@@ -225,6 +260,7 @@ def run(config: MultiExitGlueConfig, output_dir: Path, *, resume: bool = False
         log.close()
     parallel.barrier()
     parallel.close()
+    detach_loss_terms(model)
     if not parallel.is_main:  # rank 0 alone evaluates and writes the outputs
         return {}
 
@@ -235,6 +271,11 @@ def run(config: MultiExitGlueConfig, output_dir: Path, *, resume: bool = False
                  **{k: round(v, 6) for k, v in r.means.items()}}
         for r in stage_results
     }
+    learned = {f"{stage}/{group}/{key}": round(value, 6)
+               for stage, terms in loss_terms.items() for group, term in terms.items()
+               for key, value in term.describe().items()}
+    if learned:
+        results["loss_terms"] = learned  # e.g. ELBERT's exit weights after training
     if config.save_model:
         model.save_pretrained(output_dir / "model", tokenizer=tokenizer)
         results["model_dir"] = str(output_dir / "model")
@@ -333,8 +374,7 @@ def run_stage(stage: Stage, model: MultiExitModel, batches: Any, steps_per_epoch
         return train_stage(
             name=stage.name, model=model, batches=batches, steps_per_epoch=steps_per_epoch,
             epochs=config.epochs,
-            loss_fn=lambda batch: mixed_precision_losses(model, batch, stage, config,
-                                                           context.autocast),
+            loss_fn=lambda batch: mixed_precision_losses(model, batch, stage, context.autocast),
             surgery=surgery, optimizer=optimizer, scheduler=scheduler, log=log,
             log_every=config.log_every, progress=progress, resume=resume,
             save_checkpoint=save if config.checkpoints else None,
@@ -346,12 +386,13 @@ def run_stage(stage: Stage, model: MultiExitModel, batches: Any, steps_per_epoch
 
 
 def mixed_precision_losses(model: MultiExitModel, batch: Mapping[str, Tensor], stage: Stage,
-                           config: MultiExitGlueConfig, autocast: Any) -> dict[str, Tensor]:
+                           autocast: Any) -> dict[str, Tensor]:
     """The stage's group losses, the forward pass under the recipe's autocast; losses in
     float32 (autocast runs softmax / KL in float32 already; the cast makes it explicit)."""
     with autocast():
         logits = forward(model, batch)
-    return group_losses([x.float() for x in logits], batch["labels"], stage.groups, config)
+    return group_losses([x.float() for x in logits], batch["labels"],
+                        model.loss_terms[stage.name])
 
 
 def evaluate(all_logits: Tensor, labels: Tensor, task: TaskSpec, config: MultiExitGlueConfig,
