@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from gradsurg.combiners.base import GramianWeighting
+from gradsurg.combiners.pcgrad import shuffled_pairs
 from gradsurg.combiners.qp import cosine_matrix
 from gradsurg.errors import ConfigError
 
@@ -66,28 +67,24 @@ class GradVac(GramianWeighting):
         # row i of `unit` holds g_i' in the unit directions u_m = g_m / ||g_m||
         unit = torch.diag(norms)
         corrections = 0
-        for i in range(k):
-            others = [j for j in range(k) if j != i]
-            order = torch.randperm(len(others), generator=self.generator).tolist()
-            for position in order:
-                j = others[position]
-                if norms[j] == 0:
-                    continue
-                row = unit[i]
-                norm = math.sqrt(max(float(row @ cosines @ row), 0.0))
-                size = float(row.abs().sum())
-                if norm <= 1e-7 * size or norm == 0.0:  # g_i' is 0 up to rounding: no angle
-                    continue
-                phi = min(max(float(row @ cosines[:, j]) / norm, -1.0), 1.0)
-                target = float(self.targets[i, j])
-                if phi < target:
-                    target_sine = math.sqrt(max(1.0 - target * target, 0.0))
-                    if target_sine > 0:
-                        sine = math.sqrt(max(1.0 - phi * phi, 0.0))
-                        # in units of u_j = g_j / ||g_j||: the paper's factor times ||g_j||
-                        unit[i, j] += norm * (target * sine - phi * target_sine) / target_sine
-                        corrections += 1
-                self.targets[i, j] = (1.0 - self.beta) * target + self.beta * phi
+        for i, j in shuffled_pairs(k, self.generator):
+            if norms[j] == 0:
+                continue
+            row = unit[i]
+            norm = math.sqrt(max(float(row @ cosines @ row), 0.0))
+            size = float(row.abs().sum())
+            if norm <= 1e-7 * size or norm == 0.0:  # g_i' is 0 up to rounding: no angle
+                continue
+            phi = min(max(float(row @ cosines[:, j]) / norm, -1.0), 1.0)
+            target = float(self.targets[i, j])
+            if phi < target:
+                target_sine = math.sqrt(max(1.0 - target * target, 0.0))
+                if target_sine > 0:
+                    sine = math.sqrt(max(1.0 - phi * phi, 0.0))
+                    # in units of u_j = g_j / ||g_j||: the paper's factor times ||g_j||
+                    unit[i, j] += norm * (target * sine - phi * target_sine) / target_sine
+                    corrections += 1
+            self.targets[i, j] = (1.0 - self.beta) * target + self.beta * phi
         added = (unit - torch.diag(norms)).sum(dim=0)
         safe = torch.where(norms > 0, norms, torch.ones_like(norms))
         weights = 1.0 + torch.where(norms > 0, added / safe, torch.zeros_like(added))

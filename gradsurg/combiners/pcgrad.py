@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -34,16 +35,12 @@ class PCGrad(GramianWeighting):
         gram = gram.cpu()
         coefficients = torch.eye(k, dtype=torch.float64)
         conflicts = 0
-        for i in range(k):
-            others = [j for j in range(k) if j != i]
-            order = torch.randperm(len(others), generator=self.generator).tolist()
-            for position in order:
-                j = others[position]
-                dot = float(coefficients[i] @ gram[:, j])
-                norm_sq = float(gram[j, j])
-                if dot < 0 and norm_sq > 0:
-                    coefficients[i, j] -= dot / norm_sq
-                    conflicts += 1
+        for i, j in shuffled_pairs(k, self.generator):
+            dot = float(coefficients[i] @ gram[:, j])
+            norm_sq = float(gram[j, j])
+            if dot < 0 and norm_sq > 0:
+                coefficients[i, j] -= dot / norm_sq
+                conflicts += 1
         return coefficients.sum(dim=0), {"pcgrad/conflicts": float(conflicts)}
 
     def state_dict(self) -> dict[str, Any]:
@@ -52,3 +49,13 @@ class PCGrad(GramianWeighting):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.seed = int(state["seed"])
         self.generator.set_state(state["generator"])
+
+
+def shuffled_pairs(k: int, generator: torch.Generator) -> Iterator[tuple[int, int]]:
+    """(i, j) for every row i and each other row j, the j's in a random order drawn per i from
+    `generator`: the visiting order PCGrad and GradVac share (so GradVac's first step with
+    zero targets is PCGrad's, seeded alike)."""
+    for i in range(k):
+        others = [j for j in range(k) if j != i]
+        for position in torch.randperm(len(others), generator=generator).tolist():
+            yield i, others[position]
