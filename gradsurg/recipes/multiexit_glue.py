@@ -434,5 +434,6 @@ PROGRAM = Program(
     name="multiexit_glue",
     config=MultiExitGlueConfig,
     run=run,
-    summary="multi-exit BERT on GLUE (RomeBERT, RomeBERT-SD, DeeBERT, DeeBERT-SD)",
+    summary="multi-exit encoders on GLUE (RomeBERT, RomeBERT-SD, DeeBERT, DeeBERT-SD, PABEE, "
+    "ELBERT)",
 )
