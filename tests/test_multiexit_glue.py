@@ -120,3 +120,32 @@ def test_shipped_recipes_validate_and_bad_values_name_the_key(tmp_path):
     ]:
         with pytest.raises(ConfigError, match=message):
             load_recipe(recipe, [override])
+
+
+def test_regression_exits_start_at_the_training_label_mean(tiny_bert_dir, shared_glue_dir,
+                                                           tmp_path, monkeypatch):
+    """Every STS-B exit's bias starts at the mean of the training labels it will see (the
+    zero start made the joint modes collapse to a constant prediction)."""
+    import torch
+
+    from gradsurg.data.glue import get_task, load_glue
+    from gradsurg.recipes import multiexit_glue
+
+    starts: list[list[float]] = []
+    original = multiexit_glue.start_at_label_mean
+
+    def spy(model, labels):
+        original(model, labels)
+        starts.append([head.classifier.bias.item() for head in model.exits])
+
+    monkeypatch.setattr(multiexit_glue, "start_at_label_mean", spy)
+    config = make_config(tiny_bert_dir, shared_glue_dir, task="stsb", mode="romebert_sd",
+                         train_rows=16, save_model=False, checkpoints=False)
+    run(config, tmp_path)
+    data = load_glue(get_task("stsb"), "train", data_dir=str(shared_glue_dir))
+    expected = float(torch.tensor(data.shuffle(seed=42).select(range(16))["label"],
+                                  dtype=torch.float64).mean())
+    assert starts == [[pytest.approx(expected, rel=1e-6)] * 3]
+    run(make_config(tiny_bert_dir, shared_glue_dir, save_model=False, checkpoints=False),
+        tmp_path / "sst2")
+    assert len(starts) == 1  # classification exits keep their zero bias

@@ -124,6 +124,20 @@ def detach_loss_terms(model: MultiExitModel) -> None:
         del model.loss_terms
 
 
+def start_at_label_mean(model: MultiExitModel, labels: Any) -> None:
+    """Regression exits start by predicting the training labels' mean, not 0.
+
+    From a zero start every exit's first gradients mostly say "add the mean" (about 2.7 on
+    STS-B's 0-5 scale); with six exits trained jointly that push went into the shared
+    encoder, which collapsed to a constant prediction (Pearson < 13 at every exit in the
+    reproduction) while a single trained exit survived it. Starting at the mean removes it.
+    """
+    mean = float(torch.as_tensor(list(labels), dtype=torch.float64).mean())
+    with torch.no_grad():
+        for head in model.exits:
+            head.classifier.bias.fill_(mean)
+
+
 def set_trainable(model: MultiExitModel, stage: Stage) -> list[torch.nn.Parameter]:
     model.encoder.requires_grad_(stage.train_encoder)
     if "loss_terms" in model._modules:
@@ -229,6 +243,8 @@ def run(config: MultiExitGlueConfig, output_dir: Path, *, resume: bool = False
         tokenizer, max_length=config.max_length,
     )
     eval_loader = DataLoader(eval_data, batch_size=config.eval_batch_size, collate_fn=collate)
+    if task.is_regression and restored is None:
+        start_at_label_mean(model, train_data["label"])
     steps_per_epoch = -(-len(train_data) // config.batch_size)
 
     def batches(epoch: int, skip: int) -> Iterator[tuple[dict[str, Tensor], float]]:
