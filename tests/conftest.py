@@ -19,21 +19,10 @@ def shared_glue_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_bert_dir(tmp_path_factory) -> Path:
-    """A 2-layer random BERT saved as a local model folder with the packaged MiniLM tokenizer,
+def tiny_bert_dir(tiny_backbone_dir) -> Path:
+    """A 3-layer random BERT saved as a local model folder with the packaged MiniLM tokenizer,
     so recipes load it through the same code path as a real checkpoint."""
-    import torch
-    from transformers import AutoTokenizer, BertModel
-
-    from gradsurg.multiexit.backbones import resolve_backbone, tiny_bert_config
-
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    torch.manual_seed(0)  # the same random backbone in every session
-    BertModel(tiny_bert_config(num_layers=3, hidden=32, heads=2, intermediate=64)).save_pretrained(
-        folder
-    )
-    AutoTokenizer.from_pretrained(resolve_backbone("minilm")).save_pretrained(folder)
-    return folder
+    return tiny_backbone_dir("bert")
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,12 @@ import torch
 from torch import Tensor, nn
 
 from gradsurg.errors import ConfigError
-from gradsurg.multiexit.loss_terms import self_distillation_loss, task_loss
+from gradsurg.multiexit.loss_terms import (
+    check_gamma,
+    check_temperature,
+    self_distillation_loss,
+    task_loss,
+)
 from gradsurg.registry import Registry
 
 __all__ = [
@@ -86,11 +91,10 @@ class SelfDistillation(ExitLossTerm):
 
     def __init__(self, num_exits: int, *, gamma: float = 0.9, temperature: float = 3.0) -> None:
         super().__init__(num_exits)
+        check_gamma(gamma)  # now, so a bad recipe fails before any training
+        check_temperature(temperature)
         self.gamma = gamma
         self.temperature = temperature
-        # Checked now, so a bad recipe fails before any training.
-        self_distillation_loss([torch.zeros(1, 2)] * 2, torch.zeros(1, dtype=torch.long),
-                               gamma=gamma, temperature=temperature)
 
     def forward(self, exit_logits: Sequence[Tensor], labels: Tensor) -> Tensor:
         return self_distillation_loss(exit_logits, labels, gamma=self.gamma,

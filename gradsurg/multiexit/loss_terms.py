@@ -17,6 +17,8 @@ from torch import Tensor
 from gradsurg.errors import ConfigError
 
 __all__ = [
+    "check_gamma",
+    "check_temperature",
     "distillation_kl",
     "exit_cross_entropy",
     "exit_mse",
@@ -55,7 +57,7 @@ def distillation_kl(student: Tensor, teacher: Tensor, *, temperature: float) -> 
 
     The T² factor keeps the gradient scale independent of T (Hinton et al.).
     """
-    _check_temperature(temperature)
+    check_temperature(temperature)
     log_q = F.log_softmax(student / temperature, dim=-1)
     log_p = F.log_softmax(teacher.detach() / temperature, dim=-1)
     kl = F.kl_div(log_q, log_p, reduction="batchmean", log_target=True)
@@ -75,8 +77,8 @@ def self_distillation_loss(
     task = MSE(y_i, labels), distill = MSE(y_i, y_k) (no temperature). The final exit is
     the teacher and is detached.
     """
-    _check_gamma(gamma)
-    _check_temperature(temperature)
+    check_gamma(gamma)
+    check_temperature(temperature)
     logits = list(exit_logits)
     if len(logits) < 2:
         raise ConfigError(
@@ -101,12 +103,12 @@ def self_distillation_loss(
     return total
 
 
-def _check_gamma(gamma: float) -> None:
+def check_gamma(gamma: float) -> None:
     if isinstance(gamma, bool) or not isinstance(gamma, int | float) or not 0.0 <= gamma <= 1.0:
         raise ConfigError(f"gamma={gamma!r} is invalid; allowed: a number in [0, 1]")
 
 
-def _check_temperature(temperature: float) -> None:
+def check_temperature(temperature: float) -> None:
     ok = (
         not isinstance(temperature, bool)
         and isinstance(temperature, int | float)

@@ -111,17 +111,12 @@ def attach_loss_terms(model: MultiExitModel, stages: list[Stage], config: MultiE
                       ) -> torch.nn.ModuleDict:
     """Every stage's loss terms, attached to the model as `model.loss_terms[stage]` for the
     run: a term that learns (ELBERT's weights) is then trained, clipped, all-reduced and
-    checkpointed with the model's own parameters. `detach_loss_terms` removes them before
-    the model is saved for inference."""
+    checkpointed with the model's own parameters. `run` removes them before the model is
+    evaluated and saved for inference."""
     terms = torch.nn.ModuleDict(
         {stage.name: build_stage_terms(stage, model.num_exits, config) for stage in stages})
     model.loss_terms = terms.to(next(model.parameters()).device)
     return terms
-
-
-def detach_loss_terms(model: MultiExitModel) -> None:
-    if "loss_terms" in model._modules:
-        del model.loss_terms
 
 
 def start_at_label_mean(model: MultiExitModel, labels: Any) -> None:
@@ -140,9 +135,8 @@ def start_at_label_mean(model: MultiExitModel, labels: Any) -> None:
 
 def set_trainable(model: MultiExitModel, stage: Stage) -> list[torch.nn.Parameter]:
     model.encoder.requires_grad_(stage.train_encoder)
-    if "loss_terms" in model._modules:
-        for name, terms in model.loss_terms.items():
-            terms.requires_grad_(name == stage.name)
+    for name, terms in model.loss_terms.items():
+        terms.requires_grad_(name == stage.name)
     last = model.num_exits - 1
     for index, exit_head in enumerate(model.exits):
         wanted = (
@@ -276,7 +270,7 @@ def run(config: MultiExitGlueConfig, output_dir: Path, *, resume: bool = False
         log.close()
     parallel.barrier()
     parallel.close()
-    detach_loss_terms(model)
+    del model.loss_terms  # training only: not part of the saved model
     if not parallel.is_main:  # rank 0 alone evaluates and writes the outputs
         return {}
 
