@@ -32,7 +32,10 @@ TASKS = ["sst2", "mrpc", "rte", "stsb"]
 BUDGETS = [25.0, 30.0, 40.0, 50.0, 60.0, 100.0]
 
 
-def run_one(task: str, mode: str, overrides: list[str], runs: Path) -> dict[str, Any]:
+def run_one(task: str, mode: str, overrides: list[str], runs: Path, *, train: bool = True
+            ) -> dict[str, Any] | None:
+    """The run's results: reused when finished with the same settings, else trained (or None
+    when `train` is false)."""
     folder = runs / task / mode
     recipe_path = ROOT / "recipes" / f"{mode}_glue.yaml"
     recipe = apply_overrides(read_recipe(recipe_path), [f"task={task}", *overrides])
@@ -48,6 +51,8 @@ def run_one(task: str, mode: str, overrides: list[str], runs: Path) -> dict[str,
                      "use another --runs folder or delete it")
         if done.is_file():
             return json.loads(done.read_text())
+    if not train:
+        return None
     folder.mkdir(parents=True, exist_ok=True)
     saved_path.write_text(json.dumps(resolved, indent=2))
     # A run stopped part-way continues from its latest checkpoint instead of starting over.
@@ -157,6 +162,8 @@ def main() -> None:
                         help="Markdown placed under the title (findings written by hand)")
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "repro")
     parser.add_argument("--report", type=Path, default=ROOT / "docs" / "reproduction.md")
+    parser.add_argument("--report-only", action="store_true",
+                        help="train nothing: report the finished runs, list the missing ones")
     args = parser.parse_args()
 
     figures = args.report.parent / "reproduction"
@@ -164,15 +171,26 @@ def main() -> None:
     command = "python bench/reproduce_romebert.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     lines = ["# RomeBERT reproduction on the packaged MiniLM", "",
              f"Command: `GLUE_DIR=... {command.strip()}`", ""]
+    if args.report_only:
+        lines += ["Written with `--report-only` from the finished runs; the same command without "
+                  "it trains the missing ones.", ""]
     if args.notes is not None:
         lines += [args.notes.read_text().strip(), ""]
     per_task = task_overrides(args.task_overrides, args.tasks)
     summary = {}
     for task in args.tasks:
         overrides = [*args.overrides, *per_task.get(task, [])]
-        results = {mode: run_one(task, mode, overrides, args.runs) for mode in args.modes}
+        found = {mode: run_one(task, mode, overrides, args.runs, train=not args.report_only)
+                 for mode in args.modes}
+        results = {mode: result for mode, result in found.items() if result is not None}
+        missing = [mode for mode, result in found.items() if result is None]
         summary[task] = results
-        lines += task_section(task, results, figures)
+        if results:
+            lines += task_section(task, results, figures)
+        else:
+            lines += [f"### {task}", ""]
+        if missing:
+            lines += [f"Not run yet for {task}: {', '.join(missing)}.", ""]
         # Rewritten after every task, so a long run that is stopped still leaves a report.
         args.report.write_text("\n".join(lines) + "\n")
         (figures / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
