@@ -20,6 +20,7 @@ from gradsurg.errors import ConfigError
 from gradsurg.multiexit.loss_terms import (
     check_gamma,
     check_temperature,
+    exit_distillation_loss,
     self_distillation_loss,
     task_loss,
 )
@@ -29,11 +30,14 @@ __all__ = [
     "LOSS_TERMS",
     "EarlyTaskSum",
     "ExitLossTerm",
+    "ExitSelfDistillation",
+    "ExitTask",
     "FinalTask",
     "LayerWeighted",
     "LearnedExitWeights",
     "SelfDistillation",
     "build_loss_term",
+    "per_exit_groups",
 ]
 
 
@@ -99,6 +103,68 @@ class SelfDistillation(ExitLossTerm):
     def forward(self, exit_logits: Sequence[Tensor], labels: Tensor) -> Tensor:
         return self_distillation_loss(exit_logits, labels, gamma=self.gamma,
                                       temperature=self.temperature)
+
+
+def _exit_index(term: str, exit: Any, num_exits: int, *, last_allowed: bool) -> int:
+    """Exit numbers are 1-based like the layers (exit 1 after layer 1); returns 0-based."""
+    highest = num_exits if last_allowed else num_exits - 1
+    if isinstance(exit, bool) or not isinstance(exit, int) or not 1 <= exit <= highest:
+        raise ConfigError(f"loss term {term!r}: exit={exit!r} is invalid; allowed: an integer "
+                          f"in 1..{highest}")
+    return exit - 1
+
+
+@LOSS_TERMS.register("exit_task")
+class ExitTask(ExitLossTerm):
+    """One exit's own task loss; `exit` counts from 1 (after the first layer)."""
+
+    name = "exit_task"
+
+    def __init__(self, num_exits: int, *, exit: int) -> None:
+        super().__init__(num_exits)
+        self.exit = exit
+        self.index = _exit_index(self.name, exit, num_exits, last_allowed=True)
+
+    def forward(self, exit_logits: Sequence[Tensor], labels: Tensor) -> Tensor:
+        return task_loss(exit_logits[self.index], labels)
+
+
+@LOSS_TERMS.register("exit_self_distillation")
+class ExitSelfDistillation(ExitLossTerm):
+    """One early exit's share of RomeBERT's SD loss:
+    (1 - gamma) task_i + gamma T^2 KL(p_L^T || p_i^T), the final exit detached.
+
+    The shares of exits 1..L-1 sum to `self_distillation`; as separate loss groups they give a
+    combiner one gradient row per exit.
+    """
+
+    name = "exit_self_distillation"
+
+    def __init__(self, num_exits: int, *, exit: int, gamma: float = 0.9,
+                 temperature: float = 3.0) -> None:
+        super().__init__(num_exits)
+        check_gamma(gamma)
+        check_temperature(temperature)
+        self.exit = exit
+        self.index = _exit_index(self.name, exit, num_exits, last_allowed=False)
+        self.gamma = gamma
+        self.temperature = temperature
+
+    def forward(self, exit_logits: Sequence[Tensor], labels: Tensor) -> Tensor:
+        return exit_distillation_loss(exit_logits[self.index], exit_logits[-1], labels,
+                                      gamma=self.gamma, temperature=self.temperature)
+
+
+def per_exit_groups(kind: str, num_exits: int) -> dict[str, dict[str, Any] | str]:
+    """One loss group per exit, named `exit1` .. `exitL`: the final exit's task loss, and each
+    early exit's SD share (`kind="sd"`) or plain task loss (`kind="task"`)."""
+    if kind not in ("sd", "task"):
+        raise ConfigError(f"per-exit loss groups: kind {kind!r} is unknown; allowed: sd, task")
+    early = "exit_self_distillation" if kind == "sd" else "exit_task"
+    groups: dict[str, dict[str, Any] | str] = {
+        f"exit{i}": {"name": early, "exit": i} for i in range(1, num_exits)}
+    groups[f"exit{num_exits}"] = "final_task"
+    return groups
 
 
 @LOSS_TERMS.register("layer_weighted")

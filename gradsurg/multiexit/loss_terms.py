@@ -21,6 +21,7 @@ __all__ = [
     "check_temperature",
     "distillation_kl",
     "exit_cross_entropy",
+    "exit_distillation_loss",
     "exit_mse",
     "self_distillation_loss",
     "task_loss",
@@ -91,16 +92,27 @@ def self_distillation_loss(
                 f"exit logits shapes differ ({tuple(item.shape)} vs {tuple(logits[-1].shape)}); "
                 "allowed: one shape [B, num_labels] for every exit"
             )
-    teacher = logits[-1].detach()
-    regression = teacher.shape[-1] == 1
+    teacher = logits[-1]
     total = torch.zeros((), dtype=teacher.dtype, device=teacher.device)
     for student in logits[:-1]:
-        if regression:
-            distill = F.mse_loss(student, teacher)
-        else:
-            distill = distillation_kl(student, teacher, temperature=temperature)
-        total = total + (1.0 - gamma) * task_loss(student, labels) + gamma * distill
+        total = total + exit_distillation_loss(student, teacher, labels, gamma=gamma,
+                                               temperature=temperature)
     return total
+
+
+def exit_distillation_loss(student: Tensor, teacher: Tensor, labels: Tensor, *, gamma: float,
+                           temperature: float) -> Tensor:
+    """One student exit's share of L_sd: (1-γ)·task + γ·distill(student ← teacher).
+
+    Classification: distill = T²·KL(p_teacher^T ‖ p_student^T); regression: MSE to the
+    teacher's output. The teacher is detached.
+    """
+    teacher = teacher.detach()
+    if teacher.shape[-1] == 1:
+        distill = F.mse_loss(student, teacher)
+    else:
+        distill = distillation_kl(student, teacher, temperature=temperature)
+    return (1.0 - gamma) * task_loss(student, labels) + gamma * distill
 
 
 def check_gamma(gamma: float) -> None:

@@ -3,6 +3,7 @@ ELBERT)."""
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -10,7 +11,7 @@ from pydantic import Field, field_validator, model_validator
 from gradsurg.combiners import build_combiner
 from gradsurg.data.glue import get_task
 from gradsurg.errors import ConfigError
-from gradsurg.multiexit.exit_losses import build_loss_term
+from gradsurg.multiexit.exit_losses import build_loss_term, per_exit_groups
 from gradsurg.multiexit.policies import build_policy, split_policy_spec
 from gradsurg.programs import ProgramConfig
 
@@ -65,6 +66,10 @@ class MultiExitGlueConfig(ProgramConfig):
     loss_groups: dict[str, str | dict[str, Any]] | None = Field(
         None, description="one-stage modes: loss group name -> loss term (a name or {name, "
         "params}), replacing the mode's groups; default: the mode's own")
+    exit_groups: Literal["sd", "task"] | None = Field(
+        None, description="romebert / romebert_sd: one loss group per exit, exit1 .. exitL "
+        "(exitL: the final task loss; the early exits: their own SD share (sd) or their plain "
+        "task loss (task)), so a combiner acts on L rows; replaces final + sd")
     combiner: str | dict[str, Any] | None = Field(
         None, description="default: project (final vs sd) for romebert, sum otherwise"
     )
@@ -133,6 +138,8 @@ class MultiExitGlueConfig(ProgramConfig):
 
     @model_validator(mode="after")
     def _groups_fit_the_mode(self) -> MultiExitGlueConfig:
+        if self.exit_groups is not None:
+            return self._check_exit_groups()
         if self.mode in TWO_STAGE_MODES:
             if self.combiner is not None:
                 raise ValueError(f"key 'combiner': mode {self.mode} trains one loss group per "
@@ -154,8 +161,35 @@ class MultiExitGlueConfig(ProgramConfig):
                              f"{self.mode}; allowed: {', '.join(groups)}")
         return self
 
-    def joint_groups(self) -> dict[str, str | dict[str, Any]]:
-        """A one-stage mode's loss groups: `loss_groups`, else the mode's own."""
+    def _check_exit_groups(self) -> MultiExitGlueConfig:
+        """Per-exit groups: SD modes only, not with `loss_groups`; romebert's default
+        projection (final vs sd) has no such groups, so it needs a combiner; a combiner may
+        name groups `exitN` only (N is checked against the model's depth before training)."""
+        if self.mode not in ("romebert", "romebert_sd"):
+            raise ValueError(f"key 'exit_groups': mode {self.mode} has no per-exit form; use "
+                             "romebert or romebert_sd")
+        if self.loss_groups is not None:
+            raise ValueError("keys 'exit_groups' and 'loss_groups' both set the loss groups; "
+                             "keep one")
+        if self.combiner is None:
+            if self.mode == "romebert":
+                raise ValueError("key 'exit_groups' needs a 'combiner' in mode romebert (its "
+                                 "default projects final against sd, groups that per-exit "
+                                 "groups replace), e.g. combiner: upgrad")
+            return self
+        for name in build_combiner(self.combiner).group_names():
+            if re.fullmatch(r"exit[1-9][0-9]*", name) is None:
+                raise ValueError(f"key 'combiner': loss group {name!r} does not exist with "
+                                 "exit_groups; allowed: exit1 .. exitL")
+        return self
+
+    def joint_groups(self, num_exits: int | None = None) -> dict[str, str | dict[str, Any]]:
+        """A one-stage mode's loss groups: per-exit groups (which need the model's
+        `num_exits`), `loss_groups`, else the mode's own."""
+        if self.exit_groups is not None:
+            if num_exits is None:
+                raise ValueError("per-exit loss groups need the model's number of exits")
+            return per_exit_groups(self.exit_groups, num_exits)
         if self.loss_groups is not None:
             return dict(self.loss_groups)
         return dict(DEFAULT_GROUPS[self.mode])
@@ -167,6 +201,7 @@ class MultiExitGlueConfig(ProgramConfig):
     def combiner_spec(self) -> str | dict[str, Any]:
         if self.combiner is not None:
             return self.combiner
-        if self.mode == "romebert" and {"final", "sd"} <= set(self.joint_groups()):
+        if (self.mode == "romebert" and self.exit_groups is None
+                and {"final", "sd"} <= set(self.joint_groups())):
             return {"name": "project", "target": "final", "reference": "sd"}
         return "sum"

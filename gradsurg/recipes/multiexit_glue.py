@@ -27,11 +27,13 @@ from typing import Any
 
 import torch
 from rich.console import Console
+from safetensors.torch import save_file
 from torch import Tensor
 from torch.utils.data import DataLoader
 from transformers import get_linear_schedule_with_warmup
 
 from gradsurg.checkpoint import Checkpoints, capture_rng, restore_rng
+from gradsurg.combiners import build_combiner
 from gradsurg.config import first_changed_key
 from gradsurg.data.collate import GlueCollator, tokenize_dataset
 from gradsurg.data.glue import TaskSpec, get_task, load_glue
@@ -60,6 +62,9 @@ from gradsurg.surgery import Surgery
 
 console = Console()
 
+#: A run folder's file with every exit's evaluation logits `[L, N, C]` and the labels `[N]`.
+EXIT_LOGITS_FILE = "exit_logits.safetensors"
+
 
 TermSpec = str | dict[str, Any]
 
@@ -87,14 +92,28 @@ def plan_stages(mode: str, groups: Mapping[str, TermSpec] | None = None) -> list
     ]
 
 
+def check_combiner_groups(config: MultiExitGlueConfig, stages: list[Stage]) -> None:
+    """Every group the recipe's combiner names exists in the stages it combines (per-exit
+    groups are only known once the model's depth is), checked before any training."""
+    if config.combiner is None:
+        return
+    for stage in stages:
+        missing = [g for g in build_combiner(config.combiner).group_names()
+                   if g not in stage.groups]
+        if len(stage.groups) > 1 and missing:
+            raise ConfigError(f"key 'combiner': loss group {missing[0]!r} does not exist in "
+                              f"this model's stage {stage.name}; allowed: "
+                              f"{', '.join(stage.groups)}")
+
+
 def build_stage_terms(stage: Stage, num_exits: int, config: MultiExitGlueConfig
                       ) -> torch.nn.ModuleDict:
     """The stage's loss terms; self-distillation takes the recipe's `gamma`/`temperature`
     unless its own spec sets them."""
     terms = {}
     for group, spec in stage.groups.items():
-        if spec == "self_distillation" or (
-                isinstance(spec, Mapping) and spec.get("name") == "self_distillation"):
+        name = spec.get("name") if isinstance(spec, Mapping) else spec
+        if name in ("self_distillation", "exit_self_distillation"):
             spec = {"gamma": config.gamma, "temperature": config.temperature,
                     **({"name": spec} if isinstance(spec, str) else spec)}
         terms[group] = build_loss_term(spec, num_exits, where=f"loss group {group!r}")
@@ -222,7 +241,9 @@ def run(config: MultiExitGlueConfig, output_dir: Path, *, resume: bool = False
     model.config = dataclasses.replace(
         model.config, task=task.name, labels=list(task.labels) if task.labels else None)
     model.to(device)
-    stages = plan_stages(config.mode, config.loss_groups)
+    one_stage = config.mode not in TWO_STAGE_MODES
+    stages = plan_stages(config.mode, config.joint_groups(model.num_exits) if one_stage else None)
+    check_combiner_groups(config, stages)
     loss_terms = attach_loss_terms(model, stages, config)
     parallel.broadcast_module_(model)
     checkpoints = Checkpoints(output_dir / "checkpoints", keep=config.keep_checkpoints)
@@ -275,7 +296,13 @@ def run(config: MultiExitGlueConfig, output_dir: Path, *, resume: bool = False
         return {}
 
     all_logits, labels = collect_exit_logits(model, eval_loader, device)
+    # Every exit's evaluation outputs: `gradsurg compare` and later sweeps read them instead
+    # of re-running the model.
+    save_file({"logits": all_logits.contiguous(), "labels": labels.contiguous()},
+              str(output_dir / EXIT_LOGITS_FILE))
     results = evaluate(all_logits, labels, task, config, output_dir)
+    results.update(eval_split=config.eval_split, eval_rows=config.eval_rows,
+                   num_eval_examples=int(labels.numel()))
     results["train"] = {
         r.name: {"steps": r.steps, "seconds": round(r.seconds, 2),
                  **{k: round(v, 6) for k, v in r.means.items()}}
