@@ -7,16 +7,18 @@ import inspect
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from gradsurg.config import first_changed_key, load_recipe
 from gradsurg.distributed import is_main_process
 from gradsurg.errors import ConfigError, GradsurgError
+from gradsurg.extras import import_optional
 from gradsurg.multiexit.policies import ExitPolicy, build_policy
 from gradsurg.programs import PROGRAMS
 
@@ -70,8 +72,17 @@ def policy_from_options(name: str, **options: float | int | None) -> ExitPolicy:
     return build_policy(name, params)
 
 
+def optional(module: str, *names: str) -> tuple[Any, ...]:
+    """Names from a module that needs an extra; a missing extra is one `error:` line."""
+    try:
+        loaded = import_optional(module)
+    except GradsurgError as error:
+        raise fail(error) from None
+    return tuple(getattr(loaded, name) for name in names)
+
+
 def fail(error: Exception) -> typer.Exit:
-    errors.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+    errors.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
     return typer.Exit(code=2)
 
 
@@ -151,7 +162,8 @@ def validate(
             program, _ = load_recipe(recipe, overrides or [])
             console.print(f"[green]ok[/] {recipe} ({program.name})")
         except GradsurgError as error:
-            errors.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+            errors.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False,
+                         soft_wrap=True)
             failed = True
     if failed:
         raise typer.Exit(code=2)
@@ -184,7 +196,8 @@ def predict(
     device: DeviceOption = "auto",
 ) -> None:
     """Predict with early exit: one line per input with the answer, confidence and exit layer."""
-    from gradsurg.multiexit.inference import load_for_inference, predict_texts
+    load_for_inference, predict_texts = optional("gradsurg.multiexit.inference",
+                                                 "load_for_inference", "predict_texts")
     from gradsurg.multiexit.textio import open_output, read_texts, write_prediction
 
     count = 0
@@ -241,7 +254,8 @@ def evaluate(
         "--json", help="Also write the report as JSON here.")] = None,
 ) -> None:
     """Score a saved model on a GLUE split under an exit policy; print metric and times."""
-    from gradsurg.multiexit.inference import evaluate_split, load_for_inference
+    evaluate_split, load_for_inference = optional("gradsurg.multiexit.inference",
+                                                  "evaluate_split", "load_for_inference")
 
     try:
         rule = policy_from_options(policy, threshold=threshold, patience=patience,

@@ -19,8 +19,9 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from gradsurg.errors import ConfigError
+from gradsurg.pipeline import Stage, StepGradients
 
-__all__ = ["SINGLE_PROCESS", "DataParallel", "is_main_process"]
+__all__ = ["SINGLE_PROCESS", "AllReduce", "DataParallel", "is_main_process"]
 
 
 def is_main_process() -> bool:
@@ -45,6 +46,31 @@ class DataParallel:
     def is_main(self) -> bool:
         """Rank 0 evaluates, logs and writes files; the others only train."""
         return self.rank == 0
+
+    @classmethod
+    def detect(cls, model: nn.Module | None = None) -> DataParallel:
+        """The data parallelism a `Surgery` without `data_parallel=` must use.
+
+        An initialized process group of several ranks is joined as it is. Several processes
+        without one (torchrun, no `init_process_group`) or a DDP-wrapped model are refused:
+        both would let the ranks' weights drift apart without a word.
+        """
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            raise ConfigError(
+                "the model is wrapped in DistributedDataParallel, which sums the loss groups' "
+                "gradients before gradsurg sees them; pass the unwrapped module (gradsurg "
+                "all-reduces the per-group gradients itself)")
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            return cls(dist.get_rank(), dist.get_world_size(),
+                       int(os.environ.get("LOCAL_RANK", dist.get_rank())))
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        if world_size > 1:
+            raise ConfigError(
+                f"WORLD_SIZE={world_size} but no process group is initialized, so the ranks "
+                "would train apart; call torch.distributed.init_process_group() before "
+                "creating Surgery (or pass data_parallel=DataParallel.from_environment()), or "
+                "data_parallel=SINGLE_PROCESS for deliberately independent runs")
+        return SINGLE_PROCESS
 
     @classmethod
     def from_environment(cls, backend: str | None = None) -> DataParallel:
@@ -110,3 +136,40 @@ class DataParallel:
 
 
 SINGLE_PROCESS = DataParallel()
+
+
+class AllReduce(Stage):
+    """Pipeline stage: sums the step over ranks before anything else looks at it.
+
+    The matrix goes in place in one call; the plain gradients, the share-weighted losses and
+    the non-finite flags travel together in one flat buffer, so every rank combines the global
+    batch's matrix and all ranks skip a bad step together.
+    """
+
+    def __init__(self, data_parallel: DataParallel) -> None:
+        self.data_parallel = data_parallel
+
+    def run(self, step: StepGradients) -> None:
+        if step.matrix is not None:
+            self.data_parallel.all_reduce_(step.matrix)
+        grads = [p.grad for p in step.plain_parameters() if p.grad is not None]
+        names = list(step.losses)
+        dtype = grads[0].dtype if grads else torch.float32
+        device = grads[0].device if grads else step.layout.device
+        extras = [step.losses[name].reshape(1) for name in names]
+        extras += [step.bad_losses[name].reshape(1) for name in names
+                   if name in step.bad_losses]
+        flat = torch.cat([g.reshape(-1) for g in grads]
+                         + [x.to(device=device, dtype=dtype) for x in extras])
+        self.data_parallel.all_reduce_(flat)
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            offset += g.numel()
+        for name in names:
+            step.losses[name] = flat[offset].float()
+            offset += 1
+        for name in names:
+            if name in step.bad_losses:
+                step.bad_losses[name] = flat[offset] > 0
+                offset += 1

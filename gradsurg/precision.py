@@ -11,7 +11,7 @@ be finite, so `LossScale` feeds that verdict back to the scaler.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from typing import Any, Literal
 
@@ -19,11 +19,12 @@ import torch
 from torch import Tensor
 
 from gradsurg.errors import ConfigError
+from gradsurg.pipeline import Stage, StepGradients
 
 Precision = Literal["fp32", "bf16", "fp16"]
 PRECISIONS = ("fp32", "bf16", "fp16")
 
-__all__ = ["PRECISIONS", "LossScale", "Precision", "autocast_factory"]
+__all__ = ["PRECISIONS", "LossScale", "Precision", "Unscale", "autocast_factory"]
 
 
 def autocast_factory(precision: Precision, device: torch.device
@@ -75,3 +76,32 @@ class LossScale:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.scaler.load_state_dict(state["scaler"])
         self.good_steps = int(state["good_steps"])
+
+
+class Unscale(Stage):
+    """Pipeline stage: divides the loss scale out of the matrix and the plain gradients before
+    they are combined, and afterwards tells the scale whether the step was skipped.
+
+    State: `loss_scale` (the scaler's state and its count of good steps).
+    """
+
+    def __init__(self, loss_scale: LossScale) -> None:
+        self.loss_scale = loss_scale
+
+    def run(self, step: StepGradients) -> None:
+        inverse = 1.0 / self.loss_scale.value
+        if step.matrix is not None:
+            step.matrix.mul_(inverse)
+        grads = [p.grad for p in step.plain_parameters() if p.grad is not None]
+        if grads:
+            torch._foreach_mul_(grads, inverse)
+
+    def finish(self, step: StepGradients) -> None:
+        self.loss_scale.update(skipped=step.skipped)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"loss_scale": self.loss_scale.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if "loss_scale" in state:
+            self.loss_scale.load_state_dict(dict(state["loss_scale"]))

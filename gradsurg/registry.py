@@ -19,6 +19,7 @@ from importlib.metadata import EntryPoint, entry_points
 from typing import Generic, NoReturn, TypeVar
 
 from gradsurg.errors import ConfigError
+from gradsurg.extras import missing_extra
 
 T = TypeVar("T")
 
@@ -121,14 +122,21 @@ class Registry(Generic[T]):
         source = self._sources[name]
         try:
             obj = entry_point.load()
+        except ImportError as error:
+            hint = missing_extra(error)
+            if hint is None:
+                raise self._load_error(name, source, error) from None
+            raise ConfigError(f"{self.kind} {name!r}: {hint}") from None
         except Exception as error:  # any import-time failure of a third-party package
-            detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
-            raise ConfigError(
-                f"entry point {name!r} in group {self.group!r} (package {source}) failed to "
-                f"load: {type(error).__name__}" + (f": {detail}" if detail else "")
-            ) from None
+            raise self._load_error(name, source, error) from None
         del self._pending[name]
         self.add(name, obj, source=source)  # same object if its import registered it itself
+
+    def _load_error(self, name: str, source: str, error: Exception) -> ConfigError:
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        return ConfigError(
+            f"entry point {name!r} in group {self.group!r} (package {source}) failed to "
+            f"load: {type(error).__name__}" + (f": {detail}" if detail else ""))
 
     def _clash(self, name: str, first: str, second: str) -> NoReturn:
         raise ConfigError(

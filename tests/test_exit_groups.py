@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from test_multiexit_glue import make_config
 from typer.testing import CliRunner
 
 from gradsurg.cli import app
@@ -15,8 +16,6 @@ from gradsurg.errors import ConfigError
 from gradsurg.multiexit.exit_losses import build_loss_term, per_exit_groups
 from gradsurg.recipes.glue_config import MultiExitGlueConfig
 from gradsurg.recipes.multiexit_glue import run
-
-from test_multiexit_glue import make_config
 
 GAMMA, T = 0.9, 3.0
 
@@ -66,7 +65,7 @@ def test_rows_equal_each_exits_manual_backward(num_labels):
     groups = build_groups("sd", 4)
     assert list(groups) == ["exit1", "exit2", "exit3", "exit4"]
     out = forward(x)
-    for i, (name, term) in enumerate(groups.items()):
+    for i, term in enumerate(groups.values()):
         row = torch.autograd.grad(term(out, labels), params, retain_graph=True,
                                   allow_unused=True)
         if i < 3:
@@ -161,8 +160,8 @@ def test_project_between_exits_is_checked_against_the_models_depth(
         tiny_bert_dir, shared_glue_dir, tmp_path):
     config = make_config(tiny_bert_dir, shared_glue_dir, mode="romebert", exit_groups="sd",
                          combiner={"name": "project", "target": "exit9", "reference": "exit1"})
-    with pytest.raises(ConfigError, match="loss group 'exit9' does not exist.*exit1, exit2, "
-                       "exit3"):
+    with pytest.raises(ConfigError, match=r"loss group 'exit9' does not exist.*exit1, exit2, "
+                       r"exit3"):
         run(config, tmp_path)
     assert not (tmp_path / "train_log.jsonl").exists()
 

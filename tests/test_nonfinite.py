@@ -77,13 +77,14 @@ def test_too_many_in_a_row_stops_with_a_message_naming_the_group() -> None:
     x, y = batch()
     before = snapshot(model)
     for attempt in range(3):
-        surgery.backward(poisoned(group_losses(model, x, y), "a", float("nan")))
+        losses = poisoned(group_losses(model, x, y), "a", float("nan"))
         if attempt < 2:
-            optimizer.step()
-        else:
+            surgery.backward(losses)
+        else:  # the step's backward combines, so that is where the run stops
             with pytest.raises(NonFiniteError, match=r"3 optimizer steps in a row skipped "
                                r"\(last: step 3, loss group\(s\) a not finite\)"):
-                optimizer.step()
+                surgery.backward(losses)
+        optimizer.step()
         optimizer.zero_grad()
     assert_same(before, model)
     assert surgery.skipped_steps == 3
@@ -92,7 +93,7 @@ def test_too_many_in_a_row_stops_with_a_message_naming_the_group() -> None:
 def test_a_nan_in_one_micro_batch_spoils_the_step() -> None:
     model = TwoHeads()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    surgery = Surgery(model, optimizer, "pcgrad")
+    surgery = Surgery(model, optimizer, "pcgrad", accumulation_steps=2)
     x, y = batch()
     before = snapshot(model)
     surgery.backward(group_losses(model, x[:4], y[:4]))
@@ -107,9 +108,8 @@ def test_raise_mode_and_ignore_mode() -> None:
     model = TwoHeads()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     surgery = Surgery(model, optimizer, "sum", nonfinite="raise")
-    surgery.backward(poisoned(group_losses(model, x, y), "b", float("inf")))
     with pytest.raises(NonFiniteError, match="optimizer step 1: loss group"):
-        optimizer.step()
+        surgery.backward(poisoned(group_losses(model, x, y), "b", float("inf")))
 
     model = TwoHeads()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)

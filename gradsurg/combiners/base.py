@@ -30,8 +30,20 @@ class Combiner:
     uses_gramian: ClassVar[bool] = False
 
     def __call__(
-        self, matrix: Tensor, names: Sequence[str], *, gram: Tensor | None = None
+        self, matrix: Tensor, names: Sequence[str] | None = None, *, gram: Tensor | None = None
     ) -> Combined:
+        """Combine the rows of a `[k, n]` matrix (one per loss group) into one `[n]` gradient.
+
+        `names` label the rows; a combiner whose options name groups (`project`, `merge`)
+        needs them, the others default to "0", "1", ... `gram`: `matrix @ matrix.T` in
+        float64 if already computed.
+        """
+        if names is None:
+            if self.group_names():
+                raise ConfigError(f"combiner {self.name!r} names loss groups "
+                                  f"{self.group_names()}: pass the rows' names, e.g. "
+                                  f"combiner(matrix, {self.group_names()!r})")
+            names = [str(i) for i in range(matrix.shape[0] if matrix.dim() else 0)]
         if matrix.dim() != 2 or matrix.shape[0] != len(names):
             raise ValueError(f"expected a [{len(names)}, n] matrix, got {tuple(matrix.shape)}")
         if self.uses_gramian and gram is None:

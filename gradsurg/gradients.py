@@ -1,0 +1,224 @@
+"""The gradient collector: which parameters get surgery, and one step's per-group rows.
+
+Micro-batches add up: every `add` backward-passes each group's loss into its row of a `[k, n]`
+matrix over the selected parameters (or, for a fixed-weight combiner, one backward pass of the
+summed loss), parameters outside the selection get the plain sum in `.grad`, and the losses'
+values and non-finite flags are summed alongside. `take` hands the step over to the pipeline.
+
+Default selection: every trainable parameter that gets a non-zero gradient from more than one
+group on the first micro-batch (all ranks together). Reading the gradients, not the graph,
+keeps the choice independent of how a model packs its outputs: `torch.stack(exit_logits)`
+links every exit head to every loss in the graph, while each head's gradient is non-zero for
+its own groups only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from gradsurg.distributed import DataParallel
+from gradsurg.errors import ConfigError, GradsurgError
+from gradsurg.jacobian import GradientMatrix, Mode, resolve_mode
+from gradsurg.params import (
+    FlatLayout,
+    NamedParameters,
+    match_patterns,
+    reached_parameters,
+    trainable_parameters,
+)
+from gradsurg.pipeline import StepGradients
+
+
+class GradientCollector:
+    """Selects parameters once, then collects each step's rows, plain gradients and losses."""
+
+    def __init__(self, model: nn.Module, *, include: Sequence[str] | None,
+                 exclude: Sequence[str] | None, mode: Mode, reuse_buffer: bool,
+                 data_parallel: DataParallel, check_finite: bool) -> None:
+        self.trainable: NamedParameters = trainable_parameters(model)
+        if not self.trainable:
+            raise ConfigError("the model has no trainable parameters")
+        self.include = list(include) if include is not None else None
+        self.exclude = list(exclude or [])
+        self.mode: Mode = mode
+        self.reuse_buffer = reuse_buffer
+        self.data_parallel = data_parallel
+        self.check_finite = check_finite
+        self.layout: FlatLayout | None = None
+        self.outside: list[nn.Parameter] = []
+        self.micro_batches = 0
+        self._names: tuple[str, ...] | None = None
+        self._matrix: GradientMatrix | None = None
+        self._shortcut_weight: float | None = None
+        self._buffer: Tensor | None = None
+        self._losses: dict[str, Tensor] = {}
+        self._bad: dict[str, Tensor] = {}
+        self._reached: list[set[int]] = []
+
+    @property
+    def pending(self) -> bool:
+        """True while micro-batches were collected that no `take` has handed on."""
+        return self.micro_batches > 0
+
+    def add(self, losses: Mapping[str, Tensor], *, weight: float | None,
+            scale: object = None, shortcut_weight: float | None = None,
+            needs_shared: bool = False) -> None:
+        """Collect one micro-batch.
+
+        `weight`: this rank's share of the global batch (data parallel), multiplied into the
+        losses. `scale`: a loss scale whose `scale(loss)` is applied before backward.
+        `shortcut_weight`: the combiner's one weight when the matrix can be skipped this step
+        (decided per step, at its first micro-batch). `needs_shared`: the combiner acts on
+        shared parameters, so selecting none of them is an error.
+        """
+        names = tuple(losses)
+        if not names:
+            raise GradsurgError("surgery.backward() needs at least one loss group")
+        if self._names is not None and names != self._names:
+            raise GradsurgError(
+                f"loss groups changed within one optimizer step: {list(self._names)} "
+                f"then {list(names)}")
+        values = [_scalar(name, loss) for name, loss in losses.items()]
+        if weight is not None:
+            values = [value * weight for value in values]
+        for name, value in zip(names, values):
+            detached = value.detach().float()
+            previous = self._losses.get(name)
+            self._losses[name] = detached if previous is None else previous + detached
+        if scale is not None:
+            values = [scale.scale(value) for value in values]  # type: ignore[attr-defined]
+        if self.check_finite:
+            for name, value in zip(names, values):  # flags stay on device: no sync here
+                bad = ~torch.isfinite(value.detach())
+                previous = self._bad.get(name)
+                self._bad[name] = bad if previous is None else previous | bad
+        first_of_step = self.micro_batches == 0
+        self._names = names
+        self.micro_batches += 1
+        if self.layout is None:
+            self._check_reach(names, values)
+            if self.include is None:
+                self._select_by_gradients(names, values, needs_shared=needs_shared)
+            else:
+                self._select_by_patterns()
+        if first_of_step:
+            self._shortcut_weight = shortcut_weight
+        if self._shortcut_weight is not None:
+            # g = w * sum_i g_i on the selected parameters and the plain sum elsewhere: one
+            # backward pass of the summed loss; the pipeline scales the selected gradients.
+            live = [loss for loss in values if loss.requires_grad]
+            if live:
+                torch.autograd.backward(sum(live), inputs=[p for _, p in self.trainable])
+            return
+        self._accumulate(names, values, first_of_step=first_of_step)
+
+    def take(self) -> StepGradients:
+        """The collected step, ready for the pipeline; the collector starts a new step."""
+        assert self.layout is not None and self._names is not None
+        matrix = self._matrix.values if self._matrix is not None else None
+        step = StepGradients(
+            names=self._names, layout=self.layout, matrix=matrix,
+            trainable=[p for _, p in self.trainable], outside=self.outside,
+            losses=self._losses, bad_losses=self._bad,
+            shortcut_weight=self._shortcut_weight if matrix is None else 1.0)
+        self.discard()
+        return step
+
+    def discard(self) -> None:
+        """Forget what was collected since the last `take` (the gradients stay where they are)."""
+        self._matrix = None
+        self._names = None
+        self._shortcut_weight = None
+        self._losses = {}
+        self._bad = {}
+        self.micro_batches = 0
+
+    # ---- internals --------------------------------------------------------------------------
+
+    def _accumulate(self, names: tuple[str, ...], values: list[Tensor], *,
+                    first_of_step: bool) -> None:
+        assert self.layout is not None
+        if first_of_step:
+            self._release_stale_grads(self.layout)
+            self._matrix = GradientMatrix(names, self.layout, buffer=self._buffer)
+            self._buffer = self._matrix.values if self.reuse_buffer else None
+        assert self._matrix is not None
+        self._matrix.accumulate(values, self.outside,
+                                mode=resolve_mode(self.mode, self.layout.device))
+
+    def _check_reach(self, names: tuple[str, ...], values: list[Tensor]) -> None:
+        params = [p for _, p in self.trainable]
+        self._reached = [reached_parameters(value, params) for value in values]
+        for name, ids in zip(names, self._reached):
+            if not ids:
+                raise GradsurgError(
+                    f"loss group {name!r} reaches no trainable parameter (no gradient path "
+                    "from its loss to the model); compute it from the model's outputs")
+
+    def _select_by_patterns(self) -> None:
+        selected = match_patterns(self.trainable, include=self.include, exclude=self.exclude)
+        if not selected:
+            raise ConfigError(f"include {self.include} with exclude {self.exclude} selects no "
+                              "trainable parameter, so the combiner would do nothing; widen "
+                              "include or narrow exclude")
+        self._use_layout(selected)
+
+    def _select_by_gradients(self, names: tuple[str, ...], values: list[Tensor], *,
+                             needs_shared: bool) -> None:
+        """First micro-batch without `include`: the parameters with a non-zero gradient from
+        more than one group (on any rank). Costs one extra backward pass per group, once;
+        only parameters the graph links to several groups are looked at."""
+        counts: dict[int, int] = {}
+        for ids in self._reached:
+            for pid in ids:
+                counts[pid] = counts.get(pid, 0) + 1
+        candidates = [(n, p) for n, p in match_patterns(self.trainable, exclude=self.exclude)
+                      if counts.get(id(p), 0) > 1]
+        nonzero = torch.zeros(len(names), len(candidates))
+        params = [p for _, p in candidates]
+        for row, value in enumerate(values):
+            if not params or not value.requires_grad:
+                continue
+            grads = torch.autograd.grad(value, params, retain_graph=True, allow_unused=True)
+            nonzero[row] = torch.tensor([g is not None and bool(g.ne(0).any()) for g in grads],
+                                        dtype=nonzero.dtype)
+        if self.data_parallel.enabled:
+            device = params[0].device if params else torch.device("cpu")
+            nonzero = self.data_parallel.all_reduce_(nonzero.to(device)).cpu()
+        shared = ((nonzero > 0).sum(dim=0) > 1).tolist()
+        selected = [item for item, flag in zip(candidates, shared) if flag]
+        if not selected and needs_shared and len(names) > 1:
+            raise ConfigError(
+                f"no trainable parameter gets a gradient from more than one of the loss groups "
+                f"{list(names)}, so the combiner would do nothing; choose the parameters with "
+                "include=[...]")
+        self._use_layout(selected)
+
+    def _use_layout(self, selected: NamedParameters) -> None:
+        self.layout = FlatLayout.of(selected)
+        chosen = {id(p) for _, p in selected}
+        self.outside = [p for _, p in self.trainable if id(p) not in chosen]
+
+    def _release_stale_grads(self, layout: FlatLayout) -> None:
+        """Before a step's first matrix backward the selected `.grad`s must be None or zero.
+
+        Anything else (the last step's gradient when `zero_grad` was forgotten, or a plain
+        backward's) would be silently dropped, so it is refused instead.
+        """
+        for name, p in zip(layout.names, layout.params):
+            if p.grad is None:
+                continue
+            if bool(p.grad.any()):
+                raise GradsurgError(
+                    f"parameter {name!r} already has a non-zero gradient; call "
+                    "optimizer.zero_grad() before surgery.backward()")
+            p.grad = None
+
+
+def _scalar(name: str, loss: Tensor) -> Tensor:
+    if not isinstance(loss, Tensor) or loss.numel() != 1:
+        raise GradsurgError(f"loss group {name!r} must be a scalar tensor")
+    return loss.reshape(())

@@ -1,0 +1,39 @@
+"""Accelerate: `backward(accelerator, surgery, losses)` in place of `accelerator.backward`.
+
+    with accelerator.accumulate(model):
+        losses = {"final": ..., "sd": ...}
+        gradsurg.integrations.accelerate.backward(accelerator, surgery, losses)
+        accelerator.clip_grad_norm_(model.parameters(), 1.0)   # sees the combined gradient
+        optimizer.step(); optimizer.zero_grad()
+
+Like `accelerator.backward`, the losses are divided by the accumulation steps and, under fp16,
+scaled by Accelerate's GradScaler (build the Surgery with `nonfinite="scaler"` then, so an
+overflow reaches the scaler). The step's last micro-batch is the one Accelerate syncs on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from torch import Tensor
+
+from gradsurg.errors import ConfigError
+from gradsurg.integrations.groups import as_loss_groups
+from gradsurg.surgery import Surgery
+
+
+def backward(accelerator: Any, surgery: Surgery, losses: Mapping[str, Tensor]) -> None:
+    """Backward the loss groups of one micro-batch as `accelerator.backward` would."""
+    groups = as_loss_groups(losses, where="the losses given to backward")
+    factor = 1.0 / accelerator.gradient_accumulation_steps
+    scaler = getattr(accelerator, "scaler", None)
+    if scaler is not None:
+        if surgery.nonfinite.rule != "scaler":
+            raise ConfigError("Accelerate scales fp16 losses with a GradScaler: build the "
+                              "Surgery with nonfinite='scaler' so an overflowing step reaches "
+                              "the scaler instead of being dropped")
+        groups = {name: scaler.scale(loss * factor) for name, loss in groups.items()}
+    else:
+        groups = {name: loss * factor for name, loss in groups.items()}
+    surgery.backward(groups, last_micro_batch=bool(accelerator.sync_gradients))

@@ -1,0 +1,88 @@
+"""PyTorch Lightning with gradient surgery: `SurgeryModule`, automatic optimization.
+
+    class Net(SurgeryModule):
+        def configure_surgery(self):
+            return {"combiner": "pcgrad", "include": ["trunk.*"]}
+        def training_step(self, batch, batch_idx):
+            return self.loss_groups({"a": loss_a, "b": loss_b})
+
+`loss_groups` hands Lightning the groups' sum (for its logs and checks) and keeps the groups;
+Lightning's `backward` hook then runs `Surgery.backward` on them, divided by
+`accumulate_grad_batches` and scaled by the precision plugin's GradScaler as Lightning would
+have treated the loss. The micro-batch Lightning steps on combines, so `gradient_clip_val`
+(which Lightning applies after the backward) and the optimizer see the final gradient.
+Surgery's state goes into Lightning checkpoints under `"gradsurg"`.
+
+Manual optimization needs no mixin: call `surgery.backward(groups)`, then
+`self.clip_gradients(...)`, `opt.step()`, `opt.zero_grad()` as with any loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from torch import Tensor
+
+from gradsurg.extras import import_optional
+from gradsurg.integrations.groups import as_loss_groups, total
+from gradsurg.surgery import Surgery
+
+pl = import_optional("lightning.pytorch")
+
+#: The key of Surgery's state in a Lightning checkpoint.
+CHECKPOINT_KEY = "gradsurg"
+
+
+class SurgeryModule(pl.LightningModule):
+    """A LightningModule whose loss groups are combined by a `Surgery` before each step."""
+
+    surgery: Surgery | None = None
+
+    def configure_surgery(self) -> Mapping[str, Any]:
+        """Keyword arguments of `Surgery` (combiner, include, ...); accumulation comes from
+        the Trainer. Override it; the default sums the groups."""
+        return {"combiner": "sum"}
+
+    def loss_groups(self, groups: Mapping[str, Tensor]) -> Tensor:
+        """Keep `{group: loss}` for the backward hook; return their sum for Lightning."""
+        self._groups = as_loss_groups(groups, where="training_step")
+        return total(self._groups)
+
+    def on_train_start(self) -> None:
+        if self.automatic_optimization:
+            self._build_surgery()
+
+    def backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
+        groups = getattr(self, "_groups", None)
+        if not self.automatic_optimization or groups is None:
+            super().backward(loss, *args, **kwargs)
+            return
+        self._groups = None
+        trainer = self.trainer
+        factor = 1.0 / trainer.accumulate_grad_batches
+        scaler = getattr(trainer.precision_plugin, "scaler", None)
+        groups = {name: value * factor for name, value in groups.items()}
+        if scaler is not None:
+            groups = {name: scaler.scale(value) for name, value in groups.items()}
+        assert self.surgery is not None, "on_train_start builds the Surgery"
+        last = not trainer.fit_loop.epoch_loop._should_accumulate()
+        self.surgery.backward(groups, last_micro_batch=last)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.surgery is not None:
+            checkpoint[CHECKPOINT_KEY] = self.surgery.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._surgery_state = checkpoint.get(CHECKPOINT_KEY)
+
+    def _build_surgery(self) -> None:
+        options = dict(self.configure_surgery())
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        optimizer = self.trainer.optimizers[0] if self.trainer.optimizers else None
+        self.surgery = Surgery(self, optimizer, nonfinite="scaler" if scaler else "skip",
+                               **options)
+        state = getattr(self, "_surgery_state", None)
+        if state is not None:
+            self.surgery.load_state_dict(state)
+            self._surgery_state = None

@@ -1,0 +1,92 @@
+"""The non-finite rule: what a NaN/inf loss or gradient does to an optimizer step.
+
+Like optax's `apply_if_finite`, it wraps nothing and decides after the gradients are final:
+- `skip` (default): every `.grad` is set to None, which torch's optimizers skip (weight decay
+  and moments included), so the step changes nothing; `max_in_a_row` skips in a row stop the
+  run (a diverged run should stop, not idle).
+- `raise`: stop at the first one.
+- `scaler`: for a `torch.amp.GradScaler` the user drives: the step's `.grad` is made NaN so
+  `scaler.step` skips it and backs its scale off (with `skip`, the scaler would find no
+  gradient to check and fail).
+- `ignore`: no check (saves one pass over the gradients).
+Diagnostics: `nonfinite/skipped` (1 on a skipped step).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from gradsurg.errors import ConfigError, NonFiniteError
+from gradsurg.pipeline import Stage, StepGradients
+
+NonFinite = Literal["skip", "raise", "scaler", "ignore"]
+NONFINITE_RULES = ("skip", "raise", "scaler", "ignore")
+
+
+class NonFiniteRule(Stage):
+    """Checks the step's losses and final gradient norm; skips, raises or marks bad steps."""
+
+    def __init__(self, rule: NonFinite = "skip", *, max_in_a_row: int = 10,
+                 extra_parameters: Sequence[nn.Parameter] = ()) -> None:
+        if rule not in NONFINITE_RULES:
+            raise ConfigError(f"nonfinite={rule!r} is unknown; allowed: "
+                              f"{', '.join(NONFINITE_RULES)}")
+        if max_in_a_row < 1:
+            raise ConfigError(f"max_nonfinite_steps must be >= 1, got {max_in_a_row}")
+        self.rule = rule
+        self.max_in_a_row = max_in_a_row
+        #: Parameters an optimizer holds beyond the model's (cleared on a skip too).
+        self.extra_parameters = list(extra_parameters)
+        self.skipped_steps = 0
+        self.in_a_row = 0
+
+    def run(self, step: StepGradients) -> None:
+        if self.rule == "ignore":
+            return
+        norm = step.total_norm
+        if norm is None:
+            norm = total_norm([p for p in step.trainable if p.grad is not None])
+        bad = [name for name, flag in step.bad_losses.items() if bool(flag)]
+        step.skipped = bool(bad) or not bool(torch.isfinite(norm))
+        if not step.skipped:
+            self.in_a_row = 0
+            return
+        cause = (f"loss group(s) {', '.join(bad)} not finite" if bad
+                 else "gradient not finite")
+        if self.rule == "raise":
+            raise NonFiniteError(f"optimizer step {step.index}: {cause}")
+        self.skipped_steps += 1
+        self.in_a_row += 1
+        step.diagnostics["nonfinite/skipped"] = 1.0
+        if self.rule == "scaler":
+            for p in step.trainable:  # the scaler's inf check must find them
+                if p.grad is not None:
+                    p.grad.fill_(float("nan"))
+            return
+        for p in [*step.trainable, *self.extra_parameters]:
+            p.grad = None  # torch optimizers leave parameters without gradients untouched
+        if self.in_a_row >= self.max_in_a_row:
+            raise NonFiniteError(
+                f"{self.in_a_row} optimizer steps in a row skipped (last: step "
+                f"{step.index}, {cause}); stopping. Lower the learning rate or check the "
+                "data")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"skipped_steps": self.skipped_steps, "nonfinite_in_a_row": self.in_a_row}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.skipped_steps = int(state.get("skipped_steps", 0))
+        self.in_a_row = int(state.get("nonfinite_in_a_row", 0))
+
+
+def total_norm(params: Sequence[nn.Parameter]) -> Tensor:
+    """2-norm of all gradients together (inf or NaN if any entry is)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    norms = torch._foreach_norm(grads)
+    return torch.linalg.vector_norm(torch.stack([n.to(norms[0].device) for n in norms]))
