@@ -42,7 +42,8 @@ class CAGrad(GramianWeighting):
     {d : g_i . d >= 0 for all i}, i.e. w >= 1/k minimizing w^T G w (info `cagrad/fallback`
     = 1). Numerically, g_w counts as 0 when ||g_w|| <= 8 sqrt(eps) sum_i w_i ||g_i||, eps that
     of the input's dtype: below that a norm taken through the Gramian is rounding noise
-    (in float32, 3e-4 of the rows combined); the fallback point is then also kept in the ball.
+    (in float32, 3e-4 of the rows combined), or when it is below 1e-9 of the longest row, the
+    solver's own resolution (`ZERO_NORM`); the fallback point is then also kept in the ball.
     """
 
     name = "cagrad"
@@ -60,6 +61,13 @@ class CAGrad(GramianWeighting):
 
     def weights(self, gram: Tensor, names: list[str]) -> tuple[Tensor, dict[str, float]]:
         return cagrad_weights(gram, c=self.c, precision=gramian_precision(torch.float64))
+
+
+#: Below this norm (relative to the longest row) g_w is 0 for the solver: the bracket search
+#: stops at 1e-12 and the min-norm QP leaves a residual of about that size, so a smaller g_w's
+#: direction, which sets d, would be rounding noise (seen: d off by 7% of ||g0|| outside the
+#: ball, rows 1e-6 and 1e-2 pointing opposite ways).
+ZERO_NORM = 1e-9
 
 
 def gramian_precision(dtype: torch.dtype) -> float:
@@ -115,7 +123,7 @@ def cagrad_weights(gram: Tensor, *, c: float, precision: float) -> tuple[Tensor,
     root = hi if lo is None else _increasing_root(excess, lo, hi)
     w, norm = solve(root)
     info["cagrad/solves"] = float(evaluations)
-    if norm <= precision * float(w @ norms):  # g_w is 0 within the Gramian's precision
+    if norm <= max(precision * float(w @ norms), ZERO_NORM):  # g_w is 0 within precision
         info["cagrad/fallback"] = 1.0
         return (k * _fallback(unit, mean, c * mean_norm)).to(gram.device), info
     coefficient = c * mean_norm / norm  # sqrt(phi) / ||g_w||
