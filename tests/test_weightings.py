@@ -515,3 +515,32 @@ def test_recipe_accepts_a_weighting_with_params():
     recipe = Path(__file__).resolve().parents[1] / "recipes" / "romebert_glue.yaml"
     _, config = load_recipe(recipe, ["weighting={name: famo, lr: 0.01}"])
     assert config.weighting == {"name": "famo", "lr": 0.01}
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_every_weighting_trains_the_digits_recipe(name, tmp_path):
+    """The plugin's recipe (project combiner on the hidden layers) with each weighting."""
+    from gradsurg_digits.program import DigitsConfig, train
+
+    from gradsurg.config import load_recipe
+
+    _, config = load_recipe("digits_project", [f"weighting={name}", "epochs=4"])
+    assert isinstance(config, DigitsConfig)
+    results = train(config, tmp_path)
+    accuracies = results["exit_accuracy"]
+    assert all(math.isfinite(a) for a in accuracies)
+    assert accuracies[-1] > 0.6, accuracies  # chance is 0.1
+    final = results["weighting"]
+    assert final["name"] == name
+    assert all(math.isfinite(final[f"weight/{g}"]) and final[f"weight/{g}"] > 0 for g in GROUPS)
+    lines = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert len(lines) == 4 and {"loss/final", "weighting/weight/sd"} <= set(lines[0])
+    saved = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert not any(key.startswith("loss_weighting") for key in saved)
+
+
+def test_digits_recipe_refuses_a_bad_weighting():
+    from gradsurg.config import load_recipe
+
+    with pytest.raises(ConfigError, match=r"key 'weighting'.*temperature=-1 is invalid"):
+        load_recipe("digits_project", ["weighting={name: dwa, temperature: -1}"])
