@@ -544,3 +544,24 @@ def test_digits_recipe_refuses_a_bad_weighting():
 
     with pytest.raises(ConfigError, match=r"key 'weighting'.*temperature=-1 is invalid"):
         load_recipe("digits_project", ["weighting={name: dwa, temperature: -1}"])
+
+
+def test_famo_run_killed_twice_resumes_bit_for_bit(tiny_bert_dir, shared_glue_dir, tmp_path):
+    """FAMO's logits and Adam moments (buffers of the attached weighting) and the dropout
+    stream of its extra forward pass go through the checkpoints: SIGKILL in epoch 1 and in
+    epoch 2, resume, and end with the uninterrupted run's weights, results and log."""
+    from test_resume import SIGKILLED, assert_same_run, gradsurg, write_recipe
+
+    recipe = write_recipe(tmp_path, tiny_bert_dir, shared_glue_dir, mode="romebert",
+                          weighting={"name": "famo", "lr": 0.1})
+    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
+    assert gradsurg("none", 0, "run", str(recipe), "--output", str(reference)) == 0
+    # two loss evaluations per step (before and after it): call 9 is step 5's, resumes at 3;
+    # then step 8's (calls counted from step 4 on), resumes at 6
+    run = ["run", str(recipe), "--output", str(resumed)]
+    assert gradsurg("step", 9, *run) == SIGKILLED
+    assert gradsurg("step", 9, *run, "--resume") == SIGKILLED
+    assert gradsurg("none", 0, *run, "--resume") == 0
+    assert_same_run(resumed, reference)
+    results = json.loads((reference / "results.json").read_text())
+    assert results["weighting"]["z/final"] != pytest.approx(0.5)  # the logits did move
