@@ -565,3 +565,31 @@ def test_famo_run_killed_twice_resumes_bit_for_bit(tiny_bert_dir, shared_glue_di
     assert_same_run(resumed, reference)
     results = json.loads((reference / "results.json").read_text())
     assert results["weighting"]["z/final"] != pytest.approx(0.5)  # the logits did move
+
+
+def test_famo_ignores_a_non_finite_loss_change():
+    weighting = build_weighting("famo", GROUPS)
+    weighting.step_end(torch.tensor([1.0, 2.0]), torch.tensor([math.nan, 1.0]))
+    assert int(weighting.updates) == 0
+    assert torch.equal(weighting.logits, torch.zeros(2, dtype=torch.float64))
+
+
+def test_global_losses_weigh_each_rank_by_its_share():
+    """Two ranks: each rank's mean times its share, summed by the all-reduce."""
+    from dataclasses import dataclass
+
+    from gradsurg.distributed import DataParallel
+    from gradsurg.weightings.loop import global_losses
+
+    @dataclass(frozen=True)
+    class OtherRankHolds(DataParallel):
+        """The all-reduce adds the other rank's share-weighted losses [0.25 * (2, 4)]."""
+
+        def all_reduce_(self, tensor):
+            return tensor.add_(torch.tensor([0.5, 1.0], dtype=tensor.dtype))
+
+    weighting = build_weighting("dwa", GROUPS)
+    local = {"sd": torch.tensor(8.0), "final": torch.tensor(1.0)}
+    values = global_losses(local, weighting, share=0.75, parallel=OtherRankHolds(0, 2))
+    torch.testing.assert_close(values, torch.tensor([0.75 + 0.5, 6.0 + 1.0],
+                                                    dtype=torch.float64))

@@ -33,7 +33,8 @@ class FAMO(LossWeighting):
     code, lr 0.025, weight decay 1e-3) or the identity (`optimizer: sgd`: Algorithm 1 with
     beta = lr, gamma = weight_decay). A group whose loss fell less gets more weight. O(1) in
     the number of parameters: one extra forward pass without gradients per step, no per-group
-    gradients. State (buffers): xi and Adam's moments and step count.
+    gradients. A non-finite loss change leaves xi as it is. State (buffers): xi and Adam's
+    moments and step count.
     """
 
     name = "famo"
@@ -71,6 +72,8 @@ class FAMO(LossWeighting):
         before = losses.to(self.logits)
         after = after.to(self.logits)
         delta = torch.log(before + self.eps) - torch.log(after + self.eps)
+        if not bool(torch.isfinite(delta).all()):
+            return  # a diverged re-evaluation must not poison the logits for good
         z = self.task_weights()
         grad = z * (delta - (z * delta).sum())  # J_z^T delta; J = diag(z) - z z^T
         grad = grad + self.weight_decay * self.logits
