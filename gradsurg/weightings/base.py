@@ -79,7 +79,7 @@ class LossWeighting(nn.Module):
         """The multipliers on the raw losses' gradients at the last forward (float64 `[k]`)."""
         if self._last is None:
             return torch.full((self.k,), math.nan, dtype=torch.float64)
-        return self._last
+        return self._last.to(torch.float64).cpu()  # read when logging: no sync per step
 
     def describe(self) -> dict[str, float]:
         """The current weights (and state worth logging) as plain floats."""
@@ -90,7 +90,7 @@ class LossWeighting(nn.Module):
         """`weights * losses` with the weights held constant (a detached loss-dependent
         weighting): the rows the combiner receives are `weights_i * grad L_i`."""
         weights = weights.detach()
-        self._last = weights.to(torch.float64).cpu()
+        self._last = weights
         return weights.to(losses.dtype) * losses
 
 
