@@ -11,7 +11,7 @@ from gradsurg.weightings.base import LossWeighting, check_number
 
 
 class IMTLL(LossWeighting):
-    """Liu et al., "Towards Impartial Multi-task Learning" (ICLR 2021), Sec. 3.2 (IMTL-L):
+    """Liu et al., "Towards Impartial Multi-task Learning" (ICLR 2021), the loss balance IMTL-L:
 
         L = sum_i exp(s_i) L_i - s_i
 
