@@ -19,10 +19,12 @@ from gradsurg.multiexit.exit_losses import LOSS_TERMS
 from gradsurg.multiexit.policies import POLICIES
 from gradsurg.programs import PROGRAMS
 from gradsurg.registry import BUILT_IN, Registry
+from gradsurg.weightings import WEIGHTINGS
 
 REGISTRIES: dict[str, Registry[Any]] = {
     "combiners": COMBINERS,
     "loss_terms": LOSS_TERMS,
+    "loss_weightings": WEIGHTINGS,
     "exit_policies": POLICIES,
     "backbone_adapters": ADAPTERS,
     "programs": PROGRAMS,

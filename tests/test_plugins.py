@@ -31,6 +31,7 @@ BUILT_INS = {
                   "imtlg", "upgrad"},
     "loss_terms": {"final_task", "early_task_sum", "self_distillation", "layer_weighted",
                    "learned_exit_weights"},
+    "loss_weightings": {"uncertainty", "dwa", "famo", "geometric", "imtll", "stch"},
     "exit_policies": {"entropy", "normalized_entropy", "max_prob", "patience",
                       "confidence_window", "fixed"},
     "backbone_adapters": {"bert", "roberta", "mpnet", "albert"},

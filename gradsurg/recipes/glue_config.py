@@ -14,6 +14,7 @@ from gradsurg.errors import ConfigError
 from gradsurg.multiexit.exit_losses import build_loss_term, per_exit_groups
 from gradsurg.multiexit.policies import build_policy, split_policy_spec
 from gradsurg.programs import ProgramConfig
+from gradsurg.weightings import build_weighting
 
 Mode = Literal["romebert", "romebert_sd", "deebert", "deebert_sd", "pabee", "elbert"]
 #: Modes that train in two stages, each on one loss group of its own.
@@ -73,6 +74,10 @@ class MultiExitGlueConfig(ProgramConfig):
     combiner: str | dict[str, Any] | None = Field(
         None, description="default: project (final vs sd) for romebert, sum otherwise"
     )
+    weighting: str | dict[str, Any] | None = Field(
+        None, description="one-stage modes with two or more loss groups: a loss weighting "
+        "(uncertainty, dwa, famo, geometric, imtll, stch; a name or {name, params}) applied "
+        "to the group losses before the combiner")
     include: list[str] | None = Field(["encoder.layers.*"], description="surgery parameters")
     exclude: list[str] | None = Field(None, description="parameters left out of surgery")
     exit_policy: str | dict[str, Any] = Field(
@@ -135,6 +140,24 @@ class MultiExitGlueConfig(ProgramConfig):
             except ConfigError as error:
                 raise ValueError(str(error)) from None
         return value
+
+    @model_validator(mode="after")
+    def _weighting_fits_the_groups(self) -> MultiExitGlueConfig:
+        if self.weighting is None:
+            return self
+        if self.mode in TWO_STAGE_MODES:
+            raise ValueError(f"key 'weighting': mode {self.mode} trains one loss group per "
+                             "stage, so there is nothing to weigh; remove the key")
+        groups = list(self.joint_groups())
+        if len(groups) < 2:
+            raise ValueError(f"key 'weighting': mode {self.mode} trains the single loss group "
+                             f"{groups[0]!r}, so there is nothing to weigh; remove the key or "
+                             "split the loss with 'loss_groups'")
+        try:
+            build_weighting(self.weighting, groups)
+        except ConfigError as error:
+            raise ValueError(str(error)) from None
+        return self
 
     @model_validator(mode="after")
     def _groups_fit_the_mode(self) -> MultiExitGlueConfig:

@@ -59,6 +59,7 @@ from gradsurg.recipes.training import (
 from gradsurg.report.plots import plot_exit_distribution, plot_exit_metrics, plot_tradeoff
 from gradsurg.report.tables import exit_metrics_table, sweep_table
 from gradsurg.surgery import Surgery
+from gradsurg.weightings import LossWeighting, build_weighting
 
 console = Console()
 
@@ -136,6 +137,20 @@ def attach_loss_terms(model: MultiExitModel, stages: list[Stage], config: MultiE
         {stage.name: build_stage_terms(stage, model.num_exits, config) for stage in stages})
     model.loss_terms = terms.to(next(model.parameters()).device)
     return terms
+
+
+def attach_weighting(model: MultiExitModel, stages: list[Stage], config: MultiExitGlueConfig
+                     ) -> LossWeighting | None:
+    """The recipe's loss weighting over the (single) stage's groups, attached to the model as
+    `model.loss_weighting` like the loss terms: learned weights are trained by the same
+    optimizer, and every weighting's state goes into the checkpoints with the weights. `run`
+    removes it before the model is evaluated and saved."""
+    if config.weighting is None:
+        return None
+    (stage,) = stages  # validation allows weightings on one-stage modes only
+    weighting = build_weighting(config.weighting, list(stage.groups))
+    model.loss_weighting = weighting.to(next(model.parameters()).device)
+    return weighting
 
 
 def start_at_label_mean(model: MultiExitModel, labels: Any) -> None:
@@ -245,6 +260,7 @@ def run(config: MultiExitGlueConfig, output_dir: Path, *, resume: bool = False
     stages = plan_stages(config.mode, config.joint_groups(model.num_exits) if one_stage else None)
     check_combiner_groups(config, stages)
     loss_terms = attach_loss_terms(model, stages, config)
+    weighting = attach_weighting(model, stages, config)
     parallel.broadcast_module_(model)
     checkpoints = Checkpoints(output_dir / "checkpoints", keep=config.keep_checkpoints)
     restored = load_latest(checkpoints, model, config, device, parallel) if resume else None
@@ -292,6 +308,8 @@ def run(config: MultiExitGlueConfig, output_dir: Path, *, resume: bool = False
     parallel.barrier()
     parallel.close()
     del model.loss_terms  # training only: not part of the saved model
+    if weighting is not None:
+        del model.loss_weighting
     if not parallel.is_main:  # rank 0 alone evaluates and writes the outputs
         return {}
 
@@ -313,6 +331,9 @@ def run(config: MultiExitGlueConfig, output_dir: Path, *, resume: bool = False
                for key, value in term.describe().items()}
     if learned:
         results["loss_terms"] = learned  # e.g. ELBERT's exit weights after training
+    if weighting is not None:
+        results["weighting"] = {"name": weighting.name, **{
+            key: round(value, 6) for key, value in weighting.describe().items()}}
     if config.save_model:
         model.save_pretrained(output_dir / "model", tokenizer=tokenizer)
         results["model_dir"] = str(output_dir / "model")
@@ -416,6 +437,7 @@ def run_stage(stage: Stage, model: MultiExitModel, batches: Any, steps_per_epoch
             log_every=config.log_every, progress=progress, resume=resume,
             save_checkpoint=save if config.checkpoints else None,
             checkpoint_every=config.checkpoint_every,
+            weighting=getattr(model, "loss_weighting", None),
         )
     finally:
         surgery.remove()

@@ -23,6 +23,8 @@ from rich.progress import (
 from torch import Tensor, nn
 
 from gradsurg.surgery import Surgery
+from gradsurg.weightings import LossWeighting
+from gradsurg.weightings.loop import after_step
 
 LossFn = Callable[[Mapping[str, Tensor]], dict[str, Tensor]]
 
@@ -148,12 +150,15 @@ def train_stage(
     resume: StageProgress | None = None,
     save_checkpoint: SaveCheckpoint | None = None,
     checkpoint_every: int | None = None,
+    weighting: LossWeighting | None = None,
 ) -> StageResult:
     """Run `ceil(steps_per_epoch * epochs)` optimizer steps.
 
     `batches(epoch, skip)` yields an epoch's `(batch, share)` pairs from the `skip`-th on (the
     order depends on the epoch only, so a resumed stage sees exactly the batches it missed). With
-    `save_checkpoint`, it is called every `checkpoint_every` steps and after each epoch.
+    `save_checkpoint`, it is called every `checkpoint_every` steps and after each epoch. A
+    `weighting` weighs the losses before surgery sees them; its step and epoch hooks run
+    before the log line and the checkpoint, so its state is saved with the step.
     """
     total = stage_steps(steps_per_epoch, epochs)
     state = resume or StageProgress()
@@ -166,13 +171,20 @@ def train_stage(
         if state.step >= total:
             break
         for batch, share in batches(epoch, state.step - epoch * steps_per_epoch):
-            surgery.backward(loss_fn(batch), share=share)
+            losses = loss_fn(batch)
+            surgery.backward(losses if weighting is None else weighting(losses), share=share)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             state.step += 1
             step = state.step
             values = {f"loss/{k}": v for k, v in surgery.losses.items()}  # global batch
+            if weighting is not None:  # surgery saw the weighted losses; log raw and weighted
+                values = {f"weighted_{k}": v for k, v in values.items()}
+                values.update(after_step(
+                    weighting, losses, recompute=lambda batch=batch: loss_fn(batch),
+                    skipped=surgery.diagnostics.get("nonfinite/skipped", 0.0) > 0,
+                    share=share, parallel=surgery.data_parallel))
             values.update(surgery.diagnostics)
             values.pop("nonfinite/skipped", None)  # counted in `skipped_steps` instead
             state.interval.add(values)
@@ -186,6 +198,8 @@ def train_stage(
                            "skipped_steps": surgery.skipped_steps, **state.interval.means()})
                 state.interval = Interval()
             epoch_done = step % steps_per_epoch == 0 or step == total
+            if weighting is not None and epoch_done:
+                weighting.epoch_end()
             due = checkpoint_every is not None and step % checkpoint_every == 0
             if save_checkpoint is not None and (epoch_done or due):
                 state.seconds = time.perf_counter() - start

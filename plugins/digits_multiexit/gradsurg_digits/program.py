@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 from sklearn.datasets import load_digits
 from torch import Tensor
 
@@ -18,6 +18,8 @@ from gradsurg.losses import LossGroup
 from gradsurg.multiexit.loss_terms import exit_cross_entropy, self_distillation_loss
 from gradsurg.programs import Program, ProgramConfig
 from gradsurg.surgery import Surgery
+from gradsurg.weightings import build_weighting
+from gradsurg.weightings.loop import after_step
 from gradsurg_digits.model import MultiExitMLP, exit_accuracies
 
 
@@ -37,6 +39,22 @@ class DigitsConfig(ProgramConfig):
     include: list[str] | None = None
     exclude: list[str] | None = None
     max_grad_norm: float | None = Field(None, gt=0)
+    weighting: str | dict[str, Any] | None = Field(
+        None, description="a loss weighting of the groups final and sd (a name or {name, "
+        "params}), applied before the combiner")
+
+    @field_validator("weighting")
+    @classmethod
+    def _buildable_weighting(cls, value: Any) -> Any:
+        if value is not None:
+            try:
+                build_weighting(value, GROUPS, where="weighting")
+            except ConfigError as error:
+                raise ValueError(str(error)) from None
+        return value
+
+
+GROUPS = ("final", "sd")
 
 
 def digits_split(seed: int, test_fraction: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -69,6 +87,9 @@ def train(config: DigitsConfig, output_dir: Path | None = None) -> dict[str, Any
     model = MultiExitMLP(inputs=x_train.shape[1], hidden=config.hidden, layers=config.layers,
                          classes=10)
     parallel = DataParallel.from_environment()  # torchrun: each rank a share of every batch
+    weighting = None
+    if config.weighting is not None:  # attached: its learned weights train with the model
+        weighting = model.loss_weighting = build_weighting(config.weighting, GROUPS)
     parallel.broadcast_module_(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
     try:
@@ -88,11 +109,22 @@ def train(config: DigitsConfig, output_dir: Path | None = None) -> dict[str, Any
             rows, share = parallel.shard(order[start : start + config.batch_size].tolist())
             logits = model(x_train[rows])
             losses = {group.name: group(logits, y_train[rows]) for group in groups}
-            surgery.backward(losses, share=share)
+            surgery.backward(losses if weighting is None else weighting(losses), share=share)
             optimizer.step()
             optimizer.zero_grad()
             fired.append(surgery.diagnostics.get("project/fired", 0.0))
-        log_lines.append({"epoch": epoch + 1, **surgery.losses, **surgery.diagnostics})
+            if weighting is not None:
+                weights = after_step(
+                    weighting, losses, share=share, parallel=parallel,
+                    skipped=surgery.diagnostics.get("nonfinite/skipped", 0.0) > 0,
+                    recompute=lambda rows=rows: {g.name: g(model(x_train[rows]), y_train[rows])
+                                                 for g in groups})
+        if weighting is not None:
+            weighting.epoch_end()
+        log_lines.append({"epoch": epoch + 1, **surgery.losses, **surgery.diagnostics,
+                          **(weights if weighting is not None else {})})
+    if weighting is not None:
+        del model.loss_weighting  # training only: not part of the saved model
     accuracies = exit_accuracies(model, x_test, y_test)
     results = {
         "program": "digits_multiexit",
@@ -102,6 +134,8 @@ def train(config: DigitsConfig, output_dir: Path | None = None) -> dict[str, Any
         "projection_fired_fraction": sum(fired) / len(fired),
         "steps": surgery.steps,
     }
+    if weighting is not None:
+        results["weighting"] = {"name": weighting.name, **weighting.describe()}
     parallel.close()
     if output_dir is not None and parallel.is_main:
         with (output_dir / "train_log.jsonl").open("w") as log:

@@ -1,0 +1,114 @@
+"""The loss-weighting contract: `{group: loss}` in, `{group: weighted loss}` out.
+
+A weighting acts on the groups' *losses*, before any gradient exists, so it needs no per-group
+gradients of its own and composes with every combiner: `surgery.backward(weighting(losses))`
+builds the weighted rows and the combiner combines them (with `sum`, one backward pass of one
+weighted loss). Weightings are `nn.Module`s: learned ones hold parameters that the model's
+optimizer trains, stateful ones keep their state in buffers, so `state_dict()` holds tensors
+only (safe for `torch.load(weights_only=True)`) and a model they are attached to carries them
+into its checkpoints.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from gradsurg.errors import ConfigError
+
+#: Smallest loss value a log or a reciprocal is taken of (keeps a zero loss finite).
+TINY = 1e-20
+
+
+class LossWeighting(nn.Module):
+    """Base class: `forward(losses)` returns the weighted losses, same keys, same order.
+
+    Subclasses implement `weigh` on the `[k]` vector of losses (in `groups` order). Hooks the
+    training loop calls, where a method needs them:
+
+    - `step_end(losses, after)` after every optimizer step that was not skipped, with the
+      step's losses over the global batch as a float64 `[k]` vector, and (only when
+      `needs_losses_after_step`) the same batch's losses re-evaluated after the step;
+    - `epoch_end()` after every epoch.
+    """
+
+    name: ClassVar[str] = ""
+    #: True when `step_end` needs the step's batch evaluated again after the update (FAMO).
+    needs_losses_after_step: ClassVar[bool] = False
+
+    def __init__(self, groups: Sequence[str]) -> None:
+        super().__init__()
+        groups = list(groups)
+        if len(groups) < 2:
+            raise ConfigError(f"weighting {self.name!r}: needs at least two loss groups to "
+                              f"weigh, got {groups}")
+        if len(set(groups)) != len(groups):
+            raise ConfigError(f"weighting {self.name!r}: loss group names repeat: {groups}")
+        self.groups = groups
+        self._last: Tensor | None = None  # multipliers applied by the last forward (logging)
+
+    @property
+    def k(self) -> int:
+        return len(self.groups)
+
+    def forward(self, losses: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        if set(losses) != set(self.groups):
+            raise ConfigError(f"weighting {self.name!r} was built for the loss groups "
+                              f"{self.groups}, got {list(losses)}")
+        stacked = torch.stack([losses[group].reshape(()) for group in self.groups])
+        weighted = self.weigh(stacked)
+        by_group = dict(zip(self.groups, weighted.unbind()))
+        return {group: by_group[group] for group in losses}
+
+    def weigh(self, losses: Tensor) -> Tensor:
+        """The weighted losses, `[k]` in, `[k]` out (differentiable through `losses`)."""
+        raise NotImplementedError
+
+    def step_end(self, losses: Tensor, after: Tensor | None = None) -> None:
+        """After an optimizer step; `losses` are the step's global-batch losses (float64)."""
+        del losses, after
+
+    def epoch_end(self) -> None:
+        """After each epoch."""
+
+    def weights(self) -> Tensor:
+        """The multipliers on the raw losses' gradients at the last forward (float64 `[k]`)."""
+        if self._last is None:
+            return torch.full((self.k,), math.nan, dtype=torch.float64)
+        return self._last.to(torch.float64).cpu()  # read when logging: no sync per step
+
+    def describe(self) -> dict[str, float]:
+        """The current weights (and state worth logging) as plain floats."""
+        return {f"weight/{group}": float(value)
+                for group, value in zip(self.groups, self.weights().tolist())}
+
+    def _applied(self, weights: Tensor, losses: Tensor) -> Tensor:
+        """`weights * losses` with the weights held constant (a detached loss-dependent
+        weighting): the rows the combiner receives are `weights_i * grad L_i`."""
+        weights = weights.detach()
+        self._last = weights
+        return weights.to(losses.dtype) * losses
+
+
+def positive(losses: Tensor) -> Tensor:
+    """Detached float64 losses floored at `TINY`, for logs and reciprocals."""
+    return losses.detach().to(torch.float64).clamp_min(TINY)
+
+
+def check_number(value: object, *, name: str, key: str, low: float | None = None,
+                 low_open: bool = True, integer: bool = False) -> float:
+    """A finite number (> low, or >= low when not `low_open`), else a one-line ConfigError."""
+    kinds = (int,) if integer else (int, float)
+    ok = not isinstance(value, bool) and isinstance(value, kinds) and math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if not ok:
+        what = "an integer" if integer else "a finite number"
+        bound = "" if low is None else f" {'>' if low_open else '>='} {low:g}"
+        raise ConfigError(f"weighting {name!r}: {key}={value!r} is invalid; allowed: "
+                          f"{what}{bound}")
+    return float(value)

@@ -1,0 +1,40 @@
+"""IMTL-L: learned loss scales that make every scaled loss equal to one."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from gradsurg.weightings.base import LossWeighting, check_number
+
+
+class IMTLL(LossWeighting):
+    """Liu et al., "Towards Impartial Multi-task Learning" (ICLR 2021), the loss balance IMTL-L:
+
+        L = sum_i exp(s_i) L_i - s_i
+
+    d/ds_i = exp(s_i) L_i - 1 = 0 at exp(s_i) L_i = 1: the scales drive every scaled loss
+    towards 1, so no group dominates by its loss's size. s is a parameter (`scales`, starting
+    at `init`) trained by the model's optimizer; group i's row is exp(s_i) grad L_i.
+    """
+
+    name = "imtll"
+
+    def __init__(self, groups: Sequence[str], *, init: float = 0.0) -> None:
+        super().__init__(groups)
+        self.scales = nn.Parameter(
+            torch.full((self.k,), check_number(init, name=self.name, key="init")))
+
+    def weigh(self, losses: Tensor) -> Tensor:
+        s = self.scales.to(losses.dtype)
+        return torch.exp(s) * losses - s
+
+    def weights(self) -> Tensor:
+        return torch.exp(self.scales.detach().to(torch.float64)).cpu()
+
+    def describe(self) -> dict[str, float]:
+        values = self.scales.detach().tolist()
+        return {**super().describe(),
+                **{f"scale/{g}": float(v) for g, v in zip(self.groups, values)}}
