@@ -197,6 +197,24 @@ def test_lightning_automatic_optimization_equals_the_plain_loop(size):
     assert module.surgery.steps == -(-len(batches) // 2)
 
 
+def test_lightning_checkpoints_carry_the_surgery_state(tmp_path):
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(rows(8), batch_size=2)
+    module = lightning_module()
+    trainer = lightning_trainer(enable_checkpointing=True, default_root_dir=str(tmp_path))
+    trainer.fit(module, loader)
+    checkpoint = next(tmp_path.rglob("*.ckpt"))
+    saved = torch.load(checkpoint, weights_only=False)["gradsurg"]
+    assert saved["steps"] == 2
+    generator = module.surgery.combiner.generator.get_state()
+    assert torch.equal(saved["combiner"]["generator"], generator)
+    resumed = lightning_module()
+    lightning_trainer(max_epochs=2, default_root_dir=str(tmp_path)).fit(
+        resumed, loader, ckpt_path=str(checkpoint))
+    assert resumed.surgery.steps == 4  # continued from the checkpoint's 2 steps
+
+
 # ---- Accelerate -----------------------------------------------------------------------------
 
 def test_accelerate_backward_and_clipping_equal_the_plain_loop():
