@@ -101,12 +101,19 @@ def test_runs_without_logits_fall_back_to_the_fixed_list_and_say_so(tmp_path):
     old = write_run(tmp_path / "old", "deebert", None, [0.5, 0.9],
                     extra={"sweep": [{"threshold": 0.0, "accuracy": 0.9, "time_percent": 100.0},
                                      {"threshold": 0.5, "accuracy": 0.8, "time_percent": 70.0}]})
+    stored = write_run(tmp_path / "stored", "romebert", None, [0.6, 0.8], extra={
+        "dense_sweep": {"policy": {"name": "entropy"}, "parameter": "threshold", "points": [
+            {"threshold": 0.0, "accuracy": 0.8, "time_percent": 100.0},
+            {"threshold": 0.3, "accuracy": 0.7, "time_percent": 60.0}]}})
     out = tmp_path / "out"
-    result = invoke(a, old, "--output", out)
+    result = invoke(a, old, stored, "--output", out)
     assert result.exit_code == 0, result.output
     data = json.loads((out / "compare.json").read_text())
-    # Both are deebert: labelled by folder name.
-    assert [run["label"] for run in data["runs"]] == ["first", "old"]
+    # Two are deebert: labelled by folder name.
+    assert [run["label"] for run in data["runs"]] == ["first", "old", "romebert"]
+    # Without logits, a dense sweep stored in results.json is used as it is.
+    assert data["runs"][2]["curve"] == "dense (results.json): entropy threshold"
+    assert data["runs"][2]["points"] == [[100.0, 0.8], [60.0, 0.7]]
     fallback = data["runs"][1]
     assert fallback["curve"] == "fixed list: entropy"
     assert fallback["points"] == [[100.0, 0.9], [70.0, 0.8]]

@@ -208,7 +208,8 @@ class Comparison:
 
 
 def _curve(run: LoadedRun, metric: str) -> tuple[list[Point], str, str | None]:
-    """(points, description, note): the dense sweep from the logits, else the fixed list."""
+    """(points, description, note): the dense sweep from the logits, else the one stored in
+    results.json, else the fixed list."""
     results = run.results
     if run.logits is not None:
         from gradsurg.multiexit.tradeoff import dense_sweep  # torch and the multi-exit stack
@@ -220,6 +221,12 @@ def _curve(run: LoadedRun, metric: str) -> tuple[list[Point], str, str | None]:
             fixed = "".join(f", {k}={v}" for k, v in sweep.params.items())
             return ([(p.time_percent, p.metric[metric]) for p in sweep.points],
                     f"dense: {sweep.policy} {sweep.parameter}{fixed}", None)
+    stored = results.get("dense_sweep")
+    if run.logits is None and isinstance(stored, dict) and stored.get("points"):
+        spec = stored.get("policy") or {}
+        return ([(float(p["time_percent"]), float(p[metric])) for p in stored["points"]
+                 if metric in p and "time_percent" in p],
+                f"dense (results.json): {spec.get('name')} {stored.get('parameter')}", None)
     points = [(float(p["time_percent"]), float(p[metric])) for p in results.get("sweep", [])
               if metric in p and "time_percent" in p]
     policy = (results.get("exit_policy") or {}).get("name", "entropy")
@@ -245,7 +252,10 @@ def compare_runs(runs: Sequence[LoadedRun], *, tolerance: float = 0.01,
     best = max(range(len(runs)), key=lambda i: finals[i])
     reports, notes = [], []
     for run, label in zip(runs, labels):
-        points, curve, note = _curve(run, metric)
+        try:
+            points, curve, note = _curve(run, metric)
+        except (KeyError, TypeError, ValueError) as error:
+            raise ConfigError(f"{run.name}: cannot build its trade-off curve ({error})") from None
         if note:
             notes.append(note)
         exit_metric = [float(m[metric]) for m in run.results["exit_metrics"]]
