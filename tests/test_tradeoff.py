@@ -53,6 +53,10 @@ def test_change_thresholds_by_hand():
     assert change_thresholds(torch.tensor([[1.0]]), leaves_below=True, upper=1.0) == [1.0]
     # NaN scores (NaN outputs) never leave; nothing finite: only "never leave early".
     assert change_thresholds(torch.tensor([[float("nan")]]), leaves_below=True) == [0.0]
+    # ... and do not hide an example's later scores.
+    nan_first = torch.tensor([[float("nan")], [0.5]])
+    assert change_thresholds(nan_first, leaves_below=True)[0] == 0.5
+    assert change_thresholds(nan_first, leaves_below=False)[0] == 0.5
 
 
 @st.composite

@@ -128,6 +128,8 @@ def change_thresholds(scores: Tensor, *, leaves_below: bool, upper: float = floa
         return [0.0 if leaves_below else float(upper)]
     values = scores.detach().float().cpu()
     signed = values if leaves_below else -values
+    # A NaN score never leaves, like +inf; it must not hide the example's later scores.
+    signed = torch.where(torch.isnan(signed), torch.full_like(signed, float("inf")), signed)
     running = torch.cummin(signed, dim=0).values
     records = np.unique(running[torch.isfinite(running)].numpy())  # ascending, float32
     if records.size == 0:  # nothing can leave early: only the full-depth point
