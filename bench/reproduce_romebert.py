@@ -8,7 +8,8 @@ Each (task, mode) run goes to RUNS/TASK/MODE through the same `multiexit_glue` p
 `gradsurg run recipes/MODE_glue.yaml` uses; a finished run (results.json present) is reused, so
 the script can be stopped and started again. The report, docs/reproduction.md, gets per-exit dev
 metrics of every mode and a trade-off table like the RomeBERT paper's Table 2 (the best metric
-each mode reaches within a time budget), with plots under docs/reproduction/. Reusing a run
+each mode reaches within a time budget), with plots under docs/reproduction/; the tables and
+plots are `gradsurg compare`'s (gradsurg.report.compare) over each task's runs. Reusing a run
 trained with other settings is refused.
 """
 
@@ -24,12 +25,18 @@ from typing import Any
 from pydantic import BaseModel
 
 from gradsurg.config import apply_overrides, read_recipe, validate_recipe
-from gradsurg.report.plots import plot_exit_metrics, plot_tradeoff
+from gradsurg.report.compare import (
+    Comparison,
+    LoadedRun,
+    compare_runs,
+    load_run,
+    markdown_tables,
+    write_plots,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 MODES = ["deebert", "deebert_sd", "romebert_sd", "romebert"]
 TASKS = ["sst2", "mrpc", "rte", "stsb"]
-BUDGETS = [25.0, 30.0, 40.0, 50.0, 60.0, 100.0]
 
 
 def run_one(task: str, mode: str, overrides: list[str], runs: Path, *, train: bool = True
@@ -75,65 +82,20 @@ def changed_settings(saved: dict[str, Any], resolved: dict[str, Any],
                   if resolved.get(key) != saved.get(key, default.get(key)))
 
 
-def best_within(sweep: list[dict[str, Any]], metric: str, budget: float) -> tuple[float, float]:
-    """(metric, time %) of the best sweep point whose expected time is within the budget."""
-    fitting = [p for p in sweep if p["time_percent"] <= budget + 1e-9]
-    if not fitting:
-        return float("nan"), float("nan")
-    best = max(fitting, key=lambda p: (p[metric], -p["time_percent"]))
-    return best[metric], best["time_percent"]
-
-
-def summary_rows(results: dict[str, dict[str, Any]], metric: str, layers: int) -> list[str]:
-    """Early exits' mean, the final exit, the least time within 1 point of the final exit,
-    and the training time of each mode."""
-    lines = ["| mode | mean of exits 1..L-1 | final exit | least time % within 1 point of "
-             "the final exit | training seconds |", "| --- | ---: | ---: | ---: | ---: |"]
-    for mode, result in results.items():
-        values = [m[metric] for m in result["exit_metrics"]]
-        early = sum(values[:-1]) / max(1, layers - 1)
-        final = values[-1]
-        close = [p["time_percent"] for p in result.get("sweep", [])
-                 if p[metric] >= final - 0.01]
-        seconds = sum(stage["seconds"] for stage in result.get("train", {}).values())
-        least = f"{min(close):.1f}" if close else "-"
-        lines.append(f"| {mode} | {early * 100:.2f} | {final * 100:.2f} | {least} | "
-                     f"{seconds:.0f} |")
-    return [*lines, ""]
-
-
-def task_section(task: str, results: dict[str, dict[str, Any]], figures: Path) -> list[str]:
-    any_result = next(iter(results.values()))
-    metric = any_result["primary_metric"]
-    layers = len(any_result["exit_metrics"])
-    lines = [f"### {task} (dev, {metric} x 100)", "",
-             "Metric at every exit when all examples leave there:", "",
-             "| mode | " + " | ".join(f"L{i}" for i in range(1, layers + 1)) + " |",
-             "| --- |" + " ---: |" * layers]
-    for mode, result in results.items():
-        values = " | ".join(f"{m[metric] * 100:.2f}" for m in result["exit_metrics"])
-        lines.append(f"| {mode} | {values} |")
-    curves = {mode: [m[metric] for m in r["exit_metrics"]] for mode, r in results.items()}
-    per_exit_png = plot_exit_metrics(curves, metric, figures / f"{task}_per_exit.png",
-                                     title=f"{task}: {metric} per exit")
-    lines += ["", f"![per exit](reproduction/{per_exit_png.name})", ""]
-    lines += summary_rows(results, metric, layers)
-    if all("sweep" in r for r in results.values()):
-        lines += ["Best metric within a time budget (entropy exit; expected time % in brackets):",
-                  "", "| mode | " + " | ".join(f"<= {b:g}%" for b in BUDGETS) + " |",
-                  "| --- |" + " ---: |" * len(BUDGETS)]
-        for mode, result in results.items():
-            cells = []
-            for budget in BUDGETS:
-                value, time_percent = best_within(result["sweep"], metric, budget)
-                cells.append("-" if value != value else f"{value * 100:.2f} ({time_percent:.1f})")
-            lines.append(f"| {mode} | " + " | ".join(cells) + " |")
-        tradeoff = {mode: [(p["time_percent"], p[metric]) for p in r["sweep"]]
-                    for mode, r in results.items()}
-        png = plot_tradeoff(tradeoff, metric, figures / f"{task}_tradeoff.png",
-                            title=f"{task}: {metric} vs expected time")
-        lines += ["", f"![trade-off](reproduction/{png.name})", ""]
-    return lines
+def task_section(task: str, runs: dict[str, LoadedRun], figures: Path
+                 ) -> tuple[list[str], Comparison]:
+    """The task's part of the report, built by `gradsurg compare`'s functions: per-exit
+    metrics, summary numbers, best metric within time budgets, overlay plots."""
+    comparison = compare_runs(list(runs.values()))
+    tables = markdown_tables(comparison)
+    plots = write_plots(comparison, figures, prefix=f"{task}_")
+    lines = [f"### {task} (dev, {comparison.metric} x 100)", "", *tables["per_exit"],
+             f"![per exit](reproduction/{plots['per_exit'].name})", "", *tables["summary"],
+             *tables["budgets"]]
+    if "tradeoff" in plots:
+        lines += [f"![trade-off](reproduction/{plots['tradeoff'].name})", ""]
+    lines += [f"Note: {note}" for note in comparison.notes]
+    return [*lines, ""] if comparison.notes else lines, comparison
 
 
 def task_overrides(entries: list[str], tasks: list[str]) -> dict[str, list[str]]:
@@ -177,7 +139,7 @@ def main() -> None:
     if args.notes is not None:
         lines += [args.notes.read_text().strip(), ""]
     per_task = task_overrides(args.task_overrides, args.tasks)
-    summary = {}
+    summary, comparisons = {}, {}
     for task in args.tasks:
         overrides = [*args.overrides, *per_task.get(task, [])]
         found = {mode: run_one(task, mode, overrides, args.runs, train=not args.report_only)
@@ -186,7 +148,11 @@ def main() -> None:
         missing = [mode for mode, result in found.items() if result is None]
         summary[task] = results
         if results:
-            lines += task_section(task, results, figures)
+            # From the folders, so runs that wrote exit_logits.safetensors get dense curves.
+            section, comparison = task_section(
+                task, {mode: load_run(args.runs / task / mode) for mode in results}, figures)
+            lines += section
+            comparisons[task] = comparison.to_json()
         else:
             lines += [f"### {task}", ""]
         if missing:
@@ -194,6 +160,7 @@ def main() -> None:
         # Rewritten after every task, so a long run that is stopped still leaves a report.
         args.report.write_text("\n".join(lines) + "\n")
         (figures / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        (figures / "comparison.json").write_text(json.dumps(comparisons, indent=2) + "\n")
         print(f"wrote {args.report} ({', '.join(summary)})", flush=True)
 
 

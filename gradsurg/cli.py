@@ -305,6 +305,48 @@ def keys(
     console.print(table)
 
 
+COMPARE_EPILOG = (
+    "Each RUN_DIR is a finished multiexit_glue run (results.json; exit_logits.safetensors for a "
+    "dense curve, else results.json's fixed threshold list, noted). Runs of different tasks or "
+    "evaluation sets are refused. Without --output the tables are only printed; with it, "
+    "compare.md, compare.json, per_exit.png and metric_vs_time.png are written there."
+)
+
+
+@app.command(epilog=COMPARE_EPILOG)
+def compare(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Finished run folders to compare.")],
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="Folder for compare.md, compare.json and the plots "
+        "(default: print only).")] = None,
+) -> None:
+    """Put finished multi-exit runs side by side: per-exit metrics, best metric within time
+    budgets, area under the metric-vs-time curve, overlay plots."""
+    from gradsurg.report.compare import (
+        budget_table,
+        compare_runs,
+        load_run,
+        per_exit_table,
+        summary_table,
+        write_comparison,
+    )
+
+    try:
+        if output is not None and output.exists() and not output.is_dir():
+            raise ConfigError(f"--output {output}: exists and is not a folder")
+        comparison = compare_runs([load_run(folder) for folder in run_dirs])
+        for table in (per_exit_table(comparison), budget_table(comparison),
+                      summary_table(comparison)):
+            console.print(table)
+        for note in comparison.notes:
+            console.print(f"note: {note}", highlight=False)
+        if output is not None:
+            written = write_comparison(comparison, output)
+            console.print("wrote " + ", ".join(str(path) for path in written), highlight=False)
+    except GradsurgError as error:
+        raise fail(error) from None
+
+
 PLUGINS_EPILOG = (
     "Extensions register through Python entry points in the groups shown by each table "
     "(gradsurg.combiners, gradsurg.loss_terms, gradsurg.policies, gradsurg.adapters, "

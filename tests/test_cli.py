@@ -72,7 +72,7 @@ def test_keys_lists_every_recipe_key_with_a_meaning():
 
 
 @pytest.mark.parametrize("command", ["run", "validate", "predict", "eval", "list", "keys",
-                                     "plugins"])
+                                     "plugins", "compare"])
 def test_every_command_has_help(command):
     result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0

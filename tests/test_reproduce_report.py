@@ -56,6 +56,9 @@ def test_report_only_reports_finished_runs_and_lists_missing(script, tmp_path, m
     text = report.read_text()
     assert "| deebert | 50.00 | 52.00 | 54.00 | 56.00 | 58.00 | 60.00 |" in text
     assert "Not run yet for rte: romebert." in text
+    # The budget table is `gradsurg compare`'s: sweep points and fixed exits (L1 at 16.7%).
+    assert ("| deebert | 50.00 (16.7) | 50.00 (16.7) | 52.00 (33.3) | 54.00 (50.0) | "
+            "54.00 (50.0) | 60.00 (100.0) |") in text
     assert "--report-only" in text
     # Nothing was trained or prepared for the missing mode.
     assert not (runs / "rte" / "romebert").exists()

@@ -108,18 +108,24 @@ def policy_sweep(all_logits: torch.Tensor, labels: Any, task: str | TaskSpec, po
     num_layers = all_logits.shape[0]
     values = default_sweep(policy, num_layers) if values is None else list(values)
     policies = [_policy_at(policy, params, value) for value in values]
-    points = []
-    for value, rule in zip(values, policies):
-        exits = simulate_exits(rule, all_logits).exit_layers
-        outputs = select_exit_outputs(all_logits, exits)
-        predictions = outputs[:, 0] if spec.is_regression else outputs.argmax(dim=-1)
-        points.append(ExitSweepPoint(
-            value=value,
-            metric=compute_metrics(spec, predictions, labels),
-            time_percent=expected_time_percent(exits, num_layers),
-            exit_counts=torch.bincount(exits.cpu(), minlength=num_layers).tolist(),
-        ))
-    return points
+    return [operating_point(rule, value, all_logits, labels, spec)
+            for value, rule in zip(values, policies)]
+
+
+def operating_point(rule: ExitPolicy, value: float, all_logits: torch.Tensor, labels: Any,
+                    spec: TaskSpec) -> ExitSweepPoint:
+    """Metric, expected time % and exit histogram of one policy on the collected logits;
+    ``value`` is only recorded (the swept parameter's value that built ``rule``)."""
+    num_layers = all_logits.shape[0]
+    exits = simulate_exits(rule, all_logits).exit_layers
+    outputs = select_exit_outputs(all_logits, exits)
+    predictions = outputs[:, 0] if spec.is_regression else outputs.argmax(dim=-1)
+    return ExitSweepPoint(
+        value=value,
+        metric=compute_metrics(spec, predictions, labels),
+        time_percent=expected_time_percent(exits, num_layers),
+        exit_counts=torch.bincount(exits.cpu(), minlength=num_layers).tolist(),
+    )
 
 
 def _policy_at(name: str, params: Mapping[str, Any] | None, value: float) -> ExitPolicy:

@@ -45,6 +45,8 @@ from gradsurg.multiexit.early_exit import per_exit_metrics, policy_sweep
 from gradsurg.multiexit.exit_losses import ExitLossTerm, build_loss_term
 from gradsurg.multiexit.model import MultiExitModel
 from gradsurg.multiexit.policies import POLICIES
+from gradsurg.multiexit.tradeoff import dense_sweep
+from gradsurg.multiexit.tradeoff_summary import summarize
 from gradsurg.precision import LossScale, autocast_factory
 from gradsurg.programs import Program
 from gradsurg.recipes.glue_config import DEFAULT_GROUPS, TWO_STAGE_MODES, MultiExitGlueConfig
@@ -57,7 +59,7 @@ from gradsurg.recipes.training import (
     train_stage,
 )
 from gradsurg.report.plots import plot_exit_distribution, plot_exit_metrics, plot_tradeoff
-from gradsurg.report.tables import exit_metrics_table, sweep_table
+from gradsurg.report.tables import exit_metrics_table, sweep_table, tradeoff_table
 from gradsurg.surgery import Surgery
 from gradsurg.weightings import LossWeighting, build_weighting
 
@@ -319,8 +321,6 @@ def run(config: MultiExitGlueConfig, output_dir: Path, *, resume: bool = False
     save_file({"logits": all_logits.contiguous(), "labels": labels.contiguous()},
               str(output_dir / EXIT_LOGITS_FILE))
     results = evaluate(all_logits, labels, task, config, output_dir)
-    results.update(eval_split=config.eval_split, eval_rows=config.eval_rows,
-                   num_eval_examples=int(labels.numel()))
     results["train"] = {
         r.name: {"steps": r.steps, "seconds": round(r.seconds, 2),
                  **{k: round(v, 6) for k, v in r.means.items()}}
@@ -463,12 +463,15 @@ def evaluate(all_logits: Tensor, labels: Tensor, task: TaskSpec, config: MultiEx
     results: dict[str, Any] = {
         "program": "multiexit_glue", "mode": config.mode, "task": task.name,
         "model": config.model, "primary_metric": primary, "exit_metrics": per_exit,
+        "eval_split": config.eval_split, "eval_rows": config.eval_rows,
+        "num_eval_examples": int(all_logits.shape[1]),
     }
     plots = output_dir / "plots"
     plots.mkdir(exist_ok=True)
     plot_exit_metrics({config.mode: [m[primary] for m in per_exit]}, primary,
                       plots / "metric_per_exit.png")
     name, params = config.policy_spec()
+    results.update(tradeoff_results(all_logits, labels, task, config, per_exit, plots))
     policy_cls = POLICIES.get(name)
     if task.is_regression and policy_cls.classification_only:
         return results  # e.g. entropy: undefined for a single regression output
@@ -487,6 +490,26 @@ def evaluate(all_logits: Tensor, labels: Tensor, task: TaskSpec, config: MultiEx
     plot_exit_distribution(middle.exit_counts, plots / "exit_layers.png",
                            title=f"exit layers at {name} {swept}={middle.value:g}")
     return results
+
+
+def tradeoff_results(all_logits: Tensor, labels: Tensor, task: TaskSpec,
+                     config: MultiExitGlueConfig, per_exit: list[dict[str, float]],
+                     plots: Path) -> dict[str, Any]:
+    """The dense sweep of the recipe's exit policy (thresholds from the model's own outputs;
+    regression: patience with swept tolerance) and its summary numbers, for results.json."""
+    primary = primary_metric(task.name)
+    name, params = config.policy_spec()
+    dense = dense_sweep(all_logits, labels, task.name, name, params)
+    if dense is None:  # a plugin's policy: its fixed list (`sweep`) is all there is
+        return {}
+    points = [(p.time_percent, p.metric[primary]) for p in dense.points]
+    summary = summarize(points, [m[primary] for m in per_exit], primary)
+    console.print(tradeoff_table({config.mode: summary}, title=(
+        f"{task.name} {config.eval_split}, {dense.policy} {dense.parameter} swept over "
+        f"{len(points)} values from the model's outputs")))
+    plot_tradeoff({f"{config.mode} ({dense.policy})": points}, primary,
+                  plots / "metric_vs_time_dense.png")
+    return {"dense_sweep": dense.to_json(), "tradeoff": summary.to_json()}
 
 
 PROGRAM = Program(

@@ -19,6 +19,7 @@ from matplotlib.ticker import MaxNLocator
 
 FIGSIZE = (8.0, 5.0)  # inches; at DPI this is 800 x 500 px
 DPI = 100
+MAX_MARKED_POINTS = 40  # curves with more points are drawn without markers
 
 
 def _new_axes() -> tuple[Figure, Axes]:
@@ -83,7 +84,8 @@ def plot_tradeoff(curves: Mapping[str, Sequence[tuple[float, float]]], metric_na
     figure, axes = _new_axes()
     for name, points in curves.items():
         ordered = sorted(points, key=lambda point: point[0])
-        axes.plot([t for t, _ in ordered], [m * scale for _, m in ordered], marker="o",
+        marker = "o" if len(ordered) <= MAX_MARKED_POINTS else None  # dense sweeps: a line
+        axes.plot([t for t, _ in ordered], [m * scale for _, m in ordered], marker=marker,
                   label=name)
     axes.set_xlabel("expected time (% of layers run)")
     axes.set_ylabel(_metric_label(metric_name, scale))

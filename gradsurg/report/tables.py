@@ -13,6 +13,7 @@ from rich.table import Table
 
 if TYPE_CHECKING:  # annotations only: importing the multi-exit stack pulls in transformers
     from gradsurg.multiexit.early_exit import ExitSweepPoint
+    from gradsurg.multiexit.tradeoff_summary import TradeoffSummary
 
 
 def _metric_keys(metrics: Iterable[Mapping[str, float]]) -> list[str]:
@@ -66,4 +67,27 @@ def sweep_table(points: Sequence[ExitSweepPoint], primary: str,
             f"{point.time_percent:.2f}",
             " ".join(str(count) for count in point.exit_counts),
         )
+    return table
+
+
+def tradeoff_table(summaries: Mapping[str, TradeoffSummary], title: str = "Trade-off summary",
+                   *, scale: float = 100.0) -> Table:
+    """One row per run: area under the metric-vs-time front, best metric within each budget
+    (time % in brackets), least time within the tolerance of the reference."""
+    budgets = list(next(iter(summaries.values())).best_within) if summaries else []
+    table = Table(title=title)
+    table.add_column("run")
+    table.add_column("area", justify="right")
+    for budget in budgets:
+        table.add_column(f"<= {budget}%", justify="right")
+    table.add_column("least time % within tolerance", justify="right")
+    for name, summary in summaries.items():
+        cells = []
+        for budget in budgets:
+            best = summary.best_within[budget]
+            cells.append("-" if best is None else
+                         f"{best[summary.metric] * scale:.2f} ({best['time_percent']:.1f})")
+        least = summary.least_time_within
+        table.add_row(name, f"{summary.auc * scale:.2f}", *cells,
+                      "-" if least is None else f"{least:.1f}")
     return table

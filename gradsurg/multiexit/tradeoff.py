@@ -1,0 +1,214 @@
+"""Budget-fair trade-off curves: sweeps whose values come from the model's own outputs.
+
+A fixed threshold list measures the list as much as the model (on the quickstart model every
+entropy threshold below 0.6 gives 57-100% time and the next, 0.7, gives 17%). Here the swept
+values are the points where some example's exit changes, so the curve has every operating
+point the policy can reach (thinned to at most ``max_points``), from 100/L % to 100 % time.
+
+Which rule is swept (the *dense policy*):
+
+- ``entropy``, ``normalized_entropy``, ``confidence_window``: ``threshold``; an example leaves
+  at the first exit whose score is below it, so its exit changes exactly where the threshold
+  passes a running minimum of its scores over exits 1..L-1. Those minima are the thresholds.
+- ``max_prob``: the same with running maxima (it leaves when the score is above).
+- ``patience`` (classification) and ``fixed``: every integer value (1..L-1, 1..L).
+- Regression (one output): PABEE's rule, ``patience`` with ``tolerance`` swept. An example
+  leaves at exit l when the last ``patience`` changes |y_l - y_(l-1)| are all below the
+  tolerance, so the score at l is the largest of those changes and the thresholds are again
+  its running minima. The patience is the recipe's when it asks for ``patience``, else 1 (the
+  densest curve: exits 2..L). A regression recipe that asks for ``fixed`` gets ``fixed``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from gradsurg.data.glue import TaskSpec, get_task
+from gradsurg.multiexit.early_exit import ExitSweepPoint, operating_point
+from gradsurg.multiexit.policies import (
+    POLICIES,
+    build_policy,
+    normalized_entropy,
+    prediction_entropy,
+)
+from gradsurg.multiexit.runner import check_all_logits
+
+__all__ = [
+    "DEFAULT_MAX_POINTS",
+    "DenseSweep",
+    "change_thresholds",
+    "dense_policy",
+    "dense_sweep",
+    "dense_values",
+    "thin",
+]
+
+DEFAULT_MAX_POINTS = 200
+"""Most swept values kept; beyond it the values are thinned to evenly spaced quantiles."""
+
+
+@dataclass(frozen=True)
+class _ScoreRule:
+    """How a threshold policy scores one exit's outputs, and on which side it leaves."""
+
+    score: Callable[[Tensor], Tensor]  # [..., C] logits -> [...] scores, float32
+    leaves_below: bool  # True: leaves when score < threshold; False: when score > threshold
+    upper: float  # the largest threshold the policy accepts
+
+
+def _max_prob(logits: Tensor) -> Tensor:
+    return torch.softmax(logits.float(), dim=-1).amax(dim=-1)
+
+
+_SCORES: dict[str, _ScoreRule] = {
+    "entropy": _ScoreRule(prediction_entropy, leaves_below=True, upper=float("inf")),
+    "normalized_entropy": _ScoreRule(normalized_entropy, leaves_below=True, upper=1.0),
+    "confidence_window": _ScoreRule(normalized_entropy, leaves_below=True, upper=1.0),
+    "max_prob": _ScoreRule(_max_prob, leaves_below=False, upper=1.0),
+}
+
+
+@dataclass(frozen=True)
+class DenseSweep:
+    """A policy (name and fixed parameters), the parameter swept, and its operating points."""
+
+    policy: str
+    params: dict[str, Any]
+    parameter: str
+    points: list[ExitSweepPoint]
+
+    def to_json(self) -> dict[str, Any]:
+        """The form results.json stores: ``{policy, parameter, points: [...]}``."""
+        return {
+            "policy": {"name": self.policy, **self.params},
+            "parameter": self.parameter,
+            "points": [{self.parameter: p.value, **p.metric, "time_percent": p.time_percent,
+                        "exit_counts": p.exit_counts} for p in self.points],
+        }
+
+
+def dense_policy(name: str, params: Mapping[str, Any] | None, *, regression: bool
+                 ) -> tuple[str, dict[str, Any], str] | None:
+    """(policy, fixed parameters, swept parameter) of the dense sweep for a recipe's policy;
+    None for a policy this module cannot sweep densely (a plugin's: use its fixed list)."""
+    params = dict(params or {})
+    if name == "fixed":
+        return "fixed", {}, "layer"
+    if regression:
+        return "patience", {"patience": int(params.get("patience", 1))}, "tolerance"
+    if name == "patience":
+        return "patience", {k: v for k, v in params.items() if k != "patience"}, "patience"
+    if name in _SCORES:
+        return name, {k: v for k, v in params.items() if k != "threshold"}, "threshold"
+    return None
+
+
+def change_thresholds(scores: Tensor, *, leaves_below: bool, upper: float = float("inf")
+                      ) -> list[float]:
+    """Every threshold at which some example's exit changes, plus one past all of them.
+
+    ``scores`` is ``[L-1, N]`` (the last exit is always taken). An example leaves at the first
+    exit whose score is below the threshold t (``leaves_below``); that exit depends only on
+    which running minima of its scores are below t, so t = each distinct running minimum r
+    gives one exit vector per interval (r_prev, r] (``score < r`` is exactly ``score <=
+    r_prev``), and one value above the largest gives the interval past it. Values are float32
+    numbers, so comparing them with float32 scores is exact. For ``leaves_below=False``
+    (leave when above) the same holds with maxima, mirrored. Sorted from "never leave early"
+    to "leave as early as possible". Non-finite scores (NaN outputs) never count.
+    """
+    if scores.ndim != 2:
+        raise ValueError(f"scores must be [L-1, N], got shape {tuple(scores.shape)}")
+    if scores.shape[0] == 0:  # a single exit
+        return [0.0 if leaves_below else float(upper)]
+    values = scores.detach().float().cpu()
+    signed = values if leaves_below else -values
+    # A NaN score never leaves, like +inf; it must not hide the example's later scores.
+    signed = torch.where(torch.isnan(signed), torch.full_like(signed, float("inf")), signed)
+    running = torch.cummin(signed, dim=0).values
+    records = np.unique(running[torch.isfinite(running)].numpy())  # ascending, float32
+    if records.size == 0:  # nothing can leave early: only the full-depth point
+        return [0.0 if leaves_below else float(upper)]
+    past = np.nextafter(records[-1], np.float32(np.inf))  # just past the last record
+    if leaves_below:
+        thresholds = [float(r) for r in records]
+        if float(past) <= upper:
+            thresholds.append(float(past))
+        elif records[-1] < upper:
+            thresholds.append(float(upper))
+        return thresholds
+    # Leaving above t: t = -r for each record r of -score; past the last: just below the
+    # smallest score, floored at 0 (every policy threshold is >= 0).
+    thresholds = [float(-r) for r in records]
+    below = -past
+    if below >= 0:
+        thresholds.append(float(below))
+    elif -records[-1] > 0:
+        thresholds.append(0.0)
+    return thresholds
+
+
+def thin(values: list[float], max_points: int) -> list[float]:
+    """At most ``max_points`` of ``values`` (in their order): evenly spaced quantiles, the
+    first and the last always kept."""
+    if max_points < 2:
+        raise ValueError(f"max_points must be >= 2, got {max_points}")
+    if len(values) <= max_points:
+        return list(values)
+    index = np.unique(np.round(np.linspace(0, len(values) - 1, max_points)).astype(int))
+    return [values[i] for i in index]
+
+
+def _patience_scores(all_logits: Tensor, patience: int) -> Tensor:
+    """Regression: at exit l, the largest of the last ``patience`` changes |y_l - y_(l-1)|
+    (inf where fewer than ``patience`` changes exist yet): it leaves when that is < tolerance."""
+    outputs = all_logits[..., 0].float()
+    changes = (outputs[1:] - outputs[:-1]).abs()  # change at exit l is row l-1
+    num_layers = all_logits.shape[0]
+    scores = torch.full((num_layers - 1, outputs.shape[1]), float("inf"))
+    for layer in range(patience, num_layers - 1):
+        scores[layer] = changes[layer - patience:layer].amax(dim=0)
+    return scores
+
+
+def dense_values(all_logits: Tensor, policy: str, params: Mapping[str, Any], parameter: str, *,
+                 max_points: int = DEFAULT_MAX_POINTS) -> list[float]:
+    """The values of ``parameter`` the dense sweep tries, from full depth to earliest exits."""
+    check_all_logits(all_logits)
+    num_layers = all_logits.shape[0]
+    if parameter == "layer":
+        return [float(layer) for layer in range(num_layers, 0, -1)]
+    if parameter == "patience":
+        return [float(p) for p in range(max(num_layers - 1, 1), 0, -1)]
+    if parameter == "tolerance":
+        scores = _patience_scores(all_logits, int(params.get("patience", 1)))
+        return thin(change_thresholds(scores, leaves_below=True), max_points)
+    rule = _SCORES[policy]
+    scores = rule.score(all_logits[:-1].float())
+    return thin(change_thresholds(scores, leaves_below=rule.leaves_below, upper=rule.upper),
+                max_points)
+
+
+def dense_sweep(all_logits: Tensor, labels: Any, task: str | TaskSpec, policy: str,
+                params: Mapping[str, Any] | None = None, *,
+                max_points: int = DEFAULT_MAX_POINTS) -> DenseSweep | None:
+    """Every operating point of the recipe's policy family (see the module docstring); None
+    for a policy that cannot be swept densely."""
+    check_all_logits(all_logits)
+    spec = get_task(task)
+    chosen = dense_policy(policy, params, regression=spec.is_regression)
+    if chosen is None:
+        return None
+    name, fixed, parameter = chosen
+    if all_logits.shape[0] == 1 and parameter != "layer":  # one exit: nothing to decide
+        name, fixed, parameter = "fixed", {}, "layer"
+    values = dense_values(all_logits, name, fixed, parameter, max_points=max_points)
+    integer = isinstance(getattr(POLICIES.get(name), parameter, None), int)
+    points = [operating_point(build_policy(name, {**fixed, parameter: int(v) if integer else v}),
+                              v, all_logits, labels, spec) for v in values]
+    return DenseSweep(policy=name, params=fixed, parameter=parameter, points=points)

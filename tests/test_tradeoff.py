@@ -1,0 +1,159 @@
+"""Dense trade-off sweeps: thresholds from the model's outputs reach every operating point."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from gradsurg.multiexit.policies import build_policy
+from gradsurg.multiexit.runner import simulate_exits
+from gradsurg.multiexit.tradeoff import (
+    change_thresholds,
+    dense_policy,
+    dense_sweep,
+    dense_values,
+    thin,
+)
+
+
+def exits_of(policy: str, params: dict, all_logits: torch.Tensor) -> tuple[int, ...]:
+    return tuple(simulate_exits(build_policy(policy, params), all_logits).exit_layers.tolist())
+
+
+def numpy_scores(logits: np.ndarray, policy: str) -> np.ndarray:
+    """Independent float64 rendering of each policy's per-exit score."""
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    p = np.exp(shifted) / np.exp(shifted).sum(axis=-1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        entropy = -np.where(p > 0, p * np.log(p), 0.0).sum(axis=-1)
+    if policy == "entropy":
+        return entropy
+    if policy == "max_prob":
+        return p.max(axis=-1)
+    return entropy / np.log(logits.shape[-1])
+
+
+def test_change_thresholds_by_hand():
+    # Example 0 scores 0.5 then 0.3 (running minima 0.5, 0.3); example 1: 0.2 then 0.4
+    # (minima 0.2, 0.2). Records: 0.2, 0.3, 0.5, then one just past 0.5.
+    scores = torch.tensor([[0.5, 0.2], [0.3, 0.4]])
+    got = change_thresholds(scores, leaves_below=True)
+    f32 = np.float32
+    assert got[:3] == [float(f32(0.2)), float(f32(0.3)), float(f32(0.5))]
+    assert got[3] == float(np.nextafter(f32(0.5), f32(np.inf)))
+    # Leaving above: running maxima 0.5, 0.5 and 0.2, 0.4 -> 0.5, 0.4, 0.2, then below 0.2.
+    above = change_thresholds(scores, leaves_below=False)
+    assert above[:3] == [float(f32(0.5)), float(f32(0.4)), float(f32(0.2))]
+    assert above[3] == float(np.nextafter(f32(0.2), f32(-np.inf)))
+    # An upper bound that cannot be passed stops at the last record.
+    assert change_thresholds(torch.tensor([[1.0]]), leaves_below=True, upper=1.0) == [1.0]
+    # NaN scores (NaN outputs) never leave; nothing finite: only "never leave early".
+    assert change_thresholds(torch.tensor([[float("nan")]]), leaves_below=True) == [0.0]
+    # ... and do not hide an example's later scores.
+    nan_first = torch.tensor([[float("nan")], [0.5]])
+    assert change_thresholds(nan_first, leaves_below=True)[0] == 0.5
+    assert change_thresholds(nan_first, leaves_below=False)[0] == 0.5
+
+
+@st.composite
+def exit_logits(draw, classes=(2, 4)):
+    layers = draw(st.integers(2, 5))
+    rows = draw(st.integers(1, 7))
+    width = draw(st.integers(*classes))
+    values = draw(arrays(np.float32, (layers, rows, width),
+                         elements=st.sampled_from([-4.0, -1.0, 0.0, 0.5, 1.0, 3.0, 8.0])))
+    return values
+
+
+@pytest.mark.parametrize("policy", ["entropy", "normalized_entropy", "max_prob"])
+@settings(max_examples=40, deadline=None)
+@given(logits=exit_logits())
+def test_dense_thresholds_reach_every_exit_vector_once(policy, logits):
+    """Every exit vector a threshold can give (thresholds at, between and beyond the exits'
+    scores, scored independently in float64) is one of the dense sweep's, and each dense
+    threshold gives a different one (no wasted points)."""
+    all_logits = torch.from_numpy(logits)
+    values = dense_values(all_logits, policy, {}, "threshold", max_points=10_000)
+    dense = [exits_of(policy, {"threshold": v}, all_logits) for v in values]
+    assert len(set(dense)) == len(dense)
+    scores = np.unique(numpy_scores(logits[:-1].astype(np.float64), policy))
+    upper = np.inf if policy == "entropy" else 1.0
+    grid = {0.0, *scores, *((scores[1:] + scores[:-1]) / 2), float(min(scores[-1] + 1, upper))}
+    grid |= {float(np.nextafter(np.float32(s), np.float32(d))) for s in scores
+             for d in (-np.inf, np.inf)}
+    reachable = {exits_of(policy, {"threshold": t}, all_logits)
+                 for t in grid if 0 <= t <= upper}
+    assert reachable <= set(dense)
+
+
+@settings(max_examples=40, deadline=None)
+@given(logits=exit_logits(classes=(1, 1)), patience=st.integers(1, 3))
+def test_regression_tolerances_reach_every_exit_vector(logits, patience):
+    all_logits = torch.from_numpy(logits)
+    labels = torch.linspace(0, 5, logits.shape[1])
+    sweep = dense_sweep(all_logits, labels, "stsb", "patience", {"patience": patience},
+                        max_points=10_000)
+    assert (sweep.policy, sweep.parameter, sweep.params) == (
+        "patience", "tolerance", {"patience": patience})
+    dense = {exits_of("patience", {"patience": patience, "tolerance": p.value}, all_logits)
+             for p in sweep.points}
+    outputs = logits[..., 0].astype(np.float64)
+    changes = np.unique(np.abs(np.diff(outputs, axis=0)))
+    grid = {0.0, *changes, *((changes[1:] + changes[:-1]) / 2), float(changes[-1] + 1)}
+    reachable = {exits_of("patience", {"patience": patience, "tolerance": t}, all_logits)
+                 for t in grid}
+    assert reachable <= dense
+
+
+def test_sweep_spans_full_depth_to_first_exit_in_order():
+    generator = torch.Generator().manual_seed(0)
+    all_logits = torch.randn(4, 50, 2, generator=generator) * 3
+    labels = torch.randint(0, 2, (50,), generator=generator)
+    sweep = dense_sweep(all_logits, labels, "sst2", "entropy", max_points=20)
+    times = [p.time_percent for p in sweep.points]
+    assert len(times) == 20
+    assert times[0] == 100.0 and times[-1] == 25.0  # never early ... all at exit 1
+    assert times == sorted(times, reverse=True)  # thresholds grow, so time falls
+    assert sweep.points[0].metric == {
+        "accuracy": float((all_logits[-1].argmax(-1) == labels).float().mean())}
+
+
+def test_integer_policies_sweep_every_value():
+    all_logits = torch.randn(4, 10, 2)
+    labels = torch.zeros(10, dtype=torch.long)
+    fixed = dense_sweep(all_logits, labels, "sst2", "fixed")
+    assert [p.value for p in fixed.points] == [4.0, 3.0, 2.0, 1.0]
+    assert [p.time_percent for p in fixed.points] == [100.0, 75.0, 50.0, 25.0]
+    patience = dense_sweep(all_logits, labels, "sst2", "patience", {"tolerance": 0.5})
+    assert [p.value for p in patience.points] == [3.0, 2.0, 1.0]
+    assert patience.params == {"tolerance": 0.5}
+
+
+def test_dense_policy_choices():
+    assert dense_policy("entropy", {"threshold": 0.3}, regression=False) == (
+        "entropy", {}, "threshold")
+    assert dense_policy("confidence_window", {"window": 3}, regression=False) == (
+        "confidence_window", {"window": 3}, "threshold")
+    # Regression: entropy is undefined, so PABEE's rule with its tolerance swept.
+    assert dense_policy("entropy", {}, regression=True) == (
+        "patience", {"patience": 1}, "tolerance")
+    assert dense_policy("patience", {"patience": 2}, regression=True) == (
+        "patience", {"patience": 2}, "tolerance")
+    assert dense_policy("fixed", {"layer": 2}, regression=True) == ("fixed", {}, "layer")
+    assert dense_policy("someone_elses_rule", {}, regression=False) is None
+
+
+@settings(max_examples=50, deadline=None)
+@given(count=st.integers(1, 600), max_points=st.integers(2, 300))
+def test_thin_keeps_ends_order_and_limit(count, max_points):
+    values = [float(v) for v in range(count)]
+    kept = thin(values, max_points)
+    assert len(kept) == min(count, max_points)
+    assert kept[0] == values[0] and kept[-1] == values[-1]
+    assert kept == sorted(set(kept))  # a subsequence, no repeats
+    gaps = np.diff(kept) if len(kept) > 1 else np.array([1.0])
+    assert gaps.max() <= np.ceil((count - 1) / max(len(kept) - 1, 1)) + 1  # evenly spread
