@@ -4,6 +4,7 @@
     GLUE_DIR=../shared/glue_data python bench/study.py --phase paper --configs deebert romebert \
         --seeds 42 43 44
     python bench/study.py --list            # every planned run and whether it is finished
+    python bench/study.py --report          # docs/study.md from the finished runs
 
 Every run is `python -m gradsurg run RECIPE --set ... --output RUNS/PHASE/TASK/CONFIG/seed-S
 --resume` through the real CLI, so a stopped study continues from each run's latest checkpoint
@@ -19,11 +20,13 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import statistics
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -105,6 +108,94 @@ def launch(run: Run, runs: Path) -> subprocess.Popen[bytes]:
                             stderr=subprocess.STDOUT, env=env, cwd=ROOT)
 
 
+#: Per-step facts of the surgery worth reporting, from results.json's training means.
+SURGERY_FACTS = ("project/fired", "cosine/final/sd", "pcgrad/conflicts")
+
+
+def finished_runs(runs: Path, phase: str, task: str) -> dict[str, dict[int, Path]]:
+    """config -> seed -> folder of every finished run of one phase and task."""
+    found: dict[str, dict[int, Path]] = {}
+    for config in CONFIGS:
+        for folder in sorted((runs / phase / task / config).glob("seed-*")):
+            if (folder / "results.json").is_file():
+                found.setdefault(config, {})[int(folder.name.split("-")[1])] = folder
+    return found
+
+
+def task_report(runs: Path, phase: str, task: str, figures: Path) -> list[str]:
+    """One task's section: `gradsurg compare`'s tables and plots over the first seed of every
+    configuration, the surgery's facts, the commits, and the spread over seeds."""
+    from gradsurg.report.compare import compare_runs, load_run, markdown_tables, write_plots
+
+    found = finished_runs(runs, phase, task)
+    if not found:
+        return []
+    loaded = []
+    for config, seeds in found.items():
+        run = load_run(seeds[min(seeds)])
+        run.results = {**run.results, "mode": config}  # label the run by its configuration
+        loaded.append(run)
+    comparison = compare_runs(loaded)
+    tables = markdown_tables(comparison)
+    plots = write_plots(comparison, figures, prefix=f"{phase}_{task}_")
+    lines = [f"### {task}, {phase} ({comparison.metric} x 100; first seed of each)", "",
+             *tables["per_exit"], *tables["summary"], *tables["budgets"]]
+    lines += [f"![{name}]({figures.name}/{path.name})" for name, path in plots.items()]
+    lines += ["", "| configuration | commit | " + " | ".join(SURGERY_FACTS) + " |",
+              "| --- | --- | " + " | ".join("---:" for _ in SURGERY_FACTS) + " |"]
+    for run, config in zip(loaded, found):
+        means: dict[str, Any] = {}
+        for stage in (run.results.get("train") or {}).values():
+            means.update(stage)
+        facts = [f"{means[key]:.3f}" if key in means else "-" for key in SURGERY_FACTS]
+        commit = (run.folder / "commit.txt").read_text().strip()[:10] if run.folder and (
+            run.folder / "commit.txt").is_file() else "?"
+        lines.append(f"| {config} | {commit} | " + " | ".join(facts) + " |")
+    spread = [(config, seeds) for config, seeds in found.items() if len(seeds) > 1]
+    if spread:
+        lines += ["", "| configuration | seeds | final exit (mean ± sd) | area (mean ± sd) |",
+                  "| --- | ---: | ---: | ---: |"]
+        for config, seeds in spread:
+            finals, areas = [], []
+            for folder in seeds.values():
+                run = load_run(folder)
+                metric = run.results["primary_metric"]
+                finals.append(100 * float(run.results["exit_metrics"][-1][metric]))
+                areas.append(100 * float((run.results.get("tradeoff") or {}).get("auc", "nan")))
+            lines.append(f"| {config} | {len(seeds)} | {_mean_sd(finals)} | {_mean_sd(areas)} |")
+    lines += [f"Note: {note}" for note in comparison.notes]
+    return [*lines, ""]
+
+
+def _mean_sd(values: list[float]) -> str:
+    if len(values) < 2:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def write_report(runs: Path, output: Path) -> list[Path]:
+    """docs/study.md (and its figures) from every finished run; lists what is missing."""
+    figures = output.parent / output.stem
+    figures.mkdir(parents=True, exist_ok=True)
+    lines = ["# Study: when does gradient surgery pay off in multi-exit training?", "",
+             "Written by `python bench/study.py --report` from the runs under "
+             f"`{runs}`; each run's commit is in its table. Runs not finished yet are listed "
+             "at the end.", ""]
+    for phase in PHASES:
+        for task in PHASES[phase]:
+            lines += task_report(runs, phase, task, figures)
+    missing = [run for phase in PHASES
+               for run in plan(phase, list(CONFIGS) if phase == "screening" else PAPER_MODES,
+                               [42], None)
+               if not (run.folder(runs) / "results.json").is_file()]
+    if missing:
+        lines += ["## Not finished yet", ""]
+        lines += [f"- {run.phase} / {run.task} / {run.config} / seed {run.seed}"
+                  for run in missing]
+    output.write_text("\n".join(lines) + "\n")
+    return [output, *sorted(figures.glob("*.png"))]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--phase", choices=list(PHASES), default="screening")
@@ -115,7 +206,14 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "study")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--list", action="store_true", help="list the runs and their state")
+    parser.add_argument("--report", action="store_true",
+                        help="write --report-file from the finished runs; train nothing")
+    parser.add_argument("--report-file", type=Path, default=ROOT / "docs" / "study.md")
     args = parser.parse_args()
+    if args.report:
+        for path in write_report(args.runs, args.report_file):
+            print(path)
+        return
     configs = args.configs or (list(CONFIGS) if args.phase == "screening" else PAPER_MODES)
     runs = plan(args.phase, configs, args.seeds, args.tasks)
     todo = [r for r in runs if not (r.folder(args.runs) / "results.json").is_file()]
