@@ -23,10 +23,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
-from gradsurg.errors import ConfigError
+from safetensors import SafetensorError
 
-__all__ = ["LOCK_FILE", "OutputLock", "atomic_output", "atomic_write_text", "check_output_file",
-           "check_output_path", "new_run_folder", "os_error_message", "replace_folder"]
+from gradsurg.errors import ConfigError, GradsurgError
+
+__all__ = ["LOCK_FILE", "OutputError", "OutputLock", "atomic_output", "atomic_write_text",
+           "check_output_file", "check_output_path", "new_run_folder", "os_error_message",
+           "replace_folder"]
 
 LOCK_FILE = ".gradsurg.lock"
 
@@ -135,6 +138,15 @@ class OutputLock:
         self.release()
 
 
+class OutputError(GradsurgError):
+    """A file or folder could not be written (the message names it)."""
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def _read_pid(path: Path) -> str:
     try:
         return path.read_text(encoding="ascii").strip()
@@ -192,7 +204,10 @@ def replace_folder(target: Path, write: Callable[[Path], object]) -> None:
     """Fill a hidden staging folder with `write(staging)`, then swap it in for `target`."""
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        write(staging)
+        try:
+            write(staging)
+        except (RuntimeError, SafetensorError) as error:  # writers that hide the OSError
+            raise OutputError(f"{target}: cannot write ({_first_line(error)})") from None
         old = target.with_name(f".{target.name}-old")
         if target.exists():
             shutil.rmtree(old, ignore_errors=True)
