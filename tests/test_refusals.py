@@ -308,3 +308,31 @@ def test_eval_checks_its_json_target_before_evaluating(saved_model, tmp_path):
     one_line_error(["eval", saved_model, "--json", tmp_path / "nodir" / "x.json"], "nodir")
     one_line_error(["eval", saved_model, "--json", tmp_path], "is a folder")
     one_line_error(["eval", saved_model, "--max-length", "100000"], "--max-length")
+
+
+def path_argument_cases(tmp_path: Path, model: Path) -> list[tuple[list[object], str]]:
+    """Every path a command takes, pointed at something missing or of the wrong kind."""
+    a_file = tmp_path / "a_file.txt"
+    a_file.write_text("a fine film\n")
+    missing = tmp_path / "missing"
+    return [
+        (["run", missing / "r.yaml"], "r.yaml does not exist"),
+        (["validate", tmp_path], "is a directory"),
+        (["predict", missing], "missing"),
+        (["predict", a_file], "a_file.txt' is a file"),
+        (["predict", model, "-i", missing / "in.txt"], "in.txt"),
+        (["predict", model, "-i", tmp_path], "is a folder"),
+        (["predict", model, "-i", a_file, "-o", missing / "out.jsonl"], "missing"),
+        (["predict", model, "-i", a_file, "-o", tmp_path], "is a folder"),
+        (["eval", missing], "missing"),
+        (["eval", a_file], "a_file.txt' is a file"),
+        (["eval", model, "--data-dir", missing], "missing"),
+        (["eval", model, "--json", missing / "x.json"], "missing"),
+        (["eval", model, "--json", tmp_path], "is a folder"),
+    ]
+
+
+def test_every_path_argument_names_the_path(saved_model, tmp_path):
+    for args, message in path_argument_cases(tmp_path, saved_model):
+        one_line_error(args, message)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file.txt"]  # nothing written
