@@ -214,7 +214,8 @@ def test_a_finished_run_is_never_replaced_and_resume_re_evaluates_it(tmp_path, t
     result = invoke("run", recipe, "--output", out, "--resume", "--set", "sweep=[0.05, 0.5]",
                     "--set", "eval_rows=4")
     assert result.exit_code == 0, result.output
-    results = json.loads((out / "results.json").read_text())
+    results = json.loads((out / "results.json").read_text(),
+                         parse_constant=lambda token: pytest.fail(f"results.json: {token}"))
     assert [p["threshold"] for p in results["sweep"]] == [0.05, 0.5]
     assert sum(results["sweep"][0]["exit_counts"]) == 4
     assert (out / "train_log.jsonl").read_bytes() == log_before
