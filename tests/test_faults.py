@@ -269,19 +269,24 @@ def limited_run(args: list[str], max_bytes: int) -> subprocess.CompletedProcess[
                           text=True, timeout=300, preexec_fn=limit, env=env)
 
 
-@pytest.mark.parametrize("checkpoints", [True, False])
-def test_a_full_disk_is_one_error_line_with_nothing_half_written(checkpoints, tmp_path,
-                                                                 tiny_bert_dir,
+@pytest.mark.parametrize(("checkpoints", "fraction", "failing"), [
+    (True, 0.5, "checkpoints/step-00000002"),  # the first checkpoint's weights
+    (False, 0.5, "model"),                     # the saved model's weights
+    (True, 0.0, "recipe.yaml"),                # 200 bytes: the first file a run writes
+])
+def test_a_full_disk_is_one_error_line_with_nothing_half_written(checkpoints, fraction, failing,
+                                                                 tmp_path, tiny_bert_dir,
                                                                  shared_glue_dir):
     recipe = tiny_recipe(tmp_path, tiny_bert_dir, shared_glue_dir, checkpoints=checkpoints)
     out = tmp_path / "out"
     weights = (tiny_bert_dir / "model.safetensors").stat().st_size
-    done = limited_run(["run", str(recipe), "--output", str(out)], max_bytes=weights // 2)
+    limit = int(weights * fraction) or 200
+    done = limited_run(["run", str(recipe), "--output", str(out)], max_bytes=limit)
     assert done.returncode == 2, done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "Traceback" not in done.stderr, done.stderr
-    assert "File too large" in errors[0] and str(out) in errors[0], errors
+    assert "File too large" in errors[0] and str(out / failing) in errors[0], errors
     leftovers = sorted(p.relative_to(out).as_posix() for p in out.rglob("*"))
-    assert leftovers in (["checkpoints", "recipe.yaml", "train_log.jsonl"],
+    assert leftovers in ([], ["checkpoints", "recipe.yaml", "train_log.jsonl"],
                          ["plots", "plots/exit_layers.png", "plots/metric_per_exit.png",
                           "plots/metric_vs_time.png", "recipe.yaml", "train_log.jsonl"]), leftovers

@@ -47,8 +47,12 @@ class JsonlLog:
 
     def write(self, record: Mapping[str, Any]) -> None:
         if self._file is not None:
-            self._file.write(strict_json.dumps(dict(record)) + "\n")  # NaN -> null
-            self._file.flush()
+            try:
+                self._file.write(strict_json.dumps(dict(record)) + "\n")  # NaN -> null
+                self._file.flush()
+            except OSError as error:  # e.g. disk full: the message must name the log
+                error.filename = error.filename or str(self.path)
+                raise
 
     def close(self) -> None:
         if self._file is not None:
