@@ -29,6 +29,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from gradsurg.errors import GradsurgError
+from gradsurg.finite_weights import check_finite_weights
 
 __all__ = [
     "CheckpointError",
@@ -90,7 +91,14 @@ class Checkpoints:
         return self.path(steps[-1]) if steps else None
 
     def save(self, step: int, *, model: nn.Module, state: Mapping[str, Any]) -> Path:
-        """Write checkpoint `step` (weights + `state`), commit it by rename, prune old ones."""
+        """Write checkpoint `step` (weights + `state`), commit it by rename, prune old ones.
+
+        Weights holding NaN/inf are refused (NonFiniteError): resuming from them could only
+        fail again, and the previous checkpoint stays the latest. A failed write (disk full,
+        file too large, read-only folder) leaves no folder behind and raises CheckpointError
+        naming the path.
+        """
+        check_finite_weights(model, when=f"at checkpoint step {step}")
         self.root.mkdir(parents=True, exist_ok=True)
         for leftover in self.root.glob(".step-*"):  # staging folders of a killed save
             shutil.rmtree(leftover, ignore_errors=True)
@@ -107,6 +115,11 @@ class Checkpoints:
                 _fsync(staging / name)
             _rename(staging, final)
             _fsync(self.root)
+        except (OSError, RuntimeError, SafetensorError) as error:  # torch.save: RuntimeError
+            reason = (error.strerror if isinstance(error, OSError) and error.strerror
+                      else _first_line(error))
+            raise CheckpointError(f"{final}: cannot write the checkpoint ({reason}); the "
+                                  "previous checkpoint is kept") from None
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         for old in self.steps()[: -self.keep]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import inspect
 import json
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,11 +14,21 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from gradsurg import strict_json, strict_yaml
 from gradsurg.config import first_changed_key, load_recipe
 from gradsurg.distributed import is_main_process
 from gradsurg.errors import ConfigError, GradsurgError
 from gradsurg.extras import import_optional
 from gradsurg.multiexit.policies import ExitPolicy, build_policy
+from gradsurg.numbers import check_finite_numbers
+from gradsurg.outputs import (
+    OutputLock,
+    atomic_write_text,
+    check_output_file,
+    check_output_path,
+    new_run_folder,
+    os_error_message,
+)
 from gradsurg.programs import PROGRAMS
 
 app = typer.Typer(
@@ -68,7 +77,11 @@ def policy_from_options(name: str, **options: float | int | None) -> ExitPolicy:
         key, sep, raw = str(item).partition("=")
         if not sep or not key:
             raise ConfigError(f"--param {item!r}: expected key=value")
-        params[key] = yaml.safe_load(raw)
+        try:
+            params[key] = strict_yaml.load(raw)
+        except yaml.YAMLError:
+            raise ConfigError(f"--param {item!r}: value is not valid YAML") from None
+    check_finite_numbers(params, source=f"--policy {name}", kind="option")
     return build_policy(name, params)
 
 
@@ -81,8 +94,15 @@ def optional(module: str, *names: str) -> tuple[Any, ...]:
     return tuple(getattr(loaded, name) for name in names)
 
 
+#: What a command turns into one `error:` line and exit code 2: the user's input
+#: (GradsurgError) and every file-system failure (OSError: disk full, read-only folder, a
+#: name too long, ...), named by its path. This is the one place that does it.
+USER_ERRORS = (GradsurgError, OSError)
+
+
 def fail(error: Exception) -> typer.Exit:
-    errors.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
+    message = os_error_message(error) if isinstance(error, OSError) else str(error)
+    errors.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code=2)
 
 
@@ -100,49 +120,75 @@ def run(
         "installed package registers (gradsurg plugins lists them); a file path wins.")],
     overrides: SetOption = None,
     output: Annotated[
-        Path | None,
-        typer.Option("--output", "-o", help="Output folder (default: runs/<recipe>-<time>)."),
+        str | None,
+        typer.Option("--output", "-o", help="Output folder (default: runs/<recipe>-<time>, "
+                     "with -2, -3, ... added if that name is taken)."),
     ] = None,
     resume: Annotated[bool, typer.Option(
         "--resume", help="Continue the run in --output from its latest checkpoint (same recipe "
         "and overrides); starts at step 0 if it has none.")] = False,
 ) -> None:
     """Train and evaluate the program a recipe names; write results to the output folder."""
+    lock: OutputLock | None = None
     try:
         program, config = load_recipe(recipe, overrides or [])
-        folder = output or Path("runs") / f"{recipe.stem}-{dt.datetime.now():%Y%m%d-%H%M%S}"
         resolved = config.model_dump(mode="json")
-        check_run_folder(folder, resolved, resume=resume, output_given=output is not None)
+        if resume and output is None:
+            raise ConfigError("--resume needs --output DIR: the folder of the run to continue")
         if resume and "resume" not in inspect.signature(program.run).parameters:
             raise ConfigError(f"program {program.name!r} cannot resume; run it without --resume")
         main = is_main_process()  # under torchrun only rank 0 writes files and prints
+        if output is not None:
+            folder = check_output_path(output)
+        else:
+            folder = Path("runs") / f"{recipe.stem}-{dt.datetime.now():%Y%m%d-%H%M%S}"
+            if main:
+                folder = new_run_folder(folder)
+        if main:  # one run per folder: a second one stops here, before touching anything
+            lock = OutputLock(folder).acquire()
+        check_run_folder(folder, resolved, resume=resume, output_given=output is not None,
+                         evaluation_keys=program.evaluation_keys)
         folder.mkdir(parents=True, exist_ok=True)
         if main:
-            (folder / "recipe.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+            atomic_write_text(folder / "recipe.yaml", yaml.safe_dump(resolved, sort_keys=False))
             console.print(f"[bold]{program.name}[/]: {program.summary} -> {folder}")
         extra = {"resume": True} if resume else {}
         results = program.run(config, folder, **extra)
         if main:
-            (folder / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+            atomic_write_text(folder / "results.json",
+                              strict_json.dumps(results, indent=2) + "\n")
             console.print(f"results: {folder / 'results.json'}")
-    except GradsurgError as error:
+    except USER_ERRORS as error:
         raise fail(error) from None
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def check_run_folder(folder: Path, resolved: dict[str, object], *, resume: bool,
-                     output_given: bool) -> None:
-    """Refuse to overwrite a run that could be resumed, or to resume it with another recipe."""
+                     output_given: bool, evaluation_keys: frozenset[str] = frozenset()) -> None:
+    """Refuse to overwrite a run that could be resumed or has finished, or to resume it with
+    another recipe (keys in `evaluation_keys` may change: the run is evaluated again)."""
     has_checkpoints = any((folder / "checkpoints").glob("step-*"))
+    finished = (folder / "results.json").is_file()
     if resume and not output_given:
         raise ConfigError("--resume needs --output DIR: the folder of the run to continue")
     if not resume and has_checkpoints:
         raise ConfigError(
             f"{folder} holds checkpoints of an earlier run; pass --resume to continue it, or "
             "choose another --output")
+    if not resume and finished:
+        raise ConfigError(
+            f"{folder} holds a finished run ({folder / 'results.json'}); choose another "
+            "--output (nothing is overwritten)")
+    if resume and finished and not has_checkpoints:
+        raise ConfigError(
+            f"{folder} holds a finished run without checkpoints (checkpoints: false), so "
+            "--resume has nothing to continue or evaluate again; choose another --output")
     saved_recipe = folder / "recipe.yaml"
     if resume and saved_recipe.is_file():
         saved = yaml.safe_load(saved_recipe.read_text(encoding="utf-8")) or {}
-        key = first_changed_key(saved, resolved)
+        key = first_changed_key(saved, resolved, ignore=evaluation_keys)
         if key is not None:
             raise ConfigError(
                 f"--resume: key {key!r} is {resolved.get(key)!r} here but {saved.get(key)!r} "
@@ -161,9 +207,8 @@ def validate(
         try:
             program, _ = load_recipe(recipe, overrides or [])
             console.print(f"[green]ok[/] {recipe} ({program.name})")
-        except GradsurgError as error:
-            errors.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False,
-                         soft_wrap=True)
+        except USER_ERRORS as error:
+            fail(error)
             failed = True
     if failed:
         raise typer.Exit(code=2)
@@ -196,8 +241,9 @@ def predict(
     device: DeviceOption = "auto",
 ) -> None:
     """Predict with early exit: one line per input with the answer, confidence and exit layer."""
-    load_for_inference, predict_texts = optional("gradsurg.multiexit.inference",
-                                                 "load_for_inference", "predict_texts")
+    check_max_length, load_for_inference, predict_texts = optional(
+        "gradsurg.multiexit.inference", "check_max_length", "load_for_inference",
+        "predict_texts")
     from gradsurg.multiexit.textio import open_output, read_texts, write_prediction
 
     count = 0
@@ -211,19 +257,21 @@ def predict(
         if input_format not in ("auto", "jsonl", "tsv"):
             raise ConfigError(f"--input-format {input_format!r} is unknown; allowed: auto, "
                               "jsonl, tsv")
+        if output_file != "-":
+            check_output_file(Path(output_file), option="--output")
         loaded = load_for_inference(model_dir, device=device)
-        texts = read_texts(input_file, arity=loaded.arity, fmt=input_format,  # type: ignore[arg-type]
-                           fields=fields.split(",") if fields else None, header=header)
-        handle = open_output(output_file)
-        try:
+        check_max_length(loaded, max_length)
+        # The whole input is read and checked first: a bad line 20,001 is reported before
+        # any prediction is written, not after 20,000 of them.
+        texts = list(read_texts(input_file, arity=loaded.arity, fmt=input_format,  # type: ignore[arg-type]
+                                fields=fields.split(",") if fields else None, header=header))
+        with open_output(output_file) as handle:  # a file appears only when all went well
             for record in predict_texts(loaded, rule, texts, batch_size=batch_size,
                                         max_length=max_length):
-                write_prediction(handle, record, out_format, first=count == 0)  # type: ignore[arg-type]
+                write_prediction(handle, strict_json.strict(record), out_format,  # type: ignore[arg-type]
+                                 first=count == 0)
                 count += 1
-        finally:
-            if handle is not sys.stdout:
-                handle.close()
-    except GradsurgError as error:
+    except USER_ERRORS as error:
         raise fail(error) from None
     errors.print(f"{count} predictions ({rule.describe()})", highlight=False)
 
@@ -254,24 +302,28 @@ def evaluate(
         "--json", help="Also write the report as JSON here.")] = None,
 ) -> None:
     """Score a saved model on a GLUE split under an exit policy; print metric and times."""
-    evaluate_split, load_for_inference = optional("gradsurg.multiexit.inference",
-                                                  "evaluate_split", "load_for_inference")
+    check_max_length, evaluate_split, load_for_inference = optional(
+        "gradsurg.multiexit.inference", "check_max_length", "evaluate_split",
+        "load_for_inference")
 
     try:
         rule = policy_from_options(policy, threshold=threshold, patience=patience,
                                    tolerance=tolerance, window=window, margin=margin,
                                    layer=layer, param=param)
+        if json_out is not None:  # checked before the evaluation, not after it
+            check_output_file(json_out, option="--json")
         loaded = load_for_inference(model_dir, device=device)
+        check_max_length(loaded, max_length)
         report = evaluate_split(loaded, rule, task=task, split=split, data_dir=data_dir,
                                 batch_size=batch_size, max_length=max_length,
                                 max_rows=max_rows, full_depth=full_depth)
-    except GradsurgError as error:
+    except USER_ERRORS as error:
         raise fail(error) from None
     table = Table(title=f"{report.task} {report.split}: {report.policy}, batch {batch_size}")
     table.add_column("measure")
     table.add_column("value", justify="right")
     for key, value in report.metric.items():
-        table.add_row(key, f"{value * 100:.2f}")
+        table.add_row(key, "undefined" if value is None else f"{value * 100:.2f}")
     table.add_row("examples", str(report.examples))
     table.add_row("expected time % (layers)", f"{report.time_percent:.2f}")
     table.add_row("exits (layer 1..L)", " ".join(map(str, report.exit_counts)))
@@ -283,7 +335,11 @@ def evaluate(
                       f"{report.measured_speedup:.2f} / {report.predicted_speedup:.2f}")
     console.print(table)
     if json_out is not None:
-        json_out.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        try:
+            atomic_write_text(json_out, strict_json.dumps(report.to_dict(), indent=2) + "\n")
+        except USER_ERRORS as error:
+            raise fail(error) from None
+
 
 
 @app.command()
@@ -387,7 +443,7 @@ def plugins(
             console.print(table)
     failures = [row.error for rows in listing.values() for row in rows if row.error]
     for message in failures:
-        errors.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+        errors.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     if failures:
         raise typer.Exit(code=2)
 

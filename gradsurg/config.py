@@ -17,7 +17,9 @@ from typing import Any, Protocol
 import yaml
 from pydantic import ValidationError
 
+from gradsurg import strict_yaml
 from gradsurg.errors import ConfigError
+from gradsurg.numbers import check_finite_numbers
 from gradsurg.programs import PROGRAMS, Program, ProgramConfig
 from gradsurg.registry import Registry
 
@@ -38,6 +40,9 @@ def resolve_recipe(spec: str | os.PathLike[str]) -> RecipeFile:
     path = Path(spec)
     if path.is_file():
         return path
+    if path.is_dir():
+        raise ConfigError(f"recipe {path} is a directory; expected a YAML file or a registered "
+                          "recipe name")
     name = str(spec)
     if name not in RECIPES:
         registered = ", ".join(RECIPES.names()) or "(none installed)"
@@ -71,7 +76,12 @@ def read_recipe(path: RecipeFile) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"recipe {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start}); "
+                          "save the recipe as UTF-8") from None
+    try:
+        data = strict_yaml.load(text)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
@@ -90,9 +100,12 @@ def apply_overrides(recipe: dict[str, Any], overrides: Sequence[str]) -> dict[st
         if not sep or not key.strip():
             raise ConfigError(f"--set {item!r}: expected key=value")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            raise ConfigError(f"--set {item!r}: value is not valid YAML") from None
+            value = strict_yaml.load(raw) if raw.strip() else ""
+        except yaml.YAMLError as error:
+            problem = getattr(error, "problem", None) or "not valid YAML"
+            reason = "value is not valid YAML" + (
+                f" ({problem})" if isinstance(error, strict_yaml.DuplicateKeyError) else "")
+            raise ConfigError(f"--set {item!r}: {reason}") from None
         node = result
         parts = key.strip().split(".")
         for part in parts[:-1]:
@@ -107,8 +120,12 @@ def apply_overrides(recipe: dict[str, Any], overrides: Sequence[str]) -> dict[st
 def validate_recipe(recipe: dict[str, Any], *, source: str) -> tuple[Program, ProgramConfig]:
     """Find the recipe's program and validate every key against its schema."""
     name = recipe.get("program")
-    if not isinstance(name, str):
+    if "program" not in recipe:
         raise ConfigError(f"{source}: key 'program' is missing; allowed: {PROGRAMS.names()}")
+    if not isinstance(name, str):
+        raise ConfigError(f"{source}: key 'program': expected a program name, got "
+                          f"{type(name).__name__} {name!r}; allowed: {PROGRAMS.names()}")
+    check_finite_numbers(recipe, source=source)
     program = PROGRAMS.get(name)
     try:
         return program, program.config.model_validate(recipe)
@@ -124,9 +141,12 @@ def load_recipe(
     return validate_recipe(apply_overrides(read_recipe(path), overrides), source=str(path))
 
 
-def first_changed_key(saved: Mapping[str, Any], current: Mapping[str, Any]) -> str | None:
-    """The alphabetically first key whose value differs between two resolved recipes."""
-    changed = sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
+def first_changed_key(saved: Mapping[str, Any], current: Mapping[str, Any], *,
+                      ignore: frozenset[str] = frozenset()) -> str | None:
+    """The alphabetically first key whose value differs between two resolved recipes
+    (keys in `ignore`, e.g. evaluation-only settings, may differ)."""
+    changed = sorted(k for k in saved.keys() | current.keys()
+                     if k not in ignore and saved.get(k) != current.get(k))
     return changed[0] if changed else None
 
 

@@ -5,11 +5,11 @@
 * mcc (Matthews correlation): cola
 * pearson and spearman: stsb
 
-Undefined values are 0.0, never NaN, so a degenerate dev set (or an untrained model that
-predicts one class or a constant score) cannot poison averages or best-checkpoint
-comparisons: MCC is 0.0 when predictions or labels are constant (as scikit-learn does,
-which GLUE's own scorer used), Pearson/Spearman are 0.0 when either side is constant, and
-F1 is 0.0 when there are no positive predictions and no positive labels.
+Never NaN. MCC is 0.0 when predictions or labels are constant (as scikit-learn does, which
+GLUE's own scorer used) and F1 is 0.0 when there are no positive predictions and no positive
+labels, the conventions GLUE reports. Pearson and Spearman are *undefined* (None, written as
+`null` in JSON and shown as "undefined") on fewer than two rows or when either side is
+constant: a 0.00 there would read like a measured "no correlation".
 """
 
 from __future__ import annotations
@@ -67,9 +67,9 @@ def _mcc(preds: torch.Tensor, labels: torch.Tensor, num_labels: int) -> float:
     return float(multiclass_matthews_corrcoef(preds, labels, num_classes=num_labels))
 
 
-def _correlation(fn: Any, preds: torch.Tensor, labels: torch.Tensor) -> float:
+def _correlation(fn: Any, preds: torch.Tensor, labels: torch.Tensor) -> float | None:
     if preds.numel() < 2 or _is_constant(preds) or _is_constant(labels):
-        return 0.0  # undefined (zero variance); see module doc
+        return None  # undefined (zero variance); see module doc
     return float(fn(preds, labels))
 
 
@@ -89,7 +89,7 @@ def _classification(spec: TaskSpec, predictions: Any, labels: Any) -> dict[str, 
     return values
 
 
-def _regression(predictions: Any, labels: Any) -> dict[str, float]:
+def _regression(predictions: Any, labels: Any) -> dict[str, float | None]:
     preds = _as_1d(predictions, "predictions").double()
     target = _as_1d(labels, "labels").double()
     _check_lengths(preds, target)
@@ -106,7 +106,8 @@ def _check_lengths(preds: torch.Tensor, target: torch.Tensor) -> None:
         raise ValueError("cannot compute metrics on zero examples")
 
 
-def compute_metrics(task: str | TaskSpec, predictions: Any, labels: Any) -> dict[str, float]:
+def compute_metrics(task: str | TaskSpec, predictions: Any, labels: Any
+                    ) -> dict[str, float | None]:
     """GLUE metrics for one task as python floats, keyed ``accuracy``/``f1``/``mcc``/
     ``pearson``/``spearman`` (the task's ``TaskSpec.metrics``).
 

@@ -38,12 +38,18 @@ def match_patterns(
                     f"{kind} pattern {pattern!r} matches no trainable parameter "
                     f"(e.g. {', '.join(names[:3])})"
                 )
-    return [
+    selected = [
         (name, p)
         for name, p in named
         if (include is None or any(fnmatchcase(name, pat) for pat in include))
         and not any(fnmatchcase(name, pat) for pat in exclude or ())
     ]
+    if not selected and named and (include is not None or exclude):
+        # e.g. `include: []` or `exclude: ['*']`: surgery would silently become a plain sum
+        raise ConfigError(f"include {list(include) if include is not None else None} / exclude "
+                          f"{list(exclude or [])} select no trainable parameter, so surgery "
+                          "would do nothing")
+    return selected
 
 
 def reached_parameters(loss: Tensor, candidates: Iterable[Tensor]) -> set[int]:

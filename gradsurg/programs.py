@@ -20,7 +20,7 @@ from gradsurg.registry import Registry
 class ProgramConfig(BaseModel):
     """Base of every program's recipe schema: unknown keys are errors, not silently ignored."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     program: str = Field(description="registered program that runs the recipe (gradsurg plugins)")
 
@@ -33,6 +33,9 @@ class Program:
     config: type[ProgramConfig]
     run: Callable[[Any, Path], dict[str, Any]]
     summary: str
+    #: Recipe keys that change evaluation only: `run --resume` accepts new values for them,
+    #: so a finished run's last checkpoint can be evaluated again without training.
+    evaluation_keys: frozenset[str] = frozenset()
 
 
 PROGRAMS: Registry[Program] = Registry("program", "gradsurg.programs")

@@ -108,11 +108,11 @@ def test_problems_found_when_the_run_starts(tmp_path, shared_glue_dir):
 def test_bad_model_folders_and_tasks_for_predict_and_eval(tmp_path, tiny_bert_dir):
     from gradsurg.multiexit.model import MultiExitModel
 
-    model = MultiExitModel.from_backbone(str(tiny_bert_dir), num_labels=2)[0]
+    model, tokenizer = MultiExitModel.from_backbone(str(tiny_bert_dir), num_labels=2)
     good = tmp_path / "good"
-    model.save_pretrained(good)
+    model.save_pretrained(good, tokenizer=tokenizer)
     corrupt = tmp_path / "corrupt"
-    model.save_pretrained(corrupt)
+    model.save_pretrained(corrupt, tokenizer=tokenizer)
     (corrupt / "model.safetensors").write_bytes(b"\x00garbage")
     texts = tmp_path / "texts.txt"
     texts.write_text("a fine film\n")

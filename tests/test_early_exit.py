@@ -231,11 +231,11 @@ def test_per_exit_metrics_for_regression() -> None:
     all_logits = torch.stack([
         (2 * labels + 1)[:, None],        # a perfect linear fit
         (-labels)[:, None],               # perfectly reversed
-        torch.full((5, 1), 3.0),          # constant: correlations undefined -> 0
+        torch.full((5, 1), 3.0),          # constant: correlations undefined -> None
     ])
     got = per_exit_metrics(all_logits, labels, "stsb")
     assert got[0] == {"pearson": pytest.approx(1.0), "spearman": pytest.approx(1.0)}
     assert got[1] == {"pearson": pytest.approx(-1.0), "spearman": pytest.approx(-1.0)}
-    assert got[2] == {"pearson": 0.0, "spearman": 0.0}
+    assert got[2] == {"pearson": None, "spearman": None}
     with pytest.raises(ValueError, match="1 outputs"):
         per_exit_metrics(torch.zeros(2, 5, 2), labels, "stsb")

@@ -67,7 +67,7 @@ def test_logits_are_argmaxed() -> None:
     assert compute_metrics("mnli", logits, [1, 0, 0])["accuracy"] == pytest.approx(2 / 3)
 
 
-# --- degenerate inputs: undefined values are 0.0, never NaN -------------------------------
+# --- degenerate inputs: MCC/F1 0.0 as GLUE reports them, correlations None; never NaN
 
 
 @pytest.mark.filterwarnings("ignore:A single label was found:UserWarning")
@@ -87,8 +87,9 @@ def test_mcc_undefined_is_zero(preds: list[int], labels: list[int]) -> None:
     ([1.0, 2.0, 3.0], [4.0, 4.0, 4.0]),
     ([1.5], [3.0]),
 ])
-def test_correlation_undefined_is_zero(preds: list[float], labels: list[float]) -> None:
-    assert compute_metrics("stsb", preds, labels) == {"pearson": 0.0, "spearman": 0.0}
+def test_correlation_undefined_is_none(preds: list[float], labels: list[float]) -> None:
+    """Undefined, not 0.0: a 0.00 would read like a measured absence of correlation."""
+    assert compute_metrics("stsb", preds, labels) == {"pearson": None, "spearman": None}
 
 
 def test_f1_without_positives_is_zero() -> None:

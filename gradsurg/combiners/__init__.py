@@ -51,7 +51,15 @@ def build_combiner(spec: CombinerSpec, *, where: str = "combiner") -> Combiner:
         raise ConfigError(
             f"{where} ({spec['name']}): {error}; options are {allowed}"
         ) from None
-    return cls(**options)
+    try:
+        return cls(**options)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError, OverflowError, RuntimeError) as error:
+        # e.g. `seed: x` or `seed: 2**64` reaching torch.Generator.manual_seed
+        raise ConfigError(f"{where} ({spec['name']}): invalid options {options!r} ("
+                          f"{str(error).splitlines()[0] if str(error) else type(error).__name__})"
+                          ) from None
 
 
 __all__ = [

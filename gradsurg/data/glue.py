@@ -52,6 +52,8 @@ class TaskSpec:
     metrics: tuple[str, ...]
     primary_metric: str
     split_files: tuple[tuple[str, str], ...] = _PAIR_FILES
+    #: Regression tasks: the closed range a score must lie in (STS-B: 0..5).
+    score_range: tuple[float, float] | None = None
     has_header: bool = True
     num_fields: int | None = None
     text_indices: tuple[int, ...] | None = None
@@ -115,7 +117,7 @@ GLUE_TASKS: dict[str, TaskSpec] = {
     "qqp": _pair_task("qqp", "QQP", "question1", "question2", "is_duplicate", _BINARY,
                       ("question1", "question2"), ("f1", "accuracy")),
     "stsb": _pair_task("stsb", "STS-B", "sentence1", "sentence2", "score", None, _S12,
-                       ("pearson", "spearman")),
+                       ("pearson", "spearman"), score_range=(0.0, 5.0)),
     "mnli": _pair_task("mnli", "MNLI", "sentence1", "sentence2", "gold_label",
                        ("entailment", "neutral", "contradiction"), ("premise", "hypothesis"),
                        ("accuracy",), split_files=(("train", "train.tsv"),
@@ -210,6 +212,11 @@ def _parse_label(spec: TaskSpec, raw: str, where: str) -> int | float:
         if not math.isfinite(score):
             raise DataError(f"{where}: non-numeric score {_shown(raw)} in column "
                             f"{spec.label_column!r}")
+        if spec.score_range is not None and not (
+                spec.score_range[0] <= score <= spec.score_range[1]):
+            low, high = spec.score_range
+            raise DataError(f"{where}: score {_shown(raw)} in column {spec.label_column!r} is "
+                            f"outside {spec.name}'s range (allowed: {low:g}..{high:g})")
         return score
     try:
         return spec.labels.index(value)

@@ -246,7 +246,7 @@ def build_loss_term(spec: str | Mapping[str, Any], num_exits: int, *, where: str
         raise ConfigError(f"{where}: {error}") from None
     try:
         return term_cls(num_exits, **params)
-    except TypeError as error:
+    except (TypeError, ValueError, OverflowError) as error:
         raise ConfigError(f"{where}: loss term {name!r} does not take these options "
                           f"({error})") from None
     except ConfigError as error:

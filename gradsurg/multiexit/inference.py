@@ -26,7 +26,8 @@ from gradsurg.multiexit.policies import ExitPolicy, FixedPolicy
 from gradsurg.multiexit.runner import EarlyExitOutput, EarlyExitRunner
 from gradsurg.multiexit.textio import InputText
 
-__all__ = ["EvalReport", "LoadedModel", "evaluate_split", "load_for_inference", "predict_texts"]
+__all__ = ["EvalReport", "LoadedModel", "check_max_length", "evaluate_split", "load_for_inference",
+           "predict_texts"]
 
 
 @dataclass
@@ -47,10 +48,42 @@ class LoadedModel:
         return len(task.text_columns) if task is not None else 1
 
 
+#: Files a saved model folder must hold (MultiExitModel.save_pretrained with a tokenizer).
+MODEL_FILES = ("gradsurg_config.json", "config.json", "model.safetensors",
+               "tokenizer_config.json")
+#: The tokenizer's vocabulary: one of these (fast tokenizers write tokenizer.json).
+VOCABULARY_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model",
+                    "sentencepiece.bpe.model")
+
+
+def check_model_folder(model_dir: str | Path) -> None:
+    """Refuse a model folder that lacks a file prediction needs, before loading anything.
+
+    Without `tokenizer_config.json` or the vocabulary, transformers falls back to other
+    settings or files and the model silently answers for differently tokenized text.
+    """
+    folder = Path(model_dir)
+    if not folder.is_dir():
+        what = "is a file" if folder.exists() else "does not exist"
+        raise ConfigError(f"model folder {str(folder)!r} {what}; expected a run's model/ folder")
+    for name in MODEL_FILES:
+        if not (folder / name).is_file():
+            raise ConfigError(f"model folder {str(folder)!r} has no {name}; expected a folder "
+                              "written by a run (model/) or MultiExitModel.save_pretrained")
+    if not any((folder / name).is_file() for name in VOCABULARY_FILES):
+        raise ConfigError(f"model folder {str(folder)!r} has no tokenizer vocabulary (one of "
+                          f"{', '.join(VOCABULARY_FILES)})")
+    empty = next((p.name for p in sorted(folder.iterdir()) if p.is_file() and
+                  p.stat().st_size == 0 and not p.name.startswith(".")), None)
+    if empty is not None:
+        raise ConfigError(f"model folder {str(folder)!r}: {empty} is empty")
+
+
 def load_for_inference(model_dir: str | Path, *, device: str = "auto") -> LoadedModel:
     """A saved model folder (weights, configs and tokenizer) ready for the runner."""
     from transformers import AutoTokenizer
 
+    check_model_folder(model_dir)
     target = resolve_device(device)
     model = MultiExitModel.from_pretrained(model_dir, device=target)
     try:
@@ -60,6 +93,14 @@ def load_for_inference(model_dir: str | Path, *, device: str = "auto") -> Loaded
                             f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
                             ) from None
     return LoadedModel(model=model, tokenizer=tokenizer, device=target)
+
+
+def check_max_length(loaded: LoadedModel, max_length: int) -> None:
+    """Refuse a --max-length the model's position embeddings cannot hold (it would fail on the
+    first long input with an index error deep inside the backbone)."""
+    from gradsurg.recipes.glue_checks import check_max_length as check
+
+    check(max_length, loaded.model.encoder.hf_config, key="--max-length", model="the model")
 
 
 class _Timer:

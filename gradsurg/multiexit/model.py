@@ -109,7 +109,10 @@ class MultiExitConfig:
             data = json.loads(Path(path).read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise GradsurgError(f"{path}: not a readable JSON file ({exc})") from exc
-        return cls.from_dict(data)
+        try:
+            return cls.from_dict(data)
+        except ConfigError as error:  # name the file: the message alone does not say where
+            raise ConfigError(f"{path}: {error}") from None
 
 
 class MultiExitModel(nn.Module):

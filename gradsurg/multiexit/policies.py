@@ -318,7 +318,7 @@ def build_policy(name: str, params: Mapping[str, Any] | None = None) -> ExitPoli
                                   f"allowed: {', '.join(allowed) or '(none)'}")
     try:
         return cls(**params)
-    except TypeError as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise ConfigError(f"exit policy {name!r}: {exc}") from exc
 
 

@@ -8,6 +8,7 @@ is worse than no prediction.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import itertools
 import json
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import IO, Any, Literal
 
 from gradsurg.errors import ConfigError, DataError
+from gradsurg.outputs import atomic_output
 
 __all__ = ["InputText", "open_output", "read_texts", "write_prediction"]
 
@@ -59,17 +61,31 @@ def read_texts(source: str | Path, *, arity: int, fmt: InputFormat = "auto",
 
 
 def _lines(source: str | Path) -> Iterator[str]:
+    """Decoded lines (terminators kept); a bad byte is reported with its line number, the same
+    way for a file and for stdin."""
     if str(source) == "-":
-        yield from sys.stdin
+        stream = getattr(sys.stdin, "buffer", None)
+        if stream is None:  # a text-only stdin (embedded use): already decoded
+            yield from sys.stdin
+            return
+        yield from _decoded("<stdin>", stream)
         return
     path = Path(source)
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, expected an input file")
     if not path.is_file():
         raise DataError(f"{path}: input file not found")
-    try:
-        with path.open(encoding="utf-8-sig", newline="") as handle:
-            yield from handle
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    with path.open("rb") as handle:
+        yield from _decoded(str(path), handle)
+
+
+def _decoded(name: str, stream: Iterable[bytes]) -> Iterator[str]:
+    for number, raw in enumerate(stream, start=1):
+        try:
+            yield raw.decode("utf-8-sig" if number == 1 else "utf-8")
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{name}:{number}: not UTF-8 text ({exc.reason} at byte "
+                            f"{exc.start + 1} of the line)") from None
 
 
 def _sniff(name: str, lines: Iterator[str]) -> tuple[InputFormat, Iterator[str]]:
@@ -82,9 +98,24 @@ def _sniff(name: str, lines: Iterator[str]) -> tuple[InputFormat, Iterator[str]]
     for line in lines:
         seen.append(line)
         if line.strip():
-            fmt: InputFormat = "jsonl" if line.lstrip().startswith("{") else "tsv"
+            fmt: InputFormat = "jsonl" if _looks_like_json(line) else "tsv"
             return fmt, itertools.chain(seen, lines)
     return "tsv", iter(seen)
+
+
+def _looks_like_json(line: str) -> bool:
+    """An object line, or any line that parses as a JSON list (then refused as not an object,
+    instead of being classified as the text "[...]")."""
+    stripped = line.strip()
+    if stripped.startswith("{"):
+        return True
+    if stripped.startswith("["):
+        try:
+            json.loads(stripped)
+        except json.JSONDecodeError:
+            return False
+        return True
+    return False
 
 
 def _read_jsonl(name: str, lines: Iterable[str], arity: int,
@@ -163,14 +194,19 @@ def _header_columns(name: str, row: list[str], arity: int,
     return [names.index(w) for w in wanted]
 
 
-def open_output(path: str | Path | None) -> IO[str]:
-    """A text handle for ``path``, or stdout for None / ``-``."""
+@contextlib.contextmanager
+def open_output(path: str | Path | None) -> Iterator[IO[str]]:
+    """A text handle for ``path`` (or stdout for None / ``-``), as a context manager.
+
+    A file is written under a temporary name beside it and renamed into place when the block
+    ends without error: a failed run leaves the old file (or none), never an empty or partial
+    one.
+    """
     if path is None or str(path) == "-":
-        return sys.stdout
-    target = Path(path)
-    if not target.parent.is_dir():
-        raise ConfigError(f"output folder {str(target.parent)!r} does not exist")
-    return target.open("w", encoding="utf-8", newline="")
+        yield sys.stdout
+        return
+    with atomic_output(Path(path)) as handle:
+        yield handle
 
 
 def write_prediction(handle: IO[str], record: dict[str, Any], fmt: OutputFormat,

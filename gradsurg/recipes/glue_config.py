@@ -61,7 +61,8 @@ class MultiExitGlueConfig(ProgramConfig):
     max_grad_norm: float | None = Field(1.0, gt=0, description="clip the combined gradient")
     max_nonfinite_steps: int = Field(
         10, ge=1, description="NaN/inf steps are skipped; this many in a row stop the run")
-    seed: int = Field(42, description="seeds the subset, shuffling, init and dropout")
+    seed: int = Field(42, ge=0, le=2**63 - 1,
+                      description="seeds the subset, shuffling, init and dropout (0..2**63-1)")
     gamma: float = Field(0.9, ge=0, le=1, description="SD weight of the KL term vs CE")
     temperature: float = Field(3.0, gt=0, description="SD softmax temperature T")
     loss_groups: dict[str, str | dict[str, Any]] | None = Field(
@@ -182,6 +183,20 @@ class MultiExitGlueConfig(ProgramConfig):
         if unknown:
             raise ValueError(f"key 'combiner': loss group {unknown[0]!r} does not exist in mode "
                              f"{self.mode}; allowed: {', '.join(groups)}")
+        return self
+
+    @model_validator(mode="after")
+    def _selection_and_evaluation_work(self) -> MultiExitGlueConfig:
+        """Checked now, not after training: an empty surgery selection, an unusable sweep."""
+        from gradsurg.recipes.glue_checks import check_evaluation_settings
+
+        if self.include is not None and not self.include:
+            raise ValueError("key 'include': an empty list selects no parameter, so surgery "
+                             "would do nothing; use null for the default selection")
+        try:
+            check_evaluation_settings(self.exit_policy, self.sweep)
+        except ConfigError as error:
+            raise ValueError(str(error)) from None
         return self
 
     def _check_exit_groups(self) -> MultiExitGlueConfig:

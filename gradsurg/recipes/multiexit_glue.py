@@ -40,6 +40,7 @@ from gradsurg.data.glue import TaskSpec, get_task, load_glue
 from gradsurg.devices import resolve_device
 from gradsurg.distributed import DataParallel
 from gradsurg.errors import ConfigError
+from gradsurg.finite_weights import check_finite_outputs, check_finite_weights
 from gradsurg.metrics import primary_metric
 from gradsurg.multiexit.early_exit import per_exit_metrics, policy_sweep
 from gradsurg.multiexit.exit_losses import ExitLossTerm, build_loss_term
@@ -47,8 +48,10 @@ from gradsurg.multiexit.model import MultiExitModel
 from gradsurg.multiexit.policies import POLICIES
 from gradsurg.multiexit.tradeoff import dense_sweep
 from gradsurg.multiexit.tradeoff_summary import summarize
+from gradsurg.outputs import replace_folder
 from gradsurg.precision import LossScale, autocast_factory
 from gradsurg.programs import Program
+from gradsurg.recipes.glue_checks import EVALUATION_KEYS, check_against_model
 from gradsurg.recipes.glue_config import DEFAULT_GROUPS, TWO_STAGE_MODES, MultiExitGlueConfig
 from gradsurg.recipes.training import (
     JsonlLog,
@@ -257,6 +260,8 @@ def run(config: MultiExitGlueConfig, output_dir: Path, *, resume: bool = False
     # Recorded in the checkpoint so `gradsurg predict/eval` know the classes and the task.
     model.config = dataclasses.replace(
         model.config, task=task.name, labels=list(task.labels) if task.labels else None)
+    check_against_model(config, num_layers=model.num_exits, num_outputs=task.num_labels,
+                        hf_config=model.encoder.hf_config)  # before any step, not after
     model.to(device)
     one_stage = config.mode not in TWO_STAGE_MODES
     stages = plan_stages(config.mode, config.joint_groups(model.num_exits) if one_stage else None)
@@ -315,7 +320,9 @@ def run(config: MultiExitGlueConfig, output_dir: Path, *, resume: bool = False
     if not parallel.is_main:  # rank 0 alone evaluates and writes the outputs
         return {}
 
+    check_finite_weights(model, when="after training")
     all_logits, labels = collect_exit_logits(model, eval_loader, device)
+    check_finite_outputs(all_logits, what=f"{config.eval_split} evaluation")
     # Every exit's evaluation outputs: `gradsurg compare` and later sweeps read them instead
     # of re-running the model.
     save_file({"logits": all_logits.contiguous(), "labels": labels.contiguous()},
@@ -335,7 +342,8 @@ def run(config: MultiExitGlueConfig, output_dir: Path, *, resume: bool = False
         results["weighting"] = {"name": weighting.name, **{
             key: round(value, 6) for key, value in weighting.describe().items()}}
     if config.save_model:
-        model.save_pretrained(output_dir / "model", tokenizer=tokenizer)
+        replace_folder(output_dir / "model",  # a failed save leaves no half-written model/
+                       lambda folder: model.save_pretrained(folder, tokenizer=tokenizer))
         results["model_dir"] = str(output_dir / "model")
     return results
 
@@ -353,7 +361,7 @@ def load_latest(checkpoints: Checkpoints, model: MultiExitModel, config: MultiEx
         return None
     state = checkpoints.load(latest, model=model, device=device)
     saved, current = state.get("recipe", {}), config.model_dump(mode="json")
-    key = first_changed_key(saved, current)
+    key = first_changed_key(saved, current, ignore=EVALUATION_KEYS)
     if key is not None:
         raise ConfigError(
             f"--resume: key {key!r} is {current.get(key)!r} but {latest} was written with "
@@ -518,4 +526,5 @@ PROGRAM = Program(
     run=run,
     summary="multi-exit encoders on GLUE (RomeBERT, RomeBERT-SD, DeeBERT, DeeBERT-SD, PABEE, "
     "ELBERT)",
+    evaluation_keys=EVALUATION_KEYS,
 )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections import defaultdict
@@ -22,6 +21,7 @@ from rich.progress import (
 )
 from torch import Tensor, nn
 
+from gradsurg import strict_json
 from gradsurg.surgery import Surgery
 from gradsurg.weightings import LossWeighting
 from gradsurg.weightings.loop import after_step
@@ -49,8 +49,12 @@ class JsonlLog:
 
     def write(self, record: Mapping[str, Any]) -> None:
         if self._file is not None:
-            self._file.write(json.dumps(dict(record)) + "\n")
-            self._file.flush()
+            try:
+                self._file.write(strict_json.dumps(dict(record)) + "\n")  # NaN -> null
+                self._file.flush()
+            except OSError as error:  # e.g. disk full: the message must name the log
+                error.filename = error.filename or str(self.path)
+                raise
 
     def close(self) -> None:
         if self._file is not None:

@@ -8,6 +8,7 @@ Metric values are fractions (as ``gradsurg.metrics`` returns them) and are drawn
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -47,6 +48,11 @@ def _layer_ticks(axes: Axes, num_layers: int) -> None:
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
+def _scaled(value: float | None, scale: float) -> float:
+    """An undefined metric (None, e.g. Pearson of a constant) is a gap in the line."""
+    return math.nan if value is None else value * scale
+
+
 def _check_curves(curves: Mapping[str, Sequence[object]]) -> None:
     if not curves:
         raise ValueError("need at least one curve to plot")
@@ -63,7 +69,7 @@ def plot_exit_metrics(curves: Mapping[str, Sequence[float]], metric_name: str,
     figure, axes = _new_axes()
     for name, values in curves.items():
         layers = range(1, len(values) + 1)
-        axes.plot(layers, [v * scale for v in values], marker="o", label=name)
+        axes.plot(layers, [_scaled(v, scale) for v in values], marker="o", label=name)
     _layer_ticks(axes, max(len(values) for values in curves.values()))
     axes.set_xlabel("exit layer")
     axes.set_ylabel(_metric_label(metric_name, scale))
@@ -85,7 +91,7 @@ def plot_tradeoff(curves: Mapping[str, Sequence[tuple[float, float]]], metric_na
     for name, points in curves.items():
         ordered = sorted(points, key=lambda point: point[0])
         marker = "o" if len(ordered) <= MAX_MARKED_POINTS else None  # dense sweeps: a line
-        axes.plot([t for t, _ in ordered], [m * scale for _, m in ordered], marker=marker,
+        axes.plot([t for t, _ in ordered], [_scaled(m, scale) for _, m in ordered], marker=marker,
                   label=name)
     axes.set_xlabel("expected time (% of layers run)")
     axes.set_ylabel(_metric_label(metric_name, scale))

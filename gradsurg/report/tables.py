@@ -24,8 +24,11 @@ def _metric_keys(metrics: Iterable[Mapping[str, float]]) -> list[str]:
     return list(keys)
 
 
-def _format(metrics: Mapping[str, float], key: str, scale: float) -> str:
-    return f"{metrics[key] * scale:.2f}" if key in metrics else "-"
+def _format(metrics: Mapping[str, float | None], key: str, scale: float) -> str:
+    if key not in metrics:
+        return "-"
+    value = metrics[key]
+    return "undefined" if value is None else f"{value * scale:.2f}"
 
 
 def exit_metrics_table(per_exit: Sequence[Mapping[str, float]],

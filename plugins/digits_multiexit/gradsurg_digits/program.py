@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +10,7 @@ from pydantic import Field, field_validator
 from sklearn.datasets import load_digits
 from torch import Tensor
 
+from gradsurg import strict_json
 from gradsurg.combiners import build_combiner
 from gradsurg.distributed import DataParallel
 from gradsurg.errors import ConfigError
@@ -139,7 +139,7 @@ def train(config: DigitsConfig, output_dir: Path | None = None) -> dict[str, Any
     parallel.close()
     if output_dir is not None and parallel.is_main:
         with (output_dir / "train_log.jsonl").open("w") as log:
-            log.writelines(json.dumps(line) + "\n" for line in log_lines)
+            log.writelines(strict_json.dumps(line) + "\n" for line in log_lines)
         torch.save(model.state_dict(), output_dir / "model.pt")
     return results
 

@@ -1,0 +1,96 @@
+"""Checks of a multi-exit GLUE recipe that must pass before the first training step.
+
+Evaluation runs after training; a sweep value or exit policy it cannot use must not cost the
+training. `check_evaluation_settings` builds every policy of the sweep from the recipe alone
+(validation time); `check_against_model` adds what needs the model: its depth (e.g. `fixed`
+with `layer: 99`), its outputs (regression vs classes) and its position embeddings.
+
+`EVALUATION_KEYS` are the keys that only change evaluation: `--resume` accepts new values for
+them, so a finished run's last checkpoint can be re-evaluated without training again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from gradsurg.errors import ConfigError
+from gradsurg.multiexit.early_exit import default_sweep
+from gradsurg.multiexit.policies import POLICIES, ExitPolicy, build_policy
+
+__all__ = ["EVALUATION_KEYS", "check_against_model", "check_evaluation_settings",
+           "max_positions"]
+
+EVALUATION_KEYS = frozenset({"exit_policy", "sweep", "eval_rows", "eval_batch_size",
+                             "eval_split", "save_model"})
+
+#: Model types whose position ids start after the padding index (fairseq's convention).
+_PADDING_OFFSET_TYPES = {"roberta": 2, "mpnet": 2, "xlm-roberta": 2, "camembert": 2}
+
+
+def sweep_policies(name: str, params: Mapping[str, Any], sweep: Sequence[float] | None, *,
+                   num_layers: int | None = None) -> list[ExitPolicy]:
+    """Every policy the sweep will use, built now; errors name the key and the value."""
+    policy_cls = POLICIES.get(name)
+    swept = policy_cls.sweep_parameter
+    if sweep is not None and not sweep:
+        raise ConfigError("key 'sweep': an empty list sweeps nothing; give values of "
+                          f"{name}'s {swept or 'parameter'}, or null for the default list")
+    if sweep is None:
+        if num_layers is None:
+            return []
+        sweep = default_sweep(name, num_layers)
+    if swept is None:
+        return [build_policy(name, dict(params))]
+    default = getattr(policy_cls, swept, None)
+    policies = []
+    for value in sweep:
+        typed: Any = int(value) if isinstance(default, int) and float(value).is_integer() \
+            else value
+        try:
+            policies.append(build_policy(name, {**params, swept: typed}))
+        except ConfigError as error:
+            raise ConfigError(f"key 'sweep': value {value!r} does not work for exit policy "
+                              f"{name!r} ({error})") from None
+    return policies
+
+
+def check_evaluation_settings(exit_policy: str | Mapping[str, Any],
+                              sweep: Sequence[float] | None) -> None:
+    """Build the sweep's policies from the recipe alone (no model needed)."""
+    from gradsurg.multiexit.policies import split_policy_spec
+
+    name, params = split_policy_spec(exit_policy)
+    sweep_policies(name, params, sweep)
+
+
+def max_positions(hf_config: Any) -> int | None:
+    """Tokens the backbone can embed (BERT: 512; RoBERTa/MPNet: 514 minus their offset 2)."""
+    limit = getattr(hf_config, "max_position_embeddings", None)
+    if not isinstance(limit, int):
+        return None
+    return limit - _PADDING_OFFSET_TYPES.get(getattr(hf_config, "model_type", ""), 0)
+
+
+def check_max_length(max_length: int, hf_config: Any, *, key: str = "key 'max_length'",
+                     model: str = "the model") -> None:
+    """Refuse a truncation length the position embeddings cannot hold (it would fail on the
+    first long input, possibly after hours of training)."""
+    limit = max_positions(hf_config)
+    if limit is not None and max_length > limit:
+        raise ConfigError(f"{key}: {max_length} is more than {model} can embed "
+                          f"({limit} positions); allowed: 2..{limit}")
+
+
+def check_against_model(config: Any, *, num_layers: int, num_outputs: int,
+                        hf_config: Any) -> None:
+    """What the recipe asks of this model: sweep policies that fit it, a max_length it holds."""
+    check_max_length(config.max_length, hf_config, model=f"model {config.model!r}")
+    name, params = config.policy_spec()
+    if num_outputs < 2 and POLICIES.get(name).classification_only:
+        return  # the run skips the sweep for a regression task (see multiexit_glue.evaluate)
+    for policy in sweep_policies(name, params, config.sweep, num_layers=num_layers):
+        try:
+            policy.check_model(num_outputs, num_layers)
+        except ConfigError as error:
+            raise ConfigError(f"key 'sweep' / 'exit_policy': {error}") from None
