@@ -23,8 +23,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
-from safetensors import SafetensorError
-
 from gradsurg.errors import ConfigError, GradsurgError
 
 __all__ = ["LOCK_FILE", "OutputError", "OutputLock", "atomic_output", "atomic_write_text",
@@ -202,6 +200,8 @@ def check_output_file(path: Path, *, option: str = "output") -> None:
 
 def replace_folder(target: Path, write: Callable[[Path], object]) -> None:
     """Fill a hidden staging folder with `write(staging)`, then swap it in for `target`."""
+    from safetensors import SafetensorError  # the glue extra; imported only by what writes
+
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         try:

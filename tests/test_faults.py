@@ -288,5 +288,7 @@ def test_a_full_disk_is_one_error_line_with_nothing_half_written(checkpoints, fr
     assert "File too large" in errors[0] and str(out / failing) in errors[0], errors
     leftovers = sorted(p.relative_to(out).as_posix() for p in out.rglob("*"))
     assert leftovers in ([], ["checkpoints", "recipe.yaml", "train_log.jsonl"],
-                         ["plots", "plots/exit_layers.png", "plots/metric_per_exit.png",
-                          "plots/metric_vs_time.png", "recipe.yaml", "train_log.jsonl"]), leftovers
+                         ["exit_logits.safetensors", "plots", "plots/exit_layers.png",
+                          "plots/metric_per_exit.png", "plots/metric_vs_time.png",
+                          "plots/metric_vs_time_dense.png", "recipe.yaml",
+                          "train_log.jsonl"]), leftovers

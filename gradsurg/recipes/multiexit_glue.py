@@ -325,8 +325,13 @@ def run(config: MultiExitGlueConfig, output_dir: Path, *, resume: bool = False
     check_finite_outputs(all_logits, what=f"{config.eval_split} evaluation")
     # Every exit's evaluation outputs: `gradsurg compare` and later sweeps read them instead
     # of re-running the model.
-    save_file({"logits": all_logits.contiguous(), "labels": labels.contiguous()},
-              str(output_dir / EXIT_LOGITS_FILE))
+    staging = output_dir / f".{EXIT_LOGITS_FILE}.tmp"  # renamed when complete
+    try:
+        save_file({"logits": all_logits.contiguous(), "labels": labels.contiguous()},
+                  str(staging))
+        os.replace(staging, output_dir / EXIT_LOGITS_FILE)
+    finally:
+        staging.unlink(missing_ok=True)
     results = evaluate(all_logits, labels, task, config, output_dir)
     results["train"] = {
         r.name: {"steps": r.steps, "seconds": round(r.seconds, 2),
