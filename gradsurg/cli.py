@@ -108,6 +108,7 @@ def fail(error: Exception) -> typer.Exit:
 
 RUN_EPILOG = (
     "The output folder receives recipe.yaml (the resolved recipe), results.json, "
+    "exit_logits.safetensors (multiexit_glue: every exit's dev outputs, for gradsurg compare), "
     "train_log.jsonl (one line per logging step), checkpoints/ (for --resume), plots/*.png and "
     "model/ (reload with gradsurg predict / eval). `gradsurg keys PROGRAM` lists every recipe key."
 )
