@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, ClassVar, NamedTuple
 
@@ -85,3 +86,16 @@ def row_index(names: Sequence[str], group: str, *, role: str, combiner: str) -> 
             f"combiner {combiner!r}: {role} group {group!r} is not among the loss groups "
             f"{list(names)}"
         ) from None
+
+
+def is_real(value: Any) -> bool:
+    """A finite int or float that is not a bool: what a numeric combiner option accepts."""
+    return (
+        not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    )
+
+
+def require(ok: bool, combiner: str, option: str, expected: str, value: Any) -> None:
+    """One `ConfigError` naming the combiner, the option and the value, unless `ok`."""
+    if not ok:
+        raise ConfigError(f"combiner {combiner!r}: {option} must be {expected}, got {value!r}")
