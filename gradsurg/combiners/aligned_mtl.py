@@ -6,11 +6,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from gradsurg.combiners.base import Combined, GramianWeighting
-from gradsurg.combiners.gramian import weighted_rows
+from gradsurg.combiners.base import DtypeAwareWeighting
 
 
-class AlignedMTL(GramianWeighting):
+class AlignedMTL(DtypeAwareWeighting):
     """The group gradients made orthogonal and equally long, then summed.
 
         G = J J^T = V diag(lambda) V^T,  sigma_i = sqrt(lambda_i)   (rank R, lambda_R smallest)
@@ -32,14 +31,10 @@ class AlignedMTL(GramianWeighting):
 
     name = "aligned_mtl"
 
-    def combine(self, matrix: Tensor, names: list[str], gram: Tensor | None) -> Combined:
-        assert gram is not None
-        rtol = 32 * len(names) * torch.finfo(matrix.dtype).eps
-        weights, info = aligned_weights(gram, rtol=rtol)
-        return Combined(weighted_rows(weights, matrix, gram), info)
-
-    def weights(self, gram: Tensor, names: list[str]) -> tuple[Tensor, dict[str, float]]:
-        return aligned_weights(gram, rtol=32 * len(names) * torch.finfo(torch.float64).eps)
+    def weights_for(
+        self, gram: Tensor, names: list[str], dtype: torch.dtype
+    ) -> tuple[Tensor, dict[str, float]]:
+        return aligned_weights(gram, rtol=32 * len(names) * torch.finfo(dtype).eps)
 
 
 def aligned_weights(gram: Tensor, *, rtol: float) -> tuple[Tensor, dict[str, float]]:

@@ -6,6 +6,7 @@ import math
 from collections.abc import Sequence
 from typing import Any, ClassVar, NamedTuple
 
+import torch
 from torch import Tensor
 
 from gradsurg.combiners.gramian import gramian, weighted_rows
@@ -75,6 +76,46 @@ class GramianWeighting(Combiner):
     def weights(self, gram: Tensor, names: list[str]) -> tuple[Tensor, dict[str, float]]:
         """float64 `[k]` weights for the rows, from the float64 `[k, k]` Gramian."""
         raise NotImplementedError
+
+
+class DtypeAwareWeighting(GramianWeighting):
+    """A `GramianWeighting` whose tolerances follow the input's dtype: a Gramian of float32
+    rows carries float32 rounding even when held in float64. `weights` (a float64 Gramian
+    alone) uses float64's."""
+
+    def combine(self, matrix: Tensor, names: list[str], gram: Tensor | None) -> Combined:
+        assert gram is not None
+        weights, info = self.weights_for(gram, names, matrix.dtype)
+        return Combined(weighted_rows(weights, matrix, gram), info)
+
+    def weights(self, gram: Tensor, names: list[str]) -> tuple[Tensor, dict[str, float]]:
+        return self.weights_for(gram, names, torch.float64)
+
+    def weights_for(
+        self, gram: Tensor, names: list[str], dtype: torch.dtype
+    ) -> tuple[Tensor, dict[str, float]]:
+        """float64 weights from the float64 Gramian of rows held in `dtype`."""
+        raise NotImplementedError
+
+
+class SeededDraws:
+    """Mixin for combiners that draw random numbers: a seeded CPU generator whose state is
+    the combiner's checkpointed state."""
+
+    name: ClassVar[str]
+
+    def _seed(self, seed: int) -> None:
+        require(not isinstance(seed, bool) and isinstance(seed, int), self.name, "seed",
+                "an integer", seed)
+        self.seed = seed
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"seed": self.seed, "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.seed = int(state["seed"])
+        self.generator.set_state(state["generator"])
 
 
 def row_index(names: Sequence[str], group: str, *, role: str, combiner: str) -> int:

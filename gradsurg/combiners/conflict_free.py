@@ -5,12 +5,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from gradsurg.combiners.base import Combined, GramianWeighting
-from gradsurg.combiners.gramian import weighted_rows
+from gradsurg.combiners.base import DtypeAwareWeighting
 from gradsurg.combiners.imtlg import equal_projection_solution
 
 
-class ConFIG(GramianWeighting):
+class ConFIG(DtypeAwareWeighting):
     """The direction equally close to every group's, as long as the sum's share along it.
 
         u_i = g_i / ||g_i||,   g_v = pinv([u_1 ... u_k]^T) 1,   e = g_v / ||g_v||
@@ -31,14 +30,10 @@ class ConFIG(GramianWeighting):
 
     name = "config"
 
-    def combine(self, matrix: Tensor, names: list[str], gram: Tensor | None) -> Combined:
-        assert gram is not None
-        rtol = 32 * len(names) * torch.finfo(matrix.dtype).eps
-        weights, info = config_weights(gram, rtol=rtol)
-        return Combined(weighted_rows(weights, matrix, gram), info)
-
-    def weights(self, gram: Tensor, names: list[str]) -> tuple[Tensor, dict[str, float]]:
-        return config_weights(gram, rtol=32 * len(names) * torch.finfo(torch.float64).eps)
+    def weights_for(
+        self, gram: Tensor, names: list[str], dtype: torch.dtype
+    ) -> tuple[Tensor, dict[str, float]]:
+        return config_weights(gram, rtol=32 * len(names) * torch.finfo(dtype).eps)
 
 
 def config_weights(gram: Tensor, *, rtol: float) -> tuple[Tensor, dict[str, float]]:

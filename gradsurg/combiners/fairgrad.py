@@ -5,13 +5,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from gradsurg.combiners.base import Combined, GramianWeighting, is_real, require
+from gradsurg.combiners.base import DtypeAwareWeighting, is_real, require
 from gradsurg.combiners.cagrad import gramian_precision
 from gradsurg.combiners.fair_utility import fair_weights
-from gradsurg.combiners.gramian import weighted_rows
 
 
-class FairGrad(GramianWeighting):
+class FairGrad(DtypeAwareWeighting):
     """The step maximizing the groups' alpha-fair utility of their own progress.
 
         d* = argmax_{||d|| <= eps} sum_i (g_i . d)^(1 - alpha) / (1 - alpha)
@@ -29,6 +28,11 @@ class FairGrad(GramianWeighting):
     sum_i w_i ||g_i|| = sum_i ||g_i||; the direction is the paper's, identical rows give their
     plain sum, and scaling every row by c scales the output by c. 0 in the convex hull of the
     unit directions gives 0 (info `fairgrad/stationary`); zero rows get weight 0. Stateless.
+
+    Accuracy: for alpha in [0.5, 2] the solve reached a 1e-12 relative residual on every one
+    of 1,200 random problems with row norms up to 1e6 apart; at alpha = 5 and 20 about 2-6%
+    of them, and at alpha = 0.1 most, stop at the 200-iteration cap short of it (the
+    steep x^(-1/alpha) makes the system badly graded); `fairgrad/residual` reports it.
     Cost: the Gramian, one min-norm QP and a Newton solve (k x k) per step.
     """
 
@@ -38,14 +42,9 @@ class FairGrad(GramianWeighting):
         require(is_real(alpha) and alpha > 0, self.name, "alpha", "a finite number > 0", alpha)
         self.alpha = float(alpha)
 
-    def combine(self, matrix: Tensor, names: list[str], gram: Tensor | None) -> Combined:
-        assert gram is not None
-        weights, info = self._weights(gram, gramian_precision(matrix.dtype))
-        return Combined(weighted_rows(weights, matrix, gram), info)
-
-    def weights(self, gram: Tensor, names: list[str]) -> tuple[Tensor, dict[str, float]]:
-        return self._weights(gram, gramian_precision(torch.float64))
-
-    def _weights(self, gram: Tensor, precision: float) -> tuple[Tensor, dict[str, float]]:
+    def weights_for(
+        self, gram: Tensor, names: list[str], dtype: torch.dtype
+    ) -> tuple[Tensor, dict[str, float]]:
+        precision = gramian_precision(dtype)
         weights, _, facts = fair_weights(gram, alpha=self.alpha, precision=precision)
         return weights.to(gram.device), {f"fairgrad/{key}": v for key, v in facts.items()}

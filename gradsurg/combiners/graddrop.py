@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor
 
-from gradsurg.combiners.base import Combined, Combiner, require
+from gradsurg.combiners.base import Combined, Combiner, SeededDraws
 
 
-class GradDrop(Combiner):
+class GradDrop(SeededDraws, Combiner):
     """Per coordinate, keep only the groups whose sign a random draw favours; sum what is kept.
 
         P = 1/2 (1 + sum_i g_i / sum_i |g_i|)          (positive sign purity, per coordinate)
@@ -33,10 +31,7 @@ class GradDrop(Combiner):
     name = "graddrop"
 
     def __init__(self, *, seed: int = 0) -> None:
-        require(not isinstance(seed, bool) and isinstance(seed, int), self.name, "seed",
-                "an integer", seed)
-        self.seed = seed
-        self.generator = torch.Generator().manual_seed(seed)
+        self._seed(seed)
 
     def combine(self, matrix: Tensor, names: list[str], gram: Tensor | None) -> Combined:
         n = matrix.shape[1]
@@ -57,10 +52,3 @@ class GradDrop(Combiner):
         nonzero = float(sum(int(torch.count_nonzero(row)) for row in matrix))
         info = {"graddrop/kept": float(kept) / nonzero if nonzero else 1.0}
         return Combined(out, info)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"seed": self.seed, "generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.seed = int(state["seed"])
-        self.generator.set_state(state["generator"])

@@ -5,12 +5,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from gradsurg.combiners.base import Combined, GramianWeighting
-from gradsurg.combiners.gramian import weighted_rows
+from gradsurg.combiners.base import DtypeAwareWeighting
 from gradsurg.combiners.qp import cosine_matrix
 
 
-class IMTLG(GramianWeighting):
+class IMTLG(DtypeAwareWeighting):
     """Weights making the combined gradient's projection onto every unit group direction equal.
 
         u_i = g_i / ||g_i||,   find alpha with  g . u_1 = ... = g . u_k  for g = sum_i alpha_i g_i
@@ -39,15 +38,11 @@ class IMTLG(GramianWeighting):
 
     name = "imtlg"
 
-    def combine(self, matrix: Tensor, names: list[str], gram: Tensor | None) -> Combined:
-        assert gram is not None
+    def weights_for(
+        self, gram: Tensor, names: list[str], dtype: torch.dtype
+    ) -> tuple[Tensor, dict[str, float]]:
         # the Gramian carries the rounding of the input's dtype: eigenvalues below it are noise
-        rtol = 32 * len(names) * torch.finfo(matrix.dtype).eps
-        weights, info = imtlg_weights(gram, rtol=rtol)
-        return Combined(weighted_rows(weights, matrix, gram), info)
-
-    def weights(self, gram: Tensor, names: list[str]) -> tuple[Tensor, dict[str, float]]:
-        return imtlg_weights(gram, rtol=32 * len(names) * torch.finfo(torch.float64).eps)
+        return imtlg_weights(gram, rtol=32 * len(names) * torch.finfo(dtype).eps)
 
 
 def imtlg_weights(gram: Tensor, *, rtol: float) -> tuple[Tensor, dict[str, float]]:

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from gradsurg.combiners.base import Combined, GramianWeighting, require
+from gradsurg.combiners.base import DtypeAwareWeighting, require
 from gradsurg.combiners.cagrad import gramian_precision
 from gradsurg.combiners.fair_utility import fair_weights
-from gradsurg.combiners.gramian import weighted_rows
 
 
-class NashMTL(GramianWeighting):
+class NashMTL(DtypeAwareWeighting):
     """The step every group would agree to: the Nash bargaining solution over the ball.
 
         d* = argmax_{||d|| <= eps} sum_i log(g_i . d)
@@ -54,16 +52,8 @@ class NashMTL(GramianWeighting):
         self.last_weights = torch.zeros(0, dtype=torch.float64)
         self.last_solution = torch.zeros(0, dtype=torch.float64)
 
-    def combine(self, matrix: Tensor, names: list[str], gram: Tensor | None) -> Combined:
-        assert gram is not None
-        weights, info = self._weights(gram, names, gramian_precision(matrix.dtype))
-        return Combined(weighted_rows(weights, matrix, gram), info)
-
-    def weights(self, gram: Tensor, names: list[str]) -> tuple[Tensor, dict[str, float]]:
-        return self._weights(gram, names, gramian_precision(torch.float64))
-
-    def _weights(
-        self, gram: Tensor, names: Sequence[str], precision: float
+    def weights_for(
+        self, gram: Tensor, names: list[str], dtype: torch.dtype
     ) -> tuple[Tensor, dict[str, float]]:
         reuse = list(names) == self.names and self.steps % self.update_every != 0
         self.steps += 1
@@ -73,7 +63,7 @@ class NashMTL(GramianWeighting):
             return self.last_weights.to(gram.device), info
         start = self.last_solution if list(names) == self.names else None
         weights, solution, facts = fair_weights(
-            gram, alpha=1.0, precision=precision, start=start
+            gram, alpha=1.0, precision=gramian_precision(dtype), start=start
         )
         self.names, self.last_weights, self.last_solution = list(names), weights, solution
         info = {"nash_mtl/updated": 1.0, **{f"nash_mtl/{key}": v for key, v in facts.items()}}

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor
 
-from gradsurg.combiners.base import GramianWeighting, require
+from gradsurg.combiners.base import GramianWeighting, SeededDraws
 
 
-class RLW(GramianWeighting):
+class RLW(SeededDraws, GramianWeighting):
     """The rows weighted by fresh random weights every step.
 
         z ~ N(0, I_k),   w = k softmax(z),   g = sum_i w_i g_i
@@ -29,10 +27,7 @@ class RLW(GramianWeighting):
     name = "rlw"
 
     def __init__(self, *, seed: int = 0) -> None:
-        require(not isinstance(seed, bool) and isinstance(seed, int), self.name, "seed",
-                "an integer", seed)
-        self.seed = seed
-        self.generator = torch.Generator().manual_seed(seed)
+        self._seed(seed)
 
     def weights(self, gram: Tensor, names: list[str]) -> tuple[Tensor, dict[str, float]]:
         k = len(names)
@@ -40,10 +35,3 @@ class RLW(GramianWeighting):
         weights = k * torch.softmax(draw, dim=0)
         info = {f"rlw/weight/{name}": float(w) for name, w in zip(names, weights)}
         return weights.to(gram.device), info
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"seed": self.seed, "generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.seed = int(state["seed"])
-        self.generator.set_state(state["generator"])

@@ -17,11 +17,16 @@ def test_program_is_registered_through_its_entry_point():
 
 
 @pytest.mark.parametrize("combiner", ["sum", "pcgrad", {"name": "project", "target": "final",
-                                                         "reference": "sd"}])
-def test_every_exit_learns_with_each_combiner(combiner):
+                                                         "reference": "sd"},
+                                      "dualproj", "aligned_mtl", "nash_mtl", "config",
+                                      "fairgrad", "graddrop", "rlw", "dbmtl", "moco"])
+def test_every_exit_learns_with_each_combiner(combiner, tmp_path):
     config = DigitsConfig(program="digits_multiexit", epochs=6, combiner=combiner,
                           include=["layers.*"])
-    results = train(config)
+    results = train(config, tmp_path)
+    if isinstance(combiner, str) and combiner not in ("sum", "pcgrad"):  # its facts are logged
+        log = (tmp_path / "train_log.jsonl").read_text().splitlines()
+        assert any(key.startswith(f"{combiner}/") for key in json.loads(log[-1]))
     accuracies = results["exit_accuracy"]
     assert len(accuracies) == 4
     assert min(accuracies) > 0.85, accuracies  # chance is 0.1; measured about 0.93-0.95
