@@ -33,14 +33,17 @@ class TrackedRows:
                 f"tracked gradient rows have {self.rows.shape[1]} entries, the matrix "
                 f"{matrix.shape[1]}: the selected parameters changed"
             )
+        rows = self.rows
+        if (rows is not None and names == self.names and rows.dtype == matrix.dtype
+                and rows.device == matrix.device):
+            return rows.lerp_(matrix, self.rate)  # in place: no k x n temporary
         old = {name: i for i, name in enumerate(self.names)}
         previous = self.rows.to(device=matrix.device, dtype=matrix.dtype) if (
             self.rows is not None) else None
         rows = torch.empty_like(matrix)
         for i, name in enumerate(names):
             if previous is not None and name in old:
-                rows[i] = previous[old[name]]
-                rows[i].add_(matrix[i] - rows[i], alpha=self.rate)
+                rows[i] = previous[old[name]].lerp(matrix[i], self.rate)
             elif self.start == "first":
                 rows[i] = matrix[i]
             else:
