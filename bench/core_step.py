@@ -14,6 +14,7 @@ with glibc told to return every block over 1 MiB to the system so the resident s
 live tensors. The CPU allocator keeps no peak statistics of its own.
 
     python bench/core_step.py [--steps 10] [--threads 2] [--out bench/results/core_step.json]
+                              [--variants plain two_vjps dbmtl ...]
 """
 
 from __future__ import annotations
@@ -51,6 +52,10 @@ VARIANTS = {
     "project_batched": {"combiner": {"name": "project", "target": "final", "reference": "sd"},
                         "mode": "batched"},
 }
+# one row per combiner added in issue 18, each on the sequential matrix path like `project`
+for _name in ("dualproj", "aligned_mtl", "nash_mtl", "config", "fairgrad", "graddrop", "rlw",
+              "dbmtl", "moco"):
+    VARIANTS[_name] = {"combiner": _name, "mode": "sequential"}
 
 
 def build(variant: str, seed: int = 0):
@@ -134,7 +139,13 @@ def main() -> None:
     parser.add_argument("--memory-steps", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("bench/results/core_step.json"))
     parser.add_argument("--memory-child", choices=list(VARIANTS), help=argparse.SUPPRESS)
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS),
+                        help="measure only these (plus plain and two_vjps, the baselines)")
     args = parser.parse_args()
+    if args.variants:
+        chosen = {"plain", "two_vjps", *args.variants}
+        for name in [name for name in VARIANTS if name not in chosen]:
+            del VARIANTS[name]
     torch.set_num_threads(args.threads)
     if args.memory_child:
         measure_memory(args.memory_child, args.memory_steps)

@@ -263,13 +263,13 @@ class GradVacReference:
         return total
 
 
-# ---- every combiner: properties ------------------------------------------------------------
+# ---- every combiner: properties (shared with tests/test_combiners_new.py) ------------------
 
 
-@FAST
-@given(gradient_matrices(), st.sampled_from(sorted(FACTORIES)))
-def test_finite_on_zero_rows_and_extreme_scales(matrix, name):
-    out = FACTORIES[name]()(matrix, names_for(matrix))
+def check_finite(combiner, matrix: torch.Tensor, name: str) -> None:
+    """Finite output of the input's shape and dtype; info values are finite floats named
+    `name/...`."""
+    out = combiner(matrix, names_for(matrix))
     assert out.gradient.shape == (matrix.shape[1],)
     assert out.gradient.dtype == matrix.dtype
     assert torch.isfinite(out.gradient).all(), f"{name} gave non-finite output"
@@ -277,26 +277,56 @@ def test_finite_on_zero_rows_and_extreme_scales(matrix, name):
     assert all(key.startswith(f"{name}/") for key in out.info)
 
 
+def check_single_group(combiner, matrix: torch.Tensor, factor: float = 1.0) -> None:
+    """k = 1: the output is `factor` times the gradient itself."""
+    out = run(combiner, matrix)
+    expected = factor * as64(matrix)[0]
+    bound = tolerance(matrix.dtype) * np.abs(expected).max() + 4 * torch.finfo(matrix.dtype).tiny
+    assert np.abs(out - expected).max() <= bound
+
+
+def check_identical_rows(combiner, row: torch.Tensor, k: int, factor: float = 1.0) -> None:
+    """k copies of g give `factor` times their sum k g."""
+    matrix = row.repeat(k, 1)
+    out = run(combiner, matrix)
+    expected = factor * k * as64(row)[0]
+    assert np.abs(out - expected).max() <= tolerance(matrix.dtype) * np.abs(expected).max()
+
+
+def check_row_order(make, matrix: torch.Tensor, order: list[int]) -> None:
+    """Fresh combiners from `make` give the same output on the rows in another order."""
+    out = run(make(), matrix)
+    shuffled = run(make(), matrix[order])
+    scale = np.abs(as64(matrix)).sum(0).max() * matrix.shape[0]
+    assert np.abs(out - shuffled).max() <= tolerance(matrix.dtype) * scale
+
+
+def check_positive_scale(make, matrix: torch.Tensor, factor: float) -> None:
+    """Fresh combiners from `make`: scaling every row by `factor` > 0 scales the output."""
+    out = run(make(), matrix)
+    scaled = run(make(), matrix * factor)
+    scale = factor * np.abs(as64(matrix)).sum(0).max() * matrix.shape[0]
+    assert np.abs(scaled - factor * out).max() <= tolerance(matrix.dtype) * scale
+
+
+@FAST
+@given(gradient_matrices(), st.sampled_from(sorted(FACTORIES)))
+def test_finite_on_zero_rows_and_extreme_scales(matrix, name):
+    check_finite(FACTORIES[name](), matrix, name)
+
+
 @FAST
 @given(gradient_matrices(min_rows=1, max_rows=1), st.sampled_from(sorted(FACTORIES)))
 def test_a_single_group_keeps_its_gradient(matrix, name):
     """k = 1: every method returns the gradient itself; CAGrad returns (1 + c) g."""
-    out = run(FACTORIES[name](), matrix)
-    factor = 1.5 if name == "cagrad" else 1.0
-    expected = factor * as64(matrix)[0]
-    bound = tolerance(matrix.dtype) * np.abs(expected).max() + 4 * torch.finfo(matrix.dtype).tiny
-    assert np.abs(out - expected).max() <= bound
+    check_single_group(FACTORIES[name](), matrix, 1.5 if name == "cagrad" else 1.0)
 
 
 @FAST
 @given(ordinary_matrices(max_rows=1), st.integers(2, 5), st.sampled_from(sorted(FACTORIES)))
 def test_identical_rows_give_the_plain_sum(row, k, name):
     """Every output is on the scale of `sum`: k copies of g give k g (CAGrad: k (1 + c) g)."""
-    matrix = row.repeat(k, 1)
-    out = run(FACTORIES[name](), matrix)
-    factor = 1.5 if name == "cagrad" else 1.0
-    expected = factor * k * as64(row)[0]
-    assert np.abs(out - expected).max() <= tolerance(matrix.dtype) * np.abs(expected).max()
+    check_identical_rows(FACTORIES[name](), row, k, 1.5 if name == "cagrad" else 1.0)
 
 
 @FAST
@@ -304,12 +334,9 @@ def test_identical_rows_give_the_plain_sum(row, k, name):
 def test_row_order_does_not_matter(matrix, name, random):
     order = list(range(matrix.shape[0]))
     random.shuffle(order)
-    out = run(FACTORIES[name](), matrix)
-    shuffled = run(FACTORIES[name](), matrix[order])
     if name == "imtlg":  # a pseudo-inverse: near-singular rows are ill-posed
         assume(cosine_condition(as64(matrix)) < 1e4)
-    scale = np.abs(as64(matrix)).sum(0).max() * matrix.shape[0]
-    assert np.abs(out - shuffled).max() <= tolerance(matrix.dtype) * scale
+    check_row_order(FACTORIES[name], matrix, order)
 
 
 @FAST
@@ -317,10 +344,7 @@ def test_row_order_does_not_matter(matrix, name, random):
 def test_a_common_positive_scale_scales_the_output(matrix, name, factor):
     if name == "imtlg":
         assume(cosine_condition(as64(matrix)) < 1e4)
-    out = run(FACTORIES[name](), matrix)
-    scaled = run(FACTORIES[name](), matrix * factor)
-    scale = factor * np.abs(as64(matrix)).sum(0).max() * matrix.shape[0]
-    assert np.abs(scaled - factor * out).max() <= tolerance(matrix.dtype) * scale
+    check_positive_scale(FACTORIES[name], matrix, factor)
 
 
 # ---- mgda -----------------------------------------------------------------------------------

@@ -6,22 +6,34 @@ import inspect
 from collections.abc import Mapping
 from typing import Any
 
+from gradsurg.combiners.aligned_mtl import AlignedMTL
 from gradsurg.combiners.base import Combined, Combiner, GramianWeighting
 from gradsurg.combiners.cagrad import CAGrad
+from gradsurg.combiners.conflict_free import ConFIG
+from gradsurg.combiners.dbmtl import DBMTL
+from gradsurg.combiners.dualproj import DualProj
+from gradsurg.combiners.fairgrad import FairGrad
+from gradsurg.combiners.graddrop import GradDrop
 from gradsurg.combiners.gradvac import GradVac
 from gradsurg.combiners.gramian import gramian, weighted_rows
 from gradsurg.combiners.imtlg import IMTLG
 from gradsurg.combiners.linear import Mean, Sum
 from gradsurg.combiners.merge import Merge
 from gradsurg.combiners.mgda import MGDA
+from gradsurg.combiners.moco import MoCo
+from gradsurg.combiners.nash_mtl import NashMTL
 from gradsurg.combiners.pcgrad import PCGrad
 from gradsurg.combiners.project import Project
+from gradsurg.combiners.rlw import RLW
 from gradsurg.combiners.upgrad import UPGrad
 from gradsurg.errors import ConfigError
 from gradsurg.registry import Registry
 
 COMBINERS: Registry[type[Combiner]] = Registry("combiner", "gradsurg.combiners")
-for _cls in (Sum, Mean, PCGrad, Project, Merge, CAGrad, GradVac, MGDA, IMTLG, UPGrad):
+for _cls in (
+    Sum, Mean, PCGrad, Project, Merge, CAGrad, GradVac, MGDA, IMTLG, UPGrad,
+    DualProj, AlignedMTL, NashMTL, ConFIG, FairGrad, GradDrop, RLW, DBMTL, MoCo,
+):
     COMBINERS.add(_cls.name, _cls)
 
 CombinerSpec = str | Mapping[str, Any] | Combiner
@@ -64,15 +76,24 @@ def build_combiner(spec: CombinerSpec, *, where: str = "combiner") -> Combiner:
 
 __all__ = [
     "COMBINERS",
+    "DBMTL",
     "IMTLG",
     "MGDA",
+    "RLW",
+    "AlignedMTL",
     "CAGrad",
     "Combined",
     "Combiner",
+    "ConFIG",
+    "DualProj",
+    "FairGrad",
+    "GradDrop",
     "GradVac",
     "GramianWeighting",
     "Mean",
     "Merge",
+    "MoCo",
+    "NashMTL",
     "PCGrad",
     "Project",
     "Sum",

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, ClassVar, NamedTuple
 
+import torch
 from torch import Tensor
 
 from gradsurg.combiners.gramian import gramian, weighted_rows
@@ -88,6 +90,46 @@ class GramianWeighting(Combiner):
         raise NotImplementedError
 
 
+class DtypeAwareWeighting(GramianWeighting):
+    """A `GramianWeighting` whose tolerances follow the input's dtype: a Gramian of float32
+    rows carries float32 rounding even when held in float64. `weights` (a float64 Gramian
+    alone) uses float64's."""
+
+    def combine(self, matrix: Tensor, names: list[str], gram: Tensor | None) -> Combined:
+        assert gram is not None
+        weights, info = self.weights_for(gram, names, matrix.dtype)
+        return Combined(weighted_rows(weights, matrix, gram), info)
+
+    def weights(self, gram: Tensor, names: list[str]) -> tuple[Tensor, dict[str, float]]:
+        return self.weights_for(gram, names, torch.float64)
+
+    def weights_for(
+        self, gram: Tensor, names: list[str], dtype: torch.dtype
+    ) -> tuple[Tensor, dict[str, float]]:
+        """float64 weights from the float64 Gramian of rows held in `dtype`."""
+        raise NotImplementedError
+
+
+class SeededDraws:
+    """Mixin for combiners that draw random numbers: a seeded CPU generator whose state is
+    the combiner's checkpointed state."""
+
+    name: ClassVar[str]
+
+    def _seed(self, seed: int) -> None:
+        require(not isinstance(seed, bool) and isinstance(seed, int), self.name, "seed",
+                "an integer", seed)
+        self.seed = seed
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"seed": self.seed, "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.seed = int(state["seed"])
+        self.generator.set_state(state["generator"])
+
+
 def row_index(names: Sequence[str], group: str, *, role: str, combiner: str) -> int:
     """Position of `group` among the matrix rows, or a clear error naming what exists."""
     try:
@@ -97,3 +139,16 @@ def row_index(names: Sequence[str], group: str, *, role: str, combiner: str) -> 
             f"combiner {combiner!r}: {role} group {group!r} is not among the loss groups "
             f"{list(names)}"
         ) from None
+
+
+def is_real(value: Any) -> bool:
+    """A finite int or float that is not a bool: what a numeric combiner option accepts."""
+    return (
+        not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    )
+
+
+def require(ok: bool, combiner: str, option: str, expected: str, value: Any) -> None:
+    """One `ConfigError` naming the combiner, the option and the value, unless `ok`."""
+    if not ok:
+        raise ConfigError(f"combiner {combiner!r}: {option} must be {expected}, got {value!r}")

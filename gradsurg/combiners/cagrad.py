@@ -7,13 +7,12 @@ import math
 import torch
 from torch import Tensor
 
-from gradsurg.combiners.base import Combined, GramianWeighting
-from gradsurg.combiners.gramian import weighted_rows
+from gradsurg.combiners.base import DtypeAwareWeighting
 from gradsurg.combiners.qp import min_quadratic
 from gradsurg.errors import ConfigError
 
 
-class CAGrad(GramianWeighting):
+class CAGrad(DtypeAwareWeighting):
     """The step in a ball around the mean gradient that most improves the worst-off group.
 
         g0 = (1/k) sum_i g_i,   phi = c^2 ||g0||^2,   g_w = sum_i w_i g_i
@@ -53,14 +52,10 @@ class CAGrad(GramianWeighting):
             raise ConfigError(f"combiner 'cagrad': c must be a finite number >= 0, got {c!r}")
         self.c = float(c)
 
-    def combine(self, matrix: Tensor, names: list[str], gram: Tensor | None) -> Combined:
-        assert gram is not None
-        precision = gramian_precision(matrix.dtype)
-        weights, info = cagrad_weights(gram, c=self.c, precision=precision)
-        return Combined(weighted_rows(weights, matrix, gram), info)
-
-    def weights(self, gram: Tensor, names: list[str]) -> tuple[Tensor, dict[str, float]]:
-        return cagrad_weights(gram, c=self.c, precision=gramian_precision(torch.float64))
+    def weights_for(
+        self, gram: Tensor, names: list[str], dtype: torch.dtype
+    ) -> tuple[Tensor, dict[str, float]]:
+        return cagrad_weights(gram, c=self.c, precision=gramian_precision(dtype))
 
 
 #: Below this norm (relative to the longest row) g_w is 0 for the solver: the bracket search

@@ -5,12 +5,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from gradsurg.combiners.base import Combined, GramianWeighting
-from gradsurg.combiners.gramian import weighted_rows
+from gradsurg.combiners.base import DtypeAwareWeighting
 from gradsurg.combiners.qp import cosine_matrix
 
 
-class IMTLG(GramianWeighting):
+class IMTLG(DtypeAwareWeighting):
     """Weights making the combined gradient's projection onto every unit group direction equal.
 
         u_i = g_i / ||g_i||,   find alpha with  g . u_1 = ... = g . u_k  for g = sum_i alpha_i g_i
@@ -39,37 +38,44 @@ class IMTLG(GramianWeighting):
 
     name = "imtlg"
 
-    def combine(self, matrix: Tensor, names: list[str], gram: Tensor | None) -> Combined:
-        assert gram is not None
+    def weights_for(
+        self, gram: Tensor, names: list[str], dtype: torch.dtype
+    ) -> tuple[Tensor, dict[str, float]]:
         # the Gramian carries the rounding of the input's dtype: eigenvalues below it are noise
-        rtol = 32 * len(names) * torch.finfo(matrix.dtype).eps
-        weights, info = imtlg_weights(gram, rtol=rtol)
-        return Combined(weighted_rows(weights, matrix, gram), info)
-
-    def weights(self, gram: Tensor, names: list[str]) -> tuple[Tensor, dict[str, float]]:
-        return imtlg_weights(gram, rtol=32 * len(names) * torch.finfo(torch.float64).eps)
+        return imtlg_weights(gram, rtol=32 * len(names) * torch.finfo(dtype).eps)
 
 
 def imtlg_weights(gram: Tensor, *, rtol: float) -> tuple[Tensor, dict[str, float]]:
     """IMTL-G's float64 weights from the Gramian; see `IMTLG`."""
-    norms, cosines = cosine_matrix(gram)
+    norms, _cosines, v, rank = equal_projection_solution(gram, rtol=rtol)
     k = norms.numel()
     weights = torch.zeros(k, dtype=torch.float64)
-    nonzero = torch.nonzero(norms > 0).flatten()
-    info = {"imtlg/rank": 0.0, "imtlg/negative_weights": 0.0}
-    if nonzero.numel() > 0:
-        values, vectors = torch.linalg.eigh(cosines[nonzero][:, nonzero])
-        keep = values > rtol * float(values.max().clamp_min(0))
-        info["imtlg/rank"] = float(keep.sum())
-        if bool(keep.any()):
-            kept = vectors[:, keep]
-            ones = torch.ones(nonzero.numel(), dtype=torch.float64)
-            v = kept @ ((kept.T @ ones) / values[keep])
-            alpha = v / norms[nonzero]
-            size = float(alpha.abs().sum())
-            if size > 0 and bool(torch.isfinite(alpha).all()):
-                # the projections onto the u_j are (N v)_j * k / size, and N v is the
-                # projection of the all-ones vector onto the range of N: never all negative
-                weights[nonzero] = k * alpha / size
-                info["imtlg/negative_weights"] = float((weights < 0).sum())
+    info = {"imtlg/rank": float(rank), "imtlg/negative_weights": 0.0}
+    nonzero = norms > 0
+    alpha = v[nonzero] / norms[nonzero]
+    size = float(alpha.abs().sum())
+    if size > 0 and bool(torch.isfinite(alpha).all()):
+        # the projections onto the u_j are (N v)_j * k / size, and N v is the
+        # projection of the all-ones vector onto the range of N: never all negative
+        weights[nonzero] = k * alpha / size
+        info["imtlg/negative_weights"] = float((weights < 0).sum())
     return weights.to(gram.device), info
+
+
+def equal_projection_solution(gram: Tensor, *, rtol: float) -> tuple[Tensor, Tensor, Tensor, int]:
+    """Row norms d, cosine matrix N, v = pinv(N) 1 on the non-zero rows (0 on zero rows), and
+    the rank kept: sum_i v_i u_i is the shortest vector with equal projections on every unit
+    direction u_i (IMTL-G's and ConFIG's direction). Eigenvalues of N below `rtol` times the
+    largest are dropped."""
+    norms, cosines = cosine_matrix(gram)
+    v = torch.zeros(norms.numel(), dtype=torch.float64)
+    nonzero = torch.nonzero(norms > 0).flatten()
+    if nonzero.numel() == 0:
+        return norms, cosines, v, 0
+    values, vectors = torch.linalg.eigh(cosines[nonzero][:, nonzero])
+    keep = values > rtol * float(values.max().clamp_min(0))
+    if bool(keep.any()):
+        kept = vectors[:, keep]
+        ones = torch.ones(nonzero.numel(), dtype=torch.float64)
+        v[nonzero] = kept @ ((kept.T @ ones) / values[keep])
+    return norms, cosines, v, int(keep.sum())

@@ -1,0 +1,624 @@
+"""DualProj, Aligned-MTL, Nash-MTL, ConFIG, FairGrad, GradDrop, RLW, DB-MTL and MoCo: the
+shared combiner properties, torchjd 0.18 where it implements the same method, and plain
+numpy/scipy renderings of the papers' formulas otherwise.
+
+Which shared properties hold, and why:
+  * finite on zero rows and 1e-30..1e15 in float32: all nine.
+  * one group keeps its gradient, k identical rows give their sum: all but `dbmtl`, whose
+    running average starts at 0 (the first step gives (1 - beta) times that).
+  * row order does not matter: all but `rlw`, whose random weights go to rows by position.
+    `graddrop` draws one number per coordinate, not per row, so it qualifies.
+  * scaling every row by c > 0 scales the output by c: all but `moco`, whose weight step
+    gamma Y Y^T lambda grows with the squared norms (the paper's method is not scale-free).
+Stateful and random methods are compared on fresh instances with the same seed.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+from strategies import gradient_matrices, ordinary_matrices
+from test_combiners_more import (
+    as64,
+    check_finite,
+    check_identical_rows,
+    check_positive_scale,
+    check_row_order,
+    check_single_group,
+    cosine,
+    cosine_condition,
+    dual_cone_projection,
+    exact_output,
+    matrix_sequences,
+    min_norm_reference,
+    names_for,
+    row_scale,
+    run,
+    single_thread,  # noqa: F401  (autouse fixture: one thread for k x k problems)
+    spread_matrices,
+    tolerance,
+)
+
+from gradsurg.combiners import (
+    COMBINERS,
+    DBMTL,
+    RLW,
+    AlignedMTL,
+    ConFIG,
+    DualProj,
+    FairGrad,
+    GradDrop,
+    MoCo,
+    NashMTL,
+    build_combiner,
+    gramian,
+)
+from gradsurg.errors import ConfigError
+
+FAST = settings(max_examples=25, deadline=None)
+SLOW = settings(max_examples=10, deadline=None)
+
+FACTORIES = {
+    "dualproj": DualProj,
+    "aligned_mtl": AlignedMTL,
+    "nash_mtl": NashMTL,
+    "config": ConFIG,
+    "fairgrad": FairGrad,
+    "graddrop": lambda: GradDrop(seed=3),
+    "rlw": lambda: RLW(seed=3),
+    "dbmtl": DBMTL,
+    "moco": MoCo,
+}
+#: The first step's output relative to the plain sum on identical rows (and to a single row).
+FIRST_STEP = {"dbmtl": 0.1}
+ORDER_FREE = sorted(set(FACTORIES) - {"rlw"})
+HOMOGENEOUS = sorted(set(FACTORIES) - {"moco"})
+#: A pseudo-inverse or a rank cut: nearly dependent rows make the answer ill-posed.
+RANK_SENSITIVE = ("aligned_mtl", "config")
+
+
+def well_posed(name: str, matrix: torch.Tensor) -> bool:
+    m = as64(matrix)
+    if name in RANK_SENSITIVE:
+        return cosine_condition(m) < 1e4
+    if name in ("nash_mtl", "fairgrad"):  # near a Pareto-stationary point the weights blow up
+        return cosine_condition(m) < 1e4 and not _near_stationary(m)
+    return True
+
+
+def _near_stationary(m: np.ndarray) -> bool:
+    """0 within 1e-2 of the hull of the unit directions (enumerating the hull's faces)."""
+    unit = m / np.linalg.norm(m, axis=1)[:, None]
+    return bool(np.linalg.norm(min_norm_reference(unit)) < 1e-2)
+
+
+# ---- the shared properties ---------------------------------------------------------------
+
+
+@FAST
+@given(gradient_matrices(), st.sampled_from(sorted(FACTORIES)))
+def test_finite_on_zero_rows_and_extreme_scales(matrix, name):
+    check_finite(FACTORIES[name](), matrix, name)
+
+
+@FAST
+@given(gradient_matrices(min_rows=1, max_rows=1), st.sampled_from(sorted(FACTORIES)))
+def test_a_single_group_keeps_its_gradient(matrix, name):
+    check_single_group(FACTORIES[name](), matrix, FIRST_STEP.get(name, 1.0))
+
+
+@FAST
+@given(ordinary_matrices(max_rows=1), st.integers(2, 5), st.sampled_from(sorted(FACTORIES)))
+def test_identical_rows_give_the_plain_sum(row, k, name):
+    check_identical_rows(FACTORIES[name](), row, k, FIRST_STEP.get(name, 1.0))
+
+
+@FAST
+@given(ordinary_matrices(min_rows=2), st.sampled_from(ORDER_FREE), st.randoms())
+def test_row_order_does_not_matter(matrix, name, random):
+    assume(well_posed(name, matrix))
+    order = list(range(matrix.shape[0]))
+    random.shuffle(order)
+    check_row_order(FACTORIES[name], matrix, order)
+
+
+@FAST
+@given(ordinary_matrices(), st.sampled_from(HOMOGENEOUS), st.floats(1e-3, 1e3))
+def test_a_common_positive_scale_scales_the_output(matrix, name, factor):
+    assume(well_posed(name, matrix))
+    check_positive_scale(FACTORIES[name], matrix, factor)
+
+
+def test_rlw_depends_on_row_order_and_moco_on_scale():
+    """The two exclusions above are real, not untested: both fail their property here."""
+    matrix = torch.tensor([[1.0, 0.0], [0.0, 0.5]], dtype=torch.float64)
+    assert not torch.allclose(RLW(seed=0)(matrix, ["a", "b"]).gradient,
+                              RLW(seed=0)(matrix[[1, 0]], ["a", "b"]).gradient)
+    small = MoCo(gamma=0.1)(matrix, ["a", "b"]).gradient
+    large = MoCo(gamma=0.1)(10 * matrix, ["a", "b"]).gradient
+    assert not torch.allclose(large, 10 * small)
+
+
+# ---- dualproj -------------------------------------------------------------------------------
+
+
+@FAST
+@given(ordinary_matrices(min_rows=2, max_rows=4, max_cols=8))
+def test_dualproj_is_the_sum_projected_onto_the_dual_cone(matrix):
+    m = as64(matrix)
+    assume(cosine_condition(m) < (1e3 if matrix.dtype == torch.float32 else 1e8))
+    expected = dual_cone_projection(m, m.sum(axis=0))
+    out = run(DualProj(), matrix)
+    assert np.abs(out - expected).max() <= tolerance(matrix.dtype) * row_scale(m) * len(m)
+
+
+@FAST
+@given(gradient_matrices(min_rows=2))
+def test_dualproj_conflicts_with_no_group(matrix):
+    out, allowance = exact_output(DualProj(), matrix)
+    assert (as64(matrix) @ out >= -allowance).all()
+
+
+def test_dualproj_agrees_with_torchjd():
+    """torchjd projects the mean (ours the sum) with quadprog on a regularized, normalized
+    Gramian: its regularization set to 1e-12 and its normalization off."""
+    aggregation = pytest.importorskip("torchjd.aggregation")
+    linalg = pytest.importorskip("torchjd.linalg")
+    pytest.importorskip("quadprog")
+    projector = linalg.QuadprogProjector(norm_eps=0.0, reg_eps=1e-12)
+    generator = torch.Generator().manual_seed(4)
+    for _ in range(20):
+        m = torch.randn(4, 7, generator=generator, dtype=torch.float64)
+        theirs = aggregation.DualProj(projector=projector)(m).numpy()
+        ours = run(DualProj(), m)
+        assert np.abs(ours - 4 * theirs).max() <= 1e-8 * np.abs(ours).max()
+
+
+# ---- aligned-mtl ----------------------------------------------------------------------------
+
+
+def aligned_reference(m: np.ndarray, eps: float) -> np.ndarray:
+    """The paper's Algorithm 1 on the matrix itself: J = U S W^T, aligned rows
+    sigma_min U W^T, summed (preference 1 per group); components with s^2 below the
+    documented cut, 32 k eps s_max^2, dropped."""
+    u, s, wt = np.linalg.svd(m, full_matrices=False)
+    keep = s**2 > 32 * len(m) * eps * s.max() ** 2
+    aligned = s[keep].min() * u[:, keep] @ wt[keep]
+    return aligned.sum(axis=0)
+
+
+@FAST
+@given(spread_matrices())
+def test_aligned_mtl_matches_the_svd_of_the_matrix(matrix):
+    m = as64(matrix)
+    out = run(AlignedMTL(), matrix)
+    expected = aligned_reference(m, torch.finfo(matrix.dtype).eps)
+    bound = 10 * tolerance(matrix.dtype) * cosine_condition(m) * row_scale(m) * len(m)
+    assert np.abs(out - expected).max() <= bound
+
+
+@FAST
+@given(spread_matrices(min_rows=2))
+def test_aligned_mtl_rows_become_orthogonal_and_equally_long(matrix):
+    """The weights are B 1 for B = sigma_min V Lambda^-1/2 V^T; the aligned rows B J have
+    every singular value equal to sigma_min."""
+    m = as64(matrix)
+    gram = gramian(torch.from_numpy(m))
+    values, vectors = torch.linalg.eigh(gram)
+    balance = values.min().sqrt() * vectors @ torch.diag(values.rsqrt()) @ vectors.T
+    aligned = balance.numpy() @ m
+    singular = np.linalg.svd(aligned, compute_uv=False)
+    np.testing.assert_allclose(singular, singular.min(), rtol=1e-6)
+    weights, _ = AlignedMTL().weights(gram, names_for(m))
+    np.testing.assert_allclose(weights.numpy(), balance.numpy() @ np.ones(len(m)), rtol=1e-8)
+
+
+def test_aligned_mtl_agrees_with_torchjd():
+    """torchjd weights the aligned rows by the mean (ours by 1): k times its output."""
+    aggregation = pytest.importorskip("torchjd.aggregation")
+    generator = torch.Generator().manual_seed(5)
+    for k in (2, 3, 5):
+        m = torch.randn(k, 8, generator=generator, dtype=torch.float64)
+        theirs = aggregation.AlignedMTL()(m).numpy()
+        assert np.abs(run(AlignedMTL(), m) - k * theirs).max() <= 1e-10 * np.abs(theirs).max() * k
+
+
+# ---- nash-mtl and fairgrad ------------------------------------------------------------------
+
+
+def normalized(weights: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """Weights rescaled so that sum_i w_i ||g_i|| = sum_i ||g_i|| (the combiners' scale)."""
+    norms = np.linalg.norm(m, axis=1)
+    return weights * norms.sum() / (weights @ norms)
+
+
+def fair_reference(m: np.ndarray, alpha: float) -> np.ndarray:
+    """The papers' system G w = w^(-1/alpha), w > 0, by scipy's least squares (the FairGrad
+    authors' solver) with tight tolerances, started where the rows are orthogonal, then the
+    combiners' normalization. Levenberg-Marquardt on log w is tried first; either is accepted
+    only at a relative residual below 1e-6 (scipy gets no closer on graded rows)."""
+    optimize = pytest.importorskip("scipy.optimize")
+    gram = m @ m.T
+    gram = gram / np.abs(gram).max()  # the direction of w does not depend on G's scale
+    start = np.diag(gram) ** (-alpha / (1 + alpha))
+
+    def relative(w):
+        return gram @ w * w ** (1 / alpha) - 1.0
+
+    tight = {"xtol": 1e-15, "ftol": 1e-15, "gtol": 1e-15}
+    w = np.exp(optimize.least_squares(lambda y: relative(np.exp(y)), np.log(start),
+                                      method="lm", **tight).x)
+    if not np.abs(relative(w)).max() < 1e-10:
+        w = optimize.least_squares(lambda x: gram @ x - x ** (-1 / alpha), start,
+                                   bounds=(0, np.inf), max_nfev=10000, **tight).x
+    assert np.abs(relative(w)).max() < 1e-6
+    return normalized(w, m) @ m
+
+
+@FAST
+@given(spread_matrices(min_rows=2), st.sampled_from([0.5, 1.0, 2.0, 5.0]))
+def test_fairgrad_solves_the_papers_system(matrix, alpha):
+    m = as64(matrix)
+    assume(well_posed("fairgrad", matrix))
+    combiner = FairGrad(alpha=alpha)
+    out = run(combiner, matrix)
+    expected = fair_reference(m, alpha)
+    bound = 100 * tolerance(matrix.dtype) * cosine_condition(m) * np.abs(expected).max()
+    assert np.abs(out - expected).max() <= bound
+    # the optimality condition itself: (G w)_i w_i^(1/alpha) is the same for every i
+    weights, _ = combiner.weights(gramian(matrix.to(torch.float64)), names_for(m))
+    products = (m @ m.T @ weights.numpy()) * weights.numpy() ** (1 / alpha)
+    assert products.min() > 0
+    np.testing.assert_allclose(products, products.mean(), rtol=1e-8)
+
+
+@FAST
+@given(spread_matrices(min_rows=2))
+def test_nash_mtl_is_fairgrad_with_alpha_one_and_ignores_row_lengths(matrix):
+    """Proportional fairness (alpha = 1) is Nash bargaining, and log utilities make the
+    direction independent of each row's length."""
+    assume(well_posed("nash_mtl", matrix))
+    nash = run(NashMTL(), matrix)
+    np.testing.assert_allclose(nash, run(FairGrad(alpha=1.0), matrix), rtol=1e-9, atol=1e-12)
+    factors = torch.tensor([10.0 ** (i - 1) for i in range(matrix.shape[0])], dtype=matrix.dtype)
+    stretched = run(NashMTL(), matrix * factors[:, None])
+    assert cosine(nash, stretched) >= 1 - tolerance(matrix.dtype)
+
+
+def test_nash_mtl_at_a_pareto_stationary_point_gives_zero():
+    out = NashMTL()(torch.tensor([[1.0, 0.0], [-2.0, 0.0]]), ["a", "b"])
+    assert out.info["nash_mtl/stationary"] == 1.0
+    assert torch.equal(out.gradient, torch.zeros(2))
+    # a zero row bargains for nothing: the others decide
+    out = NashMTL()(torch.tensor([[1.0, 0.0], [0.0, 0.0], [0.0, 3.0]]), ["a", "b", "c"])
+    assert out.info["nash_mtl/stationary"] == 0.0
+    torch.testing.assert_close(out.gradient, torch.tensor([2.0, 2.0]))
+
+
+def torchjd_nash(aggregation, k: int, update_every: int = 1):
+    return aggregation.NashMTL(n_tasks=k, max_norm=0.0, update_weights_every=update_every,
+                               optim_niter=100)
+
+
+@pytest.mark.parametrize("update_every", [1, 2])
+def test_nash_mtl_agrees_with_torchjd_over_steps(update_every):
+    """torchjd's Nash-MTL (the authors' cvxpy rounds, max_norm off, warm-started) weights the
+    rows by a with a (G a) = 1; ours are the same up to the documented positive factor, also
+    when weights are reused between updates. torchjd stops its rounds at a residual of 1e-3,
+    hence the tolerance; it warns that its port has flaws, and with row norms far apart its
+    rounds can stop far from the solution (even at negative utilities), which is why the rows
+    here have comparable norms (the scipy reference above covers the rest). cvxpy is slow:
+    a few seeded sequences rather than a hypothesis search."""
+    aggregation = pytest.importorskip("torchjd.aggregation")
+    pytest.importorskip("cvxpy")
+    pytest.importorskip("ecos")
+    generator = torch.Generator().manual_seed(update_every)
+    for k in (2, 3, 4):
+        theirs = torchjd_nash(aggregation, k, update_every)
+        ours = NashMTL(update_every=update_every)
+        for _ in range(3):
+            matrix = torch.randn(k, 8, generator=generator, dtype=torch.float64) + 0.3
+            m = as64(matrix)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                a = theirs.weighting(matrix).numpy()
+            combined = ours(matrix, names_for(matrix))
+            out = combined.gradient.numpy()
+            if combined.info["nash_mtl/updated"]:
+                expected = normalized(a, m) @ m
+                assert np.abs(out - expected).max() <= 1e-2 * np.abs(expected).max()
+            else:  # reused weights: normalized on the previous rows' norms, same direction
+                assert cosine(out, a @ m) >= 1 - 1e-4
+
+
+@FAST
+@given(spread_matrices(min_rows=2), st.sampled_from([0.5, 2.0]))
+def test_fairgrad_agrees_with_torchjd(matrix, alpha):
+    """torchjd's FairGrad solves G w = w^(-1/alpha) with scipy's least squares (the authors'
+    code) and steps along the raw w; ours is that direction with the documented scale."""
+    aggregation = pytest.importorskip("torchjd.aggregation")
+    assume(well_posed("fairgrad", matrix))
+    m = matrix.to(torch.float64)
+    w = aggregation.FairGradWeighting(alpha=alpha)(m @ m.T).numpy()
+    expected = normalized(w, as64(m)) @ as64(m)
+    assert np.abs(run(FairGrad(alpha=alpha), m) - expected).max() <= 1e-5 * np.abs(expected).max()
+
+
+# ---- config ---------------------------------------------------------------------------------
+
+
+@FAST
+@given(spread_matrices(min_rows=2))
+def test_config_matches_the_papers_pseudo_inverse_and_conflicts_with_no_group(matrix):
+    m = as64(matrix)
+    units = m / np.linalg.norm(m, axis=1)[:, None]
+    direction = np.linalg.pinv(units) @ np.ones(len(m))
+    direction /= np.linalg.norm(direction)
+    expected = (m @ direction).sum() * direction
+    out = run(ConFIG(), matrix)
+    bound = 10 * tolerance(matrix.dtype) * cosine_condition(m) * np.abs(expected).max()
+    assert np.abs(out - expected).max() <= bound
+    cosines = units @ out / np.linalg.norm(out)
+    assert cosines.min() > 0
+    np.testing.assert_allclose(cosines, cosines.mean(), rtol=bound / np.abs(expected).max())
+
+
+def test_config_agrees_with_torchjd():
+    aggregation = pytest.importorskip("torchjd.aggregation")
+    generator = torch.Generator().manual_seed(6)
+    for k in (2, 3, 5):
+        m = torch.randn(k, 9, generator=generator, dtype=torch.float64)
+        theirs = aggregation.ConFIG()(m).numpy()
+        assert np.abs(run(ConFIG(), m) - theirs).max() <= 1e-10 * np.abs(theirs).max()
+    # a zero row: torchjd turns its unit vector into 0, as ours leaves it out
+    m = torch.tensor([[1.0, 2.0, 0.0], [0.0, 0.0, 0.0], [0.0, 1.0, -1.0]], dtype=torch.float64)
+    np.testing.assert_allclose(run(ConFIG(), m), aggregation.ConFIG()(m).numpy(), atol=1e-12)
+
+
+# ---- graddrop -------------------------------------------------------------------------------
+
+
+def graddrop_reference(m: np.ndarray, uniform: np.ndarray) -> np.ndarray:
+    """Algorithm 1 of Chen et al., lines 10-15, coordinate by coordinate, given the draws."""
+    out = np.zeros(m.shape[1])
+    for j in range(m.shape[1]):
+        column = m[:, j]
+        size = np.abs(column).sum()
+        purity = 0.5 * (1 + column.sum() / size) if size > 0 else 0.5
+        for value in column:
+            if (purity > uniform[j] and value > 0) or (purity < uniform[j] and value < 0):
+                out[j] += value
+    return out
+
+
+@FAST
+@given(gradient_matrices(min_rows=2), st.integers(0, 2**31 - 1))
+def test_graddrop_matches_the_papers_masks(matrix, seed):
+    uniform = torch.rand(matrix.shape[1], generator=torch.Generator().manual_seed(seed),
+                         dtype=matrix.dtype)
+    expected = graddrop_reference(as64(matrix), as64(uniform[None])[0])
+    out = run(GradDrop(seed=seed), matrix)
+    bound = 4 * torch.finfo(matrix.dtype).eps * np.abs(as64(matrix)).sum(axis=0)
+    assert (np.abs(out - expected) <= bound + 4 * torch.finfo(matrix.dtype).tiny).all()
+
+
+@FAST
+@given(gradient_matrices(min_rows=2), st.integers(0, 2**31 - 1))
+def test_graddrop_agrees_with_torchjd(matrix, seed):
+    """torchjd draws its uniforms from the global generator: seeded alike, the same masks."""
+    aggregation = pytest.importorskip("torchjd.aggregation")
+    assume(bool((matrix != 0).any(dim=0).all()))  # torchjd's purity is 0/0 on zero columns
+    state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        theirs = aggregation.GradDrop()(matrix)
+    finally:
+        torch.random.set_rng_state(state)
+    ours = GradDrop(seed=seed)(matrix, names_for(matrix)).gradient
+    torch.testing.assert_close(ours, theirs, rtol=8 * torch.finfo(matrix.dtype).eps, atol=0)
+
+
+def test_graddrop_keeps_agreeing_coordinates_and_drops_one_sign():
+    matrix = torch.tensor([[1.0, 2.0, -1.0], [3.0, -2.0, -4.0]])
+    out = GradDrop(seed=0)(matrix, ["a", "b"]).gradient
+    assert out[0] == 4.0 and out[2] == -5.0  # same signs: kept whole
+    assert out[1] in (2.0, -2.0)  # P = 1/2: exactly one sign survives
+
+
+# ---- rlw -----------------------------------------------------------------------------------
+
+
+def test_rlw_agrees_with_torchjd_and_draws_fresh_weights():
+    """torchjd's Random draws softmax(N(0, I)) from the global generator (mean scale)."""
+    aggregation = pytest.importorskip("torchjd.aggregation")
+    generator = torch.Generator().manual_seed(7)
+    matrices = [torch.randn(3, 5, generator=generator, dtype=torch.float64) for _ in range(4)]
+    ours = RLW(seed=11)
+    state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(11)
+        expected = [aggregation.Random()(m).numpy() for m in matrices]
+    finally:
+        torch.random.set_rng_state(state)
+    outputs = [run(ours, m) for m in matrices]
+    for out, theirs in zip(outputs, expected):
+        assert np.abs(out - 3 * theirs).max() <= 1e-12 * np.abs(out).max()
+    weights = [RLW(seed=11).weights(gramian(matrices[0]), ["a", "b", "c"])[0] for _ in range(2)]
+    torch.testing.assert_close(weights[0], weights[1])
+    assert weights[0].sum().item() == pytest.approx(3.0)
+    assert not np.allclose(outputs[0], RLW(seed=12)(matrices[0], ["a", "b", "c"]).gradient)
+
+
+# ---- dbmtl and moco: multi-step references --------------------------------------------------
+
+
+class DBMTLReference:
+    """DB-MTL's gradient balancing on vectors: m <- beta m + (1 - beta) g from 0, then
+    sum_i max_j ||m_j|| / ||m_i|| m_i."""
+
+    def __init__(self, beta: float) -> None:
+        self.beta, self.averages = beta, None
+
+    def __call__(self, m: np.ndarray) -> np.ndarray:
+        previous = np.zeros_like(m) if self.averages is None else self.averages
+        self.averages = self.beta * previous + (1 - self.beta) * m
+        norms = np.linalg.norm(self.averages, axis=1)
+        return sum(norms.max() / n * a for n, a in zip(norms, self.averages) if n > 0)
+
+
+def simplex_projection(point: np.ndarray) -> np.ndarray:
+    """Projection onto the simplex by bisection on the threshold (not by sorting)."""
+    low, high = point.min() - 1.0, point.max()
+    for _ in range(200):
+        theta = (low + high) / 2
+        if np.maximum(point - theta, 0).sum() > 1:
+            low = theta
+        else:
+            high = theta
+    return np.maximum(point - (low + high) / 2, 0)
+
+
+class MoCoReference:
+    """Fernando et al.'s Algorithm 1 on vectors: Y tracks J (from J), lambda takes one
+    projected gradient step on the simplex, the output is k Y^T lambda."""
+
+    def __init__(self, beta: float, gamma: float, rho: float) -> None:
+        self.beta, self.gamma, self.rho = beta, gamma, rho
+        self.tracked, self.weights = None, None
+
+    def __call__(self, m: np.ndarray) -> np.ndarray:
+        k = len(m)
+        if self.tracked is None:
+            self.tracked, self.weights = m.copy(), np.full(k, 1.0 / k)
+        else:
+            self.tracked = self.tracked - self.beta * (self.tracked - m)
+        system = self.tracked @ self.tracked.T + self.rho * np.eye(k)
+        self.weights = simplex_projection(self.weights - self.gamma * system @ self.weights)
+        return k * self.weights @ self.tracked
+
+
+@FAST
+@given(matrix_sequences(steps=5), st.sampled_from([0.0, 0.5, 0.9]))
+def test_dbmtl_matches_the_vector_algorithm_over_steps(matrices, beta):
+    combiner, reference = DBMTL(beta=beta), DBMTLReference(beta)
+    for matrix in matrices:
+        out, expected = run(combiner, matrix), reference(as64(matrix))
+        assert np.abs(out - expected).max() <= 1e-10 * np.abs(expected).max()
+
+
+@FAST
+@given(matrix_sequences(steps=5), st.sampled_from([(0.5, 0.1, 0.0), (0.9, 0.02, 0.1),
+                                                    (1.0, 0.5, 0.0)]))
+def test_moco_matches_the_vector_algorithm_over_steps(matrices, options):
+    beta, gamma, rho = options
+    combiner, reference = MoCo(beta=beta, gamma=gamma, rho=rho), MoCoReference(beta, gamma, rho)
+    for matrix in matrices:
+        out, expected = run(combiner, matrix), reference(as64(matrix))
+        assert np.abs(out - expected).max() <= 1e-9 * np.abs(as64(matrix)).sum(0).max()
+    np.testing.assert_allclose(combiner.simplex.numpy(), reference.weights, atol=1e-10)
+
+
+def test_moco_drives_lambda_to_the_min_norm_weights():
+    """With fixed gradients Y settles on them and lambda's projected steps converge to MGDA's
+    weights (the point of the method)."""
+    matrix = torch.tensor([[1.0, 0.0], [0.0, 3.0]], dtype=torch.float64)
+    combiner = MoCo(beta=0.5, gamma=0.1)
+    for _ in range(300):
+        out = combiner(matrix, ["a", "b"])
+    mgda = build_combiner("mgda")(matrix, ["a", "b"]).gradient
+    torch.testing.assert_close(out.gradient, mgda, rtol=1e-6, atol=1e-9)
+
+
+# ---- state through a weights_only checkpoint ------------------------------------------------
+
+STATEFUL = {
+    "nash_mtl": (lambda: NashMTL(update_every=2), lambda: NashMTL(update_every=2)),
+    "graddrop": (lambda: GradDrop(seed=5), lambda: GradDrop(seed=99)),
+    "rlw": (lambda: RLW(seed=5), lambda: RLW(seed=99)),
+    "dbmtl": (lambda: DBMTL(beta=0.7), lambda: DBMTL(beta=0.7)),
+    "moco": (lambda: MoCo(beta=0.6, gamma=0.05), lambda: MoCo(beta=0.6, gamma=0.05)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(STATEFUL))
+def test_state_round_trip_through_a_weights_only_checkpoint(name, tmp_path):
+    """Three steps, a checkpoint, a fresh instance (another seed where there is one): the
+    next steps equal an uninterrupted run's bit for bit."""
+    make, make_other = STATEFUL[name]
+    generator = torch.Generator().manual_seed(0)
+    matrices = [torch.randn(3, 10, generator=generator) for _ in range(7)]
+    names = ["final", "sd", "exit1"]
+    uninterrupted, first = make(), make()
+    for matrix in matrices[:3]:
+        uninterrupted(matrix, names)
+        first(matrix, names)
+    torch.save(first.state_dict(), tmp_path / "state.pt")
+    restored = make_other()
+    restored.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
+    for matrix in matrices[3:]:
+        expected = uninterrupted(matrix, names).gradient
+        torch.testing.assert_close(restored(matrix, names).gradient, expected, rtol=0, atol=0)
+
+
+def test_nash_mtl_reuses_its_weights_between_updates():
+    generator = torch.Generator().manual_seed(1)
+    first, second = (torch.randn(2, 6, generator=generator, dtype=torch.float64) for _ in "ab")
+    combiner = NashMTL(update_every=2)
+    combiner(first, ["a", "b"])
+    weights = combiner.last_weights.clone()
+    out = combiner(second, ["a", "b"])
+    assert out.info["nash_mtl/updated"] == 0.0
+    torch.testing.assert_close(out.gradient, weights @ second)
+    assert combiner(second, ["a", "b"]).info["nash_mtl/updated"] == 1.0
+
+
+def test_tracked_rows_follow_group_names():
+    """A group seen for the first time starts fresh; the others keep their averages."""
+    combiner = DBMTL(beta=0.5)
+    combiner(torch.tensor([[2.0, 0.0], [0.0, 2.0]]), ["a", "b"])
+    combiner(torch.tensor([[0.0, 4.0], [2.0, 0.0], [4.0, 4.0]]), ["c", "a", "b"])
+    rows = combiner.tracked.rows
+    torch.testing.assert_close(rows, torch.tensor([[0.0, 2.0], [1.5, 0.0], [2.0, 2.5]]))
+    with pytest.raises(ValueError, match="selected parameters changed"):
+        combiner(torch.zeros(3, 5), ["c", "a", "b"])
+
+
+# ---- construction ---------------------------------------------------------------------------
+
+
+def test_registered_by_name():
+    for name, make in FACTORIES.items():
+        cls = type(make())
+        assert COMBINERS.get(name) is cls and cls.name == name
+        assert isinstance(build_combiner(name), cls)
+    assert build_combiner({"name": "fairgrad", "alpha": 0.5}).alpha == 0.5
+    assert build_combiner({"name": "moco", "gamma": 0.3}).gamma == 0.3
+    assert build_combiner({"name": "nash_mtl", "update_every": 4}).update_every == 4
+
+
+@pytest.mark.parametrize(
+    ("spec", "pattern"),
+    [
+        ({"name": "fairgrad", "alpha": 0}, r"'fairgrad': alpha must be a finite number > 0, got 0"),
+        ({"name": "fairgrad", "alpha": math.inf}, r"'fairgrad': alpha must"),
+        ({"name": "dbmtl", "beta": 1.0}, r"'dbmtl': beta must be a number in \[0, 1\)"),
+        ({"name": "moco", "beta": 0}, r"'moco': beta must be a number in \(0, 1\]"),
+        ({"name": "moco", "gamma": -1}, r"'moco': gamma must be a finite number > 0"),
+        ({"name": "moco", "rho": "x"}, r"'moco': rho must be a finite number >= 0"),
+        ({"name": "nash_mtl", "update_every": 0}, r"'nash_mtl': update_every must be an integer"),
+        ({"name": "graddrop", "seed": 1.5}, r"'graddrop': seed must be an integer"),
+        ({"name": "rlw", "seed": True}, r"'rlw': seed must be an integer"),
+        ({"name": "dualproj", "c": 1}, r"combiner \(dualproj\).*'c'"),
+        ({"name": "aligned_mtl", "scale_mode": "min"}, r"combiner \(aligned_mtl\)"),
+        ({"name": "config", "weights": [1]}, r"combiner \(config\)"),
+    ],
+)
+def test_bad_options_are_config_errors_naming_the_option(spec, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        build_combiner(spec)
