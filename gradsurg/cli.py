@@ -416,7 +416,7 @@ PLUGINS_EPILOG = (
 def plugins(
     json_output: Annotated[bool, typer.Option(
         "--json", help="Print the listing as JSON: {kind: {group, entries: [{name, source, "
-        "error}]}}.")] = False,
+        "error, tested_against}]}}.")] = False,
 ) -> None:
     """List combiners, loss terms, exit policies, backbone adapters, programs and recipes,
     each with the package it comes from (gradsurg for built-ins); every entry is loaded."""
@@ -439,8 +439,12 @@ def plugins(
             table.add_column("name")
             table.add_column("package")
             table.add_column("status")
+            methods = any(row.tested_against for row in rows)
+            if methods:
+                table.add_column("tested against")
             for row in rows:
-                table.add_row(row.name, row.source, "ok" if row.error is None else "failed")
+                cells = [row.name, row.source, "ok" if row.error is None else "failed"]
+                table.add_row(*cells, *([escape(row.tested_against or "-")] if methods else []))
             console.print(table)
     failures = [row.error for rows in listing.values() for row in rows if row.error]
     for message in failures:

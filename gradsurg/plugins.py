@@ -19,6 +19,7 @@ from gradsurg.multiexit.exit_losses import LOSS_TERMS
 from gradsurg.multiexit.policies import POLICIES
 from gradsurg.programs import PROGRAMS
 from gradsurg.registry import BUILT_IN, Registry
+from gradsurg.tested_against import TESTED_AGAINST
 from gradsurg.weightings import WEIGHTINGS
 
 REGISTRIES: dict[str, Registry[Any]] = {
@@ -38,11 +39,13 @@ _LOADERS: dict[str, Callable[[str], object]] = {"recipes": registered_recipe}
 
 @dataclass(frozen=True)
 class Listed:
-    """One registered name: its source package and, if loading it failed, the error."""
+    """One registered name: its source package, if loading it failed the error, and for
+    methods (combiners, loss weightings) what they are tested against."""
 
     name: str
     source: str
     error: str | None = None
+    tested_against: str | None = None
 
 
 def inventory() -> dict[str, list[Listed]]:
@@ -54,17 +57,25 @@ def inventory() -> dict[str, list[Listed]]:
         # built-ins first, then plugins, each in registration order
         for entry in sorted(registry.entries(), key=lambda entry: entry.source != BUILT_IN):
             try:
-                load(entry.name)
+                loaded = load(entry.name)
             except ConfigError as error:
                 rows.append(Listed(entry.name, entry.source, str(error)))
             else:
-                rows.append(Listed(entry.name, entry.source))
+                rows.append(Listed(entry.name, entry.source,
+                                   tested_against=tested_against(kind, entry.name, loaded)))
         listing[kind] = rows
     return listing
 
 
+def tested_against(kind: str, name: str, loaded: object) -> str | None:
+    """A built-in's entry in `gradsurg.tested_against`, else the class's own attribute."""
+    known = TESTED_AGAINST.get(kind, {}).get(name)
+    return known if known is not None else getattr(loaded, "tested_against", None)
+
+
 def as_json(listing: dict[str, list[Listed]]) -> dict[str, dict[str, Any]]:
-    """The inventory as plain data: `{kind: {group, entries: [{name, source, error}]}}`."""
+    """The inventory as plain data:
+    `{kind: {group, entries: [{name, source, error, tested_against}]}}`."""
     return {
         kind: {"group": REGISTRIES[kind].group, "entries": [asdict(row) for row in rows]}
         for kind, rows in listing.items()

@@ -23,6 +23,8 @@ class BalancedSum(GramianWeighting):
     """
 
     name = "balanced_sum"
+    #: shown by `gradsurg plugins`
+    tested_against = "a numpy reference; scale properties; installed through its entry point"
 
     def weights(self, gram: Tensor, names: list[str]) -> tuple[Tensor, dict[str, float]]:
         norms = gram.diagonal().clamp_min(0).sqrt()

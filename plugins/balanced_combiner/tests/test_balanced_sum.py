@@ -127,8 +127,8 @@ def test_registered_by_name_through_the_entry_point():
     assert COMBINERS.source("balanced_sum") == "gradsurg-balanced"
     assert isinstance(build_combiner({"name": "balanced_sum"}), BalancedSum)
     listing = json.loads(CliRunner().invoke(app, ["plugins", "--json"]).output)
-    assert {"name": "balanced_sum", "source": "gradsurg-balanced", "error": None} in listing[
-        "combiners"]["entries"]
+    assert {"name": "balanced_sum", "source": "gradsurg-balanced", "error": None,
+            "tested_against": BalancedSum.tested_against} in listing["combiners"]["entries"]
 
 
 @pytest.mark.skipif(not RECIPE.is_file(), reason="needs the gradsurg repository's recipes/")

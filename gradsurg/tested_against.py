@@ -1,0 +1,41 @@
+"""What each built-in method is tested against: `gradsurg plugins` shows it, README's
+feature tables say the same (`tests/test_tested_against.py` keeps the two in step).
+
+A plugin's class may carry its own `tested_against` string; the listing shows that instead.
+"""
+
+from __future__ import annotations
+
+COMBINERS: dict[str, str] = {
+    'sum': 'row sum / mean (hypothesis); the one-backward shortcut equals the matrix path',
+    'mean': 'row sum / mean (hypothesis); the one-backward shortcut equals the matrix path',
+    'pcgrad': 'closed form for two groups, a plain vector loop for many; seeded order survives a checkpoint',
+    'project': 'a vector reference, an exact float64 reference at 1e-30..1e15, no conflict left, idempotent, scale properties',
+    'merge': 'composition of `project` and `sum` against the hand result',
+    'cagrad': "SciPy SLSQP on the paper's primal problem; ball constraint; `c=0` is `sum`; degenerate fallback; torchjd's CAGrad",
+    'gradvac': "first step equals PCGrad; a vector implementation over several steps; EMA state through a `weights_only` checkpoint; torchjd's GradVac step by step",
+    'mgda': "min-norm point by enumerating the hull's faces; conflicts with no group; torchjd's MGDA",
+    'imtlg': "the paper's closed form; equal projections; invariance to each row's scale; torchjd's IMTLG",
+    'upgrad': "sum of dual-cone projections found by enumerating active sets; no conflict left; `sum` without conflict; torchjd's UPGrad",
+    'dualproj': "the sum's dual-cone projection found by enumerating active sets; no conflict left; torchjd's DualProj (quadprog, regularization 1e-12)",
+    'aligned_mtl': "the paper's SVD of the matrix; aligned rows have equal singular values; torchjd's AlignedMTL",
+    'nash_mtl': "equals `fairgrad` at alpha = 1; direction ignores each row's length; Pareto-stationary input gives 0; torchjd's NashMTL (cvxpy) over steps, with weight reuse; state through a `weights_only` checkpoint",
+    'config': "the paper's pseudo-inverse formula in numpy; equal positive cosines; torchjd's ConFIG (zero rows too)",
+    'fairgrad': "SciPy least squares on the paper's system G w = w^(-1/alpha); the optimality condition itself; torchjd's FairGrad",
+    'graddrop': "the paper's masks coordinate by coordinate in numpy; torchjd's GradDrop seeded alike (equal); seeded state through a checkpoint",
+    'rlw': "torchjd's Random seeded alike; fresh weights each step; seeded state through a checkpoint",
+    'dbmtl': 'a numpy rendering over several steps; averages kept per group name; state through a `weights_only` checkpoint',
+    'moco': "a numpy rendering of Algorithm 1 over several steps (simplex projection by bisection); converges to MGDA's weights on fixed gradients; state through a checkpoint",
+}
+
+WEIGHTINGS: dict[str, str] = {
+    'uncertainty': "numpy SGD steps; torchjd's `UW` (value and gradients)",
+    'dwa': "numpy over 5 epochs; torchjd's `DWA`",
+    'famo': "numpy Algorithms 1 and 2 over 8 steps; torchjd's `FAMO` step by step; SIGKILL + resume bit for bit",
+    'geometric': "autograd of the product; torchjd's `GeometricMean`",
+    'imtll': "numpy SGD steps; torchjd's `IMTLL`",
+    'stch': "numpy over 4 epochs; k x torchjd's `STCH` on the normalized logs",
+}
+
+#: `gradsurg plugins` kind -> name -> what it is tested against.
+TESTED_AGAINST: dict[str, dict[str, str]] = {"combiners": COMBINERS, "loss_weightings": WEIGHTINGS}
