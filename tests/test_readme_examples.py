@@ -41,7 +41,17 @@ def test_readme_example_runs(name, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True,
                             timeout=600, env=env)
+    if name == "data_parallel" and result.returncode != 0:
+        # torch 2.13's gloo sometimes aborts a worker at interpreter exit (about 1 run in 10
+        # here), after the script's last line: accepted only once every rank has printed that
+        # line, i.e. trained, checked that the ranks agree and closed the process group.
+        assert "terminate called without an active exception" in result.stderr, result.stderr
+        assert all(f"rank {rank}: the ranks agree" in result.stdout for rank in (0, 1)), (
+            result.stdout + result.stderr[-3000:])
+        return
     assert result.returncode == 0, result.stderr[-3000:]
+    if name == "data_parallel":
+        assert all(f"rank {rank}: the ranks agree" in result.stdout for rank in (0, 1))
 
 
 def test_plugins_md_test_snippet_runs_as_written():
