@@ -56,7 +56,6 @@ class GradientCollector:
         self._buffer: Tensor | None = None
         self._losses: dict[str, Tensor] = {}
         self._bad: dict[str, Tensor] = {}
-        self._reached: list[set[int]] = []
 
     @property
     def pending(self) -> bool:
@@ -99,9 +98,9 @@ class GradientCollector:
         self._names = names
         self.micro_batches += 1
         if self.layout is None:
-            self._check_reach(names, values)
+            reached = self._check_reach(names, values)
             if self.include is None:
-                self._select_by_gradients(names, values, needs_shared=needs_shared)
+                self._select_by_gradients(names, values, reached, needs_shared=needs_shared)
             else:
                 self._select_by_patterns()
         if first_of_step:
@@ -149,14 +148,16 @@ class GradientCollector:
         self._matrix.accumulate(values, self.outside,
                                 mode=resolve_mode(self.mode, self.layout.device))
 
-    def _check_reach(self, names: tuple[str, ...], values: list[Tensor]) -> None:
+    def _check_reach(self, names: tuple[str, ...], values: list[Tensor]) -> list[set[int]]:
+        """Each group's reached parameter ids; a group that reaches none is an error."""
         params = [p for _, p in self.trainable]
-        self._reached = [reached_parameters(value, params) for value in values]
-        for name, ids in zip(names, self._reached):
+        reached = [reached_parameters(value, params) for value in values]
+        for name, ids in zip(names, reached):
             if not ids:
                 raise GradsurgError(
                     f"loss group {name!r} reaches no trainable parameter (no gradient path "
                     "from its loss to the model); compute it from the model's outputs")
+        return reached
 
     def _select_by_patterns(self) -> None:
         selected = match_patterns(self.trainable, include=self.include, exclude=self.exclude)
@@ -166,13 +167,13 @@ class GradientCollector:
                               "include or narrow exclude")
         self._use_layout(selected)
 
-    def _select_by_gradients(self, names: tuple[str, ...], values: list[Tensor], *,
-                             needs_shared: bool) -> None:
+    def _select_by_gradients(self, names: tuple[str, ...], values: list[Tensor],
+                             reached: list[set[int]], *, needs_shared: bool) -> None:
         """First micro-batch without `include`: the parameters with a non-zero gradient from
         more than one group (on any rank). Costs one extra backward pass per group, once;
         only parameters the graph links to several groups are looked at."""
         counts: dict[int, int] = {}
-        for ids in self._reached:
+        for ids in reached:
             for pid in ids:
                 counts[pid] = counts.get(pid, 0) + 1
         candidates = [(n, p) for n, p in match_patterns(self.trainable, exclude=self.exclude)

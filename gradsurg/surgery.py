@@ -161,9 +161,10 @@ class Surgery:
         weight = None
         if self.data_parallel.enabled:
             weight = 1 / self.data_parallel.world_size if share is None else share
+        weights = self.combiner.linear_weights(list(groups))
         self.collector.add(groups, weight=weight, scale=self.loss_scale,
-                           shortcut_weight=self._shortcut_weight(tuple(groups)),
-                           needs_shared=self.combiner.linear_weights(list(groups)) is None)
+                           shortcut_weight=self._shortcut_weight(weights),
+                           needs_shared=weights is None)
         done = (self.collector.micro_batches >= self.accumulation_steps
                 if last_micro_batch is None else last_micro_batch)
         if done:
@@ -232,10 +233,9 @@ class Surgery:
                 "surgery.backward for the rest, pass last_micro_batch=True on the last one, or "
                 "call surgery.combine() before stepping")
 
-    def _shortcut_weight(self, names: tuple[str, ...]) -> float | None:
-        """The one weight of a fixed, uniform-weight combiner when this step may skip the
-        matrix (no diagnostics due), else None."""
-        weights = self.combiner.linear_weights(names)
+    def _shortcut_weight(self, weights: list[float] | None) -> float | None:
+        """The one weight of a fixed, uniform-weight combiner (`weights`: its linear weights)
+        when this step may skip the matrix (no diagnostics due), else None."""
         if weights is None or len(set(weights)) != 1:
             return None
         diagnose = (self.diagnostics_every is not None

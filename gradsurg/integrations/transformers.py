@@ -59,8 +59,7 @@ class SurgeryTrainer(transformers.Trainer):
     # ---- the surgery ------------------------------------------------------------------------
 
     def create_optimizer(self, model: Any = None) -> torch.optim.Optimizer:
-        optimizer = super().create_optimizer(model) if model is not None else \
-            super().create_optimizer()
+        optimizer = super().create_optimizer(model)
         fp16 = bool(self.args.fp16)
         inner = getattr(optimizer, "optimizer", optimizer)
         self.surgery = Surgery(self.accelerator.unwrap_model(self.model), inner,
