@@ -13,10 +13,11 @@ asked for: a plugin that fails to import breaks the lookups of its own names, wi
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
-from typing import Generic, NoReturn, TypeVar
+from typing import Any, Generic, NoReturn, TypeVar, overload
 
 from gradsurg.errors import ConfigError
 from gradsurg.extras import missing_extra
@@ -35,28 +36,103 @@ class Entry:
     source: str
 
 
+Spec = str | Mapping[str, Any]
+"""How a recipe names a registered object: ``"pcgrad"`` or ``{name: pcgrad, seed: 1}``."""
+
+
 class Registry(Generic[T]):
     """A name -> object map that also offers the entry points of ``group``.
 
-    ``kind`` is the singular noun used in messages ("combiner", "exit policy").
+    ``kind`` is the singular noun used in messages ("combiner", "exit policy"). ``key`` is the
+    class attribute that names a class registered with the bare ``@registry.register``
+    decorator (``name``; backbone adapters use ``model_type``). ``base``, when given, is the
+    class whose instances :meth:`build` passes through unchanged (a combiner object in place of
+    its recipe spec).
     """
 
-    def __init__(self, kind: str, group: str) -> None:
+    def __init__(self, kind: str, group: str, *, key: str = "name",
+                 base: type | None = None) -> None:
         self.kind = kind
         self.group = group
+        self.key = key
+        self.base = base
         self._items: dict[str, T] = {}
         self._sources: dict[str, str] = {}
         self._pending: dict[str, EntryPoint] = {}
         self._discovered = False
 
-    def register(self, name: str, *, source: str = BUILT_IN) -> Callable[[T], T]:
-        """Decorator: ``@registry.register("sum")`` above a class or function."""
+    @overload
+    def register(self, name_or_obj: str, *, source: str = ...) -> Callable[[T], T]: ...
+
+    @overload
+    def register(self, name_or_obj: T, *, source: str = ...) -> T: ...
+
+    def register(self, name_or_obj: Any, *, source: str = BUILT_IN) -> Any:
+        """Decorator: bare ``@registry.register`` above a class registers it under its own
+        ``key`` attribute (``name``), so the name is written once; ``@registry.register("x")``
+        names a function or a class explicitly."""
+        if not isinstance(name_or_obj, str):
+            name = getattr(name_or_obj, self.key, None)
+            if not isinstance(name, str) or not name:
+                raise TypeError(f"{self.kind} {name_or_obj!r} has no {self.key!r} attribute to "
+                                "register it by; use register('its-name')")
+            self.add(name, name_or_obj, source=source)
+            return name_or_obj
 
         def decorate(obj: T) -> T:
-            self.add(name, obj, source=source)
+            self.add(name_or_obj, obj, source=source)
             return obj
 
         return decorate
+
+    def split(self, spec: Any, *, where: str) -> tuple[str, dict[str, Any]]:
+        """A recipe's ``name`` or ``{name: ..., **options}`` -> ``(name, options)``."""
+        if isinstance(spec, str):
+            return spec, {}
+        if isinstance(spec, Mapping) and isinstance(spec.get("name"), str):
+            return spec["name"], {str(k): v for k, v in spec.items() if k != "name"}
+        raise ConfigError(f"{where}: expected a {self.kind} name or a mapping with 'name', "
+                          f"got {spec!r}")
+
+    def build(self, spec: Any, *args: Any, where: str, **context: Any) -> Any:
+        """The object a recipe value asks for: ``factory(*args, **context, **options)``.
+
+        ``args``/``context`` are what the caller knows and the recipe must not set (a loss
+        term's number of exits, a weighting's groups); ``options`` come from the spec. Every
+        kind of registered object is built here, so every unknown name, unknown option,
+        missing option or rejected value is the same one-line :class:`ConfigError` naming the
+        recipe key ``where``. An instance of ``base`` is returned unchanged.
+        """
+        if self.base is not None and isinstance(spec, self.base):
+            return spec
+        name, options = self.split(spec, where=where)
+        try:
+            factory: Any = self.get(name)
+        except ConfigError as error:
+            raise ConfigError(f"{where}: {error}") from None
+        try:
+            signature = inspect.signature(factory)
+        except (TypeError, ValueError):  # some builtins have none; let the call decide
+            signature = None
+        if signature is not None:
+            try:
+                signature.bind(*args, **context, **options)
+            except TypeError as error:
+                allowed = [p for p in signature.parameters
+                           if p not in context and p != "self"][len(args):]
+                raise ConfigError(f"{where} ({self.kind} {name!r}): {error}; options are "
+                                  f"{', '.join(allowed) or '(none)'}") from None
+        try:
+            return factory(*args, **context, **options)
+        except ConfigError as error:
+            message = str(error)
+            raise ConfigError(message if message.startswith(where) else f"{where}: {message}"
+                              ) from None
+        except (TypeError, ValueError, OverflowError, RuntimeError) as error:
+            # e.g. `seed: x` or `seed: 2**64` reaching torch.Generator.manual_seed
+            detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise ConfigError(f"{where} ({self.kind} {name!r}): invalid options {options!r} "
+                              f"({detail})") from None
 
     def add(self, name: str, obj: T, *, source: str = BUILT_IN) -> None:
         """Register ``obj`` as ``name``; a different object under a taken name is an error."""
