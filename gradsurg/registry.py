@@ -91,8 +91,9 @@ class Registry(Generic[T]):
             return spec, {}
         if isinstance(spec, Mapping) and isinstance(spec.get("name"), str):
             return spec["name"], {str(k): v for k, v in spec.items() if k != "name"}
-        raise ConfigError(f"{where}: expected a {self.kind} name or a mapping with 'name', "
-                          f"got {spec!r}")
+        article = "an" if self.kind[:1] in "aeiou" else "a"
+        raise ConfigError(f"{where}: expected {article} {self.kind} name or a mapping with "
+                          f"'name', got {spec!r}")
 
     def build(self, spec: Any, *args: Any, where: str, **context: Any) -> Any:
         """The object a recipe value asks for: ``factory(*args, **context, **options)``.
