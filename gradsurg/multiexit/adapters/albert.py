@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
-from torch import Tensor
+from torch import Tensor, nn
 
-from gradsurg.multiexit.adapters import (
-    EncoderAdapter,
-    LayerMask,
-    check_backbone,
-    first_output,
-    padding_mask,
-    register_adapter,
-)
+from gradsurg.multiexit.adapters.base import ADAPTERS, LayerListAdapter
 
 __all__ = ["AlbertAdapter"]
 
 
-@register_adapter
-class AlbertAdapter(EncoderAdapter):
+@ADAPTERS.register
+class AlbertAdapter(LayerListAdapter):
     """Adapter for ``transformers.AlbertModel``.
 
     ALBERT embeds into ``embedding_size`` and projects to ``hidden_size`` before the first
@@ -35,23 +29,16 @@ class AlbertAdapter(EncoderAdapter):
     """
 
     model_type = "albert"
+    class_name = "AlbertModel"
+    parts: ClassVar[Mapping[str, str]] = {"embeddings": "embeddings",
+                                          "projection": "encoder.embedding_hidden_mapping_in",
+                                          "layers": "encoder.albert_layer_groups"}
+    projection: nn.Module
 
     def __init__(self, hf_model: Any) -> None:
-        config = check_backbone(
-            hf_model,
-            class_name="AlbertModel",
-            model_type=self.model_type,
-            modules=(
-                "embeddings",
-                "encoder.embedding_hidden_mapping_in",
-                "encoder.albert_layer_groups",
-            ),
-        )
-        super().__init__(config)
-        self.embeddings = hf_model.embeddings
-        self.projection = hf_model.encoder.embedding_hidden_mapping_in
-        self.layers = hf_model.encoder.albert_layer_groups
-        depth, groups = int(config.num_hidden_layers), int(config.num_hidden_groups)
+        super().__init__(hf_model)
+        depth = int(self.hf_config.num_hidden_layers)
+        groups = int(self.hf_config.num_hidden_groups)
         # Same float arithmetic as AlbertTransformer.forward.
         self.group_of_layer = tuple(int(i / (depth / groups)) for i in range(depth))
 
@@ -59,17 +46,9 @@ class AlbertAdapter(EncoderAdapter):
     def num_layers(self) -> int:
         return len(self.group_of_layer)
 
-    def embed(
-        self,
-        input_ids: Tensor,
-        attention_mask: Tensor,
-        token_type_ids: Tensor | None = None,
-    ) -> Tensor:
-        embedded = self.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
-        return self.projection(embedded)
+    def embed(self, input_ids: Tensor, attention_mask: Tensor,
+              token_type_ids: Tensor | None = None) -> Tensor:
+        return self.projection(super().embed(input_ids, attention_mask, token_type_ids))
 
-    def prepare_mask(self, attention_mask: Tensor, hidden: Tensor) -> LayerMask:
-        return padding_mask(self, attention_mask, hidden)
-
-    def _layer_forward(self, index: int, hidden: Tensor, mask_value: Any) -> Tensor:
-        return first_output(self.layers[self.group_of_layer[index]](hidden, mask_value))
+    def layer(self, index: int) -> nn.Module:
+        return self.layers[self.group_of_layer[index]]
