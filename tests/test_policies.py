@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from gradsurg.errors import ConfigError
-from gradsurg.multiexit.early_exit import policy_sweep
+from gradsurg.multiexit.evaluation.sweeps import policy_sweep
+from gradsurg.multiexit.exit_loop import simulate_exits
 from gradsurg.multiexit.policies import (
     POLICIES,
     ConfidenceWindowPolicy,
@@ -24,10 +25,7 @@ from gradsurg.multiexit.policies import (
     MaxProbPolicy,
     NormalizedEntropyPolicy,
     PatiencePolicy,
-    build_policy,
-    split_policy_spec,
 )
-from gradsurg.multiexit.runner import simulate_exits
 
 # Small integer logits make ties, agreements and exact probability values common.
 CLASS_LOGITS = st.tuples(st.integers(1, 6), st.integers(1, 5), st.integers(2, 4)).flatmap(
@@ -185,7 +183,7 @@ def test_fixed_policy_works_for_regression() -> None:
                                   "confidence_window"])
 def test_classification_policies_refuse_regression_outputs(name) -> None:
     with pytest.raises(ConfigError, match=f"{name}' needs a classification model"):
-        simulate_exits(build_policy(name), torch.zeros(3, 4, 1))
+        simulate_exits(POLICIES.build(name, where="test"), torch.zeros(3, 4, 1))
 
 
 @pytest.mark.parametrize(("name", "params", "message"), [
@@ -198,21 +196,22 @@ def test_classification_policies_refuse_regression_outputs(name) -> None:
     ("confidence_window", {"margin": 0.6}, "margin=0.6 is out of range"),
     ("confidence_window", {"window": True}, "window=True is invalid"),
     ("fixed", {"layer": 0}, "layer=0 is out of range"),
-    ("entropy", {"patience": 2}, "exit policy 'entropy' has no parameter 'patience'; "
-                                 "allowed: threshold"),
+    ("entropy", {"patience": 2}, r"exit policy 'entropy'\): got an unexpected keyword argument "
+                                 "'patience'; options are threshold"),
     ("nope", {}, "unknown exit policy 'nope'; allowed: confidence_window, entropy, fixed"),
 ])
 def test_bad_policy_specs_are_one_line_config_errors(name, params, message) -> None:
     with pytest.raises(ConfigError, match=message) as info:
-        build_policy(name, params)
+        POLICIES.build({"name": name, **params}, where="exit_policy")
     assert "\n" not in str(info.value)
 
 
 def test_split_policy_spec() -> None:
-    assert split_policy_spec("entropy") == ("entropy", {})
-    assert split_policy_spec({"name": "patience", "patience": 2}) == ("patience", {"patience": 2})
-    with pytest.raises(ConfigError, match="exit_policy: expected a policy name"):
-        split_policy_spec({"patience": 2})
+    assert POLICIES.split("entropy", where="exit_policy") == ("entropy", {})
+    assert POLICIES.split({"name": "patience", "patience": 2}, where="exit_policy") == (
+        "patience", {"patience": 2})
+    with pytest.raises(ConfigError, match=r"exit_policy: expected an? exit policy name"):
+        POLICIES.split({"patience": 2}, where="exit_policy")
 
 
 def test_a_registered_plugin_policy_is_usable_by_name() -> None:
