@@ -341,3 +341,17 @@ def test_train_step_save_and_reload(case: str, tmp_path) -> None:
     with torch.no_grad():
         for a, b in zip(model(ids, mask, types), reloaded(ids, mask, types), strict=True):
             assert torch.equal(a, b)
+
+
+def test_adapters_keep_only_their_parts_in_the_same_order() -> None:
+    """The modules each adapter takes over, in parameter order (checkpoints, optimizer state
+    and the surgery's parameter selection all follow it); the HF pooler is never kept."""
+    expected = {
+        "roberta": ["embeddings", "layers"],
+        "mpnet": ["embeddings", "layers", "relative_attention_bias"],
+        "albert": ["embeddings", "projection", "layers"],
+    }
+    for case, children in expected.items():
+        adapter = make_adapter(backbone(case))
+        assert [name for name, _ in adapter.named_children()] == children, case
+        assert not any("pooler" in name for name, _ in adapter.named_parameters())

@@ -245,3 +245,30 @@ def test_patience_sweep_trades_time_for_depth() -> None:
     times = [p.time_percent for p in points]
     assert times == sorted(times, reverse=True)  # less patience never takes longer
     assert points[0].time_percent == 100.0  # patience 5 on 6 exits: never early
+
+
+def test_with_param_copies_validates_and_types_the_swept_value() -> None:
+    rule = POLICIES.build({"name": "patience", "tolerance": 0.2}, where="exit_policy")
+    other = rule.with_param("patience", 2.0)
+    assert other == PatiencePolicy(patience=2, tolerance=0.2)
+    assert isinstance(other.patience, int)  # YAML and threshold arrays give floats
+    assert rule.patience == 3  # the original is unchanged
+    with pytest.raises(ConfigError, match="patience=0 is out of range"):
+        rule.with_param("patience", 0.0)
+    assert MaxProbPolicy().with_param("threshold", 1.0).threshold == 1.0
+
+
+def test_a_sweep_builds_its_policy_once(monkeypatch) -> None:
+    lookups = []
+    real_get = POLICIES.get
+    monkeypatch.setattr(POLICIES, "get", lambda name: lookups.append(name) or real_get(name))
+    all_logits = torch.randn(4, 6, 2, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 1, 0, 1, 1, 0])
+    points = policy_sweep(all_logits, labels, "sst2", {"name": "confidence_window", "window": 3},
+                          values=[0.0, 0.1, 0.5, 1.0])
+    assert lookups == ["confidence_window"]
+    assert [p.value for p in points] == [0.0, 0.1, 0.5, 1.0]
+    built = ConfidenceWindowPolicy(window=3)
+    assert [p.exit_counts for p in points] == [
+        p.exit_counts for p in policy_sweep(all_logits, labels, "sst2", built,
+                                            values=[0.0, 0.1, 0.5, 1.0])]

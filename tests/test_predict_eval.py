@@ -115,6 +115,7 @@ def test_predict_pairs_from_jsonl_and_tsv_output(mrpc_model, tmp_path) -> None:
      "exit policy 'entropy'): got an unexpected keyword argument 'patience'; options are "
      "threshold"),
     (["--param", "threshold"], "x\n", "--param 'threshold': expected key=value"),
+    (["--param", "name=fixed"], "x\n", "--param 'name=fixed': the policy is chosen with --policy"),
     (["--policy", "fixed", "--layer", "9"], "x\n", "layer=9 is out of range; allowed: 1..3"),
     (["--input-format", "jsonl"], '{"text": "ok"}\nnot json\n', "<stdin>:2: not valid JSON"),
     (["--input-format", "jsonl"], '{"txt": "ok"}\n', "<stdin>:1: no text field found"),

@@ -85,9 +85,11 @@ def policy_sweep(all_logits: torch.Tensor, labels: Any, task: str | TaskSpec,
 def _build_policy(policy: str | Mapping[str, Any] | ExitPolicy,
                   params: Mapping[str, Any] | None = None, *,
                   where: str = "exit_policy") -> ExitPolicy:
-    """The rule a recipe's ``exit_policy`` names, with ``params`` merged into a bare name."""
-    if params and isinstance(policy, str):
-        policy = {"name": policy, **params}
+    """The rule a recipe's ``exit_policy`` names, with ``params`` merged into its spec."""
+    if params:
+        if isinstance(policy, ExitPolicy):
+            raise ValueError("params apply to a policy name or spec, not to a built policy")
+        policy = {"name": policy, **params} if isinstance(policy, str) else {**policy, **params}
     built: ExitPolicy = POLICIES.build(policy, where=where)
     return built
 
