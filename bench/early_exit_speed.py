@@ -32,10 +32,10 @@ from torch.utils.data import DataLoader
 from gradsurg.data.collate import GlueCollator, tokenize_dataset
 from gradsurg.data.glue import load_glue
 from gradsurg.metrics import compute_metrics
-from gradsurg.multiexit.early_exit import expected_time_percent
-from gradsurg.multiexit.inference import load_for_inference
+from gradsurg.multiexit.evaluation.outcomes import expected_time_percent
+from gradsurg.multiexit.exit_loop import EarlyExitRunner
 from gradsurg.multiexit.policies import EntropyPolicy, ExitPolicy, FixedPolicy
-from gradsurg.multiexit.runner import EarlyExitRunner
+from gradsurg.multiexit.serving import load_for_inference
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = 0.85

@@ -19,7 +19,7 @@ from gradsurg.config import first_changed_key, load_recipe
 from gradsurg.distributed import is_main_process
 from gradsurg.errors import ConfigError, GradsurgError
 from gradsurg.extras import import_optional
-from gradsurg.multiexit.policies import ExitPolicy, build_policy
+from gradsurg.multiexit.policies import POLICIES, ExitPolicy
 from gradsurg.numbers import check_finite_numbers
 from gradsurg.outputs import (
     OutputLock,
@@ -72,17 +72,20 @@ DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")]
 
 def policy_from_options(name: str, **options: float | int | None) -> ExitPolicy:
     """The named policy with only the options the user gave (the rest keep defaults)."""
-    params: dict[str, object] = {k: v for k, v in options.items() if k != "param" and v is not None}
+    spec: dict[str, object] = {k: v for k, v in options.items() if k != "param" and v is not None}
     for item in options.get("param") or []:  # type: ignore[union-attr]
         key, sep, raw = str(item).partition("=")
         if not sep or not key:
             raise ConfigError(f"--param {item!r}: expected key=value")
+        if key == "name":
+            raise ConfigError(f"--param {item!r}: the policy is chosen with --policy")
         try:
-            params[key] = strict_yaml.load(raw)
+            spec[key] = strict_yaml.load(raw)
         except yaml.YAMLError:
             raise ConfigError(f"--param {item!r}: value is not valid YAML") from None
-    check_finite_numbers(params, source=f"--policy {name}", kind="option")
-    return build_policy(name, params)
+    check_finite_numbers(spec, source=f"--policy {name}", kind="option")
+    built: ExitPolicy = POLICIES.build({"name": name, **spec}, where=f"--policy {name}")
+    return built
 
 
 def optional(module: str, *names: str) -> tuple[Any, ...]:
@@ -243,9 +246,9 @@ def predict(
 ) -> None:
     """Predict with early exit: one line per input with the answer, confidence and exit layer."""
     check_max_length, load_for_inference, predict_texts = optional(
-        "gradsurg.multiexit.inference", "check_max_length", "load_for_inference",
+        "gradsurg.multiexit.serving", "check_max_length", "load_for_inference",
         "predict_texts")
-    from gradsurg.multiexit.textio import open_output, read_texts, write_prediction
+    from gradsurg.multiexit.serving.textio import open_output, read_texts, write_prediction
 
     count = 0
     try:
@@ -304,7 +307,7 @@ def evaluate(
 ) -> None:
     """Score a saved model on a GLUE split under an exit policy; print metric and times."""
     check_max_length, evaluate_split, load_for_inference = optional(
-        "gradsurg.multiexit.inference", "check_max_length", "evaluate_split",
+        "gradsurg.multiexit.serving", "check_max_length", "evaluate_split",
         "load_for_inference")
 
     try:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
+from torch import Tensor
 
 from gradsurg.errors import ConfigError
 
@@ -22,3 +25,8 @@ def resolve_device(name: str = "auto", *, local_rank: int = 0) -> torch.device:
     if device.type == "cuda" and device.index is None:
         return torch.device("cuda", local_rank)  # each torchrun process its own GPU
     return device
+
+
+def to_device(batch: Mapping[str, Tensor], device: torch.device) -> dict[str, Tensor]:
+    """A batch of named tensors moved to ``device`` (training, evaluation and serving)."""
+    return {name: tensor.to(device) for name, tensor in batch.items()}

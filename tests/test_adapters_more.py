@@ -20,8 +20,8 @@ from gradsurg.multiexit import (
     tiny_bert_config,
     tiny_config,
 )
-from gradsurg.multiexit.policies import build_policy, prediction_entropy
-from gradsurg.multiexit.runner import EarlyExitRunner, simulate_exits
+from gradsurg.multiexit.exit_loop import EarlyExitRunner, simulate_exits
+from gradsurg.multiexit.policies import POLICIES, prediction_entropy
 from gradsurg.params import match_patterns, trainable_parameters
 
 # (model_type, extra config); ALBERT also with two groups of two inner layers over 5 layers.
@@ -240,8 +240,8 @@ def test_runner_equals_full_pass_with_compaction(case: str, attn: str) -> None:
         all_logits = torch.stack(model(ids, mask, types))
     entropy = prediction_entropy(all_logits)
     policies = [
-        build_policy("entropy", {"threshold": float(entropy.median())}),
-        build_policy("patience", {"patience": 1}),
+        POLICIES.build({"name": "entropy", "threshold": float(entropy.median())}, where="test"),
+        POLICIES.build({"name": "patience", "patience": 1}, where="test"),
     ]
     for policy in policies:
         expected = simulate_exits(policy, all_logits)
@@ -271,7 +271,7 @@ def test_runner_cuts_the_tail_when_the_long_row_leaves(case: str) -> None:
     mask = torch.ones(2, 10, dtype=torch.long)
     mask[1, 3:] = 0  # row 1 has 3 tokens, row 0 has 10
     ids = ids.masked_fill(mask == 0, pad)
-    fixed = build_policy("fixed", {"layer": 1})
+    fixed = POLICIES.build({"name": "fixed", "layer": 1}, where="test")
 
     class LongRowLeavesFirst(type(fixed)):
         def decide(self, layer, outputs, state):
@@ -341,3 +341,17 @@ def test_train_step_save_and_reload(case: str, tmp_path) -> None:
     with torch.no_grad():
         for a, b in zip(model(ids, mask, types), reloaded(ids, mask, types), strict=True):
             assert torch.equal(a, b)
+
+
+def test_adapters_keep_only_their_parts_in_the_same_order() -> None:
+    """The modules each adapter takes over, in parameter order (checkpoints, optimizer state
+    and the surgery's parameter selection all follow it); the HF pooler is never kept."""
+    expected = {
+        "roberta": ["embeddings", "layers"],
+        "mpnet": ["embeddings", "layers", "relative_attention_bias"],
+        "albert": ["embeddings", "projection", "layers"],
+    }
+    for case, children in expected.items():
+        adapter = make_adapter(backbone(case))
+        assert [name for name, _ in adapter.named_children()] == children, case
+        assert not any("pooler" in name for name, _ in adapter.named_parameters())

@@ -177,7 +177,7 @@ def test_real_runs_write_logits_and_compare(tiny_bert_dir, shared_glue_dir, tmp_
     results.json, then compare on them; STS-B gets a regression curve (patience, tolerance)."""
     from safetensors.torch import load_file
 
-    from gradsurg.multiexit.early_exit import per_exit_metrics
+    from gradsurg.multiexit.evaluation.sweeps import per_exit_metrics
     from gradsurg.recipes.glue_config import MultiExitGlueConfig
     from gradsurg.recipes.multiexit_glue import run
 

@@ -8,7 +8,7 @@ import pytest
 
 from gradsurg.config import load_recipe
 from gradsurg.errors import ConfigError
-from gradsurg.multiexit.early_exit import DEFAULT_THRESHOLDS
+from gradsurg.multiexit.evaluation.sweeps import DEFAULT_THRESHOLDS
 from gradsurg.multiexit.model import MultiExitModel
 from gradsurg.recipes.glue_config import MultiExitGlueConfig
 from gradsurg.recipes.multiexit_glue import plan_stages, run

@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from gradsurg.errors import ConfigError
-from gradsurg.multiexit.early_exit import policy_sweep
+from gradsurg.multiexit.evaluation.sweeps import policy_sweep
+from gradsurg.multiexit.exit_loop import simulate_exits
 from gradsurg.multiexit.policies import (
     POLICIES,
     ConfidenceWindowPolicy,
@@ -24,10 +25,7 @@ from gradsurg.multiexit.policies import (
     MaxProbPolicy,
     NormalizedEntropyPolicy,
     PatiencePolicy,
-    build_policy,
-    split_policy_spec,
 )
-from gradsurg.multiexit.runner import simulate_exits
 
 # Small integer logits make ties, agreements and exact probability values common.
 CLASS_LOGITS = st.tuples(st.integers(1, 6), st.integers(1, 5), st.integers(2, 4)).flatmap(
@@ -185,7 +183,7 @@ def test_fixed_policy_works_for_regression() -> None:
                                   "confidence_window"])
 def test_classification_policies_refuse_regression_outputs(name) -> None:
     with pytest.raises(ConfigError, match=f"{name}' needs a classification model"):
-        simulate_exits(build_policy(name), torch.zeros(3, 4, 1))
+        simulate_exits(POLICIES.build(name, where="test"), torch.zeros(3, 4, 1))
 
 
 @pytest.mark.parametrize(("name", "params", "message"), [
@@ -198,21 +196,22 @@ def test_classification_policies_refuse_regression_outputs(name) -> None:
     ("confidence_window", {"margin": 0.6}, "margin=0.6 is out of range"),
     ("confidence_window", {"window": True}, "window=True is invalid"),
     ("fixed", {"layer": 0}, "layer=0 is out of range"),
-    ("entropy", {"patience": 2}, "exit policy 'entropy' has no parameter 'patience'; "
-                                 "allowed: threshold"),
+    ("entropy", {"patience": 2}, r"exit policy 'entropy'\): got an unexpected keyword argument "
+                                 "'patience'; options are threshold"),
     ("nope", {}, "unknown exit policy 'nope'; allowed: confidence_window, entropy, fixed"),
 ])
 def test_bad_policy_specs_are_one_line_config_errors(name, params, message) -> None:
     with pytest.raises(ConfigError, match=message) as info:
-        build_policy(name, params)
+        POLICIES.build({"name": name, **params}, where="exit_policy")
     assert "\n" not in str(info.value)
 
 
 def test_split_policy_spec() -> None:
-    assert split_policy_spec("entropy") == ("entropy", {})
-    assert split_policy_spec({"name": "patience", "patience": 2}) == ("patience", {"patience": 2})
-    with pytest.raises(ConfigError, match="exit_policy: expected a policy name"):
-        split_policy_spec({"patience": 2})
+    assert POLICIES.split("entropy", where="exit_policy") == ("entropy", {})
+    assert POLICIES.split({"name": "patience", "patience": 2}, where="exit_policy") == (
+        "patience", {"patience": 2})
+    with pytest.raises(ConfigError, match=r"exit_policy: expected an? exit policy name"):
+        POLICIES.split({"patience": 2}, where="exit_policy")
 
 
 def test_a_registered_plugin_policy_is_usable_by_name() -> None:
@@ -246,3 +245,30 @@ def test_patience_sweep_trades_time_for_depth() -> None:
     times = [p.time_percent for p in points]
     assert times == sorted(times, reverse=True)  # less patience never takes longer
     assert points[0].time_percent == 100.0  # patience 5 on 6 exits: never early
+
+
+def test_with_param_copies_validates_and_types_the_swept_value() -> None:
+    rule = POLICIES.build({"name": "patience", "tolerance": 0.2}, where="exit_policy")
+    other = rule.with_param("patience", 2.0)
+    assert other == PatiencePolicy(patience=2, tolerance=0.2)
+    assert isinstance(other.patience, int)  # YAML and threshold arrays give floats
+    assert rule.patience == 3  # the original is unchanged
+    with pytest.raises(ConfigError, match="patience=0 is out of range"):
+        rule.with_param("patience", 0.0)
+    assert MaxProbPolicy().with_param("threshold", 1.0).threshold == 1.0
+
+
+def test_a_sweep_builds_its_policy_once(monkeypatch) -> None:
+    lookups = []
+    real_get = POLICIES.get
+    monkeypatch.setattr(POLICIES, "get", lambda name: lookups.append(name) or real_get(name))
+    all_logits = torch.randn(4, 6, 2, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 1, 0, 1, 1, 0])
+    points = policy_sweep(all_logits, labels, "sst2", {"name": "confidence_window", "window": 3},
+                          values=[0.0, 0.1, 0.5, 1.0])
+    assert lookups == ["confidence_window"]
+    assert [p.value for p in points] == [0.0, 0.1, 0.5, 1.0]
+    built = ConfidenceWindowPolicy(window=3)
+    assert [p.exit_counts for p in points] == [
+        p.exit_counts for p in policy_sweep(all_logits, labels, "sst2", built,
+                                            values=[0.0, 0.1, 0.5, 1.0])]

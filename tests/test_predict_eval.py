@@ -13,10 +13,10 @@ from gradsurg.cli import app
 from gradsurg.data.collate import GlueCollator, tokenize_dataset
 from gradsurg.data.glue import load_glue
 from gradsurg.errors import ConfigError, DataError
-from gradsurg.multiexit.early_exit import policy_sweep
+from gradsurg.multiexit.evaluation.sweeps import policy_sweep
 from gradsurg.multiexit.model import MultiExitModel
 from gradsurg.multiexit.policies import prediction_entropy
-from gradsurg.multiexit.textio import read_texts
+from gradsurg.multiexit.serving.textio import read_texts
 
 cli = CliRunner()
 
@@ -111,8 +111,11 @@ def test_predict_pairs_from_jsonl_and_tsv_output(mrpc_model, tmp_path) -> None:
 
 @pytest.mark.parametrize(("args", "stdin", "message"), [
     (["--policy", "nope"], "x\n", "unknown exit policy 'nope'"),
-    (["--patience", "2"], "x\n", "exit policy 'entropy' has no parameter 'patience'"),
+    (["--patience", "2"], "x\n",
+     "exit policy 'entropy'): got an unexpected keyword argument 'patience'; options are "
+     "threshold"),
     (["--param", "threshold"], "x\n", "--param 'threshold': expected key=value"),
+    (["--param", "name=fixed"], "x\n", "--param 'name=fixed': the policy is chosen with --policy"),
     (["--policy", "fixed", "--layer", "9"], "x\n", "layer=9 is out of range; allowed: 1..3"),
     (["--input-format", "jsonl"], '{"text": "ok"}\nnot json\n', "<stdin>:2: not valid JSON"),
     (["--input-format", "jsonl"], '{"txt": "ok"}\n', "<stdin>:1: no text field found"),

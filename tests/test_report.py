@@ -9,7 +9,7 @@ import pytest
 from rich.console import Console
 from rich.table import Table
 
-from gradsurg.multiexit.early_exit import ExitSweepPoint
+from gradsurg.multiexit.evaluation.sweeps import ExitSweepPoint
 from gradsurg.report import (
     exit_metrics_table,
     plot_exit_distribution,

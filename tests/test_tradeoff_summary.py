@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gradsurg.multiexit.tradeoff_summary import (
+from gradsurg.multiexit.evaluation.tradeoff_summary import (
     best_within,
     fixed_exit_points,
     front,

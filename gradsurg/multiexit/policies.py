@@ -9,8 +9,10 @@ precomputed exit outputs, which is why the two agree.
 
 Exit indices are 0-based (``layer`` 0 is the exit after the first encoder layer); the
 user-facing ``fixed`` policy counts layers from 1, like the per-exit tables (L1..Ln).
-New policies subclass :class:`ExitPolicy` and register under a name in :data:`POLICIES`
-(or through the ``gradsurg.policies`` entry point group).
+New policies subclass :class:`ExitPolicy` and register with bare ``@POLICIES.register`` under
+their ``name`` (or through the ``gradsurg.policies`` entry point group); a recipe's
+``exit_policy`` becomes an object once, with ``POLICIES.build(spec, where=...)``, and a sweep
+varies that object with :meth:`ExitPolicy.with_param`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -38,9 +39,8 @@ __all__ = [
     "NormalizedEntropyPolicy",
     "PatiencePolicy",
     "PolicyState",
-    "build_policy",
+    "normalized_entropy",
     "prediction_entropy",
-    "split_policy_spec",
 ]
 
 PolicyState = dict[str, Tensor]
@@ -118,8 +118,29 @@ class ExitPolicy(ABC):
         args = ", ".join(f"{k}={v}" for k, v in self.params().items())
         return f"{self.name}({args})"
 
+    def with_param(self, parameter: str, value: float) -> ExitPolicy:
+        """This rule with ``parameter`` set to ``value``, validated as a recipe's value is.
 
-POLICIES: Registry[type[ExitPolicy]] = Registry("exit policy", "gradsurg.policies")
+        Sweeps build their policy once and call this per value instead of looking the name
+        up again. A whole number becomes an ``int`` for an integer parameter (``patience``,
+        ``layer``), because YAML lists and threshold arrays hand sweep values over as floats.
+        """
+        current = getattr(self, parameter)
+        typed: Any = value
+        if isinstance(current, int) and not isinstance(current, bool) \
+                and float(value).is_integer():
+            typed = int(value)
+        try:
+            return dataclasses.replace(self, **{parameter: typed})  # type: ignore[type-var]
+        except (TypeError, ValueError, OverflowError) as error:
+            raise ConfigError(f"exit policy {self.name!r}: {parameter}={value!r} is invalid "
+                              f"({error})") from None
+
+
+POLICIES: Registry[type[ExitPolicy]] = Registry("exit policy", "gradsurg.policies",
+                                                base=ExitPolicy)
+"""Exit policies by name; ``POLICIES.build(spec, where=...)`` turns a recipe's ``exit_policy``
+(a name or ``{name, **parameters}``) or an :class:`ExitPolicy` into the rule."""
 
 
 def _threshold(name: str, value: Any, *, upper: float = math.inf) -> float:
@@ -139,7 +160,7 @@ def _count(name: str, value: Any, *, minimum: int = 1) -> int:
     return value
 
 
-@POLICIES.register("entropy")
+@POLICIES.register
 @dataclass
 class EntropyPolicy(ExitPolicy):
     """DeeBERT/RomeBERT: leave at the first exit whose prediction entropy (nats) < threshold.
@@ -159,7 +180,7 @@ class EntropyPolicy(ExitPolicy):
         return _entropy(outputs) < self.threshold
 
 
-@POLICIES.register("normalized_entropy")
+@POLICIES.register
 @dataclass
 class NormalizedEntropyPolicy(ExitPolicy):
     """FastBERT: entropy / log(C) < threshold, so one threshold means the same for any C."""
@@ -181,7 +202,7 @@ def normalized_entropy(logits: Tensor) -> Tensor:
     return _entropy(_check_classes(logits)) / math.log(logits.shape[-1])
 
 
-@POLICIES.register("max_prob")
+@POLICIES.register
 @dataclass
 class MaxProbPolicy(ExitPolicy):
     """Leave when the highest class probability is above ``threshold``."""
@@ -199,7 +220,7 @@ class MaxProbPolicy(ExitPolicy):
         return top > self.threshold
 
 
-@POLICIES.register("patience")
+@POLICIES.register
 @dataclass
 class PatiencePolicy(ExitPolicy):
     """PABEE: leave once the prediction has stayed the same for ``patience`` consecutive exits.
@@ -238,7 +259,7 @@ class PatiencePolicy(ExitPolicy):
         return state["streak"] >= self.patience
 
 
-@POLICIES.register("confidence_window")
+@POLICIES.register
 @dataclass
 class ConfidenceWindowPolicy(ExitPolicy):
     """ELBERT's two-stage rule, for any number of classes and any batch.
@@ -278,7 +299,7 @@ class ConfidenceWindowPolicy(ExitPolicy):
         return low_entropy | (streak >= self.window)
 
 
-@POLICIES.register("fixed")
+@POLICIES.register
 @dataclass
 class FixedPolicy(ExitPolicy):
     """Every example leaves after ``layer`` layers (1-based): per-exit evaluation and timing."""
@@ -304,29 +325,3 @@ class FixedPolicy(ExitPolicy):
 
     def decide(self, layer: int, outputs: Tensor | None, state: PolicyState) -> Tensor:
         return torch.full_like(state["rows"], layer == self.layer - 1)
-
-
-def build_policy(name: str, params: Mapping[str, Any] | None = None) -> ExitPolicy:
-    """``build_policy("patience", {"patience": 2})``; unknown names or keys are one-line errors."""
-    cls = POLICIES.get(name)
-    params = dict(params or {})
-    if dataclasses.is_dataclass(cls):
-        allowed = [f.name for f in dataclasses.fields(cls)]
-        for key in params:
-            if key not in allowed:
-                raise ConfigError(f"exit policy {name!r} has no parameter {key!r}; "
-                                  f"allowed: {', '.join(allowed) or '(none)'}")
-    try:
-        return cls(**params)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise ConfigError(f"exit policy {name!r}: {exc}") from exc
-
-
-def split_policy_spec(spec: str | Mapping[str, Any], where: str = "exit_policy"
-                      ) -> tuple[str, dict[str, Any]]:
-    """A recipe's ``entropy`` or ``{name: patience, patience: 2}`` -> (name, parameters)."""
-    if isinstance(spec, str):
-        return spec, {}
-    if not isinstance(spec, Mapping) or not isinstance(spec.get("name"), str):
-        raise ConfigError(f"{where}: expected a policy name or a mapping with 'name'")
-    return spec["name"], {key: value for key, value in spec.items() if key != "name"}

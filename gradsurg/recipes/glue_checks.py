@@ -15,8 +15,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gradsurg.errors import ConfigError
-from gradsurg.multiexit.early_exit import default_sweep
-from gradsurg.multiexit.policies import POLICIES, ExitPolicy, build_policy
+from gradsurg.multiexit.evaluation.sweeps import default_sweep, sweep_rules
+from gradsurg.multiexit.policies import POLICIES, ExitPolicy
 
 __all__ = ["EVALUATION_KEYS", "check_against_model", "check_evaluation_settings",
            "max_positions"]
@@ -40,27 +40,19 @@ def sweep_policies(name: str, params: Mapping[str, Any], sweep: Sequence[float] 
         if num_layers is None:
             return []
         sweep = default_sweep(name, num_layers)
+    rule = POLICIES.build({"name": name, **params}, where="key 'exit_policy'")
     if swept is None:
-        return [build_policy(name, dict(params))]
-    default = getattr(policy_cls, swept, None)
-    policies = []
-    for value in sweep:
-        typed: Any = int(value) if isinstance(default, int) and float(value).is_integer() \
-            else value
-        try:
-            policies.append(build_policy(name, {**params, swept: typed}))
-        except ConfigError as error:
-            raise ConfigError(f"key 'sweep': value {value!r} does not work for exit policy "
-                              f"{name!r} ({error})") from None
-    return policies
+        return [rule]
+    try:
+        return sweep_rules(rule, sweep)
+    except ConfigError as error:
+        raise ConfigError(f"key 'sweep': {error}") from None
 
 
 def check_evaluation_settings(exit_policy: str | Mapping[str, Any],
                               sweep: Sequence[float] | None) -> None:
     """Build the sweep's policies from the recipe alone (no model needed)."""
-    from gradsurg.multiexit.policies import split_policy_spec
-
-    name, params = split_policy_spec(exit_policy)
+    name, params = POLICIES.split(exit_policy, where="key 'exit_policy'")
     sweep_policies(name, params, sweep)
 
 

@@ -12,7 +12,7 @@ from gradsurg.combiners import build_combiner
 from gradsurg.data.glue import get_task
 from gradsurg.errors import ConfigError
 from gradsurg.multiexit.exit_losses import build_loss_term, per_exit_groups
-from gradsurg.multiexit.policies import build_policy, split_policy_spec
+from gradsurg.multiexit.policies import POLICIES
 from gradsurg.programs import ProgramConfig
 from gradsurg.weightings import build_weighting
 
@@ -123,7 +123,7 @@ class MultiExitGlueConfig(ProgramConfig):
     @classmethod
     def _buildable_policy(cls, value: str | dict[str, Any]) -> str | dict[str, Any]:
         try:
-            build_policy(*split_policy_spec(value))
+            POLICIES.build(value, where="exit_policy")
         except ConfigError as error:
             raise ValueError(str(error)) from None
         return value
@@ -234,7 +234,7 @@ class MultiExitGlueConfig(ProgramConfig):
 
     def policy_spec(self) -> tuple[str, dict[str, Any]]:
         """The exit policy's name and its fixed parameters."""
-        return split_policy_spec(self.exit_policy)
+        return POLICIES.split(self.exit_policy, where="exit_policy")
 
     def combiner_spec(self) -> str | dict[str, Any]:
         if self.combiner is not None:

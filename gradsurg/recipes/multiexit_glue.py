@@ -37,17 +37,17 @@ from gradsurg.combiners import build_combiner
 from gradsurg.config import first_changed_key
 from gradsurg.data.collate import GlueCollator, tokenize_dataset
 from gradsurg.data.glue import TaskSpec, get_task, load_glue
-from gradsurg.devices import resolve_device
+from gradsurg.devices import resolve_device, to_device
 from gradsurg.distributed import DataParallel
 from gradsurg.errors import ConfigError
 from gradsurg.finite_weights import check_finite_outputs, check_finite_weights
 from gradsurg.metrics import primary_metric
-from gradsurg.multiexit.early_exit import per_exit_metrics, policy_sweep
+from gradsurg.multiexit.evaluation.dense_sweeps import dense_sweep
+from gradsurg.multiexit.evaluation.sweeps import per_exit_metrics, policy_sweep
+from gradsurg.multiexit.evaluation.tradeoff_summary import summarize
 from gradsurg.multiexit.exit_losses import ExitLossTerm, build_loss_term
 from gradsurg.multiexit.model import MultiExitModel
 from gradsurg.multiexit.policies import POLICIES
-from gradsurg.multiexit.tradeoff import dense_sweep
-from gradsurg.multiexit.tradeoff_summary import summarize
 from gradsurg.outputs import replace_folder
 from gradsurg.precision import LossScale, autocast_factory
 from gradsurg.programs import Program
@@ -212,10 +212,6 @@ def load_split(task: TaskSpec, split: str, config: MultiExitGlueConfig, *, rows:
     if rows >= len(data):
         return data
     return data.shuffle(seed=shuffle_seed).select(range(rows))
-
-
-def to_device(batch: Mapping[str, Tensor], device: torch.device) -> dict[str, Tensor]:
-    return {k: v.to(device) for k, v in batch.items()}
 
 
 def forward(model: MultiExitModel, batch: Mapping[str, Tensor]) -> list[Tensor]:

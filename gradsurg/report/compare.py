@@ -3,10 +3,11 @@
 Each run folder holds ``results.json`` and, since dense sweeps exist,
 ``exit_logits.safetensors`` (``logits`` ``[L, N, C]``, ``labels`` ``[N]``: every exit's dev
 outputs). From the logits every run gets a dense trade-off curve
-(:mod:`gradsurg.multiexit.tradeoff`) under its own recipe's exit policy; a run without them (made
-before they were written) falls back to the fixed threshold list in its results.json, and the
-comparison says so. Summary numbers follow :mod:`gradsurg.multiexit.tradeoff_summary`, with one
-reference for all runs: the best final exit among them.
+(:mod:`gradsurg.multiexit.evaluation.dense_sweeps`) under its own recipe's exit policy; a run
+without them (made before they were written) falls back to the fixed threshold list in its
+results.json, and the comparison says so. Summary numbers follow
+:mod:`gradsurg.multiexit.evaluation.tradeoff_summary`, with one reference for all runs: the
+best final exit among them.
 """
 
 from __future__ import annotations
@@ -22,7 +23,12 @@ from typing import Any
 from rich.table import Table
 
 from gradsurg.errors import ConfigError
-from gradsurg.multiexit.tradeoff_summary import BUDGETS, Point, TradeoffSummary, summarize
+from gradsurg.multiexit.evaluation.tradeoff_summary import (
+    BUDGETS,
+    Point,
+    TradeoffSummary,
+    summarize,
+)
 from gradsurg.report.plots import plot_exit_metrics, plot_tradeoff
 
 __all__ = [
@@ -212,7 +218,8 @@ def _curve(run: LoadedRun, metric: str) -> tuple[list[Point], str, str | None]:
     results.json, else the fixed list."""
     results = run.results
     if run.logits is not None:
-        from gradsurg.multiexit.tradeoff import dense_sweep  # torch and the multi-exit stack
+        # torch and the multi-exit stack, imported only when there are logits to sweep
+        from gradsurg.multiexit.evaluation.dense_sweeps import dense_sweep
 
         spec = dict(results.get("exit_policy") or {"name": "entropy"})
         name = spec.pop("name")
@@ -392,7 +399,7 @@ def markdown_report(comparison: Comparison, plots: Mapping[str, Path]) -> str:
     lines += tables["summary"]
     lines += ["Area: the mean of the best metric reachable within each time budget x, over x "
               "from 100/L to 100 % (sweep and fixed exits); see "
-              "`gradsurg.multiexit.tradeoff_summary`.", ""]
+              "`gradsurg.multiexit.evaluation.tradeoff_summary`.", ""]
     lines += [f"Note: {note}" for note in comparison.notes]
     return "\n".join(lines).rstrip() + "\n"
 

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 from rich.table import Table
 
 if TYPE_CHECKING:  # annotations only: importing the multi-exit stack pulls in transformers
-    from gradsurg.multiexit.early_exit import ExitSweepPoint
-    from gradsurg.multiexit.tradeoff_summary import TradeoffSummary
+    from gradsurg.multiexit.evaluation.sweeps import ExitSweepPoint
+    from gradsurg.multiexit.evaluation.tradeoff_summary import TradeoffSummary
 
 
 def _metric_keys(metrics: Iterable[Mapping[str, float]]) -> list[str]:

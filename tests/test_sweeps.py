@@ -13,16 +13,15 @@ from hypothesis.extra.numpy import arrays
 
 from gradsurg.errors import ConfigError
 from gradsurg.metrics import compute_metrics
-from gradsurg.multiexit.early_exit import (
+from gradsurg.multiexit.evaluation.outcomes import expected_time_percent, select_exit_outputs
+from gradsurg.multiexit.evaluation.sweeps import (
     DEFAULT_THRESHOLDS,
     ExitSweepPoint,
-    expected_time_percent,
     per_exit_metrics,
     policy_sweep,
-    select_exit_outputs,
 )
+from gradsurg.multiexit.exit_loop import simulate_exits
 from gradsurg.multiexit.policies import EntropyPolicy, prediction_entropy
-from gradsurg.multiexit.runner import simulate_exits
 
 
 def entropy_exit_layers(all_logits: torch.Tensor, threshold: float) -> torch.Tensor:

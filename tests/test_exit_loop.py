@@ -8,8 +8,8 @@ import torch
 from transformers import BertModel
 
 from gradsurg.multiexit import MultiExitConfig, MultiExitModel, tiny_bert_config
-from gradsurg.multiexit.policies import build_policy, normalized_entropy, prediction_entropy
-from gradsurg.multiexit.runner import EarlyExitRunner, simulate_exits
+from gradsurg.multiexit.exit_loop import EarlyExitRunner, simulate_exits
+from gradsurg.multiexit.policies import POLICIES, normalized_entropy, prediction_entropy
 
 LAYERS = 4
 
@@ -44,15 +44,16 @@ def policies_for(all_logits: torch.Tensor) -> list:
     norm = normalized_entropy(all_logits)
     top = torch.softmax(all_logits, -1).amax(-1)
     return [
-        build_policy("entropy", {"threshold": float(ent.median())}),
-        build_policy("normalized_entropy", {"threshold": float(norm.median())}),
-        build_policy("max_prob", {"threshold": float(top.median())}),
-        build_policy("patience", {"patience": 1}),
-        build_policy("patience", {"patience": 2}),
-        build_policy("confidence_window",
-                     {"threshold": float(norm.quantile(0.2)), "window": 2, "margin": 0.05}),
-        build_policy("fixed", {"layer": 2}),
-        build_policy("fixed", {"layer": LAYERS}),
+        POLICIES.build({"name": "entropy", "threshold": float(ent.median())}, where="test"),
+        POLICIES.build({"name": "normalized_entropy", "threshold": float(norm.median())},
+                       where="test"),
+        POLICIES.build({"name": "max_prob", "threshold": float(top.median())}, where="test"),
+        POLICIES.build({"name": "patience", "patience": 1}, where="test"),
+        POLICIES.build({"name": "patience", "patience": 2}, where="test"),
+        POLICIES.build({"name": "confidence_window", "threshold": float(norm.quantile(0.2)),
+                        "window": 2, "margin": 0.05}, where="test"),
+        POLICIES.build({"name": "fixed", "layer": 2}, where="test"),
+        POLICIES.build({"name": "fixed", "layer": LAYERS}, where="test"),
     ]
 
 
@@ -84,7 +85,9 @@ def test_runner_in_float32_agrees_with_the_full_pass() -> None:
     ids, mask = ragged_batch(32, seed=5)
     with torch.no_grad():
         all_logits = torch.stack(model(ids, mask))
-    policy = build_policy("entropy", {"threshold": float(prediction_entropy(all_logits).median())})
+    policy = POLICIES.build(
+        {"name": "entropy", "threshold": float(prediction_entropy(all_logits).median())},
+        where="test")
     expected = simulate_exits(policy, all_logits)
     got = EarlyExitRunner(model, policy)(ids, mask)
     assert got.exit_layers.tolist() == expected.exit_layers.tolist()
@@ -97,13 +100,14 @@ def test_regression_model_with_patience() -> None:
     with torch.no_grad():
         all_logits = torch.stack(model(ids, mask))
     steps = (all_logits[1:] - all_logits[:-1]).abs()
-    policy = build_policy("patience", {"patience": 1, "tolerance": float(steps.median())})
+    policy = POLICIES.build({"name": "patience", "patience": 1,
+                             "tolerance": float(steps.median())}, where="test")
     expected = simulate_exits(policy, all_logits)
     got = EarlyExitRunner(model, policy)(ids, mask)
     assert got.exit_layers.tolist() == expected.exit_layers.tolist()
     torch.testing.assert_close(got.logits, expected.logits, rtol=1e-9, atol=1e-9)
     with pytest.raises(Exception, match="needs a classification model"):
-        EarlyExitRunner(model, build_policy("entropy"))
+        EarlyExitRunner(model, POLICIES.build("entropy", where="test"))
 
 
 class LayerCalls:
@@ -146,7 +150,7 @@ def test_trailing_padding_is_cut_when_long_rows_leave() -> None:
     ids = torch.randint(1000, 5000, (2, 10))
     mask = torch.ones(2, 10, dtype=torch.long)
     mask[1, 3:] = 0  # row 1 has 3 tokens, row 0 has 10
-    policy = build_policy("fixed", {"layer": 1})
+    policy = POLICIES.build({"name": "fixed", "layer": 1}, where="test")
 
     class LongRowLeavesFirst(type(policy)):
         def decide(self, layer, outputs, state):
@@ -170,7 +174,8 @@ def test_batch_of_one_stops_the_forward_pass() -> None:
     model = confident_model()
     ids, mask = ragged_batch(1)
     calls = LayerCalls(model)
-    out = EarlyExitRunner(model, build_policy("entropy", {"threshold": 10.0}))(ids, mask)
+    policy = POLICIES.build({"name": "entropy", "threshold": 10.0}, where="test")
+    out = EarlyExitRunner(model, policy)(ids, mask)
     calls.remove()
     assert out.exit_layers.tolist() == [0]
     assert calls.calls == [(0, 1, int(mask.sum()))]
@@ -190,7 +195,7 @@ def test_results_come_back_in_input_order() -> None:
 
 
 def test_runner_rejects_empty_or_flat_input() -> None:
-    runner = EarlyExitRunner(confident_model(), build_policy("entropy"))
+    runner = EarlyExitRunner(confident_model(), POLICIES.build("entropy", where="test"))
     with pytest.raises(ValueError, match=r"non-empty \[B, T\]"):
         runner(torch.zeros(0, 4, dtype=torch.long))
     with pytest.raises(ValueError, match=r"non-empty \[B, T\]"):

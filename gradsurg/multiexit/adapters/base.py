@@ -3,19 +3,22 @@
 An early-exit runner must stop after any layer and may drop finished rows between
 layers, so it cannot call the HF model's ``forward`` (which runs every layer). Each
 adapter exposes the three pieces it needs — embeddings, one layer at a time, and the
-attention mask in the form that layer expects — and nothing else. Each architecture
-subclasses :class:`EncoderAdapter` and registers itself under its ``config.model_type``:
-BERT here, RoBERTa, MPNet and ALBERT in ``adapters_*.py`` (registered on import of
-``gradsurg.multiexit``). Other packages add architectures through the ``gradsurg.adapters``
+attention mask in the form that layer expects — and nothing else.
+
+:class:`EncoderAdapter` is that interface. :class:`LayerListAdapter` implements it for the
+common shape (an embedding module and a list of layers called as ``layer(hidden, mask)``), so
+an architecture module (``bert.py``, ``roberta.py``, ``mpnet.py``, ``albert.py``) states only
+what differs. Each registers with bare ``@ADAPTERS.register`` under its ``model_type`` (the
+HF ``config.model_type``); other packages add architectures through the ``gradsurg.adapters``
 entry point group (name = the ``model_type``, object = the adapter class).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
@@ -24,13 +27,12 @@ from gradsurg.registry import Registry
 
 __all__ = [
     "ADAPTERS",
-    "BertAdapter",
     "EncoderAdapter",
+    "LayerListAdapter",
     "LayerMask",
     "check_backbone",
     "make_adapter",
     "padding_mask",
-    "register_adapter",
 ]
 
 
@@ -82,12 +84,8 @@ class EncoderAdapter(nn.Module, ABC):
         return str(getattr(self.hf_config, "_attn_implementation", None) or "eager")
 
     @abstractmethod
-    def embed(
-        self,
-        input_ids: Tensor,
-        attention_mask: Tensor,
-        token_type_ids: Tensor | None = None,
-    ) -> Tensor:
+    def embed(self, input_ids: Tensor, attention_mask: Tensor,
+              token_type_ids: Tensor | None = None) -> Tensor:
         """Token ids [B, T] -> hidden states [B, T, H] fed to layer 0."""
 
     @abstractmethod
@@ -114,12 +112,8 @@ class EncoderAdapter(nn.Module, ABC):
             attention_mask = self.prepare_mask(attention_mask, hidden)
         return self._layer_forward(index, hidden, attention_mask.value)
 
-    def forward(
-        self,
-        input_ids: Tensor,
-        attention_mask: Tensor,
-        token_type_ids: Tensor | None = None,
-    ) -> Tensor:
+    def forward(self, input_ids: Tensor, attention_mask: Tensor,
+                token_type_ids: Tensor | None = None) -> Tensor:
         """All layers in order; the last hidden state [B, T, H] (used for checks)."""
         hidden = self.embed(input_ids, attention_mask, token_type_ids)
         mask = self.prepare_mask(attention_mask, hidden)
@@ -128,15 +122,9 @@ class EncoderAdapter(nn.Module, ABC):
         return hidden
 
 
-ADAPTERS: Registry[type[EncoderAdapter]] = Registry("backbone adapter", "gradsurg.adapters")
-
-_A = TypeVar("_A", bound=type[EncoderAdapter])
-
-
-def register_adapter(cls: _A) -> _A:
-    """Class decorator: make ``cls`` the adapter for ``cls.model_type``."""
-    ADAPTERS.add(cls.model_type, cls)
-    return cls
+ADAPTERS: Registry[type[EncoderAdapter]] = Registry(
+    "backbone adapter", "gradsurg.adapters", key="model_type")
+"""Adapter classes by the HF ``config.model_type`` they handle."""
 
 
 def check_backbone(
@@ -193,50 +181,53 @@ def first_output(out: Any) -> Tensor:
     return out[0] if isinstance(out, tuple) else out
 
 
-@register_adapter
-class BertAdapter(EncoderAdapter):
-    """Adapter for ``transformers.BertModel`` (any depth; covers the packaged MiniLM).
+class LayerListAdapter(EncoderAdapter):
+    """An encoder that is an embedding module plus a list of layers, each called as
+    ``layer(hidden, mask)`` with the bidirectional padding mask (BERT's shape).
 
-    Only the embeddings and the layer list are kept: the HF pooler is not used (each exit
-    has its own), and leaving it registered would give parameters that never receive
-    gradients (DDP complains) and bloat checkpoints. Subclasses for models with the same
-    layout (``embeddings`` + ``encoder.layer``, layers called as ``layer(hidden, mask)``)
-    only change ``model_type`` and ``class_name``.
+    A subclass names its HF class and the modules it takes over: ``parts`` maps the
+    attribute here to the dotted path in the HF model and must provide ``embeddings`` and
+    ``layers``. Only those modules are kept: the HF pooler is not used (each exit has its
+    own), and keeping it would give parameters that never receive gradients (DDP complains)
+    and bloat checkpoints. The order of ``parts`` is the order of ``parameters()``.
     """
 
-    model_type = "bert"
-    class_name: ClassVar[str] = "BertModel"
+    class_name: ClassVar[str]
+    parts: ClassVar[Mapping[str, str]] = {"embeddings": "embeddings", "layers": "encoder.layer"}
+    segment_embeddings: ClassVar[bool] = True
+    """Whether the embedding module takes ``token_type_ids`` (MPNet's does not)."""
+    embeddings: nn.Module
+    layers: nn.ModuleList
 
     def __init__(self, hf_model: nn.Module) -> None:
-        config = check_backbone(
-            hf_model,
-            class_name=self.class_name,
-            model_type=self.model_type,
-            modules=("embeddings", "encoder.layer"),
-        )
+        config = check_backbone(hf_model, class_name=self.class_name,
+                                model_type=self.model_type, modules=tuple(self.parts.values()))
         super().__init__(config)
-        self.embeddings = hf_model.embeddings
-        self.layers = hf_model.encoder.layer
+        for attribute, path in self.parts.items():
+            setattr(self, attribute, _attribute(hf_model, path))
 
     @property
     def num_layers(self) -> int:
         return len(self.layers)
 
-    def embed(
-        self,
-        input_ids: Tensor,
-        attention_mask: Tensor,
-        token_type_ids: Tensor | None = None,
-    ) -> Tensor:
-        # The model's own embedding module, called as its forward calls it: BERT positions
-        # are absolute from 0, so the padding mask plays no part here.
-        return self.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
+    def embed(self, input_ids: Tensor, attention_mask: Tensor,
+              token_type_ids: Tensor | None = None) -> Tensor:
+        # The model's own embedding module, called as its forward calls it: positions are
+        # absolute (BERT from 0; RoBERTa and MPNet from the token ids), so the padding mask
+        # plays no part here.
+        if self.segment_embeddings:
+            return self.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
+        return self.embeddings(input_ids=input_ids)
 
     def prepare_mask(self, attention_mask: Tensor, hidden: Tensor) -> LayerMask:
         return padding_mask(self, attention_mask, hidden)
 
+    def layer(self, index: int) -> nn.Module:
+        """The module that runs layer ``index`` (ALBERT reuses one per group of layers)."""
+        return self.layers[index]
+
     def _layer_forward(self, index: int, hidden: Tensor, mask_value: Any) -> Tensor:
-        return first_output(self.layers[index](hidden, mask_value))
+        return first_output(self.layer(index)(hidden, mask_value))
 
 
 def make_adapter(hf_model: nn.Module) -> EncoderAdapter:

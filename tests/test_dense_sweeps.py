@@ -9,19 +9,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from gradsurg.multiexit.policies import build_policy
-from gradsurg.multiexit.runner import simulate_exits
-from gradsurg.multiexit.tradeoff import (
+from gradsurg.multiexit.evaluation.dense_sweeps import (
     change_thresholds,
     dense_policy,
     dense_sweep,
     dense_values,
     thin,
 )
+from gradsurg.multiexit.exit_loop import simulate_exits
+from gradsurg.multiexit.policies import POLICIES
 
 
 def exits_of(policy: str, params: dict, all_logits: torch.Tensor) -> tuple[int, ...]:
-    return tuple(simulate_exits(build_policy(policy, params), all_logits).exit_layers.tolist())
+    rule = POLICIES.build({"name": policy, **params}, where="test")
+    return tuple(simulate_exits(rule, all_logits).exit_layers.tolist())
 
 
 def numpy_scores(logits: np.ndarray, policy: str) -> np.ndarray:

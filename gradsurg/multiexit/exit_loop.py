@@ -1,4 +1,4 @@
-"""Early-exit inference that saves wall-clock time at any batch size.
+"""The exit loop: early-exit inference that saves wall-clock time at any batch size.
 
 :class:`EarlyExitRunner` runs the encoder one layer at a time. After each layer the exit
 policy decides which rows leave; their answers are stored at their original positions and

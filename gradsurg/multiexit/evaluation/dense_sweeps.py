@@ -30,14 +30,9 @@ import torch
 from torch import Tensor
 
 from gradsurg.data.glue import TaskSpec, get_task
-from gradsurg.multiexit.early_exit import ExitSweepPoint, operating_point
-from gradsurg.multiexit.policies import (
-    POLICIES,
-    build_policy,
-    normalized_entropy,
-    prediction_entropy,
-)
-from gradsurg.multiexit.runner import check_all_logits
+from gradsurg.multiexit.evaluation.sweeps import ExitSweepPoint, operating_point
+from gradsurg.multiexit.exit_loop import check_all_logits
+from gradsurg.multiexit.policies import POLICIES, normalized_entropy, prediction_entropy
 
 __all__ = [
     "DEFAULT_MAX_POINTS",
@@ -208,7 +203,7 @@ def dense_sweep(all_logits: Tensor, labels: Any, task: str | TaskSpec, policy: s
     if all_logits.shape[0] == 1 and parameter != "layer":  # one exit: nothing to decide
         name, fixed, parameter = "fixed", {}, "layer"
     values = dense_values(all_logits, name, fixed, parameter, max_points=max_points)
-    integer = isinstance(getattr(POLICIES.get(name), parameter, None), int)
-    points = [operating_point(build_policy(name, {**fixed, parameter: int(v) if integer else v}),
-                              v, all_logits, labels, spec) for v in values]
+    rule = POLICIES.build({"name": name, **fixed}, where="exit_policy")
+    points = [operating_point(rule.with_param(parameter, v), v, all_logits, labels, spec)
+              for v in values]
     return DenseSweep(policy=name, params=fixed, parameter=parameter, points=points)

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from collections.abc import Mapping
+from typing import Any, ClassVar, NamedTuple
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from gradsurg.errors import ConfigError
-from gradsurg.multiexit.adapters import (
-    EncoderAdapter,
+from gradsurg.multiexit.adapters.base import (
+    ADAPTERS,
+    LayerListAdapter,
     LayerMask,
-    check_backbone,
     first_output,
     padding_mask,
-    register_adapter,
 )
 
 __all__ = ["MPNetAdapter", "MPNetMask"]
@@ -31,8 +31,8 @@ class MPNetMask(NamedTuple):
     position_bias: Tensor  # [1, heads, T, T], broadcast over the batch
 
 
-@register_adapter
-class MPNetAdapter(EncoderAdapter):
+@ADAPTERS.register
+class MPNetAdapter(LayerListAdapter):
     """Adapter for ``transformers.MPNetModel``.
 
     ``MPNetEncoder`` computes a relative position bias from the sequence length once and
@@ -48,35 +48,20 @@ class MPNetAdapter(EncoderAdapter):
     """
 
     model_type = "mpnet"
+    class_name = "MPNetModel"
+    parts: ClassVar[Mapping[str, str]] = {
+        "embeddings": "embeddings", "layers": "encoder.layer",
+        "relative_attention_bias": "encoder.relative_attention_bias"}
+    segment_embeddings = False
+    relative_attention_bias: nn.Embedding
 
     def __init__(self, hf_model: Any) -> None:
-        config = check_backbone(
-            hf_model,
-            class_name="MPNetModel",
-            model_type=self.model_type,
-            modules=("embeddings", "encoder.layer", "encoder.relative_attention_bias"),
-        )
-        super().__init__(config)
+        super().__init__(hf_model)
         if self.attn_implementation != "eager":
             raise ConfigError(
                 f"MPNet attn_implementation={self.attn_implementation!r} is not supported; "
                 "allowed: eager"
             )
-        self.embeddings = hf_model.embeddings
-        self.layers = hf_model.encoder.layer
-        self.relative_attention_bias = hf_model.encoder.relative_attention_bias
-
-    @property
-    def num_layers(self) -> int:
-        return len(self.layers)
-
-    def embed(
-        self,
-        input_ids: Tensor,
-        attention_mask: Tensor,
-        token_type_ids: Tensor | None = None,
-    ) -> Tensor:
-        return self.embeddings(input_ids=input_ids)
 
     def position_bias(self, length: int) -> Tensor:
         """Relative position bias [1, heads, T, T] for a sequence of ``length`` tokens."""
@@ -95,5 +80,4 @@ class MPNetAdapter(EncoderAdapter):
 
     def _layer_forward(self, index: int, hidden: Tensor, mask_value: Any) -> Tensor:
         return first_output(
-            self.layers[index](hidden, mask_value.attention, mask_value.position_bias)
-        )
+            self.layer(index)(hidden, mask_value.attention, mask_value.position_bias))

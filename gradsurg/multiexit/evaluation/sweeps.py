@@ -1,0 +1,135 @@
+"""Early-exit sweeps of a multi-exit model over its stacked exit logits.
+
+Everything here works on ``all_logits`` of shape ``[L, N, C]`` (exit layer, example, class),
+collected once after training, so a sweep over a policy's parameter costs no extra forward
+passes. Exits are chosen by :func:`gradsurg.multiexit.exit_loop.simulate_exits`, the same loop
+the layer-by-layer runner uses, and scored by :mod:`gradsurg.multiexit.evaluation.outcomes`.
+The policy is built once; each swept value is a copy with one parameter changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from gradsurg.data.glue import TaskSpec, get_task
+from gradsurg.errors import ConfigError
+from gradsurg.metrics import compute_metrics
+from gradsurg.multiexit.evaluation.outcomes import predictions, score_exits, select_exit_outputs
+from gradsurg.multiexit.exit_loop import check_all_logits, simulate_exits
+from gradsurg.multiexit.policies import POLICIES, ExitPolicy
+
+DEFAULT_THRESHOLDS: tuple[float, ...] = (
+    0.0, 0.001, 0.005, 0.01, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+"""Entropy thresholds of the sweep, from "never exit early" (0) upwards."""
+
+DEFAULT_SWEEPS: dict[str, tuple[float, ...]] = {
+    "entropy": DEFAULT_THRESHOLDS,
+    "normalized_entropy": (0.0, 0.001, 0.005, 0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8),
+    "max_prob": (1.0, 0.999, 0.99, 0.98, 0.95, 0.9, 0.85, 0.8, 0.7, 0.6),
+    "confidence_window": (0.0, 0.001, 0.005, 0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8),
+}
+"""Sweeps for policies whose swept parameter does not depend on the depth; ``patience``
+and ``fixed`` sweep 1..L-1 and 1..L."""
+
+
+def default_sweep(policy: str, num_layers: int) -> list[float]:
+    """The values a trade-off sweep tries for the policy named ``policy`` on a model with
+    ``num_layers``."""
+    if policy in DEFAULT_SWEEPS:
+        return list(DEFAULT_SWEEPS[policy])
+    if policy == "patience":
+        return [float(p) for p in range(num_layers - 1, 0, -1)]
+    return [float(layer) for layer in range(num_layers, 0, -1)]
+
+
+@dataclass(frozen=True)
+class ExitSweepPoint:
+    """One value of a policy's swept parameter: its metrics, cost and where examples left."""
+
+    value: float
+    metric: dict[str, float]
+    time_percent: float
+    exit_counts: list[int]  # examples leaving at each exit, index 0 = first layer
+
+
+def _check_width(spec: TaskSpec, num_outputs: int) -> None:
+    if num_outputs != spec.num_labels:
+        raise ValueError(f"task {spec.name!r} has {spec.num_labels} outputs, got logits with "
+                         f"{num_outputs}")
+
+
+def policy_sweep(all_logits: torch.Tensor, labels: Any, task: str | TaskSpec,
+                 policy: str | Mapping[str, Any] | ExitPolicy,
+                 values: Sequence[float] | None = None,
+                 params: Mapping[str, Any] | None = None) -> list[ExitSweepPoint]:
+    """Metric, expected time % and exit histogram for each value of the policy's swept
+    parameter (``threshold`` for entropy, ``patience`` for patience, ...), in the given order.
+
+    ``policy`` is a recipe's ``exit_policy`` (a name or ``{name, **parameters}``) or a built
+    rule; ``params`` adds parameters to a name. ``values`` defaults to :func:`default_sweep`.
+    Every value's rule is built before any work, so a bad value fails fast.
+    """
+    check_all_logits(all_logits)
+    spec = get_task(task)
+    _check_width(spec, all_logits.shape[-1])
+    rule = _build_policy(policy, params)
+    values = default_sweep(rule.name, all_logits.shape[0]) if values is None else list(values)
+    return [operating_point(swept, value, all_logits, labels, spec)
+            for value, swept in zip(values, sweep_rules(rule, values))]
+
+
+def _build_policy(policy: str | Mapping[str, Any] | ExitPolicy,
+                  params: Mapping[str, Any] | None = None, *,
+                  where: str = "exit_policy") -> ExitPolicy:
+    """The rule a recipe's ``exit_policy`` names, with ``params`` merged into its spec."""
+    if params:
+        if isinstance(policy, ExitPolicy):
+            raise ValueError("params apply to a policy name or spec, not to a built policy")
+        policy = {"name": policy, **params} if isinstance(policy, str) else {**policy, **params}
+    built: ExitPolicy = POLICIES.build(policy, where=where)
+    return built
+
+
+def sweep_rules(rule: ExitPolicy, values: Sequence[float]) -> list[ExitPolicy]:
+    """``rule`` at each value of its swept parameter (``rule`` itself for each value when it
+    has none), each validated like the recipe's own value; a value that does not work is a
+    one-line :class:`ConfigError` naming it."""
+    swept = rule.sweep_parameter
+    if swept is None:
+        return [rule for _ in values]
+    rules = []
+    for value in values:
+        try:
+            rules.append(rule.with_param(swept, value))
+        except ConfigError as error:
+            raise ConfigError(f"value {value!r} does not work for exit policy {rule.name!r} "
+                              f"({error})") from None
+    return rules
+
+
+def operating_point(rule: ExitPolicy, value: float, all_logits: torch.Tensor, labels: Any,
+                    task: TaskSpec) -> ExitSweepPoint:
+    """Metric, expected time % and exit histogram of one policy on the collected logits;
+    ``value`` is only recorded (the swept parameter's value that built ``rule``)."""
+    exits = simulate_exits(rule, all_logits).exit_layers
+    outcome = score_exits(select_exit_outputs(all_logits, exits), exits, labels, task,
+                          num_layers=all_logits.shape[0])
+    return ExitSweepPoint(value=value, metric=outcome.metric,
+                          time_percent=outcome.time_percent, exit_counts=outcome.exit_counts)
+
+
+def per_exit_metrics(all_logits: torch.Tensor, labels: Any,
+                     task: str | TaskSpec) -> list[dict[str, float]]:
+    """Metrics at each exit as if every example left there (index 0 = first layer).
+
+    Predictions are the argmax for classification and ``logits[..., 0]`` for regression.
+    """
+    check_all_logits(all_logits)
+    spec = get_task(task)
+    _check_width(spec, all_logits.shape[-1])
+    return [compute_metrics(spec, answers, labels)
+            for answers in predictions(all_logits, spec)]
