@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from gradsurg.clipping import Clip
-from gradsurg.combiners import CombinerSpec, build_combiner
+from gradsurg.combiners import COMBINERS, Combiner
 from gradsurg.combiners.stage import Combine
 from gradsurg.distributed import AllReduce, DataParallel
 from gradsurg.errors import ConfigError, GradsurgError
@@ -30,6 +30,7 @@ from gradsurg.jacobian import MODES, Mode
 from gradsurg.nonfinite import NonFinite, NonFiniteRule
 from gradsurg.pipeline import Pipeline, Stage
 from gradsurg.precision import LossScale, Unscale
+from gradsurg.registry import Spec
 
 Losses = Mapping[str, Tensor] | Sequence[tuple[str, Tensor]]
 
@@ -70,7 +71,7 @@ class Surgery:
         self,
         model: nn.Module,
         optimizer: Optimizer | None,
-        combiner: CombinerSpec,
+        combiner: Combiner | Spec,
         *,
         include: Sequence[str] | None = None,
         exclude: Sequence[str] | None = None,
@@ -98,7 +99,7 @@ class Surgery:
             raise ConfigError(f"loss scaling needs nonfinite='skip' (got {nonfinite!r}): an "
                               "overflowing fp16 step must be skipped, not applied or fatal")
         self.model = model
-        self.combiner = build_combiner(combiner)
+        self.combiner: Combiner = COMBINERS.build(combiner, where="combiner")
         self.data_parallel = (DataParallel.detect(model) if data_parallel is None
                               else data_parallel)
         self.accumulation_steps = accumulation_steps
@@ -161,7 +162,9 @@ class Surgery:
         weight = None
         if self.data_parallel.enabled:
             weight = 1 / self.data_parallel.world_size if share is None else share
-        weights = self.combiner.linear_weights(list(groups))
+        if list(groups) != self.combiner.names:  # the first step, or the groups changed
+            self.combiner.bind(list(groups))
+        weights = self.combiner.linear_weights()
         self.collector.add(groups, weight=weight, scale=self.loss_scale,
                            shortcut_weight=self._shortcut_weight(weights),
                            needs_shared=weights is None)

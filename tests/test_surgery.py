@@ -163,9 +163,9 @@ def test_bf16_autocast_gives_finite_rows_close_to_float32():
 class Recording(PCGrad):
     """PCGrad that keeps a copy of the matrix it combined."""
 
-    def combine(self, matrix, names, gram):
+    def combine(self, matrix, gram):
         self.seen = matrix.clone()
-        return super().combine(matrix, names, gram)
+        return super().combine(matrix, gram)
 
 
 def test_state_dict_round_trip_restores_the_combiner():

@@ -18,7 +18,7 @@ from gradsurg.multiexit.backbones import (
     tiny_config,
 )
 from gradsurg.multiexit.exits import Exit
-from gradsurg.multiexit.loss_terms import self_distillation_loss, task_loss
+from gradsurg.multiexit.losses.functions import self_distillation_loss, task_loss
 from gradsurg.multiexit.model import MultiExitConfig, MultiExitModel
 
 __all__ = [
