@@ -43,6 +43,8 @@ class Surgery:
         optimizer: optional; when given, a step it takes while micro-batches wait uncombined
             is refused (`attach` adds one later, e.g. once a framework has built it).
         combiner: a combiner, its registered name, or a `{name: ..., **options}` mapping.
+            It is bound to the loss groups' names at the first `backward` (again only if they
+            change), so its options' group names become row indices once.
         include, exclude: name globs choosing the parameters to operate on. Default: every
             trainable parameter that gets a gradient from more than one group (decided on the
             first micro-batch), minus `exclude`. All others receive the plain sum.

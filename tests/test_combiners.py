@@ -297,7 +297,7 @@ def test_merge_projects_two_groups_then_sums_a_third():
     assert out.info["project/fired"] == 1.0
 
 
-def test_build_combiner_from_nested_config():
+def test_combiners_build_nested_specs():
     combiner = COMBINERS.build({
         "name": "merge",
         "groups": ["final", "sd"],
@@ -313,7 +313,7 @@ def test_build_combiner_from_nested_config():
     assert linear.bind(["a", "b", "c"]).linear_weights() == [0.5, 0.5, 0.5]
 
 
-def test_build_combiner_errors_name_the_key():
+def test_combiners_build_errors_name_the_key():
     with pytest.raises(ConfigError, match=r"unknown combiner 'pcgard'; allowed: .*pcgrad"):
         COMBINERS.build("pcgard", where="combiner")
     with pytest.raises(ConfigError, match=r"combiner \(combiner 'project'\).*target"):
