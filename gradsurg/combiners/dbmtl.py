@@ -49,11 +49,11 @@ class DBMTL(Combiner):
         info = {"dbmtl/largest_stretch": float(weights.max()) if weights.numel() else 0.0}
         return Combined(weighted_rows(weights, averages, averaged_gram), info)
 
-    def state_dict(self) -> dict[str, Any]:
-        return self.tracked.state_dict()
-
     def resolve(self, names: list[str]) -> None:
         self.tracked.bind(names)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.tracked.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.tracked.load_state_dict(state)
