@@ -33,7 +33,7 @@ import torch
 from transformers import BertModel
 
 from gradsurg.multiexit.backbones import tiny_bert_config
-from gradsurg.multiexit.loss_terms import exit_cross_entropy, self_distillation_loss
+from gradsurg.multiexit.losses.functions import exit_cross_entropy, self_distillation_loss
 from gradsurg.multiexit.model import MultiExitConfig, MultiExitModel
 from gradsurg.surgery import Surgery
 

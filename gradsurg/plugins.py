@@ -15,7 +15,7 @@ from gradsurg.combiners import COMBINERS
 from gradsurg.config import RECIPES, registered_recipe
 from gradsurg.errors import ConfigError
 from gradsurg.multiexit.adapters import ADAPTERS
-from gradsurg.multiexit.exit_losses import LOSS_TERMS
+from gradsurg.multiexit.losses.terms import LOSS_TERMS
 from gradsurg.multiexit.policies import POLICIES
 from gradsurg.programs import PROGRAMS
 from gradsurg.registry import BUILT_IN, Registry

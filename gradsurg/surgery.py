@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from gradsurg.clipping import Clip
-from gradsurg.combiners import CombinerSpec, build_combiner
+from gradsurg.combiners import COMBINERS, Combiner
 from gradsurg.combiners.stage import Combine
 from gradsurg.distributed import AllReduce, DataParallel
 from gradsurg.errors import ConfigError, GradsurgError
@@ -30,6 +30,7 @@ from gradsurg.jacobian import MODES, Mode
 from gradsurg.nonfinite import NonFinite, NonFiniteRule
 from gradsurg.pipeline import Pipeline, Stage
 from gradsurg.precision import LossScale, Unscale
+from gradsurg.registry import Spec
 
 Losses = Mapping[str, Tensor] | Sequence[tuple[str, Tensor]]
 
@@ -42,6 +43,8 @@ class Surgery:
         optimizer: optional; when given, a step it takes while micro-batches wait uncombined
             is refused (`attach` adds one later, e.g. once a framework has built it).
         combiner: a combiner, its registered name, or a `{name: ..., **options}` mapping.
+            It is bound to the loss groups' names at the first `backward` (again only if they
+            change), so its options' group names become row indices once.
         include, exclude: name globs choosing the parameters to operate on. Default: every
             trainable parameter that gets a gradient from more than one group (decided on the
             first micro-batch), minus `exclude`. All others receive the plain sum.
@@ -70,7 +73,7 @@ class Surgery:
         self,
         model: nn.Module,
         optimizer: Optimizer | None,
-        combiner: CombinerSpec,
+        combiner: Combiner | Spec,
         *,
         include: Sequence[str] | None = None,
         exclude: Sequence[str] | None = None,
@@ -98,7 +101,7 @@ class Surgery:
             raise ConfigError(f"loss scaling needs nonfinite='skip' (got {nonfinite!r}): an "
                               "overflowing fp16 step must be skipped, not applied or fatal")
         self.model = model
-        self.combiner = build_combiner(combiner)
+        self.combiner: Combiner = COMBINERS.build(combiner, where="combiner")
         self.data_parallel = (DataParallel.detect(model) if data_parallel is None
                               else data_parallel)
         self.accumulation_steps = accumulation_steps
@@ -161,7 +164,9 @@ class Surgery:
         weight = None
         if self.data_parallel.enabled:
             weight = 1 / self.data_parallel.world_size if share is None else share
-        weights = self.combiner.linear_weights(list(groups))
+        if list(groups) != self.combiner.names:  # the first step, or the groups changed
+            self.combiner.bind(list(groups))
+        weights = self.combiner.linear_weights()
         self.collector.add(groups, weight=weight, scale=self.loss_scale,
                            shortcut_weight=self._shortcut_weight(weights),
                            needs_shared=weights is None)

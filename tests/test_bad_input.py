@@ -26,7 +26,7 @@ RECIPE_OVERRIDES = [
     (["task=sst3"], "unknown GLUE task 'sst3'"),
     (["combiner=pcgard"], "unknown combiner 'pcgard'"),
     (["combiner={name: project, target: finl, reference: sd}"], "loss group 'finl'"),
-    (["combiner={name: project, target: final}"], "combiner (project)"),
+    (["combiner={name: project, target: final}"], "combiner (combiner 'project')"),
     (["mode=deebert", "combiner=pcgrad"], "nothing to combine"),
     (["mode=pabee", "combiner=pcgrad"], "nothing to combine"),
     (["mode=deebert", "combiner=null", "loss_groups={exits: layer_weighted}"],

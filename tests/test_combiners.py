@@ -10,12 +10,12 @@ from hypothesis import strategies as st
 from strategies import gradient_matrices, ordinary_matrices
 
 from gradsurg.combiners import (
+    COMBINERS,
     Mean,
     Merge,
     PCGrad,
     Project,
     Sum,
-    build_combiner,
     gramian,
 )
 from gradsurg.combiners.project import projection_coefficient
@@ -297,27 +297,28 @@ def test_merge_projects_two_groups_then_sums_a_third():
     assert out.info["project/fired"] == 1.0
 
 
-def test_build_combiner_from_nested_config():
-    combiner = build_combiner({
+def test_combiners_build_nested_specs():
+    combiner = COMBINERS.build({
         "name": "merge",
         "groups": ["final", "sd"],
         "inner": {"name": "project", "target": "final", "reference": "sd"},
         "into": "main",
         "then": "mean",
-    })
+    }, where="combiner")
     assert isinstance(combiner, Merge)
     assert isinstance(combiner.inner, Project) and isinstance(combiner.then, Mean)
-    assert combiner.linear_weights(["final", "sd", "aux"]) is None
-    linear = build_combiner({"name": "merge", "groups": ["a", "b"], "inner": "sum",
-                             "into": "ab", "then": "mean"})
-    assert linear.linear_weights(["a", "b", "c"]) == [0.5, 0.5, 0.5]
+    assert combiner.bind(["final", "sd", "aux"]).linear_weights() is None
+    linear = COMBINERS.build({"name": "merge", "groups": ["a", "b"], "inner": "sum",
+                             "into": "ab", "then": "mean"}, where="combiner")
+    assert linear.bind(["a", "b", "c"]).linear_weights() == [0.5, 0.5, 0.5]
 
 
-def test_build_combiner_errors_name_the_key():
+def test_combiners_build_errors_name_the_key():
     with pytest.raises(ConfigError, match=r"unknown combiner 'pcgard'; allowed: .*pcgrad"):
-        build_combiner("pcgard")
-    with pytest.raises(ConfigError, match=r"combiner \(project\).*target"):
-        build_combiner({"name": "project", "reference": "sd"})
-    with pytest.raises(ConfigError, match=r"combiner\.inner \(project\)"):
-        build_combiner({"name": "merge", "groups": ["a"], "into": "x", "then": "sum",
-                        "inner": {"name": "project", "target": "a", "reference": "b", "x": 1}})
+        COMBINERS.build("pcgard", where="combiner")
+    with pytest.raises(ConfigError, match=r"combiner \(combiner 'project'\).*target"):
+        COMBINERS.build({"name": "project", "reference": "sd"}, where="combiner")
+    with pytest.raises(ConfigError, match=r"combiner\.inner \(combiner 'project'\)"):
+        COMBINERS.build({"name": "merge", "groups": ["a"], "into": "x", "then": "sum",
+                         "inner": {"name": "project", "target": "a", "reference": "b", "x": 1}},
+                        where="combiner")

@@ -22,7 +22,6 @@ from gradsurg.combiners import (
     GradVac,
     PCGrad,
     UPGrad,
-    build_combiner,
     gramian,
 )
 from gradsurg.combiners.qp import min_quadratic
@@ -362,7 +361,7 @@ def test_mgda_is_k_times_the_min_norm_point(matrix):
 def exact_output(combiner, matrix: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """The combiner's weights applied in float64, and the rounding allowance of each product
     out . g_i: tol * sum_j |w_j| ||g_j|| * ||g_i|| (the error a solve on the Gramian makes)."""
-    weights, _ = combiner.weights(gramian(matrix), names_for(matrix))
+    weights, _ = combiner.bind(names_for(matrix)).weights(gramian(matrix))
     w, m = weights.numpy(), as64(matrix)
     norms = np.linalg.norm(m, axis=1)
     return w @ m, tolerance(matrix.dtype) * (np.abs(w) @ norms) * norms
@@ -627,10 +626,10 @@ def test_registered_by_name():
         ("upgrad", UPGrad),
     ]:
         assert COMBINERS.get(name) is cls
-        assert isinstance(build_combiner(name), cls)
-    combiner = build_combiner({"name": "gradvac", "beta": 0.1, "seed": 3})
+        assert isinstance(COMBINERS.build(name, where="combiner"), cls)
+    combiner = COMBINERS.build({"name": "gradvac", "beta": 0.1, "seed": 3}, where="combiner")
     assert combiner.beta == 0.1 and combiner.seed == 3
-    assert build_combiner({"name": "cagrad", "c": 0.2}).c == 0.2
+    assert COMBINERS.build({"name": "cagrad", "c": 0.2}, where="combiner").c == 0.2
 
 
 @pytest.mark.parametrize(
@@ -642,14 +641,14 @@ def test_registered_by_name():
         ({"name": "gradvac", "beta": 1.5}, r"'gradvac': beta must be a number in \[0, 1\]"),
         ({"name": "gradvac", "beta": -0.1}, r"'gradvac': beta must"),
         ({"name": "gradvac", "seed": 1.5}, r"'gradvac': seed must be an integer"),
-        ({"name": "mgda", "max_iters": 3}, r"combiner \(mgda\).*max_iters"),
-        ({"name": "upgrad", "c": 1}, r"combiner \(upgrad\).*'c'"),
-        ({"name": "imtlg", "beta": 1}, r"combiner \(imtlg\).*'beta'"),
+        ({"name": "mgda", "max_iters": 3}, r"combiner \(combiner 'mgda'\).*max_iters"),
+        ({"name": "upgrad", "c": 1}, r"combiner \(combiner 'upgrad'\).*'c'"),
+        ({"name": "imtlg", "beta": 1}, r"combiner \(combiner 'imtlg'\).*'beta'"),
     ],
 )
 def test_bad_options_are_config_errors_naming_the_option(spec, pattern):
     with pytest.raises(ConfigError, match=pattern):
-        build_combiner(spec)
+        COMBINERS.build(spec, where="combiner")
 
 
 # ---- torchjd, when installed ---------------------------------------------------------------

@@ -56,7 +56,6 @@ from gradsurg.combiners import (
     GradDrop,
     MoCo,
     NashMTL,
-    build_combiner,
     gramian,
 )
 from gradsurg.errors import ConfigError
@@ -215,7 +214,7 @@ def test_aligned_mtl_rows_become_orthogonal_and_equally_long(matrix):
     aligned = balance.numpy() @ m
     singular = np.linalg.svd(aligned, compute_uv=False)
     np.testing.assert_allclose(singular, singular.min(), rtol=1e-6)
-    weights, _ = AlignedMTL().weights(gram, names_for(m))
+    weights, _ = AlignedMTL().bind(names_for(m)).weights(gram)
     # two eigendecompositions of G agree to about eps * cond(G) (rows 0.03 next to 300:
     # cond ~ 1e8, seen 1.1e-8 apart)
     condition = float(values.max() / values.min())
@@ -276,7 +275,7 @@ def test_fairgrad_solves_the_papers_system(matrix, alpha):
     bound = 100 * tolerance(matrix.dtype) * cosine_condition(m) * np.abs(expected).max()
     assert np.abs(out - expected).max() <= bound
     # the optimality condition itself: (G w)_i w_i^(1/alpha) is the same for every i
-    weights, _ = combiner.weights(gramian(matrix.to(torch.float64)), names_for(m))
+    weights, _ = combiner.bind(names_for(m)).weights(gramian(matrix.to(torch.float64)))
     products = (m @ m.T @ weights.numpy()) * weights.numpy() ** (1 / alpha)
     assert products.min() > 0
     np.testing.assert_allclose(products, products.mean(), rtol=1e-8)
@@ -453,7 +452,8 @@ def test_rlw_agrees_with_torchjd_and_draws_fresh_weights():
     outputs = [run(ours, m) for m in matrices]
     for out, theirs in zip(outputs, expected):
         assert np.abs(out - 3 * theirs).max() <= 1e-12 * np.abs(out).max()
-    weights = [RLW(seed=11).weights(gramian(matrices[0]), ["a", "b", "c"])[0] for _ in range(2)]
+    weights = [RLW(seed=11).bind(["a", "b", "c"]).weights(gramian(matrices[0]))[0]
+               for _ in range(2)]
     torch.testing.assert_close(weights[0], weights[1])
     assert weights[0].sum().item() == pytest.approx(3.0)
     assert not np.allclose(outputs[0], RLW(seed=12)(matrices[0], ["a", "b", "c"]).gradient)
@@ -535,7 +535,7 @@ def test_moco_drives_lambda_to_the_min_norm_weights():
     combiner = MoCo(beta=0.5, gamma=0.1)
     for _ in range(300):
         out = combiner(matrix, ["a", "b"])
-    mgda = build_combiner("mgda")(matrix, ["a", "b"]).gradient
+    mgda = COMBINERS.build("mgda", where="combiner")(matrix, ["a", "b"]).gradient
     torch.testing.assert_close(out.gradient, mgda, rtol=1e-6, atol=1e-9)
 
 
@@ -600,10 +600,11 @@ def test_registered_by_name():
     for name, make in FACTORIES.items():
         cls = type(make())
         assert COMBINERS.get(name) is cls and cls.name == name
-        assert isinstance(build_combiner(name), cls)
-    assert build_combiner({"name": "fairgrad", "alpha": 0.5}).alpha == 0.5
-    assert build_combiner({"name": "moco", "gamma": 0.3}).gamma == 0.3
-    assert build_combiner({"name": "nash_mtl", "update_every": 4}).update_every == 4
+        assert isinstance(COMBINERS.build(name, where="combiner"), cls)
+    assert COMBINERS.build({"name": "fairgrad", "alpha": 0.5}, where="combiner").alpha == 0.5
+    assert COMBINERS.build({"name": "moco", "gamma": 0.3}, where="combiner").gamma == 0.3
+    nash = COMBINERS.build({"name": "nash_mtl", "update_every": 4}, where="combiner")
+    assert nash.update_every == 4
 
 
 @pytest.mark.parametrize(
@@ -618,11 +619,11 @@ def test_registered_by_name():
         ({"name": "nash_mtl", "update_every": 0}, r"'nash_mtl': update_every must be an integer"),
         ({"name": "graddrop", "seed": 1.5}, r"'graddrop': seed must be an integer"),
         ({"name": "rlw", "seed": True}, r"'rlw': seed must be an integer"),
-        ({"name": "dualproj", "c": 1}, r"combiner \(dualproj\).*'c'"),
-        ({"name": "aligned_mtl", "scale_mode": "min"}, r"combiner \(aligned_mtl\)"),
-        ({"name": "config", "weights": [1]}, r"combiner \(config\)"),
+        ({"name": "dualproj", "c": 1}, r"combiner \(combiner 'dualproj'\).*'c'"),
+        ({"name": "aligned_mtl", "scale_mode": "min"}, r"combiner \(combiner 'aligned_mtl'\)"),
+        ({"name": "config", "weights": [1]}, r"combiner \(combiner 'config'\)"),
     ],
 )
 def test_bad_options_are_config_errors_naming_the_option(spec, pattern):
     with pytest.raises(ConfigError, match=pattern):
-        build_combiner(spec)
+        COMBINERS.build(spec, where="combiner")

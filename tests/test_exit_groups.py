@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from gradsurg.cli import app
 from gradsurg.errors import ConfigError
-from gradsurg.multiexit.exit_losses import build_loss_term, per_exit_groups
+from gradsurg.multiexit.losses.terms import LOSS_TERMS, per_exit_groups
 from gradsurg.recipes.glue_config import MultiExitGlueConfig
 from gradsurg.recipes.multiexit_glue import run
 
@@ -50,7 +50,7 @@ def by_hand(student, teacher, labels, regression):
 
 
 def build_groups(kind: str, num_exits: int):
-    return {name: build_loss_term(
+    return {name: LOSS_TERMS.build(
         {**spec, "gamma": GAMMA, "temperature": T} if isinstance(spec, dict)
         and spec["name"] == "exit_self_distillation" else spec, num_exits, where=name)
         for name, spec in per_exit_groups(kind, num_exits).items()}
@@ -91,7 +91,7 @@ def test_early_exit_groups_sum_to_the_sd_group(num_labels):
     out = forward(x)
     groups = build_groups("sd", 5)
     total = sum(groups[f"exit{i}"](out, labels) for i in range(1, 5))
-    sd = build_loss_term({"name": "self_distillation", "gamma": GAMMA, "temperature": T}, 5,
+    sd = LOSS_TERMS.build({"name": "self_distillation", "gamma": GAMMA, "temperature": T}, 5,
                          where="sd")(out, labels)
     torch.testing.assert_close(total, sd)
     params = list(layers.parameters())
@@ -120,7 +120,7 @@ def test_task_kind_gives_each_exits_plain_task_loss():
 ])
 def test_bad_exit_numbers_are_config_errors(spec):
     with pytest.raises(ConfigError, match="loss group 'g'"):
-        build_loss_term(spec, 3, where="loss group 'g'")
+        LOSS_TERMS.build(spec, 3, where="loss group 'g'")
 
 
 def test_sum_over_exit_groups_trains_the_same_model_as_romebert_sd(

@@ -403,17 +403,19 @@ def test_several_processes_without_a_process_group_are_refused(monkeypatch):
 
 
 def test_combiners_are_callable_on_a_plain_matrix():
-    from gradsurg.combiners import Combined, build_combiner
+    from gradsurg.combiners import COMBINERS, Combined
     from gradsurg.errors import ConfigError
 
     matrix = torch.tensor([[1.0, 0.0], [-1.0, 1.0]])
-    out = build_combiner("upgrad")(matrix)
+    out = COMBINERS.build("upgrad", where="combiner")(matrix)
     assert isinstance(out, Combined) and out.gradient.shape == (2,)
     assert bool((matrix @ out.gradient >= -1e-6).all())  # conflicts with neither row
-    first = build_combiner({"name": "pcgrad", "seed": 3})(torch.randn(4, 5, generator=
-                                                                   torch.Generator().manual_seed(0)))
-    again = build_combiner({"name": "pcgrad", "seed": 3})(torch.randn(4, 5, generator=
-                                                                   torch.Generator().manual_seed(0)))
+    pcgrad = {"name": "pcgrad", "seed": 3}
+    first = COMBINERS.build(pcgrad, where="combiner")(torch.randn(4, 5, generator=
+                                                      torch.Generator().manual_seed(0)))
+    again = COMBINERS.build(pcgrad, where="combiner")(torch.randn(4, 5, generator=
+                                                      torch.Generator().manual_seed(0)))
     assert torch.equal(first.gradient, again.gradient)  # seeded per instance
     with pytest.raises(ConfigError, match="pass the rows' names"):
-        build_combiner({"name": "project", "target": "a", "reference": "b"})(matrix)
+        project = {"name": "project", "target": "a", "reference": "b"}
+        COMBINERS.build(project, where="combiner")(matrix)

@@ -163,9 +163,9 @@ def test_bf16_autocast_gives_finite_rows_close_to_float32():
 class Recording(PCGrad):
     """PCGrad that keeps a copy of the matrix it combined."""
 
-    def combine(self, matrix, names, gram):
+    def combine(self, matrix, gram):
         self.seen = matrix.clone()
-        return super().combine(matrix, names, gram)
+        return super().combine(matrix, gram)
 
 
 def test_state_dict_round_trip_restores_the_combiner():
@@ -210,3 +210,37 @@ def test_changing_groups_within_a_step_and_bad_options_are_errors():
         Surgery(model, optimizer, "sum", mode="fast")
     with pytest.raises(ConfigError, match="max_grad_norm"):
         Surgery(model, optimizer, "sum", max_grad_norm=0)
+
+
+class CountingProject(Project):
+    """Project that counts how often its group names are resolved to rows."""
+
+    resolved = 0
+
+    def resolve(self, names):
+        self.resolved += 1
+        super().resolve(names)
+
+
+def test_the_combiner_is_bound_to_its_groups_once_not_every_step():
+    model = TwoHeads()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    combiner = CountingProject(target="b", reference="a")
+    surgery = Surgery(model, optimizer, combiner, include=["trunk.*"])
+    x, y = batch()
+    for _ in range(3):
+        surgery.backward(group_losses(model, x, y))
+        optimizer.step()
+        optimizer.zero_grad()
+    assert combiner.resolved == 1 and combiner.names == ["a", "b"]
+    assert combiner.rows == (1, 0)  # target b is row 1, reference a row 0
+    surgery.backward(dict(reversed(list(group_losses(model, x, y).items()))))
+    assert combiner.resolved == 2 and combiner.rows == (0, 1)  # new order: bound again
+
+
+def test_a_group_the_combiner_names_but_the_step_lacks_fails_at_binding():
+    model = TwoHeads()
+    surgery = Surgery(model, None, Project(target="a", reference="sd"))
+    x, y = batch()
+    with pytest.raises(ConfigError, match=r"reference group 'sd' is not among the loss groups"):
+        surgery.backward(group_losses(model, x, y))

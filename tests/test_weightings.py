@@ -17,10 +17,11 @@ from torch import nn
 
 from gradsurg import Surgery
 from gradsurg.errors import ConfigError
-from gradsurg.weightings import WEIGHTINGS, build_weighting
+from gradsurg.weightings import WEIGHTINGS
 from gradsurg.weightings.loop import after_step
 
 GROUPS = ["final", "sd"]
+WHERE = "key 'weighting'"  # the recipe key a weighting's errors name
 METHODS = ["uncertainty", "dwa", "famo", "geometric", "imtll", "stch"]
 
 
@@ -57,7 +58,8 @@ def test_every_method_is_registered():
 def test_uncertainty_matches_kendall_over_sgd_steps(half):
     """0.5 (e^-s L + s) (or e^-s L + s): the rows are c e^-s grad L_i, and s follows
     s <- s - lr c (1 - e^-s L) under SGD."""
-    weighting = build_weighting({"name": "uncertainty", "half": half}, GROUPS).double()
+    spec = {"name": "uncertainty", "half": half}
+    weighting = WEIGHTINGS.build(spec, GROUPS, where=WHERE).double()
     optimizer = torch.optim.SGD(weighting.parameters(), lr=0.3)
     c = 0.5 if half else 1.0
     s = np.zeros(2)
@@ -76,7 +78,7 @@ def test_uncertainty_matches_kendall_over_sgd_steps(half):
 
 
 def test_uncertainty_equals_torchjd_uw():
-    ours = build_weighting("uncertainty", GROUPS).double()
+    ours = WEIGHTINGS.build("uncertainty", GROUPS, where=WHERE).double()
     theirs = tjd.UW(2).double()
     with torch.no_grad():
         ours.log_vars.copy_(torch.tensor([0.3, -0.7]))
@@ -93,7 +95,7 @@ def test_uncertainty_equals_torchjd_uw():
 
 def test_imtll_matches_its_rule_and_torchjd():
     """e^s L - s: rows e^s grad L_i; s <- s - lr (e^s L - 1); equal to torchjd's IMTLL."""
-    weighting = build_weighting("imtll", GROUPS).double()
+    weighting = WEIGHTINGS.build("imtll", GROUPS, where=WHERE).double()
     reference = tjd.IMTLL(2).double()
     ours_opt = torch.optim.SGD(weighting.parameters(), lr=0.2)
     theirs_opt = torch.optim.SGD(reference.parameters(), lr=0.2)
@@ -112,7 +114,7 @@ def test_imtll_matches_its_rule_and_torchjd():
 
 
 def test_geometric_rows_are_the_gradient_of_the_geometric_mean():
-    weighting = build_weighting("geometric", ["a", "b", "c"])
+    weighting = WEIGHTINGS.build("geometric", ["a", "b", "c"], where=WHERE)
     for values in loss_stream(2, 5, k=3):
         losses = {g: torch.tensor(v, dtype=torch.float64, requires_grad=True)
                   for g, v in zip("abc", values)}
@@ -138,7 +140,7 @@ def dwa_reference(epoch_means: list[np.ndarray], temperature: float = 2.0, k: in
 
 @pytest.mark.parametrize("temperature", [2.0, 0.5])
 def test_dwa_follows_epoch_loss_ratios(temperature):
-    weighting = build_weighting({"name": "dwa", "temperature": temperature}, GROUPS)
+    weighting = WEIGHTINGS.build({"name": "dwa", "temperature": temperature}, GROUPS, where=WHERE)
     reference = tjd.DWA(temperature=temperature)
     stream = loss_stream(3, 20)
     stream[10:15, 1] *= 1.8  # group sd stalls in epoch 3
@@ -186,7 +188,7 @@ def famo_reference(stream: np.ndarray, after: np.ndarray, *, lr: float, decay: f
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
 def test_famo_logits_follow_the_log_loss_change(optimizer):
     params = {"name": "famo", "lr": 0.1, "weight_decay": 0.01, "optimizer": optimizer}
-    weighting = build_weighting(params, ["a", "b", "c"])
+    weighting = WEIGHTINGS.build(params, ["a", "b", "c"], where=WHERE)
     stream = loss_stream(4, 8, k=3)
     after = stream * np.array([0.7, 0.95, 1.02])  # a falls fast, c rises
     rows, xi = famo_reference(stream, after, lr=0.1, decay=0.01, adam=optimizer == "adam")
@@ -203,7 +205,7 @@ def test_famo_logits_follow_the_log_loss_change(optimizer):
 
 def test_famo_equals_torchjd_famo_step_by_step():
     """TorchJD's FAMO (adapted from the official code): same rows, same Adam on the logits."""
-    ours = build_weighting("famo", ["a", "b", "c"])
+    ours = WEIGHTINGS.build("famo", ["a", "b", "c"], where=WHERE)
     theirs = tjd.FAMO(3).double()
     stream = loss_stream(5, 10, k=3)
     after = stream * np.array([0.8, 0.9, 1.0])
@@ -241,7 +243,7 @@ def test_stch_warms_up_sets_the_nadir_and_follows_the_smooth_max(mu, warmup, pre
     spec = {"name": "stch", "mu": mu, "warmup_epochs": warmup}
     if preference is not None:
         spec["preference"] = preference
-    weighting = build_weighting(spec, GROUPS)
+    weighting = WEIGHTINGS.build(spec, GROUPS, where=WHERE)
     lam = np.ones(2) if preference is None else np.array(preference)
     stream = loss_stream(6, 16)
     nadir = None
@@ -265,7 +267,7 @@ def test_stch_warms_up_sets_the_nadir_and_follows_the_smooth_max(mu, warmup, pre
 
 
 def test_stch_small_mu_puts_the_weight_on_the_worst_group():
-    weighting = build_weighting({"name": "stch", "mu": 0.01}, GROUPS)
+    weighting = WEIGHTINGS.build({"name": "stch", "mu": 0.01}, GROUPS, where=WHERE)
     weighting.step_end(torch.tensor([1.0, 1.0]))
     weighting.epoch_end()
     rows = multipliers(weighting, [0.5, 0.9])  # sd is relatively worse (0.9 vs 0.5 of nadir)
@@ -288,7 +290,7 @@ def drive(weighting, stream: np.ndarray, *, epochs_every: int = 3) -> None:
 @pytest.mark.parametrize("name", METHODS)
 def test_state_survives_a_weights_only_checkpoint(name):
     stream = loss_stream(7, 16)
-    first = build_weighting(name, GROUPS).double()
+    first = WEIGHTINGS.build(name, GROUPS, where=WHERE).double()
     with torch.no_grad():
         for p in first.parameters():
             p.add_(torch.tensor([0.25, -0.5], dtype=p.dtype))
@@ -296,7 +298,7 @@ def test_state_survives_a_weights_only_checkpoint(name):
     buffer = io.BytesIO()
     torch.save(first.state_dict(), buffer)
     buffer.seek(0)
-    second = build_weighting(name, GROUPS).double()
+    second = WEIGHTINGS.build(name, GROUPS, where=WHERE).double()
     second.load_state_dict(torch.load(buffer, weights_only=True))
     for key, value in first.state_dict().items():
         assert torch.equal(second.state_dict()[key], value), key
@@ -304,7 +306,7 @@ def test_state_survives_a_weights_only_checkpoint(name):
     drive(second, stream[9:])
     np.testing.assert_array_equal(multipliers(first, [0.6, 0.3]), multipliers(second, [0.6, 0.3]))
     if name in ("dwa", "famo", "stch"):  # stateful: the state moved away from its start
-        fresh = build_weighting(name, GROUPS).double()
+        fresh = WEIGHTINGS.build(name, GROUPS, where=WHERE).double()
         assert not np.allclose(multipliers(fresh, [0.6, 0.3]), multipliers(first, [0.6, 0.3]))
 
 
@@ -329,7 +331,7 @@ def test_pcgrad_receives_the_weighted_rows(name, monkeypatch):
     from gradsurg.combiners.pcgrad import PCGrad
 
     model = TwoHeads()
-    model.loss_weighting = build_weighting(name, GROUPS)
+    model.loss_weighting = WEIGHTINGS.build(name, GROUPS, where=WHERE)
     with torch.no_grad():  # learned weights away from 1, so the rows really differ
         for p in model.loss_weighting.parameters():
             p.copy_(torch.tensor([0.4, -0.3]))
@@ -340,9 +342,9 @@ def test_pcgrad_receives_the_weighted_rows(name, monkeypatch):
     seen = {}
     original = PCGrad.combine
 
-    def spy(self, matrix, names, gram):
+    def spy(self, matrix, gram):
         seen["matrix"] = matrix.clone()
-        return original(self, matrix, names, gram)
+        return original(self, matrix, gram)
 
     monkeypatch.setattr(PCGrad, "combine", spy)
     x, y = torch.randn(16, 4, generator=torch.Generator().manual_seed(1)), torch.randn(16)
@@ -367,7 +369,7 @@ def test_pcgrad_receives_the_weighted_rows(name, monkeypatch):
 @pytest.mark.parametrize("combiner", ["sum", "pcgrad"])
 def test_learned_weights_get_gradients_and_are_stepped(name, combiner):
     model = TwoHeads()
-    model.loss_weighting = build_weighting(name, GROUPS)
+    model.loss_weighting = WEIGHTINGS.build(name, GROUPS, where=WHERE)
     parameter = next(model.loss_weighting.parameters())
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     surgery = Surgery(model, optimizer, combiner, include=["shared.*"])
@@ -384,7 +386,7 @@ def test_learned_weights_get_gradients_and_are_stepped(name, combiner):
 
 
 def test_after_step_logs_raw_losses_and_skips_a_skipped_step():
-    weighting = build_weighting("famo", GROUPS)
+    weighting = WEIGHTINGS.build("famo", GROUPS, where=WHERE)
     raw = {"final": torch.tensor(0.8), "sd": torch.tensor(1.6)}
     calls = []
     logged = after_step(weighting, raw, recompute=lambda: calls.append(1) or raw, skipped=True)
@@ -402,7 +404,7 @@ def test_after_step_logs_raw_losses_and_skips_a_skipped_step():
 @pytest.mark.parametrize(("spec", "message"), [
     ("uncertainy", "unknown loss weighting 'uncertainy'"),
     ({"name": "dwa", "temperature": 0}, "temperature=0 is invalid"),
-    ({"name": "dwa", "temprature": 2}, "does not take these options"),
+    ({"name": "dwa", "temprature": 2}, "unexpected keyword argument 'temprature'"),
     ({"name": "famo", "lr": -1}, "lr=-1 is invalid"),
     ({"name": "famo", "optimizer": "rmsprop"}, "optimizer='rmsprop' is invalid"),
     ({"name": "stch", "mu": "small"}, "mu='small' is invalid"),
@@ -414,18 +416,22 @@ def test_after_step_logs_raw_losses_and_skips_a_skipped_step():
 ])
 def test_bad_params_are_one_line_config_errors(spec, message):
     with pytest.raises(ConfigError, match="key 'weighting'") as caught:
-        build_weighting(spec, GROUPS)
+        WEIGHTINGS.build(spec, GROUPS, where=WHERE)
     assert message in str(caught.value) and "\n" not in str(caught.value)
 
 
 def test_a_weighting_needs_two_groups():
     with pytest.raises(ConfigError, match="at least two loss groups"):
-        build_weighting("dwa", ["exits"])
+        WEIGHTINGS.build("dwa", ["exits"], where=WHERE)
 
 
-def test_params_may_be_nested_under_params():
-    weighting = build_weighting({"name": "stch", "params": {"mu": 0.5}}, GROUPS)
-    assert weighting.mu == 0.5
+def test_options_nested_under_params_are_refused_naming_the_options():
+    """Options go beside `name`, as for every registered kind; the old `params:` nesting is a
+    one-line error that lists the options."""
+    with pytest.raises(ConfigError, match="key 'weighting'") as caught:
+        WEIGHTINGS.build({"name": "stch", "params": {"mu": 0.5}}, GROUPS, where=WHERE)
+    assert "'params'" in str(caught.value) and "options are mu" in str(caught.value)
+    assert WEIGHTINGS.build({"name": "stch", "mu": 0.5}, GROUPS, where=WHERE).mu == 0.5
 
 
 # ---- recipes ------------------------------------------------------------------------------
@@ -568,7 +574,7 @@ def test_famo_run_killed_twice_resumes_bit_for_bit(tiny_bert_dir, shared_glue_di
 
 
 def test_famo_ignores_a_non_finite_loss_change():
-    weighting = build_weighting("famo", GROUPS)
+    weighting = WEIGHTINGS.build("famo", GROUPS, where=WHERE)
     weighting.step_end(torch.tensor([1.0, 2.0]), torch.tensor([math.nan, 1.0]))
     assert int(weighting.updates) == 0
     assert torch.equal(weighting.logits, torch.zeros(2, dtype=torch.float64))
@@ -588,7 +594,7 @@ def test_global_losses_weigh_each_rank_by_its_share():
         def all_reduce_(self, tensor):
             return tensor.add_(torch.tensor([0.5, 1.0], dtype=tensor.dtype))
 
-    weighting = build_weighting("dwa", GROUPS)
+    weighting = WEIGHTINGS.build("dwa", GROUPS, where=WHERE)
     local = {"sd": torch.tensor(8.0), "final": torch.tensor(1.0)}
     values = global_losses(local, weighting, share=0.75, parallel=OtherRankHolds(0, 2))
     torch.testing.assert_close(values, torch.tensor([0.75 + 0.5, 6.0 + 1.0],

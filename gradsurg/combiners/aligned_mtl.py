@@ -6,9 +6,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from gradsurg.combiners.base import DtypeAwareWeighting
+from gradsurg.combiners.base import COMBINERS, DtypeAwareWeighting
 
 
+@COMBINERS.register
 class AlignedMTL(DtypeAwareWeighting):
     """The group gradients made orthogonal and equally long, then summed.
 
@@ -31,10 +32,8 @@ class AlignedMTL(DtypeAwareWeighting):
 
     name = "aligned_mtl"
 
-    def weights_for(
-        self, gram: Tensor, names: list[str], dtype: torch.dtype
-    ) -> tuple[Tensor, dict[str, float]]:
-        return aligned_weights(gram, rtol=32 * len(names) * torch.finfo(dtype).eps)
+    def weights_for(self, gram: Tensor, dtype: torch.dtype) -> tuple[Tensor, dict[str, float]]:
+        return aligned_weights(gram, rtol=32 * gram.shape[0] * torch.finfo(dtype).eps)
 
 
 def aligned_weights(gram: Tensor, *, rtol: float) -> tuple[Tensor, dict[str, float]]:

@@ -1,16 +1,18 @@
-"""The combiner contract: a `[k, n]` matrix of group gradients in, one `[n]` gradient out."""
+"""The combiner contract (a `[k, n]` matrix of group gradients in, one `[n]` gradient out), the
+binding of rows to group names, and the `COMBINERS` registry."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import Any, ClassVar, NamedTuple
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, NamedTuple, TypeVar
 
 import torch
 from torch import Tensor
 
 from gradsurg.combiners.gramian import gramian, weighted_rows
 from gradsurg.errors import ConfigError
+from gradsurg.registry import Registry
 
 
 class Combined(NamedTuple):
@@ -20,43 +22,81 @@ class Combined(NamedTuple):
     info: dict[str, float]
 
 
+C = TypeVar("C", bound="Combiner")
+
+
 class Combiner:
     """Turns the per-group gradient matrix into the gradient the optimizer steps with.
 
-    Subclasses implement `combine`. State that must survive a restart (a generator, an EMA)
-    goes through `state_dict` / `load_state_dict` as tensors and plain values only.
+    A combiner is told its rows' group names once (`bind`): options that name groups become
+    row indices there, and state kept per group is re-keyed there, so `combine` works on row
+    indices only. Subclasses implement `combine` (or `weights`, see `GramianWeighting`) and,
+    when they keep per-group facts, `resolve`. State that must survive a restart (a
+    generator, an EMA) goes through `state_dict` / `load_state_dict` as tensors and plain
+    values only.
     """
 
     name: ClassVar[str] = ""
     #: True when `combine` reads the Gramian, so the caller can compute it once and share it.
     uses_gramian: ClassVar[bool] = False
+    #: Options that are combiner specs themselves (merge's `inner`, `then`): `COMBINERS.build`
+    #: builds them first, each under its own key path (`combiner.inner`).
+    nested: ClassVar[tuple[str, ...]] = ()
+    #: The loss group of each matrix row, from the last `bind` (None before the first).
+    names: list[str] | None = None
+
+    def bind(self: C, names: Sequence[str]) -> C:
+        """Tell the combiner which loss group each row of its matrices holds.
+
+        Called once when the groups are first known (and again only if they change); a group
+        that the options name but `names` lacks is a `ConfigError` here, before any step.
+        """
+        names = list(names)
+        if len(set(names)) != len(names):
+            raise ConfigError(f"combiner {self.name!r}: loss group names repeat: {names}")
+        self.resolve(names)
+        self.names = names
+        return self
+
+    def resolve(self, names: list[str]) -> None:
+        """Hook for `bind`: turn group names in the options into row indices, re-key state
+        kept per group. `self.names` still holds the previous binding (or a loaded state's
+        names) while it runs."""
 
     def __call__(
         self, matrix: Tensor, names: Sequence[str] | None = None, *, gram: Tensor | None = None
     ) -> Combined:
         """Combine the rows of a `[k, n]` matrix (one per loss group) into one `[n]` gradient.
 
-        `names` label the rows; a combiner whose options name groups (`project`, `merge`)
-        needs them, the others default to "0", "1", ... `gram`: `matrix @ matrix.T` in
-        float64 if already computed.
+        `names` label the rows and bind the combiner when they differ from its binding;
+        without them the binding stands, or rows are named "0", "1", ... (a combiner whose
+        options name groups, `project` or `merge`, needs real names). `gram`:
+        `matrix @ matrix.T` in float64 if already computed.
         """
-        if names is None:
+        rows = matrix.shape[0] if matrix.dim() else 0
+        if names is not None:
+            if list(names) != self.names:
+                self.bind(names)
+        elif self.names is None or len(self.names) != rows:
             if self.group_names():
                 raise ConfigError(f"combiner {self.name!r} names loss groups "
                                   f"{self.group_names()}: pass the rows' names, e.g. "
                                   f"combiner(matrix, {self.group_names()!r})")
-            names = [str(i) for i in range(matrix.shape[0] if matrix.dim() else 0)]
-        if matrix.dim() != 2 or matrix.shape[0] != len(names):
-            raise ValueError(f"expected a [{len(names)}, n] matrix, got {tuple(matrix.shape)}")
+            self.bind([str(i) for i in range(rows)])
+        assert self.names is not None
+        if matrix.dim() != 2 or matrix.shape[0] != len(self.names):
+            raise ValueError(f"expected a [{len(self.names)}, n] matrix, got "
+                             f"{tuple(matrix.shape)}")
         if self.uses_gramian and gram is None:
             gram = gramian(matrix)
-        return self.combine(matrix, list(names), gram)
+        return self.combine(matrix, gram)
 
-    def combine(self, matrix: Tensor, names: list[str], gram: Tensor | None) -> Combined:
+    def combine(self, matrix: Tensor, gram: Tensor | None) -> Combined:
+        """The `[n]` gradient from the bound `[k, n]` matrix (row i is group `names[i]`)."""
         raise NotImplementedError
 
-    def linear_weights(self, names: Sequence[str]) -> list[float] | None:
-        """Fixed weights w when the output is always `w @ matrix`, else None.
+    def linear_weights(self) -> list[float] | None:
+        """Fixed weights w, one per bound group, when the output is always `w @ matrix`.
 
         With fixed weights the matrix never needs to exist: one backward pass of the weighted
         loss sum gives the same gradient, which is how `sum` and `mean` cost nothing extra.
@@ -75,17 +115,34 @@ class Combiner:
         del state
 
 
+class CombinerRegistry(Registry[type[Combiner]]):
+    """The combiners' registry: `build` first builds the options that are combiner specs
+    themselves (a class's `nested`), so their errors name their own key path."""
+
+    def build(self, spec: Any, *args: Any, where: str, **context: Any) -> Any:
+        if isinstance(spec, Mapping) and isinstance(spec.get("name"), str) \
+                and spec["name"] in self:
+            nested = getattr(self.get(spec["name"]), "nested", ())
+            spec = {key: self.build(value, where=f"{where}.{key}") if key in nested else value
+                    for key, value in spec.items()}
+        return super().build(spec, *args, where=where, **context)
+
+
+COMBINERS = CombinerRegistry("combiner", "gradsurg.combiners", base=Combiner)
+"""Combiners by recipe name; classes join with the bare `@COMBINERS.register`."""
+
+
 class GramianWeighting(Combiner):
     """A combiner whose output is `w @ matrix` with w chosen from the Gramian alone."""
 
     uses_gramian = True
 
-    def combine(self, matrix: Tensor, names: list[str], gram: Tensor | None) -> Combined:
+    def combine(self, matrix: Tensor, gram: Tensor | None) -> Combined:
         assert gram is not None
-        weights, info = self.weights(gram, names)
+        weights, info = self.weights(gram)
         return Combined(weighted_rows(weights, matrix, gram), info)
 
-    def weights(self, gram: Tensor, names: list[str]) -> tuple[Tensor, dict[str, float]]:
+    def weights(self, gram: Tensor) -> tuple[Tensor, dict[str, float]]:
         """float64 `[k]` weights for the rows, from the float64 `[k, k]` Gramian."""
         raise NotImplementedError
 
@@ -95,17 +152,15 @@ class DtypeAwareWeighting(GramianWeighting):
     rows carries float32 rounding even when held in float64. `weights` (a float64 Gramian
     alone) uses float64's."""
 
-    def combine(self, matrix: Tensor, names: list[str], gram: Tensor | None) -> Combined:
+    def combine(self, matrix: Tensor, gram: Tensor | None) -> Combined:
         assert gram is not None
-        weights, info = self.weights_for(gram, names, matrix.dtype)
+        weights, info = self.weights_for(gram, matrix.dtype)
         return Combined(weighted_rows(weights, matrix, gram), info)
 
-    def weights(self, gram: Tensor, names: list[str]) -> tuple[Tensor, dict[str, float]]:
-        return self.weights_for(gram, names, torch.float64)
+    def weights(self, gram: Tensor) -> tuple[Tensor, dict[str, float]]:
+        return self.weights_for(gram, torch.float64)
 
-    def weights_for(
-        self, gram: Tensor, names: list[str], dtype: torch.dtype
-    ) -> tuple[Tensor, dict[str, float]]:
+    def weights_for(self, gram: Tensor, dtype: torch.dtype) -> tuple[Tensor, dict[str, float]]:
         """float64 weights from the float64 Gramian of rows held in `dtype`."""
         raise NotImplementedError
 

@@ -7,11 +7,12 @@ import math
 import torch
 from torch import Tensor
 
-from gradsurg.combiners.base import DtypeAwareWeighting
+from gradsurg.combiners.base import COMBINERS, DtypeAwareWeighting
 from gradsurg.combiners.qp import min_quadratic
 from gradsurg.errors import ConfigError
 
 
+@COMBINERS.register
 class CAGrad(DtypeAwareWeighting):
     """The step in a ball around the mean gradient that most improves the worst-off group.
 
@@ -52,9 +53,7 @@ class CAGrad(DtypeAwareWeighting):
             raise ConfigError(f"combiner 'cagrad': c must be a finite number >= 0, got {c!r}")
         self.c = float(c)
 
-    def weights_for(
-        self, gram: Tensor, names: list[str], dtype: torch.dtype
-    ) -> tuple[Tensor, dict[str, float]]:
+    def weights_for(self, gram: Tensor, dtype: torch.dtype) -> tuple[Tensor, dict[str, float]]:
         return cagrad_weights(gram, c=self.c, precision=gramian_precision(dtype))
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from gradsurg.combiners.base import DtypeAwareWeighting
+from gradsurg.combiners.base import COMBINERS, DtypeAwareWeighting
 from gradsurg.combiners.imtlg import equal_projection_solution
 
 
+@COMBINERS.register
 class ConFIG(DtypeAwareWeighting):
     """The direction equally close to every group's, as long as the sum's share along it.
 
@@ -30,10 +31,8 @@ class ConFIG(DtypeAwareWeighting):
 
     name = "config"
 
-    def weights_for(
-        self, gram: Tensor, names: list[str], dtype: torch.dtype
-    ) -> tuple[Tensor, dict[str, float]]:
-        return config_weights(gram, rtol=32 * len(names) * torch.finfo(dtype).eps)
+    def weights_for(self, gram: Tensor, dtype: torch.dtype) -> tuple[Tensor, dict[str, float]]:
+        return config_weights(gram, rtol=32 * gram.shape[0] * torch.finfo(dtype).eps)
 
 
 def config_weights(gram: Tensor, *, rtol: float) -> tuple[Tensor, dict[str, float]]:

@@ -7,11 +7,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gradsurg.combiners.base import Combined, Combiner, is_real, require
+from gradsurg.combiners.base import COMBINERS, Combined, Combiner, is_real, require
 from gradsurg.combiners.gramian import gramian, weighted_rows
 from gradsurg.combiners.tracking import TrackedRows
 
 
+@COMBINERS.register
 class DBMTL(Combiner):
     """Running averages of the group gradients, each stretched to the longest one, summed.
 
@@ -38,8 +39,8 @@ class DBMTL(Combiner):
         self.beta = float(beta)
         self.tracked = TrackedRows(rate=1.0 - self.beta, start="zero")
 
-    def combine(self, matrix: Tensor, names: list[str], gram: Tensor | None) -> Combined:
-        averages = self.tracked.update(matrix, names)
+    def combine(self, matrix: Tensor, gram: Tensor | None) -> Combined:
+        averages = self.tracked.update(matrix)
         averaged_gram = gramian(averages)
         norms = averaged_gram.diagonal().clamp_min(0).sqrt()
         top = norms.max() if norms.numel() else torch.zeros((), dtype=torch.float64)
@@ -48,8 +49,12 @@ class DBMTL(Combiner):
         info = {"dbmtl/largest_stretch": float(weights.max()) if weights.numel() else 0.0}
         return Combined(weighted_rows(weights, averages, averaged_gram), info)
 
+    def resolve(self, names: list[str]) -> None:
+        self.tracked.bind(names)
+
     def state_dict(self) -> dict[str, Any]:
         return self.tracked.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.tracked.load_state_dict(state)
+        self.names = self.tracked.names  # the averages' groups are the binding now

@@ -5,10 +5,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from gradsurg.combiners.base import GramianWeighting
+from gradsurg.combiners.base import COMBINERS, GramianWeighting
 from gradsurg.combiners.qp import min_quadratic
 
 
+@COMBINERS.register
 class DualProj(GramianWeighting):
     """The plain sum, moved to the nearest direction that conflicts with no group.
 
@@ -27,8 +28,8 @@ class DualProj(GramianWeighting):
 
     name = "dualproj"
 
-    def weights(self, gram: Tensor, names: list[str]) -> tuple[Tensor, dict[str, float]]:
-        ones = torch.ones(len(names), dtype=torch.float64)
+    def weights(self, gram: Tensor) -> tuple[Tensor, dict[str, float]]:
+        ones = torch.ones(gram.shape[0], dtype=torch.float64)
         weights, iterations = min_quadratic(gram, ones)
         info = {
             "dualproj/projected": float(bool((weights > ones).any())),

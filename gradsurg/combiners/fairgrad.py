@@ -5,11 +5,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from gradsurg.combiners.base import DtypeAwareWeighting, is_real, require
+from gradsurg.combiners.base import COMBINERS, DtypeAwareWeighting, is_real, require
 from gradsurg.combiners.cagrad import gramian_precision
 from gradsurg.combiners.fair_utility import fair_weights
 
 
+@COMBINERS.register
 class FairGrad(DtypeAwareWeighting):
     """The step maximizing the groups' alpha-fair utility of their own progress.
 
@@ -43,9 +44,7 @@ class FairGrad(DtypeAwareWeighting):
         require(is_real(alpha) and alpha > 0, self.name, "alpha", "a finite number > 0", alpha)
         self.alpha = float(alpha)
 
-    def weights_for(
-        self, gram: Tensor, names: list[str], dtype: torch.dtype
-    ) -> tuple[Tensor, dict[str, float]]:
+    def weights_for(self, gram: Tensor, dtype: torch.dtype) -> tuple[Tensor, dict[str, float]]:
         precision = gramian_precision(dtype)
         weights, _, facts = fair_weights(gram, alpha=self.alpha, precision=precision)
         return weights.to(gram.device), {f"fairgrad/{key}": v for key, v in facts.items()}

@@ -5,9 +5,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from gradsurg.combiners.base import Combined, Combiner, SeededDraws
+from gradsurg.combiners.base import COMBINERS, Combined, Combiner, SeededDraws
 
 
+@COMBINERS.register
 class GradDrop(SeededDraws, Combiner):
     """Per coordinate, keep only the groups whose sign a random draw favours; sum what is kept.
 
@@ -33,7 +34,7 @@ class GradDrop(SeededDraws, Combiner):
     def __init__(self, *, seed: int = 0) -> None:
         self._seed(seed)
 
-    def combine(self, matrix: Tensor, names: list[str], gram: Tensor | None) -> Combined:
+    def combine(self, matrix: Tensor, gram: Tensor | None) -> Combined:
         n = matrix.shape[1]
         total = matrix.sum(dim=0)
         magnitude = torch.zeros_like(total)

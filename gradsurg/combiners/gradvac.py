@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from gradsurg.combiners.base import GramianWeighting
+from gradsurg.combiners.base import COMBINERS, GramianWeighting
 from gradsurg.combiners.pcgrad import shuffled_pairs
 from gradsurg.combiners.qp import cosine_matrix
 from gradsurg.errors import ConfigError
 
 
+@COMBINERS.register
 class GradVac(GramianWeighting):
     """PCGrad with adaptive targets: each pair of groups is pushed towards the cosine it has
     had on average, instead of only away from conflict.
@@ -57,12 +57,10 @@ class GradVac(GramianWeighting):
         self.beta = float(beta)
         self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
-        self.names: list[str] = []
         self.targets = torch.zeros(0, 0, dtype=torch.float64)
 
-    def weights(self, gram: Tensor, names: list[str]) -> tuple[Tensor, dict[str, float]]:
-        k = len(names)
-        self._align(names)
+    def weights(self, gram: Tensor) -> tuple[Tensor, dict[str, float]]:
+        k = gram.shape[0]
         norms, cosines = cosine_matrix(gram)
         # row i of `unit` holds g_i' in the unit directions u_m = g_m / ||g_m||
         unit = torch.diag(norms)
@@ -95,24 +93,23 @@ class GradVac(GramianWeighting):
         }
         return weights.to(gram.device), info
 
-    def _align(self, names: Sequence[str]) -> None:
-        """Re-key the targets to `names`, keeping the pairs already known."""
-        names = list(names)
+    def resolve(self, names: list[str]) -> None:
+        """Re-key the targets to the new binding, keeping the pairs already known."""
         if names == self.names:
             return
-        old = {name: index for index, name in enumerate(self.names)}
+        old = {name: index for index, name in enumerate(self.names or [])}
         targets = torch.zeros(len(names), len(names), dtype=torch.float64)
         for a, first in enumerate(names):
             for b, second in enumerate(names):
                 if first in old and second in old:
                     targets[a, b] = self.targets[old[first], old[second]]
-        self.names, self.targets = names, targets
+        self.targets = targets
 
     def state_dict(self) -> dict[str, Any]:
         return {
             "seed": self.seed,
             "generator": self.generator.get_state(),
-            "names": list(self.names),
+            "names": list(self.names or []),
             "targets": self.targets.clone(),
         }
 

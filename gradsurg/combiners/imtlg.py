@@ -5,10 +5,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from gradsurg.combiners.base import DtypeAwareWeighting
+from gradsurg.combiners.base import COMBINERS, DtypeAwareWeighting
 from gradsurg.combiners.qp import cosine_matrix
 
 
+@COMBINERS.register
 class IMTLG(DtypeAwareWeighting):
     """Weights making the combined gradient's projection onto every unit group direction equal.
 
@@ -38,11 +39,9 @@ class IMTLG(DtypeAwareWeighting):
 
     name = "imtlg"
 
-    def weights_for(
-        self, gram: Tensor, names: list[str], dtype: torch.dtype
-    ) -> tuple[Tensor, dict[str, float]]:
+    def weights_for(self, gram: Tensor, dtype: torch.dtype) -> tuple[Tensor, dict[str, float]]:
         # the Gramian carries the rounding of the input's dtype: eigenvalues below it are noise
-        return imtlg_weights(gram, rtol=32 * len(names) * torch.finfo(dtype).eps)
+        return imtlg_weights(gram, rtol=32 * gram.shape[0] * torch.finfo(dtype).eps)
 
 
 def imtlg_weights(gram: Tensor, *, rtol: float) -> tuple[Tensor, dict[str, float]]:

@@ -2,32 +2,33 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from torch import Tensor
 
-from gradsurg.combiners.base import Combined, Combiner
+from gradsurg.combiners.base import COMBINERS, Combined, Combiner
 
 
+@COMBINERS.register
 class Sum(Combiner):
     """g = sum_i g_i."""
 
     name = "sum"
 
-    def combine(self, matrix: Tensor, names: list[str], gram: Tensor | None) -> Combined:
+    def combine(self, matrix: Tensor, gram: Tensor | None) -> Combined:
         return Combined(matrix.sum(dim=0), {})
 
-    def linear_weights(self, names: Sequence[str]) -> list[float]:
-        return [1.0] * len(names)
+    def linear_weights(self) -> list[float]:
+        return [1.0] * len(self.names or [])
 
 
+@COMBINERS.register
 class Mean(Combiner):
     """g = (1/k) sum_i g_i."""
 
     name = "mean"
 
-    def combine(self, matrix: Tensor, names: list[str], gram: Tensor | None) -> Combined:
+    def combine(self, matrix: Tensor, gram: Tensor | None) -> Combined:
         return Combined(matrix.mean(dim=0), {})
 
-    def linear_weights(self, names: Sequence[str]) -> list[float]:
-        return [1.0 / len(names)] * len(names)
+    def linear_weights(self) -> list[float]:
+        k = len(self.names or [])
+        return [1.0 / k] * k

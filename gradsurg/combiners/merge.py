@@ -8,10 +8,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gradsurg.combiners.base import Combined, Combiner, row_index
+from gradsurg.combiners.base import COMBINERS, Combined, Combiner, row_index
 from gradsurg.errors import ConfigError
 
 
+@COMBINERS.register
 class Merge(Combiner):
     """Compose combiners: `inner` turns the rows of `groups` into one row named `into`, and
     `then` combines that row with the remaining groups.
@@ -22,6 +23,7 @@ class Merge(Combiner):
     """
 
     name = "merge"
+    nested = ("inner", "then")
 
     def __init__(
         self, *, groups: Sequence[str], inner: Combiner, into: str, then: Combiner
@@ -29,36 +31,40 @@ class Merge(Combiner):
         if len(groups) < 1 or len(set(groups)) != len(groups):
             raise ConfigError(f"combiner 'merge': groups must be distinct names, got {groups}")
         self.groups = list(groups)
-        self.inner = inner
+        self.inner = inner.bind(self.groups)  # its rows are the merged groups, known now
         self.into = into
         self.then = then
 
     def group_names(self) -> list[str]:
         return [*self.groups, *(n for n in self.then.group_names() if n != self.into)]
 
-    def combine(self, matrix: Tensor, names: list[str], gram: Tensor | None) -> Combined:
-        picked = [row_index(names, g, role="merged", combiner=self.name) for g in self.groups]
-        rest = [i for i in range(len(names)) if i not in picked]
-        inner_gram = gram[picked][:, picked] if gram is not None else None
-        merged = self.inner(matrix[picked], self.groups, gram=inner_gram)
-        rest_names = [names[i] for i in rest]
+    def resolve(self, names: list[str]) -> None:
+        self.picked = [row_index(names, g, role="merged", combiner=self.name)
+                       for g in self.groups]
+        self.rest = [i for i in range(len(names)) if i not in self.picked]
+        rest_names = [names[i] for i in self.rest]
         if self.into in rest_names:
             raise ConfigError(f"combiner 'merge': 'into' name {self.into!r} is already a group")
-        stacked = torch.cat([matrix[rest], merged.gradient[None]], dim=0)
-        outer = self.then(stacked, [*rest_names, self.into])
+        self.then.bind([*rest_names, self.into])
+
+    def combine(self, matrix: Tensor, gram: Tensor | None) -> Combined:
+        inner_gram = gram[self.picked][:, self.picked] if gram is not None else None
+        merged = self.inner(matrix[self.picked], gram=inner_gram)
+        stacked = torch.cat([matrix[self.rest], merged.gradient[None]], dim=0)
+        outer = self.then(stacked)
         return Combined(outer.gradient, {**merged.info, **outer.info})
 
-    def linear_weights(self, names: Sequence[str]) -> list[float] | None:
-        inner = self.inner.linear_weights(self.groups)
-        if inner is None:
+    def linear_weights(self) -> list[float] | None:
+        inner = self.inner.linear_weights()
+        outer = self.then.linear_weights()
+        if inner is None or outer is None:
             return None
-        rest_names = [n for n in names if n not in self.groups]
-        outer = self.then.linear_weights([*rest_names, self.into])
-        if outer is None:
-            return None
-        by_name = dict(zip(rest_names, outer[:-1]))
-        by_name.update({g: w * outer[-1] for g, w in zip(self.groups, inner)})
-        return [by_name[n] for n in names]
+        weights = [0.0] * (len(self.rest) + len(self.picked))
+        for i, w in zip(self.rest, outer[:-1]):
+            weights[i] = w
+        for i, w in zip(self.picked, inner):
+            weights[i] = w * outer[-1]
+        return weights
 
     def state_dict(self) -> dict[str, Any]:
         return {"inner": self.inner.state_dict(), "then": self.then.state_dict()}

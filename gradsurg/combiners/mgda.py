@@ -5,10 +5,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from gradsurg.combiners.base import GramianWeighting
+from gradsurg.combiners.base import COMBINERS, GramianWeighting
 from gradsurg.combiners.qp import min_quadratic
 
 
+@COMBINERS.register
 class MGDA(GramianWeighting):
     """The min-norm point of the convex hull of the group gradients, times k.
 
@@ -33,8 +34,8 @@ class MGDA(GramianWeighting):
 
     name = "mgda"
 
-    def weights(self, gram: Tensor, names: list[str]) -> tuple[Tensor, dict[str, float]]:
-        k = len(names)
+    def weights(self, gram: Tensor) -> tuple[Tensor, dict[str, float]]:
+        k = gram.shape[0]
         weights, iterations = min_quadratic(gram, torch.zeros(k, dtype=torch.float64), total=1.0)
         gram64 = gram.detach().to(device="cpu", dtype=torch.float64)
         largest = float(gram64.diagonal().max().clamp_min(0))

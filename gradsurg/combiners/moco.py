@@ -7,11 +7,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gradsurg.combiners.base import Combined, Combiner, is_real, require
+from gradsurg.combiners.base import COMBINERS, Combined, Combiner, is_real, require
 from gradsurg.combiners.gramian import gramian, weighted_rows
 from gradsurg.combiners.tracking import TrackedRows
 
 
+@COMBINERS.register
 class MoCo(Combiner):
     """MGDA on tracked gradients, with the simplex weights moved by one projected step a step.
 
@@ -45,16 +46,21 @@ class MoCo(Combiner):
         self.tracked = TrackedRows(rate=self.beta, start="first")
         self.simplex = torch.zeros(0, dtype=torch.float64)
 
-    def combine(self, matrix: Tensor, names: list[str], gram: Tensor | None) -> Combined:
-        k = len(names)
-        known = self.tracked.names == list(names) and self.simplex.numel() == k
-        tracked = self.tracked.update(matrix, names)
+    def combine(self, matrix: Tensor, gram: Tensor | None) -> Combined:
+        k = matrix.shape[0]
+        tracked = self.tracked.update(matrix)
         tracked_gram = gramian(tracked)
+        known = self.simplex.numel() == k
         lam = self.simplex if known else torch.full((k,), 1.0 / k, dtype=torch.float64)
         system = tracked_gram.cpu() + self.rho * torch.eye(k, dtype=torch.float64)
         self.simplex = project_to_simplex(lam - self.gamma * (system @ lam))
         info = {"moco/largest_weight": float(self.simplex.max()) if k else 0.0}
         return Combined(weighted_rows(k * self.simplex, tracked, tracked_gram), info)
+
+    def resolve(self, names: list[str]) -> None:
+        if names != self.names:  # other groups: the weights start again from 1/k
+            self.simplex = torch.zeros(0, dtype=torch.float64)
+        self.tracked.bind(names)
 
     def state_dict(self) -> dict[str, Any]:
         return {**self.tracked.state_dict(), "weights": self.simplex.clone()}
@@ -66,6 +72,7 @@ class MoCo(Combiner):
             raise ValueError(f"moco state: {weights.numel()} weights for "
                              f"{len(self.tracked.names)} groups")
         self.simplex = weights.clone()
+        self.names = self.tracked.names  # the state's groups are the binding now
 
 
 def project_to_simplex(point: Tensor) -> Tensor:

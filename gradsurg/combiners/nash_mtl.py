@@ -7,11 +7,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gradsurg.combiners.base import DtypeAwareWeighting, require
+from gradsurg.combiners.base import COMBINERS, DtypeAwareWeighting, require
 from gradsurg.combiners.cagrad import gramian_precision
 from gradsurg.combiners.fair_utility import fair_weights
 
 
+@COMBINERS.register
 class NashMTL(DtypeAwareWeighting):
     """The step every group would agree to: the Nash bargaining solution over the ball.
 
@@ -48,31 +49,34 @@ class NashMTL(DtypeAwareWeighting):
         )
         self.update_every = update_every
         self.steps = 0
-        self.names: list[str] = []
         self.last_weights = torch.zeros(0, dtype=torch.float64)
         self.last_solution = torch.zeros(0, dtype=torch.float64)
 
-    def weights_for(
-        self, gram: Tensor, names: list[str], dtype: torch.dtype
-    ) -> tuple[Tensor, dict[str, float]]:
-        reuse = list(names) == self.names and self.steps % self.update_every != 0
+    def weights_for(self, gram: Tensor, dtype: torch.dtype) -> tuple[Tensor, dict[str, float]]:
+        known = self.last_solution.numel() == gram.shape[0]  # solved for these groups
+        reuse = known and self.steps % self.update_every != 0
         self.steps += 1
         if reuse:
             info = {"nash_mtl/updated": 0.0, "nash_mtl/stationary": 0.0,
                     "nash_mtl/iterations": 0.0, "nash_mtl/residual": 0.0}
             return self.last_weights.to(gram.device), info
-        start = self.last_solution if list(names) == self.names else None
+        start = self.last_solution if known else None
         weights, solution, facts = fair_weights(
             gram, alpha=1.0, precision=gramian_precision(dtype), start=start
         )
-        self.names, self.last_weights, self.last_solution = list(names), weights, solution
+        self.last_weights, self.last_solution = weights, solution
         info = {"nash_mtl/updated": 1.0, **{f"nash_mtl/{key}": v for key, v in facts.items()}}
         return weights.to(gram.device), info
+
+    def resolve(self, names: list[str]) -> None:
+        if names != self.names:  # other groups: no weights to reuse or warm-start from
+            self.last_weights = torch.zeros(0, dtype=torch.float64)
+            self.last_solution = torch.zeros(0, dtype=torch.float64)
 
     def state_dict(self) -> dict[str, Any]:
         return {
             "steps": self.steps,
-            "names": list(self.names),
+            "names": list(self.names or []),
             "weights": self.last_weights.clone(),
             "solution": self.last_solution.clone(),
         }

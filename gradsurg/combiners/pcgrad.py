@@ -8,9 +8,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gradsurg.combiners.base import GramianWeighting
+from gradsurg.combiners.base import COMBINERS, GramianWeighting
 
 
+@COMBINERS.register
 class PCGrad(GramianWeighting):
     """Each group's gradient is projected off every other group's *original* gradient it conflicts
     with, the others visited in a random order; the projected gradients are summed.
@@ -30,8 +31,8 @@ class PCGrad(GramianWeighting):
         self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
 
-    def weights(self, gram: Tensor, names: list[str]) -> tuple[Tensor, dict[str, float]]:
-        k = len(names)
+    def weights(self, gram: Tensor) -> tuple[Tensor, dict[str, float]]:
+        k = gram.shape[0]
         gram = gram.cpu()
         coefficients = torch.eye(k, dtype=torch.float64)
         conflicts = 0

@@ -5,10 +5,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from gradsurg.combiners.base import GramianWeighting, row_index
+from gradsurg.combiners.base import COMBINERS, GramianWeighting, row_index
 from gradsurg.errors import ConfigError
 
 
+@COMBINERS.register
 class Project(GramianWeighting):
     """Project the target group's gradient off the reference's when they conflict.
 
@@ -31,11 +32,14 @@ class Project(GramianWeighting):
     def group_names(self) -> list[str]:
         return [self.target, self.reference]
 
-    def weights(self, gram: Tensor, names: list[str]) -> tuple[Tensor, dict[str, float]]:
-        t = row_index(names, self.target, role="target", combiner=self.name)
-        r = row_index(names, self.reference, role="reference", combiner=self.name)
+    def resolve(self, names: list[str]) -> None:
+        self.rows = (row_index(names, self.target, role="target", combiner=self.name),
+                     row_index(names, self.reference, role="reference", combiner=self.name))
+
+    def weights(self, gram: Tensor) -> tuple[Tensor, dict[str, float]]:
+        t, r = self.rows
         coefficient = projection_coefficient(gram, t, r)
-        weights = torch.ones(len(names), dtype=torch.float64, device=gram.device)
+        weights = torch.ones(gram.shape[0], dtype=torch.float64, device=gram.device)
         weights[r] -= coefficient
         return weights, {"project/fired": float(coefficient != 0.0)}
 

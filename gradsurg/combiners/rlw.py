@@ -5,9 +5,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from gradsurg.combiners.base import GramianWeighting, SeededDraws
+from gradsurg.combiners.base import COMBINERS, GramianWeighting, SeededDraws
 
 
+@COMBINERS.register
 class RLW(SeededDraws, GramianWeighting):
     """The rows weighted by fresh random weights every step.
 
@@ -29,9 +30,9 @@ class RLW(SeededDraws, GramianWeighting):
     def __init__(self, *, seed: int = 0) -> None:
         self._seed(seed)
 
-    def weights(self, gram: Tensor, names: list[str]) -> tuple[Tensor, dict[str, float]]:
-        k = len(names)
+    def weights(self, gram: Tensor) -> tuple[Tensor, dict[str, float]]:
+        k = gram.shape[0]
         draw = torch.randn(k, generator=self.generator, dtype=torch.float64)
         weights = k * torch.softmax(draw, dim=0)
-        info = {f"rlw/weight/{name}": float(w) for name, w in zip(names, weights)}
+        info = {f"rlw/weight/{name}": float(w) for name, w in zip(self.names or [], weights)}
         return weights.to(gram.device), info

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
-import torch
 from torch import Tensor
 
 
@@ -24,31 +22,38 @@ class TrackedRows:
         self.start = start
         self.names: list[str] = []
         self.rows: Tensor | None = None
+        self.fresh: list[int] = []  # rows of groups bound but not seen yet
 
-    def update(self, matrix: Tensor, names: Sequence[str]) -> Tensor:
-        """Fold this step's rows in and return the averages, ordered as `names`."""
-        names = list(names)
+    def bind(self, names: list[str]) -> None:
+        """Re-key the averages to `names` (a combiner's new binding): groups already known
+        keep theirs, new ones start at their next update."""
+        if names == self.names:
+            return
+        if self.rows is not None:
+            old = {name: i for i, name in enumerate(self.names)}
+            rows = self.rows.new_zeros(len(names), self.rows.shape[1])
+            for i, name in enumerate(names):
+                if name in old:
+                    rows[i] = self.rows[old[name]]
+            self.rows = rows
+            self.fresh = [i for i, name in enumerate(names) if name not in old]
+        self.names = list(names)
+
+    def update(self, matrix: Tensor) -> Tensor:
+        """Fold this step's rows (ordered as the bound `names`) in and return the averages."""
         if self.rows is not None and self.rows.shape[1] != matrix.shape[1]:
             raise ValueError(
                 f"tracked gradient rows have {self.rows.shape[1]} entries, the matrix "
                 f"{matrix.shape[1]}: the selected parameters changed"
             )
-        rows = self.rows
-        if (rows is not None and names == self.names and rows.dtype == matrix.dtype
-                and rows.device == matrix.device):
-            return rows.lerp_(matrix, self.rate)  # in place: no k x n temporary
-        old = {name: i for i, name in enumerate(self.names)}
-        previous = self.rows.to(device=matrix.device, dtype=matrix.dtype) if (
-            self.rows is not None) else None
-        rows = torch.empty_like(matrix)
-        for i, name in enumerate(names):
-            if previous is not None and name in old:
-                rows[i] = previous[old[name]].lerp(matrix[i], self.rate)
-            elif self.start == "first":
-                rows[i] = matrix[i]
-            else:
-                rows[i] = self.rate * matrix[i]
-        self.names, self.rows = names, rows
+        if self.rows is None:
+            self.rows = matrix.clone() if self.start == "first" else self.rate * matrix
+            return self.rows
+        rows = self.rows.to(device=matrix.device, dtype=matrix.dtype)
+        rows.lerp_(matrix, self.rate)  # in place: no k x n temporary
+        for i in self.fresh:
+            rows[i] = matrix[i] if self.start == "first" else self.rate * matrix[i]
+        self.rows, self.fresh = rows, []
         return rows
 
     def state_dict(self) -> dict[str, Any]:
@@ -61,3 +66,4 @@ class TrackedRows:
         if rows is not None and (rows.dim() != 2 or rows.shape[0] != len(names)):
             raise ValueError(f"tracked rows of shape {tuple(rows.shape)} for {len(names)} groups")
         self.names, self.rows = names, None if rows is None else rows.clone()
+        self.fresh = []

@@ -5,10 +5,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from gradsurg.combiners.base import GramianWeighting
+from gradsurg.combiners.base import COMBINERS, GramianWeighting
 from gradsurg.combiners.qp import min_quadratic
 
 
+@COMBINERS.register
 class UPGrad(GramianWeighting):
     """Each group gradient projected onto the dual cone of all of them; the projections summed.
 
@@ -29,8 +30,8 @@ class UPGrad(GramianWeighting):
 
     name = "upgrad"
 
-    def weights(self, gram: Tensor, names: list[str]) -> tuple[Tensor, dict[str, float]]:
-        k = len(names)
+    def weights(self, gram: Tensor) -> tuple[Tensor, dict[str, float]]:
+        k = gram.shape[0]
         total = torch.zeros(k, dtype=torch.float64)
         projected = 0
         iterations = 0

@@ -28,7 +28,7 @@ from gradsurg.multiexit.backbones import (
 )
 from gradsurg.multiexit.exit_loop import EarlyExitOutput, EarlyExitRunner, simulate_exits
 from gradsurg.multiexit.exits import Exit
-from gradsurg.multiexit.loss_terms import self_distillation_loss, task_loss
+from gradsurg.multiexit.losses.functions import self_distillation_loss, task_loss
 from gradsurg.multiexit.model import MultiExitConfig, MultiExitModel
 from gradsurg.multiexit.policies import POLICIES, ExitPolicy
 

@@ -8,13 +8,13 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from gradsurg.combiners import build_combiner
+from gradsurg.combiners import COMBINERS
 from gradsurg.data.glue import get_task
 from gradsurg.errors import ConfigError
-from gradsurg.multiexit.exit_losses import build_loss_term, per_exit_groups
+from gradsurg.multiexit.losses.terms import LOSS_TERMS, per_exit_groups
 from gradsurg.multiexit.policies import POLICIES
 from gradsurg.programs import ProgramConfig
-from gradsurg.weightings import build_weighting
+from gradsurg.weightings import WEIGHTINGS
 
 Mode = Literal["romebert", "romebert_sd", "deebert", "deebert_sd", "pabee", "elbert"]
 #: Modes that train in two stages, each on one loss group of its own.
@@ -114,7 +114,7 @@ class MultiExitGlueConfig(ProgramConfig):
     def _buildable_combiner(cls, value: Any) -> Any:
         if value is not None:
             try:
-                build_combiner(value)
+                COMBINERS.build(value, where="combiner")
             except ConfigError as error:
                 raise ValueError(str(error)) from None
         return value
@@ -137,7 +137,7 @@ class MultiExitGlueConfig(ProgramConfig):
             raise ValueError("key 'loss_groups': needs at least one group")
         for group, spec in value.items():
             try:
-                build_loss_term(spec, 2, where=f"key 'loss_groups.{group}'")
+                LOSS_TERMS.build(spec, 2, where=f"key 'loss_groups.{group}'")
             except ConfigError as error:
                 raise ValueError(str(error)) from None
         return value
@@ -155,7 +155,7 @@ class MultiExitGlueConfig(ProgramConfig):
                              f"{groups[0]!r}, so there is nothing to weigh; remove the key or "
                              "split the loss with 'loss_groups'")
         try:
-            build_weighting(self.weighting, groups)
+            WEIGHTINGS.build(self.weighting, groups, where="key 'weighting'")
         except ConfigError as error:
             raise ValueError(str(error)) from None
         return self
@@ -179,7 +179,8 @@ class MultiExitGlueConfig(ProgramConfig):
             raise ValueError(f"key 'combiner': mode {self.mode} trains the single loss group "
                              f"{next(iter(groups))!r}, so there is nothing to combine; remove "
                              "the key or split the loss with 'loss_groups'")
-        unknown = [g for g in build_combiner(self.combiner).group_names() if g not in groups]
+        unknown = [g for g in COMBINERS.build(self.combiner, where="combiner").group_names()
+                   if g not in groups]
         if unknown:
             raise ValueError(f"key 'combiner': loss group {unknown[0]!r} does not exist in mode "
                              f"{self.mode}; allowed: {', '.join(groups)}")
@@ -215,7 +216,7 @@ class MultiExitGlueConfig(ProgramConfig):
                                  "default projects final against sd, groups that per-exit "
                                  "groups replace), e.g. combiner: upgrad")
             return self
-        for name in build_combiner(self.combiner).group_names():
+        for name in COMBINERS.build(self.combiner, where="combiner").group_names():
             if re.fullmatch(r"exit[1-9][0-9]*", name) is None:
                 raise ValueError(f"key 'combiner': loss group {name!r} does not exist with "
                                  "exit_groups; allowed: exit1 .. exitL")

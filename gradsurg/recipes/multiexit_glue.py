@@ -10,7 +10,7 @@ Modes (the RomeBERT paper's Table 1 rows, then PABEE and ELBERT):
 - pabee        one stage, one group: the exits' losses averaged with weights ~ depth.
 - elbert       one exit module shared by every layer; one group: the exits' losses under
                trainable weights (sigmoid, the final exit's weight M minus the others).
-Each group's loss is a registered loss term (`gradsurg.multiexit.exit_losses`); one-stage
+Each group's loss is a registered loss term (`gradsurg.multiexit.losses.terms`); one-stage
 modes take other groups from the recipe's `loss_groups`.
 """
 
@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader
 from transformers import get_linear_schedule_with_warmup
 
 from gradsurg.checkpoint import Checkpoints, capture_rng, restore_rng
-from gradsurg.combiners import build_combiner
+from gradsurg.combiners import COMBINERS
 from gradsurg.config import first_changed_key
 from gradsurg.data.collate import GlueCollator, tokenize_dataset
 from gradsurg.data.glue import TaskSpec, get_task, load_glue
@@ -45,7 +45,7 @@ from gradsurg.metrics import primary_metric
 from gradsurg.multiexit.evaluation.dense_sweeps import dense_sweep
 from gradsurg.multiexit.evaluation.sweeps import per_exit_metrics, policy_sweep
 from gradsurg.multiexit.evaluation.tradeoff_summary import summarize
-from gradsurg.multiexit.exit_losses import ExitLossTerm, build_loss_term
+from gradsurg.multiexit.losses.terms import LOSS_TERMS, ExitLossTerm
 from gradsurg.multiexit.model import MultiExitModel
 from gradsurg.multiexit.policies import POLICIES
 from gradsurg.outputs import replace_folder
@@ -64,7 +64,7 @@ from gradsurg.recipes.training import (
 from gradsurg.report.plots import plot_exit_distribution, plot_exit_metrics, plot_tradeoff
 from gradsurg.report.tables import exit_metrics_table, sweep_table, tradeoff_table
 from gradsurg.surgery import Surgery
-from gradsurg.weightings import LossWeighting, build_weighting
+from gradsurg.weightings import WEIGHTINGS, LossWeighting
 
 console = Console()
 
@@ -104,7 +104,7 @@ def check_combiner_groups(config: MultiExitGlueConfig, stages: list[Stage]) -> N
     if config.combiner is None:
         return
     for stage in stages:
-        missing = [g for g in build_combiner(config.combiner).group_names()
+        missing = [g for g in COMBINERS.build(config.combiner, where="combiner").group_names()
                    if g not in stage.groups]
         if len(stage.groups) > 1 and missing:
             raise ConfigError(f"key 'combiner': loss group {missing[0]!r} does not exist in "
@@ -122,7 +122,7 @@ def build_stage_terms(stage: Stage, num_exits: int, config: MultiExitGlueConfig
         if name in ("self_distillation", "exit_self_distillation"):
             spec = {"gamma": config.gamma, "temperature": config.temperature,
                     **({"name": spec} if isinstance(spec, str) else spec)}
-        terms[group] = build_loss_term(spec, num_exits, where=f"loss group {group!r}")
+        terms[group] = LOSS_TERMS.build(spec, num_exits, where=f"loss group {group!r}")
     return torch.nn.ModuleDict(terms)
 
 
@@ -153,7 +153,8 @@ def attach_weighting(model: MultiExitModel, stages: list[Stage], config: MultiEx
     if config.weighting is None:
         return None
     (stage,) = stages  # validation allows weightings on one-stage modes only
-    weighting = build_weighting(config.weighting, list(stage.groups))
+    weighting = WEIGHTINGS.build(config.weighting, list(stage.groups),
+                                 where="key 'weighting'")
     model.loss_weighting = weighting.to(next(model.parameters()).device)
     return weighting
 

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from gradsurg.errors import ConfigError
+from gradsurg.registry import Registry
 
 #: Smallest loss value a log or a reciprocal is taken of (keeps a zero loss finite).
 TINY = 1e-20
@@ -92,6 +93,11 @@ class LossWeighting(nn.Module):
         weights = weights.detach()
         self._last = weights
         return weights.to(losses.dtype) * losses
+
+
+WEIGHTINGS = Registry("loss weighting", "gradsurg.weightings", base=LossWeighting)
+"""Loss weightings by recipe name, built as `WEIGHTINGS.build(spec, groups, where=...)`;
+classes join with the bare `@WEIGHTINGS.register`."""
 
 
 def positive(losses: Tensor) -> Tensor:

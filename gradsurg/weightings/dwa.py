@@ -7,9 +7,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from gradsurg.weightings.base import LossWeighting, check_number
+from gradsurg.weightings.base import WEIGHTINGS, LossWeighting, check_number
 
 
+@WEIGHTINGS.register
 class DWA(LossWeighting):
     """Liu, Johns & Davison, "End-to-End Multi-Task Learning with Attention" (CVPR 2019), DWA:
 

@@ -9,12 +9,13 @@ import torch
 from torch import Tensor
 
 from gradsurg.errors import ConfigError
-from gradsurg.weightings.base import LossWeighting, check_number
+from gradsurg.weightings.base import WEIGHTINGS, LossWeighting, check_number
 
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
 
 
+@WEIGHTINGS.register
 class FAMO(LossWeighting):
     """Liu, Liu, Stone & Liu, "FAMO: Fast Adaptive Multitask Optimization" (NeurIPS 2023).
 

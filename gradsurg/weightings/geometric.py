@@ -5,9 +5,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from gradsurg.weightings.base import LossWeighting, positive
+from gradsurg.weightings.base import WEIGHTINGS, LossWeighting, positive
 
 
+@WEIGHTINGS.register
 class Geometric(LossWeighting):
     """Chennupati et al., "MultiNet++: Multi-Stream Feature Aggregation and Geometric Loss
     Strategy for Multi-Task Learning" (CVPR Workshops 2019), the geometric loss strategy:

@@ -7,9 +7,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from gradsurg.weightings.base import LossWeighting, check_number
+from gradsurg.weightings.base import WEIGHTINGS, LossWeighting, check_number
 
 
+@WEIGHTINGS.register
 class IMTLL(LossWeighting):
     """Liu et al., "Towards Impartial Multi-task Learning" (ICLR 2021), the loss balance IMTL-L:
 

@@ -8,9 +8,10 @@ import torch
 from torch import Tensor
 
 from gradsurg.errors import ConfigError
-from gradsurg.weightings.base import LossWeighting, check_number, positive
+from gradsurg.weightings.base import WEIGHTINGS, LossWeighting, check_number, positive
 
 
+@WEIGHTINGS.register
 class STCH(LossWeighting):
     """Lin, Zhang, Yang, Liu, Wang & Zhang, "Smooth Tchebycheff Scalarization for
     Multi-Objective Optimization" (ICML 2024), eq. (9):

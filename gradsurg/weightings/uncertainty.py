@@ -8,9 +8,10 @@ import torch
 from torch import Tensor, nn
 
 from gradsurg.errors import ConfigError
-from gradsurg.weightings.base import LossWeighting, check_number
+from gradsurg.weightings.base import WEIGHTINGS, LossWeighting, check_number
 
 
+@WEIGHTINGS.register
 class Uncertainty(LossWeighting):
     """Kendall, Gal & Cipolla, "Multi-Task Learning Using Uncertainty to Weigh Losses for Scene
     Geometry and Semantics" (CVPR 2018), eq. (7) with the paper's s_i := log sigma_i^2:

@@ -26,7 +26,7 @@ class BalancedSum(GramianWeighting):
     #: shown by `gradsurg plugins`
     tested_against = "a numpy reference; scale properties; installed through its entry point"
 
-    def weights(self, gram: Tensor, names: list[str]) -> tuple[Tensor, dict[str, float]]:
+    def weights(self, gram: Tensor) -> tuple[Tensor, dict[str, float]]:
         norms = gram.diagonal().clamp_min(0).sqrt()
         nonzero = norms > 0
         weights = torch.zeros_like(norms)

@@ -16,7 +16,7 @@ from hypothesis.extra.numpy import arrays
 from typer.testing import CliRunner
 
 from gradsurg.cli import app
-from gradsurg.combiners import COMBINERS, build_combiner
+from gradsurg.combiners import COMBINERS
 
 FAST = settings(max_examples=80, deadline=None)
 RECIPE = Path(__file__).resolve().parents[3] / "recipes" / "romebert_glue.yaml"
@@ -125,7 +125,7 @@ def test_zero_rows_contribute_nothing():
 def test_registered_by_name_through_the_entry_point():
     assert COMBINERS.get("balanced_sum") is BalancedSum
     assert COMBINERS.source("balanced_sum") == "gradsurg-balanced"
-    assert isinstance(build_combiner({"name": "balanced_sum"}), BalancedSum)
+    assert isinstance(COMBINERS.build({"name": "balanced_sum"}, where="combiner"), BalancedSum)
     listing = json.loads(CliRunner().invoke(app, ["plugins", "--json"]).output)
     assert {"name": "balanced_sum", "source": "gradsurg-balanced", "error": None,
             "tested_against": BalancedSum.tested_against} in listing["combiners"]["entries"]

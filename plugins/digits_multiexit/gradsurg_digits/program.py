@@ -11,14 +11,14 @@ from sklearn.datasets import load_digits
 from torch import Tensor
 
 from gradsurg import strict_json
-from gradsurg.combiners import build_combiner
+from gradsurg.combiners import COMBINERS
 from gradsurg.distributed import DataParallel
 from gradsurg.errors import ConfigError
-from gradsurg.losses import LossGroup
-from gradsurg.multiexit.loss_terms import exit_cross_entropy, self_distillation_loss
+from gradsurg.loss_groups import LossGroup
+from gradsurg.multiexit.losses.functions import exit_cross_entropy, self_distillation_loss
 from gradsurg.programs import Program, ProgramConfig
 from gradsurg.surgery import Surgery
-from gradsurg.weightings import build_weighting
+from gradsurg.weightings import WEIGHTINGS
 from gradsurg.weightings.loop import after_step
 from gradsurg_digits.model import MultiExitMLP, exit_accuracies
 
@@ -41,14 +41,14 @@ class DigitsConfig(ProgramConfig):
     max_grad_norm: float | None = Field(None, gt=0)
     weighting: str | dict[str, Any] | None = Field(
         None, description="a loss weighting of the groups final and sd (a name or {name, "
-        "params}), applied before the combiner")
+        "...options}), applied before the combiner")
 
     @field_validator("weighting")
     @classmethod
     def _buildable_weighting(cls, value: Any) -> Any:
         if value is not None:
             try:
-                build_weighting(value, GROUPS, where="weighting")
+                WEIGHTINGS.build(value, GROUPS, where="weighting")
             except ConfigError as error:
                 raise ValueError(str(error)) from None
         return value
@@ -89,13 +89,11 @@ def train(config: DigitsConfig, output_dir: Path | None = None) -> dict[str, Any
     parallel = DataParallel.from_environment()  # torchrun: each rank a share of every batch
     weighting = None
     if config.weighting is not None:  # attached: its learned weights train with the model
-        weighting = model.loss_weighting = build_weighting(config.weighting, GROUPS)
+        weighting = model.loss_weighting = WEIGHTINGS.build(config.weighting, GROUPS,
+                                                            where="key 'weighting'")
     parallel.broadcast_module_(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
-    try:
-        combiner = build_combiner(config.combiner)
-    except ConfigError as error:
-        raise ConfigError(f"key 'combiner': {error}") from None
+    combiner = COMBINERS.build(config.combiner, where="key 'combiner'")
     surgery = Surgery(model, optimizer, combiner, include=config.include,
                       exclude=config.exclude, max_grad_norm=config.max_grad_norm,
                       data_parallel=parallel)

@@ -1,7 +1,9 @@
-"""Loss terms and loss groups.
+"""Loss *groups*: named weighted sums whose gradient is one row of the matrix.
 
-A *term* is any callable returning a scalar tensor. A *group* is a named, weighted sum of terms
-and of other groups; each group becomes one row of the gradient matrix, so grouping decides which
+The loss vocabulary: a *function* is math on tensors; a *term* is any callable returning a
+scalar tensor (a function, or a registered, recipe-named `nn.Module` such as the multi-exit
+terms in `gradsurg.multiexit.losses.terms`); a *group* is a named, weighted sum of terms and
+of other groups. Each group becomes one row of the gradient matrix, so grouping decides which
 losses are treated as one direction and which are allowed to conflict.
 """
 
@@ -11,7 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Union
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from gradsurg.errors import GradsurgError
 
@@ -22,7 +24,8 @@ Part = Union[LossTerm, "LossGroup"]
 class LossGroup:
     """A named sum  L = sum_j w_j * part_j(*args, **kwargs)  over terms and nested groups.
 
-    Every part receives the same arguments (typically the model outputs and the batch).
+    Every part receives the same arguments (typically the model outputs and the batch). A
+    part may be a plain function or an `nn.Module` term (learned ones: see `modules`).
     """
 
     def __init__(
@@ -61,6 +64,17 @@ class LossGroup:
             total = weighted if total is None else total + weighted
         assert total is not None
         return total, breakdown
+
+    def modules(self) -> dict[str, nn.Module]:
+        """The parts that are `nn.Module`s (nested groups' too), keyed `group/part`: what a
+        program attaches to its model so learned terms train and reach its checkpoints."""
+        found: dict[str, nn.Module] = {}
+        for key, part in self.parts.items():
+            if isinstance(part, LossGroup):
+                found.update({f"{self.name}/{k}": m for k, m in part.modules().items()})
+            elif isinstance(part, nn.Module):
+                found[f"{self.name}/{key}"] = part
+        return found
 
     def __repr__(self) -> str:
         inside = ", ".join(f"{w:g}*{k}" for k, w in self.weights.items())

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gradsurg.errors import ConfigError
-from gradsurg.multiexit.loss_terms import (
+from gradsurg.multiexit.losses.functions import (
     distillation_kl,
     exit_cross_entropy,
     self_distillation_loss,

@@ -55,3 +55,26 @@ def test_bad_terms_and_weights_are_named():
         LossGroup("g", {"s": square}, weights={"typo": 1.0})
     with pytest.raises(GradsurgError, match="no terms"):
         LossGroup("g", {})
+
+
+class Scaled(torch.nn.Module):
+    """A learnable term: s * sum(x)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.s = torch.nn.Parameter(torch.tensor(2.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.s * x.sum()
+
+
+def test_module_terms_are_parts_and_are_exposed_for_attaching():
+    x = torch.tensor([1.0, 2.0])
+    learned = Scaled()
+    inner = LossGroup("inner", {"scaled": learned, "square": square})
+    outer = LossGroup("outer", {"inner": inner, "total": total})
+    assert outer(x).item() == pytest.approx(2.0 * 3.0 + 5.0 + 3.0)
+    assert outer.modules() == {"outer/inner/scaled": learned}
+    assert inner.modules() == {"inner/scaled": learned}
+    outer(x).backward()
+    assert learned.s.grad.item() == pytest.approx(3.0)  # d/ds of s * sum(x)

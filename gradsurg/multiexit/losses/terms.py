@@ -1,23 +1,25 @@
-"""Loss terms over all exits' logits, by name: what a loss group of a multi-exit recipe sums.
+"""Loss *terms*: registered, recipe-named `nn.Module`s over all exits' logits.
 
-A term is an `nn.Module` built as `Term(num_exits, **params)` and called as
-`term(exit_logits, labels) -> scalar`. Modules, so that a term may learn (ELBERT's exit
-weights are parameters, trained with the model and kept in checkpoints). Terms register in
-`LOSS_TERMS`; an installed package adds its own through the `gradsurg.loss_terms` entry
-point group and a recipe names it under `loss_groups`.
+The loss vocabulary: a *function* (`losses.functions`) is math on tensors; a *term* (here) is
+what a recipe names under `loss_groups`, built as `Term(num_exits, **options)` by
+`LOSS_TERMS.build` and called as `term(exit_logits, labels) -> scalar`; a *group*
+(`gradsurg.loss_groups`) is a named weighted sum whose gradient is one row of the matrix.
+Terms are modules so that one may learn (ELBERT's exit weights are parameters, trained with
+the model and kept in checkpoints). An installed package adds its own through the
+`gradsurg.loss_terms` entry point group.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from gradsurg.errors import ConfigError
-from gradsurg.multiexit.loss_terms import (
+from gradsurg.multiexit.losses.functions import (
     check_gamma,
     check_temperature,
     exit_distillation_loss,
@@ -36,7 +38,6 @@ __all__ = [
     "LayerWeighted",
     "LearnedExitWeights",
     "SelfDistillation",
-    "build_loss_term",
     "per_exit_groups",
 ]
 
@@ -64,10 +65,12 @@ class ExitLossTerm(nn.Module):
         return {}
 
 
-LOSS_TERMS: Registry[type[ExitLossTerm]] = Registry("loss term", "gradsurg.loss_terms")
+LOSS_TERMS = Registry("loss term", "gradsurg.loss_terms", base=ExitLossTerm)
+"""Loss terms by recipe name, built as `LOSS_TERMS.build(spec, num_exits, where=...)`;
+classes join with the bare `@LOSS_TERMS.register`."""
 
 
-@LOSS_TERMS.register("final_task")
+@LOSS_TERMS.register
 class FinalTask(ExitLossTerm):
     """The final exit's task loss (cross-entropy, or MSE for regression)."""
 
@@ -77,7 +80,7 @@ class FinalTask(ExitLossTerm):
         return task_loss(exit_logits[-1], labels)
 
 
-@LOSS_TERMS.register("early_task_sum")
+@LOSS_TERMS.register
 class EarlyTaskSum(ExitLossTerm):
     """The plain sum of the task losses of every exit but the last (DeeBERT's stage 2)."""
 
@@ -87,7 +90,7 @@ class EarlyTaskSum(ExitLossTerm):
         return torch.stack([task_loss(x, labels) for x in exit_logits[:-1]]).sum()
 
 
-@LOSS_TERMS.register("self_distillation")
+@LOSS_TERMS.register
 class SelfDistillation(ExitLossTerm):
     """RomeBERT's self-distillation of the early exits from the (detached) final exit."""
 
@@ -114,7 +117,7 @@ def _exit_index(term: str, exit: Any, num_exits: int, *, last_allowed: bool) -> 
     return exit - 1
 
 
-@LOSS_TERMS.register("exit_task")
+@LOSS_TERMS.register
 class ExitTask(ExitLossTerm):
     """One exit's own task loss; `exit` counts from 1 (after the first layer)."""
 
@@ -129,7 +132,7 @@ class ExitTask(ExitLossTerm):
         return task_loss(exit_logits[self.index], labels)
 
 
-@LOSS_TERMS.register("exit_self_distillation")
+@LOSS_TERMS.register
 class ExitSelfDistillation(ExitLossTerm):
     """One early exit's share of RomeBERT's SD loss:
     (1 - gamma) task_i + gamma T^2 KL(p_L^T || p_i^T), the final exit detached.
@@ -167,7 +170,7 @@ def per_exit_groups(kind: str, num_exits: int) -> dict[str, dict[str, Any] | str
     return groups
 
 
-@LOSS_TERMS.register("layer_weighted")
+@LOSS_TERMS.register
 class LayerWeighted(ExitLossTerm):
     """PABEE's loss: the exits' task losses averaged with weights proportional to depth.
 
@@ -185,7 +188,7 @@ class LayerWeighted(ExitLossTerm):
         return (depth * losses).sum() / depth.sum()
 
 
-@LOSS_TERMS.register("learned_exit_weights")
+@LOSS_TERMS.register
 class LearnedExitWeights(ExitLossTerm):
     """ELBERT's loss: exit losses weighted by trainable weights.
 
@@ -225,29 +228,3 @@ class LearnedExitWeights(ExitLossTerm):
         with torch.no_grad():
             weights = self.exit_weights().tolist()
         return {f"exit_weight/{i + 1}": w for i, w in enumerate(weights)}
-
-
-def build_loss_term(spec: str | Mapping[str, Any], num_exits: int, *, where: str
-                    ) -> ExitLossTerm:
-    """A term from a recipe value: a name, or `{name: ..., <param>: ...}`.
-
-    Unknown names and bad parameters raise a ConfigError naming `where` (the recipe key).
-    """
-    if isinstance(spec, str):
-        name, params = spec, {}
-    elif isinstance(spec, Mapping) and isinstance(spec.get("name"), str):
-        name, params = spec["name"], {k: v for k, v in spec.items() if k != "name"}
-    else:
-        raise ConfigError(f"{where}: expected a loss term name or a mapping with 'name', "
-                          f"got {spec!r}")
-    try:
-        term_cls = LOSS_TERMS.get(name)
-    except ConfigError as error:
-        raise ConfigError(f"{where}: {error}") from None
-    try:
-        return term_cls(num_exits, **params)
-    except (TypeError, ValueError, OverflowError) as error:
-        raise ConfigError(f"{where}: loss term {name!r} does not take these options "
-                          f"({error})") from None
-    except ConfigError as error:
-        raise ConfigError(f"{where}: {error}") from None

@@ -1,8 +1,10 @@
-"""RomeBERT loss terms as plain functions: task loss and self-distillation (SD).
+"""Loss *functions*: plain math on tensors, no registry, no state.
 
-SD trains every exit but the last on a mix of the labels and the final exit's softened
-predictions. The teacher is detached, so L_sd sends no gradient to the final exit at
-all; the final exit learns from its own task loss, added by the caller.
+RomeBERT's task loss and self-distillation (SD): SD trains every exit but the last on a mix
+of the labels and the final exit's softened predictions. The teacher is detached, so L_sd
+sends no gradient to the final exit at all; the final exit learns from its own task loss,
+added by the caller. Registered terms (`losses.terms`) and loss groups
+(`gradsurg.loss_groups`) are built from these.
 """
 
 from __future__ import annotations
