@@ -86,11 +86,15 @@ class Registry(Generic[T]):
         return decorate
 
     def split(self, spec: Any, *, where: str) -> tuple[str, dict[str, Any]]:
-        """A recipe's ``name`` or ``{name: ..., **options}`` -> ``(name, options)``."""
+        """A recipe's ``name``, ``{name: ..., **options}`` or ``{name: ..., params: {...}}``
+        -> ``(name, options)``; the nested ``params`` form is what earlier recipes wrote."""
         if isinstance(spec, str):
             return spec, {}
         if isinstance(spec, Mapping) and isinstance(spec.get("name"), str):
-            return spec["name"], {str(k): v for k, v in spec.items() if k != "name"}
+            options = {str(k): v for k, v in spec.items() if k != "name"}
+            if set(options) == {"params"} and isinstance(options["params"], Mapping):
+                options = {str(k): v for k, v in options["params"].items()}
+            return spec["name"], options
         article = "an" if self.kind[:1] in "aeiou" else "a"
         raise ConfigError(f"{where}: expected {article} {self.kind} name or a mapping with "
                           f"'name', got {spec!r}")

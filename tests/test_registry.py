@@ -47,6 +47,8 @@ def test_build_from_a_name_or_a_mapping_passes_context_before_options() -> None:
     registry = make_registry()
     built = registry.build({"name": "square", "side": 2.5}, 4, where="key 'shape'")
     assert (built.sides, built.side) == (4, 2.5)
+    nested = registry.build({"name": "square", "params": {"side": 2.5}}, 4, where="x")
+    assert nested.side == 2.5  # the `params:` nesting earlier recipes wrote
     assert registry.build("unit", sides=3, where="key 'shape'").sides == 3
     instance = registry.build("square", 4, where="x")
     assert registry.build(instance, 9, where="x") is instance  # a built object passes through

@@ -425,13 +425,9 @@ def test_a_weighting_needs_two_groups():
         WEIGHTINGS.build("dwa", ["exits"], where=WHERE)
 
 
-def test_options_nested_under_params_are_refused_naming_the_options():
-    """Options go beside `name`, as for every registered kind; the old `params:` nesting is a
-    one-line error that lists the options."""
-    with pytest.raises(ConfigError, match="key 'weighting'") as caught:
-        WEIGHTINGS.build({"name": "stch", "params": {"mu": 0.5}}, GROUPS, where=WHERE)
-    assert "'params'" in str(caught.value) and "options are mu" in str(caught.value)
-    assert WEIGHTINGS.build({"name": "stch", "mu": 0.5}, GROUPS, where=WHERE).mu == 0.5
+def test_params_may_be_nested_under_params():
+    weighting = WEIGHTINGS.build({"name": "stch", "params": {"mu": 0.5}}, GROUPS, where=WHERE)
+    assert weighting.mu == 0.5
 
 
 # ---- recipes ------------------------------------------------------------------------------
