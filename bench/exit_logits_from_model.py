@@ -20,12 +20,12 @@ import yaml
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 
-from gradsurg.config import validate_recipe
 from gradsurg.data.collate import GlueCollator, tokenize_dataset
 from gradsurg.data.glue import get_task
 from gradsurg.multiexit.early_exit import per_exit_metrics
 from gradsurg.multiexit.inference import load_for_inference
-from gradsurg.recipes.multiexit_glue import collect_exit_logits, load_split
+from gradsurg.programs.multiexit_glue.recipe import collect_exit_logits, load_split
+from gradsurg.recipes import validate_recipe
 
 
 def main() -> None:

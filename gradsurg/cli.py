@@ -15,7 +15,6 @@ from rich.markup import escape
 from rich.table import Table
 
 from gradsurg import strict_json, strict_yaml
-from gradsurg.config import first_changed_key, load_recipe
 from gradsurg.distributed import is_main_process
 from gradsurg.errors import ConfigError, GradsurgError
 from gradsurg.extras import import_optional
@@ -30,6 +29,7 @@ from gradsurg.outputs import (
     os_error_message,
 )
 from gradsurg.programs import PROGRAMS
+from gradsurg.recipes import first_changed_key, load_recipe
 
 app = typer.Typer(
     name="gradsurg",

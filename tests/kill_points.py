@@ -36,7 +36,7 @@ def main() -> None:
     assert sys.argv[3] == "--"
     from gradsurg import checkpoint
     from gradsurg.cli import app
-    from gradsurg.recipes import multiexit_glue
+    from gradsurg.programs.multiexit_glue import recipe as multiexit_glue
 
     if point == "step":
         kill_on_call(multiexit_glue, "group_losses", nth)

@@ -6,12 +6,12 @@ import json
 
 import pytest
 
-from gradsurg.config import load_recipe
 from gradsurg.errors import ConfigError
 from gradsurg.multiexit.early_exit import DEFAULT_THRESHOLDS
 from gradsurg.multiexit.model import MultiExitModel
-from gradsurg.recipes.glue_config import MultiExitGlueConfig
-from gradsurg.recipes.multiexit_glue import plan_stages, run
+from gradsurg.programs.multiexit_glue.config import MultiExitGlueConfig
+from gradsurg.programs.multiexit_glue.recipe import plan_stages, run
+from gradsurg.recipes import load_recipe
 
 
 def make_config(tiny_bert_dir, shared_glue_dir, **overrides) -> MultiExitGlueConfig:
@@ -72,7 +72,7 @@ def test_deebert_stages_train_only_their_parts(
     """Stage 1: encoder + final exit move, early exits do not; stage 2: the reverse."""
     import torch
 
-    from gradsurg.recipes import multiexit_glue
+    from gradsurg.programs.multiexit_glue import recipe as multiexit_glue
 
     changed: dict[str, dict[str, bool]] = {}
     original = multiexit_glue.run_stage
@@ -131,7 +131,7 @@ def test_regression_exits_start_at_the_training_label_mean(tiny_bert_dir, shared
     import torch
 
     from gradsurg.data.glue import get_task, load_glue
-    from gradsurg.recipes import multiexit_glue
+    from gradsurg.programs.multiexit_glue import recipe as multiexit_glue
 
     starts: list[list[float]] = []
     original = multiexit_glue.start_at_label_mean

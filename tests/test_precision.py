@@ -111,8 +111,8 @@ def test_autocast_factory():
 
 
 def test_bf16_recipe_trains_on_the_cpu(tiny_bert_dir, shared_glue_dir, tmp_path, monkeypatch):
-    from gradsurg.recipes import multiexit_glue
-    from gradsurg.recipes.glue_config import MultiExitGlueConfig
+    from gradsurg.programs.multiexit_glue import recipe as multiexit_glue
+    from gradsurg.programs.multiexit_glue.config import MultiExitGlueConfig
 
     seen: set[torch.dtype] = set()
     original = multiexit_glue.forward
@@ -134,8 +134,8 @@ def test_bf16_recipe_trains_on_the_cpu(tiny_bert_dir, shared_glue_dir, tmp_path,
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16 loss scaling needs CUDA")
 def test_fp16_recipe_trains_on_a_gpu(tiny_bert_dir, shared_glue_dir, tmp_path):
-    from gradsurg.recipes.glue_config import MultiExitGlueConfig
-    from gradsurg.recipes.multiexit_glue import run
+    from gradsurg.programs.multiexit_glue.config import MultiExitGlueConfig
+    from gradsurg.programs.multiexit_glue.recipe import run
 
     config = MultiExitGlueConfig(
         program="multiexit_glue", model=str(tiny_bert_dir), data_dir=str(shared_glue_dir),

@@ -188,7 +188,7 @@ class MultiExitGlueConfig(ProgramConfig):
     @model_validator(mode="after")
     def _selection_and_evaluation_work(self) -> MultiExitGlueConfig:
         """Checked now, not after training: an empty surgery selection, an unusable sweep."""
-        from gradsurg.recipes.glue_checks import check_evaluation_settings
+        from gradsurg.programs.multiexit_glue.checks import check_evaluation_settings
 
         if self.include is not None and not self.include:
             raise ValueError("key 'include': an empty list selects no parameter, so surgery "

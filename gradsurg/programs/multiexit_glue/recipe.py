@@ -34,7 +34,6 @@ from transformers import get_linear_schedule_with_warmup
 
 from gradsurg.checkpoint import Checkpoints, capture_rng, restore_rng
 from gradsurg.combiners import build_combiner
-from gradsurg.config import first_changed_key
 from gradsurg.data.collate import GlueCollator, tokenize_dataset
 from gradsurg.data.glue import TaskSpec, get_task, load_glue
 from gradsurg.devices import resolve_device
@@ -51,9 +50,13 @@ from gradsurg.multiexit.tradeoff_summary import summarize
 from gradsurg.outputs import replace_folder
 from gradsurg.precision import LossScale, autocast_factory
 from gradsurg.programs import Program
-from gradsurg.recipes.glue_checks import EVALUATION_KEYS, check_against_model
-from gradsurg.recipes.glue_config import DEFAULT_GROUPS, TWO_STAGE_MODES, MultiExitGlueConfig
-from gradsurg.recipes.training import (
+from gradsurg.programs.multiexit_glue.checks import EVALUATION_KEYS, check_against_model
+from gradsurg.programs.multiexit_glue.config import (
+    DEFAULT_GROUPS,
+    TWO_STAGE_MODES,
+    MultiExitGlueConfig,
+)
+from gradsurg.programs.training import (
     JsonlLog,
     StageProgress,
     StageResult,
@@ -61,6 +64,7 @@ from gradsurg.recipes.training import (
     stage_steps,
     train_stage,
 )
+from gradsurg.recipes import first_changed_key
 from gradsurg.report.plots import plot_exit_distribution, plot_exit_metrics, plot_tradeoff
 from gradsurg.report.tables import exit_metrics_table, sweep_table, tradeoff_table
 from gradsurg.surgery import Surgery
