@@ -178,8 +178,8 @@ def test_real_runs_write_logits_and_compare(tiny_bert_dir, shared_glue_dir, tmp_
     from safetensors.torch import load_file
 
     from gradsurg.multiexit.early_exit import per_exit_metrics
+    from gradsurg.programs.multiexit_glue import run
     from gradsurg.programs.multiexit_glue.config import MultiExitGlueConfig
-    from gradsurg.programs.multiexit_glue.recipe import run
 
     def config(**overrides):
         return MultiExitGlueConfig(

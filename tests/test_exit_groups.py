@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 from gradsurg.cli import app
 from gradsurg.errors import ConfigError
 from gradsurg.multiexit.exit_losses import build_loss_term, per_exit_groups
+from gradsurg.programs.multiexit_glue import run
 from gradsurg.programs.multiexit_glue.config import MultiExitGlueConfig
-from gradsurg.programs.multiexit_glue.recipe import run
 
 GAMMA, T = 0.9, 3.0
 

@@ -17,7 +17,7 @@ from safetensors import safe_open
 from gradsurg.errors import ConfigError
 from gradsurg.multiexit.exit_losses import LOSS_TERMS, build_loss_term
 from gradsurg.multiexit.model import MultiExitModel
-from gradsurg.programs.multiexit_glue.recipe import run
+from gradsurg.programs.multiexit_glue import run
 from gradsurg.recipes import apply_overrides, read_recipe, validate_recipe
 
 ROOT = Path(__file__).resolve().parents[1]

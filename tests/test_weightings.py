@@ -446,7 +446,7 @@ def glue_config(tiny_bert_dir, shared_glue_dir, **overrides):
 def test_every_weighting_trains_a_tiny_romebert_recipe(name, tiny_bert_dir, shared_glue_dir,
                                                       tmp_path):
     """Three epochs of two steps: DWA's weights move in epoch 3, STCH's nadir after epoch 1."""
-    from gradsurg.programs.multiexit_glue.recipe import run
+    from gradsurg.programs.multiexit_glue import run
 
     config = glue_config(tiny_bert_dir, shared_glue_dir, mode="romebert", weighting=name)
     results = run(config, tmp_path)
@@ -474,7 +474,7 @@ def test_every_weighting_trains_a_tiny_romebert_recipe(name, tiny_bert_dir, shar
 def test_learned_weighting_is_not_in_the_saved_model(tiny_bert_dir, shared_glue_dir, tmp_path):
     from safetensors.torch import load_file
 
-    from gradsurg.programs.multiexit_glue.recipe import run
+    from gradsurg.programs.multiexit_glue import run
 
     config = glue_config(tiny_bert_dir, shared_glue_dir, mode="romebert_sd", epochs=1,
                          weighting="uncertainty", save_model=True, checkpoints=True)
