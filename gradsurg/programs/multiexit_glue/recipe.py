@@ -19,14 +19,15 @@ from typing import Any
 
 import torch
 from rich.console import Console
+from rich.progress import Progress
 from torch import Tensor
 from torch.utils.data import DataLoader
 from transformers import get_linear_schedule_with_warmup
 
 from gradsurg.checkpoint import Checkpoints, capture_rng, restore_rng
-from gradsurg.combiners import build_combiner
+from gradsurg.combiners import Combiner, build_combiner
 from gradsurg.data.collate import GlueCollator, tokenize_dataset
-from gradsurg.data.glue import get_task
+from gradsurg.data.glue import TaskSpec, get_task
 from gradsurg.devices import resolve_device
 from gradsurg.distributed import DataParallel
 from gradsurg.errors import ConfigError
@@ -37,6 +38,7 @@ from gradsurg.precision import LossScale, autocast_factory
 from gradsurg.programs import Program, training
 from gradsurg.programs.multiexit_glue.checks import (
     EVALUATION_KEYS,
+    ExitPolicySetting,
     check_against_model,
     resolve_exit_policy,
 )
@@ -49,6 +51,7 @@ from gradsurg.programs.multiexit_glue.evaluation import (
 )
 from gradsurg.programs.multiexit_glue.modes import Stage
 from gradsurg.programs.multiexit_glue.stages import (
+    StageGroups,
     attach_loss_groups,
     attach_weighting,
     check_combiner_groups,
@@ -60,12 +63,27 @@ from gradsurg.programs.multiexit_glue.stages import (
 from gradsurg.programs.training import JsonlLog, StageProgress, StageResult, progress_bar
 from gradsurg.recipes import first_changed_key
 from gradsurg.surgery import Surgery
+from gradsurg.weightings import LossWeighting
 
 console = Console()
 
 
 class MultiExitGlueRecipe:
     """One multi-exit GLUE run into `output_dir`: setup, train, evaluate, save."""
+
+    # Built by `setup`, from the recipe's names, once.
+    task: TaskSpec
+    policy: ExitPolicySetting
+    model: MultiExitModel
+    stages: tuple[Stage, ...]
+    combiner: Combiner
+    loss_groups: StageGroups
+    weighting: LossWeighting | None
+    # The stage being trained (`train_stage`): what `save_checkpoint` writes.
+    stage_index: int
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    surgery: Surgery
 
     def __init__(self, config: MultiExitGlueConfig, output_dir: Path) -> None:
         self.config = config
@@ -229,7 +247,7 @@ class MultiExitGlueRecipe:
         detach_training_parts(self.model)
         return self.finished
 
-    def train_stage(self, index: int, stage: Stage, progress: Any) -> StageResult:
+    def train_stage(self, index: int, stage: Stage, progress: Progress) -> StageResult:
         """One stage: its trainable parts, optimizer, schedule and surgery; the loop."""
         config = self.config
         params = set_trainable(self.model, stage)
