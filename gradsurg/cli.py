@@ -147,7 +147,7 @@ def run(
                 folder = new_run_folder(folder)
         if main:  # one run per folder: a second one stops here, before touching anything
             lock = OutputLock(folder).acquire()
-        check_run_folder(folder, resolved, resume=resume, output_given=output is not None,
+        check_run_folder(folder, resolved, resume=resume,
                          evaluation_keys=program.evaluation_keys)
         folder.mkdir(parents=True, exist_ok=True)
         if main:
@@ -167,13 +167,11 @@ def run(
 
 
 def check_run_folder(folder: Path, resolved: dict[str, object], *, resume: bool,
-                     output_given: bool, evaluation_keys: frozenset[str] = frozenset()) -> None:
+                     evaluation_keys: frozenset[str] = frozenset()) -> None:
     """Refuse to overwrite a run that could be resumed or has finished, or to resume it with
     another recipe (keys in `evaluation_keys` may change: the run is evaluated again)."""
     has_checkpoints = any((folder / "checkpoints").glob("step-*"))
     finished = (folder / "results.json").is_file()
-    if resume and not output_given:
-        raise ConfigError("--resume needs --output DIR: the folder of the run to continue")
     if not resume and has_checkpoints:
         raise ConfigError(
             f"{folder} holds checkpoints of an earlier run; pass --resume to continue it, or "
