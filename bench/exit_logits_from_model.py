@@ -20,12 +20,13 @@ import yaml
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 
-from gradsurg.config import validate_recipe
 from gradsurg.data.collate import GlueCollator, tokenize_dataset
 from gradsurg.data.glue import get_task
 from gradsurg.multiexit.evaluation.sweeps import per_exit_metrics
 from gradsurg.multiexit.serving import load_for_inference
-from gradsurg.recipes.multiexit_glue import collect_exit_logits, load_split
+from gradsurg.programs.multiexit_glue.data import load_split
+from gradsurg.programs.multiexit_glue.evaluation import collect_exit_logits
+from gradsurg.recipes import validate_recipe
 
 
 def main() -> None:
@@ -38,7 +39,8 @@ def main() -> None:
     loaded = load_for_inference(folder / "model", device="cpu")
     task = get_task(config.task)
     data = tokenize_dataset(
-        load_split(task, config.eval_split, config, rows=config.eval_rows, shuffle_seed=None),
+        load_split(task, config.eval_split, data_dir=config.data_dir, rows=config.eval_rows,
+                   shuffle_seed=None),
         loaded.tokenizer, max_length=config.max_length)
     loader = DataLoader(data, batch_size=config.eval_batch_size,
                         collate_fn=GlueCollator(loaded.tokenizer))

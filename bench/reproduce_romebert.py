@@ -24,7 +24,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from gradsurg.config import apply_overrides, read_recipe, validate_recipe
+from gradsurg.recipes import apply_overrides, read_recipe, validate_recipe
 from gradsurg.report.compare import (
     Comparison,
     LoadedRun,

@@ -15,7 +15,6 @@ from rich.markup import escape
 from rich.table import Table
 
 from gradsurg import strict_json, strict_yaml
-from gradsurg.config import first_changed_key, load_recipe
 from gradsurg.distributed import is_main_process
 from gradsurg.errors import ConfigError, GradsurgError
 from gradsurg.extras import import_optional
@@ -30,6 +29,7 @@ from gradsurg.outputs import (
     os_error_message,
 )
 from gradsurg.programs import PROGRAMS
+from gradsurg.recipes import first_changed_key, load_recipe
 
 app = typer.Typer(
     name="gradsurg",
@@ -150,7 +150,7 @@ def run(
                 folder = new_run_folder(folder)
         if main:  # one run per folder: a second one stops here, before touching anything
             lock = OutputLock(folder).acquire()
-        check_run_folder(folder, resolved, resume=resume, output_given=output is not None,
+        check_run_folder(folder, resolved, resume=resume,
                          evaluation_keys=program.evaluation_keys)
         folder.mkdir(parents=True, exist_ok=True)
         if main:
@@ -170,13 +170,11 @@ def run(
 
 
 def check_run_folder(folder: Path, resolved: dict[str, object], *, resume: bool,
-                     output_given: bool, evaluation_keys: frozenset[str] = frozenset()) -> None:
+                     evaluation_keys: frozenset[str] = frozenset()) -> None:
     """Refuse to overwrite a run that could be resumed or has finished, or to resume it with
     another recipe (keys in `evaluation_keys` may change: the run is evaluated again)."""
     has_checkpoints = any((folder / "checkpoints").glob("step-*"))
     finished = (folder / "results.json").is_file()
-    if resume and not output_given:
-        raise ConfigError("--resume needs --output DIR: the folder of the run to continue")
     if not resume and has_checkpoints:
         raise ConfigError(
             f"{folder} holds checkpoints of an earlier run; pass --resume to continue it, or "

@@ -12,12 +12,12 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from gradsurg.combiners import COMBINERS
-from gradsurg.config import RECIPES, registered_recipe
 from gradsurg.errors import ConfigError
 from gradsurg.multiexit.adapters import ADAPTERS
 from gradsurg.multiexit.losses.terms import LOSS_TERMS
 from gradsurg.multiexit.policies import POLICIES
 from gradsurg.programs import PROGRAMS
+from gradsurg.recipes import RECIPES, registered_recipe
 from gradsurg.registry import BUILT_IN, Registry
 from gradsurg.tested_against import TESTED_AGAINST
 from gradsurg.weightings import WEIGHTINGS

@@ -36,14 +36,14 @@ def main() -> None:
     assert sys.argv[3] == "--"
     from gradsurg import checkpoint
     from gradsurg.cli import app
-    from gradsurg.recipes import multiexit_glue
+    from gradsurg.programs.multiexit_glue import recipe
 
     if point == "step":
-        kill_on_call(multiexit_glue, "group_losses", nth)
+        kill_on_call(recipe, "group_losses", nth)
     elif point == "commit":
         kill_on_call(checkpoint, "_rename", nth)
     elif point == "eval":
-        kill_on_call(multiexit_glue, "collect_exit_logits", nth)
+        kill_on_call(recipe, "collect_exit_logits", nth)
     elif point != "none":
         raise SystemExit(f"unknown kill point {point!r}")
     app(sys.argv[4:])

@@ -60,7 +60,7 @@ def test_validate_and_list():
 
 
 def test_keys_lists_every_recipe_key_with_a_meaning():
-    from gradsurg.recipes.glue_config import MultiExitGlueConfig
+    from gradsurg.programs.multiexit_glue.config import MultiExitGlueConfig
 
     result = runner.invoke(app, ["keys", "multiexit_glue"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output

@@ -178,8 +178,8 @@ def test_real_runs_write_logits_and_compare(tiny_bert_dir, shared_glue_dir, tmp_
     from safetensors.torch import load_file
 
     from gradsurg.multiexit.evaluation.sweeps import per_exit_metrics
-    from gradsurg.recipes.glue_config import MultiExitGlueConfig
-    from gradsurg.recipes.multiexit_glue import run
+    from gradsurg.programs.multiexit_glue import run
+    from gradsurg.programs.multiexit_glue.config import MultiExitGlueConfig
 
     def config(**overrides):
         return MultiExitGlueConfig(

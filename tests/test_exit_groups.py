@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 from gradsurg.cli import app
 from gradsurg.errors import ConfigError
 from gradsurg.multiexit.losses.terms import LOSS_TERMS, per_exit_groups
-from gradsurg.recipes.glue_config import MultiExitGlueConfig
-from gradsurg.recipes.multiexit_glue import run
+from gradsurg.programs.multiexit_glue import run
+from gradsurg.programs.multiexit_glue.config import MultiExitGlueConfig
 
 GAMMA, T = 0.9, 3.0
 

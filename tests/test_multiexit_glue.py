@@ -6,12 +6,12 @@ import json
 
 import pytest
 
-from gradsurg.config import load_recipe
 from gradsurg.errors import ConfigError
 from gradsurg.multiexit.evaluation.sweeps import DEFAULT_THRESHOLDS
 from gradsurg.multiexit.model import MultiExitModel
-from gradsurg.recipes.glue_config import MultiExitGlueConfig
-from gradsurg.recipes.multiexit_glue import plan_stages, run
+from gradsurg.programs.multiexit_glue import MODES, run
+from gradsurg.programs.multiexit_glue.config import MultiExitGlueConfig
+from gradsurg.recipes import load_recipe
 
 
 def make_config(tiny_bert_dir, shared_glue_dir, **overrides) -> MultiExitGlueConfig:
@@ -35,7 +35,7 @@ def test_every_mode_trains_evaluates_and_saves(mode, tiny_bert_dir, shared_glue_
     assert sweep[0]["threshold"] == 0 and sweep[0]["time_percent"] == pytest.approx(100.0)
     assert sweep[0]["accuracy"] == results["exit_metrics"][-1]["accuracy"]
     assert sum(sweep[-1]["exit_counts"]) == 24
-    stages = [s.name for s in plan_stages(mode)]
+    stages = [s.name for s in MODES[mode].stages]
     assert list(results["train"]) == stages
     assert all(results["train"][s]["steps"] == 4 for s in stages)  # 32 rows / batch 8
     log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
@@ -72,14 +72,15 @@ def test_deebert_stages_train_only_their_parts(
     """Stage 1: encoder + final exit move, early exits do not; stage 2: the reverse."""
     import torch
 
-    from gradsurg.recipes import multiexit_glue
+    from gradsurg.programs.multiexit_glue import MultiExitGlueRecipe
 
     changed: dict[str, dict[str, bool]] = {}
-    original = multiexit_glue.run_stage
+    original = MultiExitGlueRecipe.train_stage
 
-    def spy(stage, model, *args, **kwargs):
+    def spy(recipe, index, stage, *args, **kwargs):
+        model = recipe.model
         before = {n: p.detach().clone() for n, p in model.named_parameters()}
-        result = original(stage, model, *args, **kwargs)
+        result = original(recipe, index, stage, *args, **kwargs)
         changed[stage.name] = {
             part: any(not torch.equal(before[n], p) for n, p in model.named_parameters()
                       if n.startswith(prefix))
@@ -88,7 +89,7 @@ def test_deebert_stages_train_only_their_parts(
         }
         return result
 
-    monkeypatch.setattr(multiexit_glue, "run_stage", spy)
+    monkeypatch.setattr(MultiExitGlueRecipe, "train_stage", spy)
     run(make_config(tiny_bert_dir, shared_glue_dir, mode="deebert", save_model=False), tmp_path)
     assert changed["stage1"] == {"encoder": True, "final": True, "early": False}
     assert changed["stage2"] == {"encoder": False, "final": False, "early": True}
@@ -131,16 +132,16 @@ def test_regression_exits_start_at_the_training_label_mean(tiny_bert_dir, shared
     import torch
 
     from gradsurg.data.glue import get_task, load_glue
-    from gradsurg.recipes import multiexit_glue
+    from gradsurg.programs.multiexit_glue import recipe
 
     starts: list[list[float]] = []
-    original = multiexit_glue.start_at_label_mean
+    original = recipe.start_at_label_mean
 
     def spy(model, labels):
         original(model, labels)
         starts.append([head.classifier.bias.item() for head in model.exits])
 
-    monkeypatch.setattr(multiexit_glue, "start_at_label_mean", spy)
+    monkeypatch.setattr(recipe, "start_at_label_mean", spy)
     config = make_config(tiny_bert_dir, shared_glue_dir, task="stsb", mode="romebert_sd",
                          train_rows=16, save_model=False, checkpoints=False)
     run(config, tmp_path)

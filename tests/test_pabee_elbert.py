@@ -14,11 +14,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors import safe_open
 
-from gradsurg.config import apply_overrides, read_recipe, validate_recipe
 from gradsurg.errors import ConfigError
 from gradsurg.multiexit.losses.terms import LOSS_TERMS
 from gradsurg.multiexit.model import MultiExitModel
-from gradsurg.recipes.multiexit_glue import run
+from gradsurg.programs.multiexit_glue import run
+from gradsurg.recipes import apply_overrides, read_recipe, validate_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ["romebert", "romebert_sd", "deebert", "deebert_sd", "pabee", "elbert"]

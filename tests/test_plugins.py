@@ -13,13 +13,13 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-import gradsurg.config
 import gradsurg.plugins
+import gradsurg.recipes
 import gradsurg.registry
 from gradsurg.cli import app
-from gradsurg.config import RECIPES, load_recipe
 from gradsurg.errors import ConfigError
 from gradsurg.multiexit.adapters import ADAPTERS, BertAdapter
+from gradsurg.recipes import RECIPES, load_recipe
 from gradsurg.registry import Registry
 
 runner = CliRunner()
@@ -244,6 +244,6 @@ def test_an_unknown_recipe_lists_the_registered_names():
 ])
 def test_a_broken_recipe_entry_point_is_one_line(installed, monkeypatch, value, problem):
     installed({"gradsurg.recipes": [FakeEntryPoint("bad", value, package("pkg"))]})
-    monkeypatch.setattr(gradsurg.config, "RECIPES", Registry("recipe", "gradsurg.recipes"))
+    monkeypatch.setattr(gradsurg.recipes, "RECIPES", Registry("recipe", "gradsurg.recipes"))
     with pytest.raises(ConfigError, match=problem):
         load_recipe("bad")

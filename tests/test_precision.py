@@ -111,31 +111,31 @@ def test_autocast_factory():
 
 
 def test_bf16_recipe_trains_on_the_cpu(tiny_bert_dir, shared_glue_dir, tmp_path, monkeypatch):
-    from gradsurg.recipes import multiexit_glue
-    from gradsurg.recipes.glue_config import MultiExitGlueConfig
+    from gradsurg.programs.multiexit_glue import recipe
+    from gradsurg.programs.multiexit_glue.config import MultiExitGlueConfig
 
     seen: set[torch.dtype] = set()
-    original = multiexit_glue.forward
+    original = recipe.forward
 
     def spy(model, batch):
         logits = original(model, batch)
         seen.update(x.dtype for x in logits)
         return logits
 
-    monkeypatch.setattr(multiexit_glue, "forward", spy)
+    monkeypatch.setattr(recipe, "forward", spy)
     config = MultiExitGlueConfig(
         program="multiexit_glue", model=str(tiny_bert_dir), data_dir=str(shared_glue_dir),
         train_rows=16, eval_rows=16, batch_size=8, epochs=1, max_length=32, lr=1e-3,
         precision="bf16", threads=2, checkpoints=False, save_model=False)
-    results = multiexit_glue.run(config, tmp_path)
+    results = recipe.run(config, tmp_path)
     assert torch.bfloat16 in seen  # the training forward ran under autocast
     assert torch.isfinite(torch.tensor(results["train"]["joint"]["loss/final"]))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16 loss scaling needs CUDA")
 def test_fp16_recipe_trains_on_a_gpu(tiny_bert_dir, shared_glue_dir, tmp_path):
-    from gradsurg.recipes.glue_config import MultiExitGlueConfig
-    from gradsurg.recipes.multiexit_glue import run
+    from gradsurg.programs.multiexit_glue import run
+    from gradsurg.programs.multiexit_glue.config import MultiExitGlueConfig
 
     config = MultiExitGlueConfig(
         program="multiexit_glue", model=str(tiny_bert_dir), data_dir=str(shared_glue_dir),

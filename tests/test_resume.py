@@ -126,8 +126,8 @@ def test_cli_refuses_to_overwrite_or_to_resume_with_another_recipe(
 
 def test_program_refuses_a_checkpoint_of_another_recipe(tiny_bert_dir, shared_glue_dir,
                                                         tmp_path):
-    from gradsurg.config import load_recipe
-    from gradsurg.recipes.multiexit_glue import run
+    from gradsurg.programs.multiexit_glue import run
+    from gradsurg.recipes import load_recipe
 
     recipe = write_recipe(tmp_path, tiny_bert_dir, shared_glue_dir, mode="romebert_sd",
                           epochs=0.5)

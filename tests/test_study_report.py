@@ -23,7 +23,7 @@ def study():
 
 
 def test_every_planned_run_is_a_valid_recipe(study):
-    from gradsurg.config import apply_overrides, read_recipe, validate_recipe
+    from gradsurg.recipes import apply_overrides, read_recipe, validate_recipe
 
     runs = [*study.plan("screening", list(study.CONFIGS), [42], None),
             *study.plan("paper", study.PAPER_MODES, [42, 43], None)]

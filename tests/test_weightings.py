@@ -434,7 +434,7 @@ def test_params_may_be_nested_under_params():
 
 
 def glue_config(tiny_bert_dir, shared_glue_dir, **overrides):
-    from gradsurg.recipes.glue_config import MultiExitGlueConfig
+    from gradsurg.programs.multiexit_glue.config import MultiExitGlueConfig
 
     values = dict(program="multiexit_glue", model=str(tiny_bert_dir),
                   data_dir=str(shared_glue_dir), train_rows=16, eval_rows=8, batch_size=8,
@@ -448,7 +448,7 @@ def glue_config(tiny_bert_dir, shared_glue_dir, **overrides):
 def test_every_weighting_trains_a_tiny_romebert_recipe(name, tiny_bert_dir, shared_glue_dir,
                                                       tmp_path):
     """Three epochs of two steps: DWA's weights move in epoch 3, STCH's nadir after epoch 1."""
-    from gradsurg.recipes.multiexit_glue import run
+    from gradsurg.programs.multiexit_glue import run
 
     config = glue_config(tiny_bert_dir, shared_glue_dir, mode="romebert", weighting=name)
     results = run(config, tmp_path)
@@ -476,7 +476,7 @@ def test_every_weighting_trains_a_tiny_romebert_recipe(name, tiny_bert_dir, shar
 def test_learned_weighting_is_not_in_the_saved_model(tiny_bert_dir, shared_glue_dir, tmp_path):
     from safetensors.torch import load_file
 
-    from gradsurg.recipes.multiexit_glue import run
+    from gradsurg.programs.multiexit_glue import run
 
     config = glue_config(tiny_bert_dir, shared_glue_dir, mode="romebert_sd", epochs=1,
                          weighting="uncertainty", save_model=True, checkpoints=True)
@@ -512,7 +512,7 @@ def test_recipe_weighting_errors_are_one_line_and_exit_2(overrides, message, tmp
 def test_recipe_accepts_a_weighting_with_params():
     from pathlib import Path
 
-    from gradsurg.config import load_recipe
+    from gradsurg.recipes import load_recipe
 
     recipe = Path(__file__).resolve().parents[1] / "recipes" / "romebert_glue.yaml"
     _, config = load_recipe(recipe, ["weighting={name: famo, lr: 0.01}"])
@@ -524,7 +524,7 @@ def test_every_weighting_trains_the_digits_recipe(name, tmp_path):
     """The plugin's recipe (project combiner on the hidden layers) with each weighting."""
     from gradsurg_digits.program import DigitsConfig, train
 
-    from gradsurg.config import load_recipe
+    from gradsurg.recipes import load_recipe
 
     _, config = load_recipe("digits_project", [f"weighting={name}", "epochs=4"])
     assert isinstance(config, DigitsConfig)
@@ -542,7 +542,7 @@ def test_every_weighting_trains_the_digits_recipe(name, tmp_path):
 
 
 def test_digits_recipe_refuses_a_bad_weighting():
-    from gradsurg.config import load_recipe
+    from gradsurg.recipes import load_recipe
 
     with pytest.raises(ConfigError, match=r"key 'weighting'.*temperature=-1 is invalid"):
         load_recipe("digits_project", ["weighting={name: dwa, temperature: -1}"])

@@ -88,6 +88,6 @@ def load_for_inference(model_dir: str | Path, *, device: str = "auto") -> Loaded
 def check_max_length(loaded: LoadedModel, max_length: int) -> None:
     """Refuse a --max-length the model's position embeddings cannot hold (it would fail on the
     first long input with an index error deep inside the backbone)."""
-    from gradsurg.recipes.glue_checks import check_max_length as check
+    from gradsurg.programs.multiexit_glue.checks import check_max_length as check
 
     check(max_length, loaded.model.encoder.hf_config, key="--max-length", model="the model")

@@ -7,9 +7,9 @@ import json
 import pytest
 from gradsurg_digits.program import DigitsConfig, train
 
-from gradsurg.config import load_recipe
 from gradsurg.errors import ConfigError
 from gradsurg.programs import PROGRAMS
+from gradsurg.recipes import load_recipe
 
 
 def test_program_is_registered_through_its_entry_point():
@@ -72,7 +72,7 @@ def test_recipe_is_registered_by_name_and_validates_through_the_cli():
     from typer.testing import CliRunner
 
     from gradsurg.cli import app
-    from gradsurg.config import RECIPES
+    from gradsurg.recipes import RECIPES
 
     assert RECIPES.source("digits_project") == "gradsurg-digits"
     result = CliRunner().invoke(app, ["validate", "digits_project"])

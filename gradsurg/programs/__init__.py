@@ -1,8 +1,10 @@
-"""Training programs that recipes name (`program: romebert`), registered like combiners.
+"""Training programs that recipes name (`program: multiexit_glue`), registered like combiners.
 
 A program is a config schema (a pydantic model, so recipes are validated before anything runs)
 and a function that runs it into an output folder. Installed packages add programs through the
-`gradsurg.programs` entry-point group.
+`gradsurg.programs` entry-point group. Here: `training` (the ordinary loop around Surgery that
+programs share) and `multiexit_glue/` (the built-in program, a recipe class in the torchtune
+style). The YAML files that name programs are read by `gradsurg.recipes`.
 """
 
 from __future__ import annotations

@@ -12,14 +12,15 @@ them, so a finished run's last checkpoint can be re-evaluated without training a
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from gradsurg.errors import ConfigError
 from gradsurg.multiexit.evaluation.sweeps import default_sweep, sweep_rules
 from gradsurg.multiexit.policies import POLICIES, ExitPolicy
 
-__all__ = ["EVALUATION_KEYS", "check_against_model", "check_evaluation_settings",
-           "max_positions"]
+__all__ = ["EVALUATION_KEYS", "ExitPolicySetting", "check_against_model",
+           "check_evaluation_settings", "max_positions", "resolve_exit_policy"]
 
 EVALUATION_KEYS = frozenset({"exit_policy", "sweep", "eval_rows", "eval_batch_size",
                              "eval_split", "save_model"})
@@ -74,15 +75,34 @@ def check_max_length(max_length: int, hf_config: Any, *, key: str = "key 'max_le
                           f"({limit} positions); allowed: 2..{limit}")
 
 
-def check_against_model(config: Any, *, num_layers: int, num_outputs: int,
-                        hf_config: Any) -> None:
+@dataclass(frozen=True)
+class ExitPolicySetting:
+    """The recipe's exit policy resolved once: its class, fixed parameters and sweep values
+    (None: the policy's standard list)."""
+
+    name: str
+    params: Mapping[str, Any]
+    cls: type[ExitPolicy]
+    sweep: list[float] | None
+
+
+def resolve_exit_policy(exit_policy: str | Mapping[str, Any],
+                        sweep: Sequence[float] | None) -> ExitPolicySetting:
+    """The recipe's `exit_policy` and `sweep` keys as one resolved setting."""
+    name, params = POLICIES.split(exit_policy, where="key 'exit_policy'")
+    return ExitPolicySetting(name, params, POLICIES.get(name),
+                             None if sweep is None else list(sweep))
+
+
+def check_against_model(config: Any, policy: ExitPolicySetting, *, num_layers: int,
+                        num_outputs: int, hf_config: Any) -> None:
     """What the recipe asks of this model: sweep policies that fit it, a max_length it holds."""
     check_max_length(config.max_length, hf_config, model=f"model {config.model!r}")
-    name, params = config.policy_spec()
-    if num_outputs < 2 and POLICIES.get(name).classification_only:
-        return  # the run skips the sweep for a regression task (see multiexit_glue.evaluate)
-    for policy in sweep_policies(name, params, config.sweep, num_layers=num_layers):
+    if num_outputs < 2 and policy.cls.classification_only:
+        return  # the run skips the sweep for a regression task (see evaluation.py)
+    for built in sweep_policies(policy.name, policy.params, policy.sweep,
+                                num_layers=num_layers):
         try:
-            policy.check_model(num_outputs, num_layers)
+            built.check_model(num_outputs, num_layers)
         except ConfigError as error:
             raise ConfigError(f"key 'sweep' / 'exit_policy': {error}") from None

@@ -14,20 +14,8 @@ from gradsurg.errors import ConfigError
 from gradsurg.multiexit.losses.terms import LOSS_TERMS, per_exit_groups
 from gradsurg.multiexit.policies import POLICIES
 from gradsurg.programs import ProgramConfig
+from gradsurg.programs.multiexit_glue.modes import MODES, Mode, ModeSpec
 from gradsurg.weightings import WEIGHTINGS
-
-Mode = Literal["romebert", "romebert_sd", "deebert", "deebert_sd", "pabee", "elbert"]
-#: Modes that train in two stages, each on one loss group of its own.
-TWO_STAGE_MODES = ("deebert", "deebert_sd")
-
-
-#: The loss groups of each one-stage mode: group name -> loss term (`LOSS_TERMS`).
-DEFAULT_GROUPS: dict[str, dict[str, str]] = {
-    "romebert": {"final": "final_task", "sd": "self_distillation"},
-    "romebert_sd": {"final": "final_task", "sd": "self_distillation"},
-    "pabee": {"exits": "layer_weighted"},
-    "elbert": {"exits": "learned_exit_weights"},
-}
 
 
 class MultiExitGlueConfig(ProgramConfig):
@@ -146,7 +134,7 @@ class MultiExitGlueConfig(ProgramConfig):
     def _weighting_fits_the_groups(self) -> MultiExitGlueConfig:
         if self.weighting is None:
             return self
-        if self.mode in TWO_STAGE_MODES:
+        if not self.mode_spec.one_stage:
             raise ValueError(f"key 'weighting': mode {self.mode} trains one loss group per "
                              "stage, so there is nothing to weigh; remove the key")
         groups = list(self.joint_groups())
@@ -164,7 +152,7 @@ class MultiExitGlueConfig(ProgramConfig):
     def _groups_fit_the_mode(self) -> MultiExitGlueConfig:
         if self.exit_groups is not None:
             return self._check_exit_groups()
-        if self.mode in TWO_STAGE_MODES:
+        if not self.mode_spec.one_stage:
             if self.combiner is not None:
                 raise ValueError(f"key 'combiner': mode {self.mode} trains one loss group per "
                                  "stage, so there is nothing to combine; remove the key")
@@ -189,7 +177,7 @@ class MultiExitGlueConfig(ProgramConfig):
     @model_validator(mode="after")
     def _selection_and_evaluation_work(self) -> MultiExitGlueConfig:
         """Checked now, not after training: an empty surgery selection, an unusable sweep."""
-        from gradsurg.recipes.glue_checks import check_evaluation_settings
+        from gradsurg.programs.multiexit_glue.checks import check_evaluation_settings
 
         if self.include is not None and not self.include:
             raise ValueError("key 'include': an empty list selects no parameter, so surgery "
@@ -201,19 +189,20 @@ class MultiExitGlueConfig(ProgramConfig):
         return self
 
     def _check_exit_groups(self) -> MultiExitGlueConfig:
-        """Per-exit groups: SD modes only, not with `loss_groups`; romebert's default
+        """Per-exit groups: the modes the table allows, not with `loss_groups`; romebert's default
         projection (final vs sd) has no such groups, so it needs a combiner; a combiner may
         name groups `exitN` only (N is checked against the model's depth before training)."""
-        if self.mode not in ("romebert", "romebert_sd"):
+        if not self.mode_spec.per_exit_groups:
+            allowed = " or ".join(name for name, mode in MODES.items() if mode.per_exit_groups)
             raise ValueError(f"key 'exit_groups': mode {self.mode} has no per-exit form; use "
-                             "romebert or romebert_sd")
+                             f"{allowed}")
         if self.loss_groups is not None:
             raise ValueError("keys 'exit_groups' and 'loss_groups' both set the loss groups; "
                              "keep one")
         if self.combiner is None:
-            if self.mode == "romebert":
-                raise ValueError("key 'exit_groups' needs a 'combiner' in mode romebert (its "
-                                 "default projects final against sd, groups that per-exit "
+            if self.mode_spec.default_combiner != "sum":  # it names groups exitN replace
+                raise ValueError(f"key 'exit_groups' needs a 'combiner' in mode {self.mode} "
+                                 "(its default projects final against sd, groups that per-exit "
                                  "groups replace), e.g. combiner: upgrad")
             return self
         for name in COMBINERS.build(self.combiner, where="combiner").group_names():
@@ -231,16 +220,20 @@ class MultiExitGlueConfig(ProgramConfig):
             return per_exit_groups(self.exit_groups, num_exits)
         if self.loss_groups is not None:
             return dict(self.loss_groups)
-        return dict(DEFAULT_GROUPS[self.mode])
+        return dict(self.mode_spec.stages[0].groups)
 
-    def policy_spec(self) -> tuple[str, dict[str, Any]]:
-        """The exit policy's name and its fixed parameters."""
-        return POLICIES.split(self.exit_policy, where="exit_policy")
+    @property
+    def mode_spec(self) -> ModeSpec:
+        """The mode's row of the modes table."""
+        return MODES[self.mode]
 
     def combiner_spec(self) -> str | dict[str, Any]:
+        """The recipe's combiner, else the mode's default where its groups exist, else sum."""
         if self.combiner is not None:
             return self.combiner
-        if (self.mode == "romebert" and self.exit_groups is None
-                and {"final", "sd"} <= set(self.joint_groups())):
-            return {"name": "project", "target": "final", "reference": "sd"}
+        default = self.mode_spec.default_combiner
+        named = COMBINERS.build(default, where="combiner").group_names()
+        if (self.exit_groups is None and self.mode_spec.one_stage
+                and set(named) <= set(self.joint_groups())):
+            return default
         return "sum"

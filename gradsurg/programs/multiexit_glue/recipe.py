@@ -1,0 +1,391 @@
+"""The `multiexit_glue` program: RomeBERT and its baselines on GLUE, as one recipe class.
+
+`MultiExitGlueRecipe(config, output_dir)` follows torchtune's single-device recipes: `setup`
+resolves every name once (task, mode, loss groups, combiner, weighting, exit policy) and,
+when resuming, restores the newest checkpoint; `train` runs the mode's stages (see `modes.py`),
+each continuing where the checkpoint left it; `evaluate` scores every exit and sweeps the exit
+policy; `save` writes the model for `gradsurg predict / eval`. Resume is the class's own
+business: the CLI only checks the output folder and calls `run(config, folder, resume=True)`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import Progress
+from torch import Tensor
+from torch.utils.data import DataLoader
+from transformers import get_linear_schedule_with_warmup
+
+from gradsurg.checkpoint import Checkpoints, capture_rng, restore_rng
+from gradsurg.combiners import COMBINERS, Combiner
+from gradsurg.data.collate import GlueCollator, tokenize_dataset
+from gradsurg.data.glue import TaskSpec, get_task
+from gradsurg.devices import resolve_device, to_device
+from gradsurg.distributed import DataParallel
+from gradsurg.errors import ConfigError
+from gradsurg.finite_weights import check_finite_outputs, check_finite_weights
+from gradsurg.multiexit.model import MultiExitModel
+from gradsurg.outputs import replace_folder
+from gradsurg.precision import LossScale, autocast_factory
+from gradsurg.programs import Program, training
+from gradsurg.programs.multiexit_glue.checks import (
+    EVALUATION_KEYS,
+    ExitPolicySetting,
+    check_against_model,
+    resolve_exit_policy,
+)
+from gradsurg.programs.multiexit_glue.config import MultiExitGlueConfig
+from gradsurg.programs.multiexit_glue.data import epoch_order, forward, load_split
+from gradsurg.programs.multiexit_glue.evaluation import (
+    collect_exit_logits,
+    evaluation_results,
+    save_exit_logits,
+)
+from gradsurg.programs.multiexit_glue.modes import Stage
+from gradsurg.programs.multiexit_glue.stages import (
+    StageGroups,
+    attach_loss_groups,
+    attach_weighting,
+    check_combiner_groups,
+    detach_training_parts,
+    group_losses,
+    learned_facts,
+    set_trainable,
+)
+from gradsurg.programs.training import JsonlLog, StageProgress, StageResult, progress_bar
+from gradsurg.recipes import first_changed_key
+from gradsurg.surgery import Surgery
+from gradsurg.weightings import LossWeighting
+
+console = Console()
+
+
+class MultiExitGlueRecipe:
+    """One multi-exit GLUE run into `output_dir`: setup, train, evaluate, save."""
+
+    # Built by `setup`, from the recipe's names, once.
+    task: TaskSpec
+    policy: ExitPolicySetting
+    model: MultiExitModel
+    stages: tuple[Stage, ...]
+    combiner: Combiner
+    loss_groups: StageGroups
+    weighting: LossWeighting | None
+    # The stage being trained (`train_stage`): what `save_checkpoint` writes.
+    stage_index: int
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    surgery: Surgery
+
+    def __init__(self, config: MultiExitGlueConfig, output_dir: Path) -> None:
+        self.config = config
+        self.output_dir = output_dir
+        self.mode = config.mode_spec
+        self.checkpoints = Checkpoints(output_dir / "checkpoints", keep=config.keep_checkpoints)
+        #: The checkpoint resumed from (None: a fresh start) and the stages it had finished.
+        self.restored: dict[str, Any] | None = None
+        self.finished: list[StageResult] = []
+
+    # -- setup ---------------------------------------------------------------------------
+
+    def setup(self, *, resume: bool = False) -> None:
+        """Build everything the recipe names, once, and check it against the model before
+        the first step; with `resume`, restore the newest checkpoint's weights and state."""
+        config = self.config
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        if config.threads is not None:
+            torch.set_num_threads(config.threads)
+        seed_everything(config.seed, deterministic=config.deterministic)
+        self.parallel = DataParallel.from_environment()
+        self.device = resolve_device(config.device, local_rank=self.parallel.local_rank)
+        self.autocast = autocast_factory(config.precision, self.device)  # fp16 on a CPU: here
+        self.task = get_task(config.task)
+        self.policy = resolve_exit_policy(config.exit_policy, config.sweep)
+        self.model, self.tokenizer = self._setup_model()
+        joint = config.joint_groups(self.model.num_exits) if self.mode.one_stage else None
+        self.stages = self.mode.stages_with(joint)
+        self.combiner = COMBINERS.build(config.combiner_spec(), where="combiner")
+        check_combiner_groups(self.combiner, self.stages)
+        self.loss_groups = attach_loss_groups(self.model, self.stages, config)
+        self.weighting = attach_weighting(self.model, self.stages, config)
+        self.parallel.broadcast_module_(self.model)
+        if resume:
+            self.load_checkpoint()
+        self._setup_data()
+        if self.task.is_regression and self.restored is None:
+            start_at_label_mean(self.model, self.train_data["label"])
+        self.log = self._open_log()
+
+    def _setup_model(self) -> tuple[MultiExitModel, Any]:
+        config, task = self.config, self.task
+        model, tokenizer = MultiExitModel.from_backbone(
+            config.model, num_labels=task.num_labels, pooling=config.pooling,
+            dropout=config.dropout, backbone_dropout=config.backbone_dropout,
+            shared_exit=self.mode.shared_exit,
+        )
+        # Recorded in the checkpoint so `gradsurg predict/eval` know the classes and the task.
+        model.config = dataclasses.replace(
+            model.config, task=task.name, labels=list(task.labels) if task.labels else None)
+        check_against_model(config, self.policy, num_layers=model.num_exits,
+                            num_outputs=task.num_labels,
+                            hf_config=model.encoder.hf_config)  # before any step, not after
+        return model.to(self.device), tokenizer
+
+    def _setup_data(self) -> None:
+        config, task = self.config, self.task
+        self.collate = GlueCollator(self.tokenizer)
+        self.train_data = tokenize_dataset(
+            load_split(task, "train", data_dir=config.data_dir, rows=config.train_rows,
+                       shuffle_seed=config.seed),
+            self.tokenizer, max_length=config.max_length,
+        )
+        eval_data = tokenize_dataset(
+            load_split(task, config.eval_split, data_dir=config.data_dir,
+                       rows=config.eval_rows, shuffle_seed=None),
+            self.tokenizer, max_length=config.max_length,
+        )
+        self.eval_loader = DataLoader(eval_data, batch_size=config.eval_batch_size,
+                                      collate_fn=self.collate)
+        self.steps_per_epoch = -(-len(self.train_data) // config.batch_size)
+
+    def _open_log(self) -> JsonlLog:
+        """train_log.jsonl, cut back to the resumed checkpoint's position (rank 0 writes)."""
+        path = self.output_dir / "train_log.jsonl" if self.parallel.is_main else None
+        return JsonlLog(path, truncate_to=self.restored["log_offset"] if self.restored else 0)
+
+    def build_optimizer_and_schedule(self, params: list[torch.nn.Parameter], total: int
+                                     ) -> tuple[torch.optim.Optimizer,
+                                                torch.optim.lr_scheduler.LRScheduler]:
+        """A stage's optimizer and LR schedule over its trainable parameters."""
+        config = self.config
+        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        scheduler = get_linear_schedule_with_warmup(
+            optimizer, int(config.warmup_ratio * total), total
+        )
+        return optimizer, scheduler
+
+    # -- checkpoints ---------------------------------------------------------------------
+
+    def load_checkpoint(self) -> None:
+        """Load the newest checkpoint's weights and keep its state for the stage it stopped
+        in; none: start from step 0. A checkpoint of another recipe or process count is
+        refused: continuing it would silently train a run that matches neither."""
+        latest = self.checkpoints.latest()
+        if latest is None:
+            console.print(f"no checkpoint in {self.checkpoints.root}: starting from step 0")
+            return
+        state = self.checkpoints.load(latest, model=self.model, device=self.device)
+        saved, current = state.get("recipe", {}), self.config.model_dump(mode="json")
+        key = first_changed_key(saved, current, ignore=EVALUATION_KEYS)
+        if key is not None:
+            raise ConfigError(
+                f"--resume: key {key!r} is {current.get(key)!r} but {latest} was written with "
+                f"{saved.get(key)!r}; resume with the original recipe or use another --output")
+        if state.get("world_size", 1) != self.parallel.world_size:
+            raise ConfigError(
+                f"--resume: {latest} was written by {state.get('world_size', 1)} process(es), "
+                f"this run has {self.parallel.world_size}; resume with the same torchrun "
+                "--nproc_per_node")
+        console.print(f"resuming from {latest} (stage {state['stage'] + 1}, "
+                      f"step {state['progress']['step']})")
+        self.restored = state
+        self.finished = [StageResult(**result) for result in state.get("finished", [])]
+
+    def save_checkpoint(self, progress: StageProgress) -> None:
+        """Everything a resumed run needs to continue this stage bit for bit."""
+        rng = self.parallel.gather_objects(capture_rng())  # each rank's dropout stream
+        if not self.parallel.is_main:
+            return
+        global_step = sum(r.steps for r in self.finished) + progress.step
+        self.checkpoints.save(global_step, model=self.model, state={
+            "world_size": self.parallel.world_size,
+            "recipe": self.config.model_dump(mode="json"),
+            "stage": self.stage_index,
+            "finished": [dataclasses.asdict(r) for r in self.finished],
+            "progress": progress.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "surgery": self.surgery.state_dict(),
+            "rng": rng,
+            "log_offset": self.log.tell(),
+        })
+
+    def _restore_stage(self) -> StageProgress | None:
+        """The resumed checkpoint's progress in the current stage, its optimizer, schedule,
+        surgery and RNG state loaded; None when this stage starts fresh."""
+        state = self.restored
+        if state is None or state["stage"] != self.stage_index:
+            return None
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.surgery.load_state_dict(state["surgery"])
+        restore_rng(state["rng"][self.parallel.rank])
+        return StageProgress.from_state(state["progress"])
+
+    # -- training ------------------------------------------------------------------------
+
+    def train(self) -> list[StageResult]:
+        """Train the stages the resumed checkpoint (if any) had not finished, in order."""
+        try:
+            with progress_bar(disable=not self.parallel.is_main) as progress:
+                for index, stage in enumerate(self.stages):
+                    if index < len(self.finished):
+                        continue  # finished before the restart
+                    self.finished.append(self.train_stage(index, stage, progress))
+        finally:
+            self.log.close()
+        self.parallel.barrier()
+        self.parallel.close()
+        detach_training_parts(self.model)
+        return self.finished
+
+    def train_stage(self, index: int, stage: Stage, progress: Progress) -> StageResult:
+        """One stage: its trainable parts, optimizer, schedule and surgery; the loop."""
+        config = self.config
+        params = set_trainable(self.model, stage)
+        total = training.stage_steps(self.steps_per_epoch, config.epochs)
+        self.optimizer, self.scheduler = self.build_optimizer_and_schedule(params, total)
+        several = len(stage.groups) > 1  # one group: nothing to combine or select
+        loss_scale = (LossScale(torch.amp.GradScaler(self.device.type))
+                      if config.precision == "fp16" else None)
+        self.surgery = Surgery(
+            self.model, self.optimizer, self.combiner if several else "sum",
+            include=config.include if several else None,
+            exclude=config.exclude if several else None,
+            max_grad_norm=config.max_grad_norm,
+            max_nonfinite_steps=config.max_nonfinite_steps,
+            data_parallel=self.parallel,
+            loss_scale=loss_scale,
+        )
+        self.stage_index = index
+        resume = self._restore_stage()
+        try:
+            return training.train_stage(
+                name=stage.name, model=self.model, batches=self.batches,
+                steps_per_epoch=self.steps_per_epoch, epochs=config.epochs,
+                loss_fn=lambda batch: self.stage_losses(stage, batch),
+                surgery=self.surgery, optimizer=self.optimizer, scheduler=self.scheduler,
+                log=self.log, log_every=config.log_every, progress=progress, resume=resume,
+                save_checkpoint=self.save_checkpoint if config.checkpoints else None,
+                checkpoint_every=config.checkpoint_every, weighting=self.weighting,
+            )
+        finally:
+            self.surgery.remove()
+            self.model.requires_grad_(True)
+
+    def batches(self, epoch: int, skip: int) -> Iterator[tuple[dict[str, Tensor], float]]:
+        """An epoch's `(batch, share)` pairs from the `skip`-th batch on, on the device."""
+        config = self.config
+        order = epoch_order(len(self.train_data), config.batch_size, seed=config.seed,
+                            epoch=epoch)
+        shards = [self.parallel.shard(rows) for rows in order[skip:]]  # one process: all
+        # Its own generator: a loader otherwise draws a seed from the global RNG, which would
+        # shift the dropout masks of a run resumed mid-epoch.
+        loader = DataLoader(self.train_data, batch_sampler=[rows for rows, _ in shards],
+                            collate_fn=self.collate,
+                            generator=torch.Generator().manual_seed(config.seed + epoch))
+        for batch, (_, share) in zip(loader, shards):
+            yield to_device(batch, self.device), share
+
+    def stage_losses(self, stage: Stage, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """The stage's group losses, the forward pass under the recipe's autocast; losses in
+        float32 (autocast runs softmax / KL in float32 already; the cast makes it explicit)."""
+        with self.autocast():
+            logits = forward(self.model, batch)
+        return group_losses([x.float() for x in logits], batch["labels"],
+                            self.loss_groups[stage.name])
+
+    # -- evaluation and outputs ----------------------------------------------------------
+
+    def evaluate(self) -> dict[str, Any]:
+        """Every exit's dev outputs (saved for `gradsurg compare`), metrics and sweeps."""
+        config = self.config
+        check_finite_weights(self.model, when="after training")
+        all_logits, labels = collect_exit_logits(self.model, self.eval_loader, self.device)
+        check_finite_outputs(all_logits, what=f"{config.eval_split} evaluation")
+        save_exit_logits(all_logits, labels, self.output_dir)
+        return evaluation_results(
+            all_logits, labels, task=self.task, mode=config.mode, model=config.model,
+            split=config.eval_split, rows=config.eval_rows, policy=self.policy,
+            output_dir=self.output_dir)
+
+    def training_summary(self) -> dict[str, Any]:
+        """Steps, time and mean losses per stage; what the loss terms and weighting learned."""
+        summary: dict[str, Any] = {"train": {
+            r.name: {"steps": r.steps, "seconds": round(r.seconds, 2),
+                     **{k: round(v, 6) for k, v in r.means.items()}}
+            for r in self.finished
+        }}
+        learned = learned_facts(self.loss_groups)
+        if learned:
+            summary["loss_terms"] = learned  # e.g. ELBERT's exit weights after training
+        if self.weighting is not None:
+            summary["weighting"] = {"name": self.weighting.name, **{
+                key: round(value, 6) for key, value in self.weighting.describe().items()}}
+        return summary
+
+    def save(self) -> Path:
+        """The model folder `gradsurg predict / eval` reload; never left half-written."""
+        folder = self.output_dir / "model"
+        replace_folder(folder, lambda staging: self.model.save_pretrained(
+            staging, tokenizer=self.tokenizer))
+        return folder
+
+
+def run(config: MultiExitGlueConfig, output_dir: Path, *, resume: bool = False
+        ) -> dict[str, Any]:
+    """Train every stage of the mode, evaluate, write the outputs into `output_dir`.
+
+    Checkpoints go to `output_dir/checkpoints` (every `checkpoint_every` steps and after each
+    epoch); `resume=True` continues from the latest one, bit for bit on a deterministic CPU.
+    """
+    recipe = MultiExitGlueRecipe(config, output_dir)
+    recipe.setup(resume=resume)
+    recipe.train()
+    if not recipe.parallel.is_main:  # rank 0 alone evaluates and writes the outputs
+        return {}
+    results = recipe.evaluate()
+    results.update(recipe.training_summary())
+    if config.save_model:
+        results["model_dir"] = str(recipe.save())
+    return results
+
+
+def seed_everything(seed: int, *, deterministic: bool = False) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it
+        torch.use_deterministic_algorithms(True)
+
+
+def start_at_label_mean(model: MultiExitModel, labels: Any) -> None:
+    """Regression exits start by predicting the training labels' mean, not 0.
+
+    From a zero start every exit's first gradients mostly say "add the mean" (about 2.7 on
+    STS-B's 0-5 scale); with six exits trained jointly that push went into the shared
+    encoder, which collapsed to a constant prediction (Pearson < 13 at every exit in the
+    reproduction) while a single trained exit survived it. Starting at the mean removes it.
+    """
+    mean = float(torch.as_tensor(list(labels), dtype=torch.float64).mean())
+    with torch.no_grad():
+        for head in model.exits:
+            head.classifier.bias.fill_(mean)
+
+
+PROGRAM = Program(
+    name="multiexit_glue",
+    config=MultiExitGlueConfig,
+    run=run,
+    summary="multi-exit encoders on GLUE (RomeBERT, RomeBERT-SD, DeeBERT, DeeBERT-SD, PABEE, "
+    "ELBERT)",
+    evaluation_keys=EVALUATION_KEYS,
+)

@@ -1,1 +1,0 @@
-"""Training programs that `recipes/*.yaml` name; each registers through an entry point."""
