@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 import yaml
+from pydantic import BaseModel
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -355,11 +356,28 @@ def keys(
     table = Table(title=f"recipe keys of {program}")
     for column in ("key", "type", "default", "meaning"):
         table.add_column(column)
-    for name, info in config_cls.model_fields.items():
-        default = "(required)" if info.is_required() else repr(info.get_default())
-        kind = getattr(info.annotation, "__name__", None) or str(info.annotation)
-        table.add_row(name, kind.replace("typing.", ""), default, info.description or "")
+    for row in key_rows(config_cls):
+        table.add_row(*row)
     console.print(table)
+
+
+def key_rows(schema: type[BaseModel], prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(key, type, default, meaning) of each recipe key; a key holding a mapping of its own
+    (`optimizer`) is a row, then one row per sub-key (`optimizer.lr`)."""
+    rows = []
+    for name, info in schema.model_fields.items():
+        nested = info.annotation if isinstance(info.annotation, type) and issubclass(
+            info.annotation, BaseModel) else None
+        if nested is not None:
+            default = "" if info.is_required() else "(below)"
+            rows.append((prefix + name, "mapping", default, info.description or ""))
+            rows.extend(key_rows(nested, f"{prefix}{name}."))
+            continue
+        default = "(required)" if info.is_required() else repr(info.get_default(
+            call_default_factory=True))
+        kind = getattr(info.annotation, "__name__", None) or str(info.annotation)
+        rows.append((prefix + name, kind.replace("typing.", ""), default, info.description or ""))
+    return rows
 
 
 COMPARE_EPILOG = (

@@ -30,7 +30,6 @@ from rich.console import Console
 from safetensors.torch import save_file
 from torch import Tensor
 from torch.utils.data import DataLoader
-from transformers import get_linear_schedule_with_warmup
 
 from gradsurg.checkpoint import Checkpoints, capture_rng, restore_rng
 from gradsurg.combiners import build_combiner
@@ -41,6 +40,7 @@ from gradsurg.devices import resolve_device
 from gradsurg.distributed import DataParallel
 from gradsurg.errors import ConfigError
 from gradsurg.finite_weights import check_finite_outputs, check_finite_weights
+from gradsurg.loggers import Loggers, open_loggers
 from gradsurg.metrics import primary_metric
 from gradsurg.multiexit.early_exit import per_exit_metrics, policy_sweep
 from gradsurg.multiexit.exit_losses import ExitLossTerm, build_loss_term
@@ -48,13 +48,13 @@ from gradsurg.multiexit.model import MultiExitModel
 from gradsurg.multiexit.policies import POLICIES
 from gradsurg.multiexit.tradeoff import dense_sweep
 from gradsurg.multiexit.tradeoff_summary import summarize
+from gradsurg.optimizers import build_optimizer, build_scheduler
 from gradsurg.outputs import replace_folder
 from gradsurg.precision import LossScale, autocast_factory
 from gradsurg.programs import Program
 from gradsurg.recipes.glue_checks import EVALUATION_KEYS, check_against_model
 from gradsurg.recipes.glue_config import DEFAULT_GROUPS, TWO_STAGE_MODES, MultiExitGlueConfig
 from gradsurg.recipes.training import (
-    JsonlLog,
     StageProgress,
     StageResult,
     progress_bar,
@@ -296,8 +296,8 @@ def run(config: MultiExitGlueConfig, output_dir: Path, *, resume: bool = False
         for batch, (_, share) in zip(loader, shards):
             yield to_device(batch, device), share
 
-    log = JsonlLog(output_dir / "train_log.jsonl" if parallel.is_main else None,
-                   truncate_to=restored["log_offset"] if restored else 0)
+    log = open_loggers(config.loggers, output_dir if parallel.is_main else None,
+                       truncate_to=restored["log_offset"] if restored else 0)
     stage_results: list[StageResult] = [
         StageResult(**result) for result in (restored or {}).get("finished", [])]
     try:
@@ -394,14 +394,12 @@ class StageContext:
 
 
 def run_stage(stage: Stage, model: MultiExitModel, batches: Any, steps_per_epoch: int,
-              log: JsonlLog, progress: Any, context: StageContext) -> StageResult:
+              log: Loggers, progress: Any, context: StageContext) -> StageResult:
     config = context.config
     params = set_trainable(model, stage)
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    total = stage_steps(steps_per_epoch, config.epochs)
-    scheduler = get_linear_schedule_with_warmup(
-        optimizer, int(config.warmup_ratio * total), total
-    )
+    optimizer = build_optimizer(config.optimizer, params)
+    scheduler = build_scheduler(config.scheduler, optimizer,
+                                total_steps=stage_steps(steps_per_epoch, config.epochs))
     several = len(stage.groups) > 1
     device_type = next(model.parameters()).device.type
     loss_scale = (LossScale(torch.amp.GradScaler(device_type))
