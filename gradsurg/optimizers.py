@@ -165,14 +165,15 @@ def lr_factor(step: int, *, name: str, warmup: int, total: int) -> float:
     return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
-#: What YAML 1.1 reads as a string but every reader means as a number: `1e-8`, `-2E+3`.
-_EXPONENT_WITHOUT_DOT = re.compile(r"[-+]?[0-9]+[eE][-+]?[0-9]+")
+#: What YAML 1.1 reads as a string but every reader means as a number: an exponent without a
+#: dot or without a sign (`1e-8`, `1.0e5`).
+_SCIENTIFIC = re.compile(r"[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+")
 
 
 def _number_if_written_as_one(value: Any) -> Any:
     if isinstance(value, list):
         return [_number_if_written_as_one(item) for item in value]
-    if isinstance(value, str) and _EXPONENT_WITHOUT_DOT.fullmatch(value.strip()):
+    if isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
         number = float(value)
         if not math.isfinite(number):
             raise ValueError(f"{value} is not allowed; allowed: a finite number")
