@@ -110,7 +110,8 @@ def fail(error: Exception) -> typer.Exit:
 RUN_EPILOG = (
     "The output folder receives recipe.yaml (the resolved recipe), results.json, "
     "exit_logits.safetensors (multiexit_glue: every exit's dev outputs, for gradsurg compare), "
-    "train_log.jsonl (one line per logging step), checkpoints/ (for --resume), plots/*.png and "
+    "train_log.jsonl (one line per logging step; tensorboard/ too with loggers: [jsonl, "
+    "tensorboard]), checkpoints/ (for --resume), plots/*.png and "
     "model/ (reload with gradsurg predict / eval). `gradsurg keys PROGRAM` lists every recipe key."
 )
 
@@ -436,8 +437,9 @@ def plugins(
         "--json", help="Print the listing as JSON: {kind: {group, entries: [{name, source, "
         "error, tested_against}]}}.")] = False,
 ) -> None:
-    """List combiners, loss terms, exit policies, backbone adapters, programs and recipes,
-    each with the package it comes from (gradsurg for built-ins); every entry is loaded."""
+    """List combiners, loss terms, exit policies, backbone adapters, optimizers, programs and
+    recipes, each with the package it comes from (gradsurg for built-ins); every entry is
+    loaded."""
     from gradsurg.plugins import REGISTRIES, as_json, inventory
 
     try:

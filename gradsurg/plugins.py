@@ -17,6 +17,7 @@ from gradsurg.errors import ConfigError
 from gradsurg.multiexit.adapters import ADAPTERS
 from gradsurg.multiexit.exit_losses import LOSS_TERMS
 from gradsurg.multiexit.policies import POLICIES
+from gradsurg.optimizers import OPTIMIZERS
 from gradsurg.programs import PROGRAMS
 from gradsurg.registry import BUILT_IN, Registry
 from gradsurg.tested_against import TESTED_AGAINST
@@ -28,6 +29,7 @@ REGISTRIES: dict[str, Registry[Any]] = {
     "loss_weightings": WEIGHTINGS,
     "exit_policies": POLICIES,
     "backbone_adapters": ADAPTERS,
+    "optimizers": OPTIMIZERS,
     "programs": PROGRAMS,
     "recipes": RECIPES,
 }
