@@ -130,14 +130,15 @@ def build_optimizer(settings: OptimizerSettings,
 
 
 def check_optimizer(settings: OptimizerSettings) -> None:
-    """Build the optimizer on a dummy 2x2 parameter and take one step, so every problem the
-    run would meet at its first step is reported when the recipe is read."""
+    """Build the optimizer on a dummy 2x2 CPU parameter and take one step, so every problem
+    the run would meet at its first step is reported when the recipe is read (CPU: validation
+    must not claim a GPU; `capturable`, for CUDA graphs the loop does not use, is refused)."""
     dummy = torch.nn.Parameter(torch.zeros(2, 2))
     optimizer = build_optimizer(settings, [dummy])
     dummy.grad = torch.zeros_like(dummy)
     try:
         optimizer.step()
-    except (TypeError, ValueError, RuntimeError) as error:
+    except (TypeError, ValueError, RuntimeError, AssertionError) as error:
         detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
         raise ConfigError(f"{WHERE} (optimizer {settings.name!r}): cannot take a training "
                           f"step: {type(error).__name__}: {detail}") from None

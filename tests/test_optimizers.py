@@ -87,6 +87,8 @@ def test_an_unknown_name_lists_the_allowed_ones():
     ({"betas": "fast"}, r"key 'optimizer' \(optimizer 'adamw'\): invalid options"),
     ({"name": "lbfgs"}, r"\(optimizer 'lbfgs'\): cannot take a training step: TypeError"),
     ({"name": "sparseadam"}, r"\(optimizer 'sparseadam'\): cannot take a training step"),
+    ({"capturable": True}, r"\(optimizer 'adamw'\): cannot take a training step: "
+     r"AssertionError"),
 ])
 def test_problems_show_when_the_recipe_is_read(options, message):
     """A dummy parameter takes one step, so what step 1 would meet is met now."""
