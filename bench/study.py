@@ -51,12 +51,12 @@ COMMON = ["pooling=mean", "save_model=false", "threads=1", "checkpoint_every=200
 #: eight screening runs alone cost about 4 CPU-hours on two cores (500 steps instead of 1,250).
 PHASES: dict[str, dict[str, list[str]]] = {
     "screening": {
-        "stsb": ["epochs=1", "batch_size=16", "lr=5e-5"],
-        "sst2": ["epochs=1", "batch_size=16", "lr=5e-5", "train_rows=8000"],
+        "stsb": ["epochs=1", "batch_size=16", "optimizer.lr=5e-5"],
+        "sst2": ["epochs=1", "batch_size=16", "optimizer.lr=5e-5", "train_rows=8000"],
     },
     "paper": {
-        "mrpc": ["epochs=3", "batch_size=8", "lr=2e-5", "max_length=128"],
-        "rte": ["epochs=3", "batch_size=8", "lr=2e-5", "max_length=128"],
+        "mrpc": ["epochs=3", "batch_size=8", "optimizer.lr=2e-5", "max_length=128"],
+        "rte": ["epochs=3", "batch_size=8", "optimizer.lr=2e-5", "max_length=128"],
     },
 }
 

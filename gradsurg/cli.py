@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 import yaml
+from pydantic import BaseModel
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -112,7 +113,8 @@ def fail(error: Exception) -> typer.Exit:
 RUN_EPILOG = (
     "The output folder receives recipe.yaml (the resolved recipe), results.json, "
     "exit_logits.safetensors (multiexit_glue: every exit's dev outputs, for gradsurg compare), "
-    "train_log.jsonl (one line per logging step), checkpoints/ (for --resume), plots/*.png and "
+    "train_log.jsonl (one line per logging step; tensorboard/ too with loggers: [jsonl, "
+    "tensorboard]), checkpoints/ (for --resume), plots/*.png and "
     "model/ (reload with gradsurg predict / eval). `gradsurg keys PROGRAM` lists every recipe key."
 )
 
@@ -356,11 +358,28 @@ def keys(
     table = Table(title=f"recipe keys of {program}")
     for column in ("key", "type", "default", "meaning"):
         table.add_column(column)
-    for name, info in config_cls.model_fields.items():
-        default = "(required)" if info.is_required() else repr(info.get_default())
-        kind = getattr(info.annotation, "__name__", None) or str(info.annotation)
-        table.add_row(name, kind.replace("typing.", ""), default, info.description or "")
+    for row in key_rows(config_cls):
+        table.add_row(*row)
     console.print(table)
+
+
+def key_rows(schema: type[BaseModel], prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(key, type, default, meaning) of each recipe key; a key holding a mapping of its own
+    (`optimizer`) is a row, then one row per sub-key (`optimizer.lr`)."""
+    rows = []
+    for name, info in schema.model_fields.items():
+        nested = info.annotation if isinstance(info.annotation, type) and issubclass(
+            info.annotation, BaseModel) else None
+        if nested is not None:
+            default = "" if info.is_required() else "(below)"
+            rows.append((prefix + name, "mapping", default, info.description or ""))
+            rows.extend(key_rows(nested, f"{prefix}{name}."))
+            continue
+        default = "(required)" if info.is_required() else repr(info.get_default(
+            call_default_factory=True))
+        kind = getattr(info.annotation, "__name__", None) or str(info.annotation)
+        rows.append((prefix + name, kind.replace("typing.", ""), default, info.description or ""))
+    return rows
 
 
 COMPARE_EPILOG = (
@@ -419,8 +438,9 @@ def plugins(
         "--json", help="Print the listing as JSON: {kind: {group, entries: [{name, source, "
         "error, tested_against}]}}.")] = False,
 ) -> None:
-    """List combiners, loss terms, exit policies, backbone adapters, programs and recipes,
-    each with the package it comes from (gradsurg for built-ins); every entry is loaded."""
+    """List combiners, loss terms, exit policies, backbone adapters, optimizers, programs and
+    recipes, each with the package it comes from (gradsurg for built-ins); every entry is
+    loaded."""
     from gradsurg.plugins import REGISTRIES, as_json, inventory
 
     try:

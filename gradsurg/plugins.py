@@ -16,6 +16,7 @@ from gradsurg.errors import ConfigError
 from gradsurg.multiexit.adapters import ADAPTERS
 from gradsurg.multiexit.losses.terms import LOSS_TERMS
 from gradsurg.multiexit.policies import POLICIES
+from gradsurg.optimizers import OPTIMIZERS
 from gradsurg.programs import PROGRAMS
 from gradsurg.recipes import RECIPES, registered_recipe
 from gradsurg.registry import BUILT_IN, Registry
@@ -28,6 +29,7 @@ REGISTRIES: dict[str, Registry[Any]] = {
     "loss_weightings": WEIGHTINGS,
     "exit_policies": POLICIES,
     "backbone_adapters": ADAPTERS,
+    "optimizers": OPTIMIZERS,
     "programs": PROGRAMS,
     "recipes": RECIPES,
 }

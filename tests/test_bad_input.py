@@ -20,8 +20,18 @@ RECIPE_OVERRIDES = [
     (["batch_size=many"], "key 'batch_size'"),
     (["gamma=1.5"], "key 'gamma': Input should be less than or equal to 1"),
     (["temperature=0"], "key 'temperature': Input should be greater than 0"),
-    (["lr=0"], "key 'lr': Input should be greater than 0"),
-    (["lr=-3e-5"], "key 'lr'"),
+    (["optimizer.lr=0"], "key 'optimizer.lr': Input should be greater than 0"),
+    (["optimizer.lr=-3e-5"], "key 'optimizer.lr'"),
+    (["lr=3e-5"], "key 'lr' moved: write optimizer: {lr: 3e-5} (--set optimizer.lr=3e-5)"),
+    (["weight_decay=0.1"], "key 'weight_decay' moved: write optimizer: {weight_decay: 0.1}"),
+    (["warmup_ratio=0.1"], "key 'warmup_ratio' moved: write scheduler: {warmup_ratio: 0.1}"),
+    (["optimizer.name=adamx"], "key 'optimizer.name': unknown optimizer 'adamx'; allowed:"),
+    (["optimizer.betaz=0.9"], "key 'optimizer' (optimizer 'adamw'): got an unexpected keyword "
+     "argument 'betaz'; options are lr, betas"),
+    (["optimizer.name=lbfgs"], "(optimizer 'lbfgs'): cannot take a training step"),
+    (["scheduler.name=cosin"], "key 'scheduler.name'"),
+    (["scheduler={warmup_ratio: 0.1, warmup_steps: 5}"], "warmup_ratio or warmup_steps, not both"),
+    (["loggers=[csv]"], "key 'loggers.0'"),
     (["mode=fastbert"], "key 'mode'"),
     (["task=sst3"], "unknown GLUE task 'sst3'"),
     (["combiner=pcgard"], "unknown combiner 'pcgard'"),
@@ -47,8 +57,8 @@ RECIPE_OVERRIDES = [
     (["backbone_dropout=1"], "key 'backbone_dropout'"),
     (["program=nope"], "unknown program 'nope'"),
     (["batch_size"], "expected key=value"),
-    (["lr=[1,"], "value is not valid YAML"),
-    (["lr.sub=1"], "'lr' is not a mapping"),
+    (["optimizer.lr=[1,"], "value is not valid YAML"),
+    (["optimizer.lr.sub=1"], "'lr' is not a mapping"),
 ]
 
 
@@ -65,7 +75,7 @@ def test_bad_recipe_values_are_refused_before_anything_runs(overrides, message, 
 
 def recipe_files(tmp_path: Path) -> list[tuple[list[str], str]]:
     bad_yaml = tmp_path / "bad_yaml.yaml"
-    bad_yaml.write_text("program: multiexit_glue\nmode: romebert\nlr: [1,\n")
+    bad_yaml.write_text("program: multiexit_glue\nmode: romebert\nepochs: [1,\n")
     not_mapping = tmp_path / "list.yaml"
     not_mapping.write_text("- program\n- multiexit_glue\n")
     no_program = tmp_path / "no_program.yaml"

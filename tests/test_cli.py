@@ -67,6 +67,10 @@ def test_keys_lists_every_recipe_key_with_a_meaning():
     for name, info in MultiExitGlueConfig.model_fields.items():
         assert name in result.output
         assert info.description, f"recipe key {name!r} has no description"
+    for key in ("optimizer", "scheduler"):  # keys holding mappings list their sub-keys
+        for name, info in MultiExitGlueConfig.model_fields[key].annotation.model_fields.items():
+            assert f"{key}.{name}" in result.output
+            assert info.description, f"recipe key {key}.{name} has no description"
     result = runner.invoke(app, ["keys", "nope"])
     assert result.exit_code == 2 and "unknown program 'nope'" in result.output
 

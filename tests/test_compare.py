@@ -185,7 +185,7 @@ def test_real_runs_write_logits_and_compare(tiny_bert_dir, shared_glue_dir, tmp_
         return MultiExitGlueConfig(
             program="multiexit_glue", model=str(tiny_bert_dir), data_dir=str(shared_glue_dir),
             train_rows=16, eval_rows=20, batch_size=8, eval_batch_size=16, epochs=1,
-            max_length=32, lr=1e-3, threads=2, save_model=False, checkpoints=False,
+            max_length=32, optimizer={"lr": 1e-3}, threads=2, save_model=False, checkpoints=False,
             **overrides)
 
     folders = []

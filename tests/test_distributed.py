@@ -111,7 +111,7 @@ def test_torchrun_runs_a_recipe_on_two_processes(tiny_bert_dir, shared_glue_dir,
     recipe.write_text(yaml.safe_dump(dict(
         program="multiexit_glue", mode="romebert", model=str(tiny_bert_dir),
         data_dir=str(shared_glue_dir), train_rows=20, eval_rows=16, batch_size=6,
-        eval_batch_size=16, epochs=1, max_length=32, lr=1e-3, dropout=0.0, threads=1,
+        eval_batch_size=16, epochs=1, max_length=32, optimizer={"lr": 1e-3}, dropout=0.0, threads=1,
         backbone_dropout=0.0, checkpoint_every=2)))
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
                 "--master_port", str(free_port()), "-m", "gradsurg"]

@@ -31,7 +31,7 @@ runner = CliRunner()
 def tiny_recipe(folder: Path, tiny_bert_dir: Path, glue_dir: Path, **overrides) -> Path:
     recipe = dict(program="multiexit_glue", model=str(tiny_bert_dir), data_dir=str(glue_dir),
                   train_rows=16, eval_rows=8, batch_size=8, eval_batch_size=8, epochs=1,
-                  max_length=32, lr=1e-3, log_every=1, threads=1, deterministic=True)
+                  max_length=32, optimizer={"lr": 1e-3}, log_every=1, threads=1, deterministic=True)
     recipe.update(overrides)
     path = folder / "tiny.yaml"
     path.write_text(yaml.safe_dump(recipe))
@@ -63,7 +63,8 @@ def test_a_model_that_goes_non_finite_fails_and_is_not_saved(tmp_path, tiny_bert
                                                              shared_glue_dir):
     """lr=1e30: the first step blows the weights up, later steps are skipped (fewer than
     max_nonfinite_steps); the run used to save them and report an accuracy with exit 0."""
-    recipe = tiny_recipe(tmp_path, tiny_bert_dir, shared_glue_dir, lr=1e30, train_rows=32)
+    recipe = tiny_recipe(tmp_path, tiny_bert_dir, shared_glue_dir, optimizer={"lr": 1e30},
+                         train_rows=32)
     out = tmp_path / "out"
     one_line_error(["run", recipe, "--output", out], "NaN/inf")
     assert not (out / "results.json").exists() and not (out / "model").exists()
@@ -222,7 +223,8 @@ def test_a_finished_run_is_never_replaced_and_resume_re_evaluates_it(tmp_path, t
     weights = load_file(out / "model" / "model.safetensors")
     assert all(torch.equal(weights[k], v) for k, v in weights_before.items())
     # A training key may not.
-    one_line_error(["run", recipe, "--output", out, "--resume", "--set", "lr=2e-3"], "key 'lr'")
+    one_line_error(["run", recipe, "--output", out, "--resume", "--set", "optimizer.lr=2e-3"],
+                   "key 'optimizer'")
 
 
 def test_a_finished_run_without_checkpoints_is_not_replaced(tmp_path, tiny_bert_dir,

@@ -6,7 +6,7 @@ from typing import get_args
 
 import pytest
 
-from gradsurg.combiners import build_combiner
+from gradsurg.combiners import COMBINERS
 from gradsurg.multiexit.losses.terms import LOSS_TERMS
 from gradsurg.programs.multiexit_glue import MODES, MultiExitGlueConfig
 from gradsurg.programs.multiexit_glue.modes import Mode
@@ -24,7 +24,7 @@ def test_every_stage_builds_its_loss_terms_and_the_default_combiner_fits(name):
         assert stage.groups, stage
         for group, spec in stage.groups.items():
             LOSS_TERMS.build(spec, 3, where=f"{name}/{stage.name}/{group}")
-    default = build_combiner(mode.default_combiner).group_names()
+    default = COMBINERS.build(mode.default_combiner, where="combiner").group_names()
     assert set(default) <= set(mode.stages[0].groups)
     assert len({stage.name for stage in mode.stages}) == len(mode.stages)
 

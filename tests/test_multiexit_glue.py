@@ -17,7 +17,7 @@ from gradsurg.recipes import load_recipe
 def make_config(tiny_bert_dir, shared_glue_dir, **overrides) -> MultiExitGlueConfig:
     values = dict(program="multiexit_glue", model=str(tiny_bert_dir),
                   data_dir=str(shared_glue_dir), train_rows=32, eval_rows=24, batch_size=8,
-                  eval_batch_size=16, epochs=1, max_length=32, lr=1e-3, log_every=2,
+                  eval_batch_size=16, epochs=1, max_length=32, optimizer={"lr": 1e-3}, log_every=2,
                   threads=2)
     values.update(overrides)
     return MultiExitGlueConfig(**values)
@@ -117,7 +117,7 @@ def test_shipped_recipes_validate_and_bad_values_name_the_key(tmp_path):
     assert load_recipe(recipe, ["model=bert-base-uncased"])[1].model == "bert-base-uncased"
     for override, message in [
         ("gamma=1.5", "key 'gamma'"), ("temperature=0", "key 'temperature'"),
-        ("lr=0", "key 'lr'"), ("task=sst3", "unknown GLUE task"),
+        ("optimizer.lr=0", "key 'optimizer.lr'"), ("task=sst3", "unknown GLUE task"),
         ("mode=fastbert", "key 'mode'"), ("combiner=pcgard", "unknown combiner 'pcgard'"),
         ("epochz=1", "key 'epochz': unknown key"),
     ]:

@@ -92,7 +92,7 @@ def recipe_config(name: str, overrides: list[str]):
 def small(model: Path, glue: Path, **extra: object) -> list[str]:
     values = {"model": str(model), "data_dir": str(glue), "train_rows": 16, "eval_rows": 16,
               "batch_size": 8, "eval_batch_size": 16, "epochs": 1, "max_length": 32,
-              "lr": 1e-3, "log_every": 1, "threads": 2, **extra}
+              "optimizer.lr": 1e-3, "log_every": 1, "threads": 2, **extra}
     return [f"{key}={value}" for key, value in values.items()]
 
 

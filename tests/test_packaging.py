@@ -11,7 +11,7 @@ import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("transformers", "datasets", "torchmetrics", "matplotlib", "safetensors", "sklearn",
-         "lightning", "accelerate")
+         "lightning", "accelerate", "tensorboard")
 
 
 def run_python(code: str) -> subprocess.CompletedProcess[str]:
@@ -24,11 +24,14 @@ def test_core_dependencies_are_torch_and_the_cli_libraries():
     names = {dep.split(">")[0].split("=")[0].split("<")[0] for dep in project["dependencies"]}
     assert names == {"torch", "typer", "rich", "pyyaml", "pydantic"}
     extras = project["optional-dependencies"]
-    assert {"glue", "transformers", "accelerate", "lightning", "all", "dev"} <= set(extras)
+    assert {"glue", "transformers", "accelerate", "lightning", "tensorboard", "all",
+            "dev"} <= set(extras)
+    assert "tensorboard" in extras["all"][0]
 
 
 def test_importing_the_core_and_the_cli_loads_no_optional_library():
-    result = run_python("import sys, gradsurg, gradsurg.cli\n"
+    result = run_python("import sys, gradsurg, gradsurg.cli, gradsurg.optimizers, "
+                        "gradsurg.loggers\n"
                         "from gradsurg import Surgery, LossGroup, COMBINERS\n"
                         f"print([m for m in {HEAVY!r} if m in sys.modules])")
     assert result.returncode == 0, result.stderr

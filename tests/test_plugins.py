@@ -36,6 +36,7 @@ BUILT_INS = {
     "exit_policies": {"entropy", "normalized_entropy", "max_prob", "patience",
                       "confidence_window", "fixed"},
     "backbone_adapters": {"bert", "roberta", "mpnet", "albert"},
+    "optimizers": {"adamw", "adam", "sgd", "rmsprop", "adagrad"},  # every torch.optim one
     "programs": {"multiexit_glue"},
     "recipes": set(),
 }

@@ -125,7 +125,7 @@ def test_bf16_recipe_trains_on_the_cpu(tiny_bert_dir, shared_glue_dir, tmp_path,
     monkeypatch.setattr(recipe, "forward", spy)
     config = MultiExitGlueConfig(
         program="multiexit_glue", model=str(tiny_bert_dir), data_dir=str(shared_glue_dir),
-        train_rows=16, eval_rows=16, batch_size=8, epochs=1, max_length=32, lr=1e-3,
+        train_rows=16, eval_rows=16, batch_size=8, epochs=1, max_length=32, optimizer={"lr": 1e-3},
         precision="bf16", threads=2, checkpoints=False, save_model=False)
     results = recipe.run(config, tmp_path)
     assert torch.bfloat16 in seen  # the training forward ran under autocast
@@ -139,7 +139,7 @@ def test_fp16_recipe_trains_on_a_gpu(tiny_bert_dir, shared_glue_dir, tmp_path):
 
     config = MultiExitGlueConfig(
         program="multiexit_glue", model=str(tiny_bert_dir), data_dir=str(shared_glue_dir),
-        train_rows=16, eval_rows=16, batch_size=8, epochs=1, max_length=32, lr=1e-3,
+        train_rows=16, eval_rows=16, batch_size=8, epochs=1, max_length=32, optimizer={"lr": 1e-3},
         precision="fp16", device="cuda", checkpoints=False, save_model=False)
     results = run(config, tmp_path)
     assert torch.isfinite(torch.tensor(results["train"]["joint"]["loss/final"]))

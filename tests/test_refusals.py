@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from pydantic import BaseModel
 from typer.testing import CliRunner
 
 from gradsurg.cli import app
@@ -34,11 +35,18 @@ def one_line_error(args: list[str], message: str, *, stdin: str | bytes | None =
 
 # --- every float key of every recipe schema refuses non-finite numbers -----------------------
 
-def float_keys(config_cls: type) -> list[str]:
-    """Keys whose type admits a float (float, float | None, list[float], ...)."""
+def float_keys(config_cls: type, prefix: str = "") -> dict[str, object]:
+    """Dotted keys whose type admits a float (float, float | None, list[float], ...), nested
+    schemas (`optimizer.lr`) included, with their types."""
     def has_float(annotation: object) -> bool:
         return annotation is float or any(has_float(a) for a in typing.get_args(annotation))
-    return [name for name, info in config_cls.model_fields.items() if has_float(info.annotation)]
+    found: dict[str, object] = {}
+    for name, info in config_cls.model_fields.items():
+        if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
+            found.update(float_keys(info.annotation, f"{prefix}{name}."))
+        elif has_float(info.annotation):
+            found[prefix + name] = info.annotation
+    return found
 
 
 def schema_cases() -> list[tuple[str, str, str]]:
@@ -46,8 +54,8 @@ def schema_cases() -> list[tuple[str, str, str]]:
     cases = []
     for program in sorted(recipes):
         config_cls = PROGRAMS.get(program).config
-        for key in float_keys(config_cls):
-            kind = typing.get_origin(config_cls.model_fields[key].annotation)
+        for key, annotation in float_keys(config_cls).items():
+            kind = typing.get_origin(annotation)
             for value in (".inf", "-.inf", ".nan"):
                 raw = f"[{value}]" if kind is list else value
                 cases.append((recipes[program], f"{key}={raw}", key))
@@ -65,13 +73,15 @@ NESTED_CASES = [  # float parameters inside combiner, exit policy and loss term 
      "loss_groups.sd.gamma"),
     ("loss_groups={final: final_task, sd: {name: self_distillation, temperature: .inf}}",
      "loss_groups.sd.temperature"),
+    ("optimizer={name: adam, eps: .nan}", "optimizer.eps"),
 ]
 
 
 def test_the_float_keys_are_found():
     """The introspection finds the schema's float keys (so the next test cannot pass empty)."""
-    assert {"lr", "epochs", "gamma", "temperature", "dropout", "sweep", "max_grad_norm",
-            "warmup_ratio", "weight_decay", "backbone_dropout"} <= set(
+    assert {"optimizer.lr", "epochs", "gamma", "temperature", "dropout", "sweep",
+            "max_grad_norm", "scheduler.warmup_ratio", "optimizer.weight_decay",
+            "backbone_dropout"} <= set(
         float_keys(PROGRAMS.get("multiexit_glue").config))
     assert float_keys(PROGRAMS.get("digits_multiexit").config)
 
@@ -138,8 +148,8 @@ def test_bad_values_are_refused_at_validation(overrides, message, tmp_path):
 # --- recipe files --------------------------------------------------------------------------
 
 RECIPE_FILES = {
-    "duplicate top-level key": (b"program: multiexit_glue\nlr: 1e-3\nlr: 2e-3\n",
-                                "dup.yaml:3: invalid YAML: duplicate key 'lr'"),
+    "duplicate top-level key": (b"program: multiexit_glue\nepochs: 1\nepochs: 2\n",
+                                "dup.yaml:3: invalid YAML: duplicate key 'epochs'"),
     "duplicate nested key": (b"program: multiexit_glue\ncombiner:\n  name: pcgrad\n  seed: 1\n"
                              b"  seed: 2\n", "dup.yaml:5: invalid YAML: duplicate key 'seed'"),
     "non-UTF-8 byte": (b"program: multiexit_glue\nmode: romebert # caf\xe9\n", "not UTF-8"),

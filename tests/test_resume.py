@@ -23,7 +23,7 @@ SIGKILLED = -9
 def write_recipe(folder: Path, tiny_bert_dir: Path, glue_dir: Path, **overrides) -> Path:
     recipe = dict(program="multiexit_glue", model=str(tiny_bert_dir), data_dir=str(glue_dir),
                   train_rows=40, eval_rows=24, batch_size=8, eval_batch_size=16, epochs=2,
-                  max_length=32, lr=1e-3, log_every=2, threads=1, deterministic=True,
+                  max_length=32, optimizer={"lr": 1e-3}, log_every=2, threads=1, deterministic=True,
                   checkpoint_every=3, keep_checkpoints=2)
     recipe.update(overrides)
     path = folder / "recipe.yaml"
@@ -118,8 +118,9 @@ def test_cli_refuses_to_overwrite_or_to_resume_with_another_recipe(
     again = cli.invoke(app, ["run", str(recipe), "--output", str(run_dir)])
     assert again.exit_code == 2 and "pass --resume" in again.output
     changed = cli.invoke(app, ["run", str(recipe), "--output", str(run_dir), "--resume",
-                               "--set", "lr=0.5"])
-    assert changed.exit_code == 2 and "key 'lr' is 0.5" in changed.output
+                               "--set", "optimizer.lr=0.5"])
+    assert changed.exit_code == 2
+    assert "key 'optimizer' is {'name': 'adamw', 'lr': 0.5" in changed.output
     no_output = cli.invoke(app, ["run", str(recipe), "--resume"])
     assert no_output.exit_code == 2 and "--resume needs --output" in no_output.output
 

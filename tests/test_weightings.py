@@ -438,7 +438,7 @@ def glue_config(tiny_bert_dir, shared_glue_dir, **overrides):
 
     values = dict(program="multiexit_glue", model=str(tiny_bert_dir),
                   data_dir=str(shared_glue_dir), train_rows=16, eval_rows=8, batch_size=8,
-                  eval_batch_size=8, epochs=3, max_length=32, lr=1e-3, log_every=1,
+                  eval_batch_size=8, epochs=3, max_length=32, optimizer={"lr": 1e-3}, log_every=1,
                   threads=2, save_model=False, checkpoints=False)
     values.update(overrides)
     return MultiExitGlueConfig(**values)

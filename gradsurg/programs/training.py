@@ -7,7 +7,6 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,44 +20,12 @@ from rich.progress import (
 )
 from torch import Tensor, nn
 
-from gradsurg import strict_json
+from gradsurg.loggers import TrainingLog
 from gradsurg.surgery import Surgery
 from gradsurg.weightings import LossWeighting
 from gradsurg.weightings.loop import after_step
 
 LossFn = Callable[[Mapping[str, Tensor]], dict[str, Tensor]]
-
-
-class JsonlLog:
-    """Appends one JSON object per line, flushed at once so a crash loses nothing logged.
-
-    `truncate_to` (a byte offset a checkpoint recorded with `tell`) drops the lines a killed
-    run wrote after its last checkpoint, so a resumed run's log has each step once.
-    """
-
-    def __init__(self, path: Path | None, *, truncate_to: int | None = None) -> None:
-        """`path=None` logs nothing (the non-main ranks of a distributed run)."""
-        self.path = path
-        if path is not None and truncate_to is not None and path.exists():
-            with path.open("r+b") as existing:
-                existing.truncate(truncate_to)
-        self._file = path.open("a", encoding="utf-8") if path is not None else None
-
-    def tell(self) -> int:
-        return self._file.tell() if self._file is not None else 0
-
-    def write(self, record: Mapping[str, Any]) -> None:
-        if self._file is not None:
-            try:
-                self._file.write(strict_json.dumps(dict(record)) + "\n")  # NaN -> null
-                self._file.flush()
-            except OSError as error:  # e.g. disk full: the message must name the log
-                error.filename = error.filename or str(self.path)
-                raise
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
 
 
 @dataclass
@@ -148,7 +115,7 @@ def train_stage(
     surgery: Surgery,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
-    log: JsonlLog,
+    log: TrainingLog,
     log_every: int,
     progress: Progress,
     resume: StageProgress | None = None,

@@ -11,8 +11,15 @@ from pydantic import Field, field_validator, model_validator
 from gradsurg.combiners import COMBINERS
 from gradsurg.data.glue import get_task
 from gradsurg.errors import ConfigError
+from gradsurg.loggers import LoggerNames
 from gradsurg.multiexit.losses.terms import LOSS_TERMS, per_exit_groups
 from gradsurg.multiexit.policies import POLICIES
+from gradsurg.optimizers import (
+    OptimizerSettings,
+    SchedulerSettings,
+    check_optimizer,
+    refuse_moved_keys,
+)
 from gradsurg.programs import ProgramConfig
 from gradsurg.programs.multiexit_glue.modes import MODES, Mode, ModeSpec
 from gradsurg.weightings import WEIGHTINGS
@@ -43,9 +50,14 @@ class MultiExitGlueConfig(ProgramConfig):
     batch_size: int = Field(8, ge=1, description="training batch size")
     eval_batch_size: int = Field(64, ge=1, description="evaluation batch size")
     epochs: float = Field(3, gt=0, description="per stage; fractions train part of an epoch")
-    lr: float = Field(2e-5, gt=0, description="AdamW peak learning rate (linear decay)")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
-    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="share of steps warming up")
+    optimizer: OptimizerSettings = Field(
+        default_factory=OptimizerSettings, description="what steps the weights: {name, lr, "
+        "weight_decay, any other option of its constructor}; default: AdamW, lr 2e-5")
+    scheduler: SchedulerSettings = Field(
+        default_factory=SchedulerSettings, description="each stage's LR schedule: {name: "
+        "linear|cosine|constant, warmup_ratio or warmup_steps}; default: linear decay to 0")
+    loggers: LoggerNames = Field(["jsonl"], description="where training logs go: jsonl "
+                                 "(train_log.jsonl), tensorboard (tensorboard/<stage>/)")
     max_grad_norm: float | None = Field(1.0, gt=0, description="clip the combined gradient")
     max_nonfinite_steps: int = Field(
         10, ge=1, description="NaN/inf steps are skipped; this many in a row stop the run")
@@ -88,6 +100,16 @@ class MultiExitGlueConfig(ProgramConfig):
     keep_checkpoints: int = Field(1, ge=1, description="newest checkpoints kept on disk")
     deterministic: bool = Field(False, description="torch deterministic algorithms: bitwise "
                                 "repeatable runs and resumes, sometimes slower")
+
+    _moved_keys = model_validator(mode="before")(refuse_moved_keys)
+
+    @model_validator(mode="after")
+    def _optimizer_builds(self) -> MultiExitGlueConfig:
+        try:
+            check_optimizer(self.optimizer)
+        except ConfigError as error:
+            raise ValueError(str(error)) from None
+        return self
 
     @field_validator("task")
     @classmethod

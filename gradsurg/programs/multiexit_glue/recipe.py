@@ -22,7 +22,6 @@ from rich.console import Console
 from rich.progress import Progress
 from torch import Tensor
 from torch.utils.data import DataLoader
-from transformers import get_linear_schedule_with_warmup
 
 from gradsurg.checkpoint import Checkpoints, capture_rng, restore_rng
 from gradsurg.combiners import COMBINERS, Combiner
@@ -32,7 +31,9 @@ from gradsurg.devices import resolve_device, to_device
 from gradsurg.distributed import DataParallel
 from gradsurg.errors import ConfigError
 from gradsurg.finite_weights import check_finite_outputs, check_finite_weights
+from gradsurg.loggers import Loggers, open_loggers
 from gradsurg.multiexit.model import MultiExitModel
+from gradsurg.optimizers import build_optimizer, build_scheduler
 from gradsurg.outputs import replace_folder
 from gradsurg.precision import LossScale, autocast_factory
 from gradsurg.programs import Program, training
@@ -60,7 +61,7 @@ from gradsurg.programs.multiexit_glue.stages import (
     learned_facts,
     set_trainable,
 )
-from gradsurg.programs.training import JsonlLog, StageProgress, StageResult, progress_bar
+from gradsurg.programs.training import StageProgress, StageResult, progress_bar
 from gradsurg.recipes import first_changed_key
 from gradsurg.surgery import Surgery
 from gradsurg.weightings import LossWeighting
@@ -156,21 +157,19 @@ class MultiExitGlueRecipe:
                                       collate_fn=self.collate)
         self.steps_per_epoch = -(-len(self.train_data) // config.batch_size)
 
-    def _open_log(self) -> JsonlLog:
-        """train_log.jsonl, cut back to the resumed checkpoint's position (rank 0 writes)."""
-        path = self.output_dir / "train_log.jsonl" if self.parallel.is_main else None
-        return JsonlLog(path, truncate_to=self.restored["log_offset"] if self.restored else 0)
+    def _open_log(self) -> Loggers:
+        """The recipe's loggers (train_log.jsonl, TensorBoard), cut back to the resumed
+        checkpoint's position; rank 0 writes."""
+        return open_loggers(self.config.loggers,
+                            self.output_dir if self.parallel.is_main else None,
+                            truncate_to=self.restored["log_offset"] if self.restored else 0)
 
     def build_optimizer_and_schedule(self, params: list[torch.nn.Parameter], total: int
                                      ) -> tuple[torch.optim.Optimizer,
                                                 torch.optim.lr_scheduler.LRScheduler]:
         """A stage's optimizer and LR schedule over its trainable parameters."""
-        config = self.config
-        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-        scheduler = get_linear_schedule_with_warmup(
-            optimizer, int(config.warmup_ratio * total), total
-        )
-        return optimizer, scheduler
+        optimizer = build_optimizer(self.config.optimizer, params)
+        return optimizer, build_scheduler(self.config.scheduler, optimizer, total_steps=total)
 
     # -- checkpoints ---------------------------------------------------------------------
 
