@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from sklearn.datasets import load_digits
 from torch import Tensor
 
@@ -16,6 +16,12 @@ from gradsurg.distributed import DataParallel
 from gradsurg.errors import ConfigError
 from gradsurg.loss_groups import LossGroup
 from gradsurg.multiexit.losses.functions import exit_cross_entropy, self_distillation_loss
+from gradsurg.optimizers import (
+    OptimizerSettings,
+    build_optimizer,
+    check_optimizer,
+    refuse_moved_keys,
+)
 from gradsurg.programs import Program, ProgramConfig
 from gradsurg.surgery import Surgery
 from gradsurg.weightings import WEIGHTINGS
@@ -31,7 +37,10 @@ class DigitsConfig(ProgramConfig):
     layers: int = Field(4, ge=2)
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(64, ge=1)
-    lr: float = Field(3e-3, gt=0)
+    # torch's AdamW defaults: weight decay 0.01 (what this program trained with before the key)
+    optimizer: OptimizerSettings = Field(
+        OptimizerSettings(lr=3e-3, weight_decay=0.01),
+        description="{name, lr, weight_decay, ...}; default: AdamW, lr 3e-3, weight decay 0.01")
     test_fraction: float = Field(0.25, gt=0, lt=1)
     gamma: float = Field(0.5, ge=0, le=1)
     temperature: float = Field(1.0, gt=0)
@@ -42,6 +51,17 @@ class DigitsConfig(ProgramConfig):
     weighting: str | dict[str, Any] | None = Field(
         None, description="a loss weighting of the groups final and sd (a name or {name, "
         "...options}), applied before the combiner")
+
+    _moved_keys = model_validator(mode="before")(refuse_moved_keys)
+
+    @field_validator("optimizer")
+    @classmethod
+    def _buildable_optimizer(cls, value: OptimizerSettings) -> OptimizerSettings:
+        try:
+            check_optimizer(value)
+        except ConfigError as error:
+            raise ValueError(str(error)) from None
+        return value
 
     @field_validator("weighting")
     @classmethod
@@ -92,7 +112,7 @@ def train(config: DigitsConfig, output_dir: Path | None = None) -> dict[str, Any
         weighting = model.loss_weighting = WEIGHTINGS.build(config.weighting, GROUPS,
                                                             where="key 'weighting'")
     parallel.broadcast_module_(model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
+    optimizer = build_optimizer(config.optimizer, model.parameters())
     combiner = COMBINERS.build(config.combiner, where="key 'combiner'")
     surgery = Surgery(model, optimizer, combiner, include=config.include,
                       exclude=config.exclude, max_grad_norm=config.max_grad_norm,
