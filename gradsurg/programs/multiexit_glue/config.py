@@ -22,6 +22,7 @@ from gradsurg.optimizers import (
 )
 from gradsurg.programs import ProgramConfig
 from gradsurg.programs.multiexit_glue.modes import MODES, Mode, ModeSpec
+from gradsurg.registry import Registry
 from gradsurg.weightings import WEIGHTINGS
 
 
@@ -122,21 +123,12 @@ class MultiExitGlueConfig(ProgramConfig):
     @field_validator("combiner")
     @classmethod
     def _buildable_combiner(cls, value: Any) -> Any:
-        if value is not None:
-            try:
-                COMBINERS.build(value, where="combiner")
-            except ConfigError as error:
-                raise ValueError(str(error)) from None
-        return value
+        return value if value is None else _buildable(COMBINERS, value, where="combiner")
 
     @field_validator("exit_policy")
     @classmethod
     def _buildable_policy(cls, value: str | dict[str, Any]) -> str | dict[str, Any]:
-        try:
-            POLICIES.build(value, where="exit_policy")
-        except ConfigError as error:
-            raise ValueError(str(error)) from None
-        return value
+        return _buildable(POLICIES, value, where="exit_policy")
 
     @field_validator("loss_groups")
     @classmethod
@@ -259,3 +251,12 @@ class MultiExitGlueConfig(ProgramConfig):
                 and set(named) <= set(self.joint_groups())):
             return default
         return "sum"
+
+
+def _buildable(registry: Registry[Any], value: Any, *, where: str) -> Any:
+    """`value` unchanged if `registry` can build it; pydantic reports the ConfigError."""
+    try:
+        registry.build(value, where=where)
+    except ConfigError as error:
+        raise ValueError(str(error)) from None
+    return value
