@@ -344,13 +344,22 @@ def test_nash_mtl_agrees_with_torchjd_over_steps(update_every):
 @given(spread_matrices(min_rows=2), st.sampled_from([0.5, 2.0]))
 def test_fairgrad_agrees_with_torchjd(matrix, alpha):
     """torchjd's FairGrad solves G w = w^(-1/alpha) with scipy's least squares (the authors'
-    code) and steps along the raw w; ours is that direction with the documented scale."""
+    code) and steps along the raw w; ours is that direction with the documented scale.
+
+    torchjd's solve uses scipy's default tolerances on the unscaled Gramian, so on small rows
+    it stops early (rows of norm ~0.03: relative residual 2e-4); the agreement asked for is
+    1e-5 or ten times torchjd's own residual, whichever is larger. Exactness is checked
+    against a tight solve in `test_fairgrad_solves_the_papers_system`."""
     aggregation = pytest.importorskip("torchjd.aggregation")
     assume(well_posed("fairgrad", matrix))
     m = matrix.to(torch.float64)
+    gram = (m @ m.T).numpy()
     w = aggregation.FairGradWeighting(alpha=alpha)(m @ m.T).numpy()
+    target = w ** (-1 / alpha)
+    torchjd_residual = np.abs(gram @ w - target).max() / np.abs(target).max()
     expected = normalized(w, as64(m)) @ as64(m)
-    assert np.abs(run(FairGrad(alpha=alpha), m) - expected).max() <= 1e-5 * np.abs(expected).max()
+    bound = max(1e-5, 10 * torchjd_residual) * np.abs(expected).max()
+    assert np.abs(run(FairGrad(alpha=alpha), m) - expected).max() <= bound
 
 
 # ---- config ---------------------------------------------------------------------------------
