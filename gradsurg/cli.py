@@ -30,7 +30,7 @@ from gradsurg.outputs import (
     os_error_message,
 )
 from gradsurg.programs import PROGRAMS
-from gradsurg.recipes import first_changed_key, load_recipe
+from gradsurg.recipes import first_changed_key, load_recipe, value_at
 
 app = typer.Typer(
     name="gradsurg",
@@ -195,8 +195,9 @@ def check_run_folder(folder: Path, resolved: dict[str, object], *, resume: bool,
         key = first_changed_key(saved, resolved, ignore=evaluation_keys)
         if key is not None:
             raise ConfigError(
-                f"--resume: key {key!r} is {resolved.get(key)!r} here but {saved.get(key)!r} "
-                f"in {saved_recipe}; resume with the original recipe and --set overrides")
+                f"--resume: key {key!r} is {value_at(resolved, key)!r} here but "
+                f"{value_at(saved, key)!r} in {saved_recipe}; resume with the original recipe "
+                "and --set overrides")
 
 
 @app.command()

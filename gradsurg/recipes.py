@@ -143,11 +143,26 @@ def load_recipe(
 
 def first_changed_key(saved: Mapping[str, Any], current: Mapping[str, Any], *,
                       ignore: frozenset[str] = frozenset()) -> str | None:
-    """The alphabetically first key whose value differs between two resolved recipes
-    (keys in `ignore`, e.g. evaluation-only settings, may differ)."""
+    """The alphabetically first key whose value differs between two resolved recipes, as a
+    dotted path into nested keys (`optimizer.lr`, not the whole `optimizer` mapping); keys in
+    `ignore`, e.g. evaluation-only settings, may differ."""
     changed = sorted(k for k in saved.keys() | current.keys()
                      if k not in ignore and saved.get(k) != current.get(k))
-    return changed[0] if changed else None
+    if not changed:
+        return None
+    key = changed[0]
+    inner_saved, inner_current = saved.get(key), current.get(key)
+    if isinstance(inner_saved, Mapping) and isinstance(inner_current, Mapping):
+        return f"{key}.{first_changed_key(inner_saved, inner_current)}"
+    return key
+
+
+def value_at(recipe: Mapping[str, Any], dotted: str) -> Any:
+    """The value a dotted key (`optimizer.lr`) names in a resolved recipe; None if absent."""
+    value: Any = recipe
+    for part in dotted.split("."):
+        value = value.get(part) if isinstance(value, Mapping) else None
+    return value
 
 
 def _first_problem(error: ValidationError) -> str:

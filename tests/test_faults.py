@@ -224,7 +224,7 @@ def test_a_finished_run_is_never_replaced_and_resume_re_evaluates_it(tmp_path, t
     assert all(torch.equal(weights[k], v) for k, v in weights_before.items())
     # A training key may not.
     one_line_error(["run", recipe, "--output", out, "--resume", "--set", "optimizer.lr=2e-3"],
-                   "key 'optimizer'")
+                   "key 'optimizer.lr' is 0.002 here but 0.001")
 
 
 def test_a_finished_run_without_checkpoints_is_not_replaced(tmp_path, tiny_bert_dir,
