@@ -81,3 +81,14 @@ def test_config_errors_of_the_factory_get_the_key_once() -> None:
 
     with pytest.raises(ConfigError, match=r"^key 'x': picky refuses$"):
         registry.build("picky", where="key 'x'")
+
+
+def test_first_changed_key_names_the_nested_key_that_changed() -> None:
+    from gradsurg.recipes import first_changed_key, value_at
+
+    saved = {"optimizer": {"name": "adamw", "lr": 2e-5}, "seed": 1, "sweep": [0.1]}
+    current = {"optimizer": {"name": "adamw", "lr": 0.5}, "seed": 1, "sweep": [0.2]}
+    assert first_changed_key(saved, current, ignore=frozenset({"sweep"})) == "optimizer.lr"
+    assert value_at(current, "optimizer.lr") == 0.5 and value_at(saved, "optimizer.eps") is None
+    assert first_changed_key(saved, saved) is None
+    assert first_changed_key({"lr": 2e-5}, {"optimizer": {"lr": 2e-5}}) == "lr"  # old recipe
