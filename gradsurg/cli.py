@@ -30,7 +30,7 @@ from gradsurg.outputs import (
     os_error_message,
 )
 from gradsurg.programs import PROGRAMS
-from gradsurg.recipes import first_changed_key, load_recipe, value_at
+from gradsurg.recipes import load_recipe, refuse_changed_recipe
 
 app = typer.Typer(
     name="gradsurg",
@@ -192,12 +192,8 @@ def check_run_folder(folder: Path, resolved: dict[str, object], *, resume: bool,
     saved_recipe = folder / "recipe.yaml"
     if resume and saved_recipe.is_file():
         saved = yaml.safe_load(saved_recipe.read_text(encoding="utf-8")) or {}
-        key = first_changed_key(saved, resolved, ignore=evaluation_keys)
-        if key is not None:
-            raise ConfigError(
-                f"--resume: key {key!r} is {value_at(resolved, key)!r} here but "
-                f"{value_at(saved, key)!r} in {saved_recipe}; resume with the original recipe "
-                "and --set overrides")
+        refuse_changed_recipe(saved, resolved, ignore=evaluation_keys, saved_in=str(saved_recipe),
+                              advice="resume with the original recipe and --set overrides")
 
 
 @app.command()

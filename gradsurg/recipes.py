@@ -157,6 +157,16 @@ def first_changed_key(saved: Mapping[str, Any], current: Mapping[str, Any], *,
     return key
 
 
+def refuse_changed_recipe(saved: Mapping[str, Any], current: Mapping[str, Any], *,
+                          ignore: frozenset[str], saved_in: str, advice: str) -> None:
+    """`--resume` continues the recipe a run was started with: the first key that differs
+    (outside `ignore`) is one ConfigError naming both values and where the saved one is."""
+    key = first_changed_key(saved, current, ignore=ignore)
+    if key is not None:
+        raise ConfigError(f"--resume: key {key!r} is {value_at(current, key)!r} here but "
+                          f"{value_at(saved, key)!r} in {saved_in}; {advice}")
+
+
 def value_at(recipe: Mapping[str, Any], dotted: str) -> Any:
     """The value a dotted key (`optimizer.lr`) names in a resolved recipe; None if absent."""
     value: Any = recipe

@@ -62,7 +62,7 @@ from gradsurg.programs.multiexit_glue.stages import (
     set_trainable,
 )
 from gradsurg.programs.training import StageProgress, StageResult, progress_bar
-from gradsurg.recipes import first_changed_key, value_at
+from gradsurg.recipes import refuse_changed_recipe
 from gradsurg.surgery import Surgery
 from gradsurg.weightings import LossWeighting
 
@@ -183,12 +183,8 @@ class MultiExitGlueRecipe:
             return
         state = self.checkpoints.load(latest, model=self.model, device=self.device)
         saved, current = state.get("recipe", {}), self.config.model_dump(mode="json")
-        key = first_changed_key(saved, current, ignore=EVALUATION_KEYS)
-        if key is not None:
-            raise ConfigError(
-                f"--resume: key {key!r} is {value_at(current, key)!r} but {latest} was written "
-                f"with {value_at(saved, key)!r}; resume with the original recipe or use "
-                "another --output")
+        refuse_changed_recipe(saved, current, ignore=EVALUATION_KEYS, saved_in=str(latest),
+                              advice="resume with the original recipe or use another --output")
         if state.get("world_size", 1) != self.parallel.world_size:
             raise ConfigError(
                 f"--resume: {latest} was written by {state.get('world_size', 1)} process(es), "
