@@ -144,6 +144,16 @@ def check_optimizer(settings: OptimizerSettings) -> None:
                           f"step: {type(error).__name__}: {detail}") from None
 
 
+def buildable_optimizer(settings: OptimizerSettings) -> OptimizerSettings:
+    """`settings` unchanged if `check_optimizer` passes; for a program schema's validator,
+    where pydantic reports the problem as a ValueError."""
+    try:
+        check_optimizer(settings)
+    except ConfigError as error:
+        raise ValueError(str(error)) from None
+    return settings
+
+
 def build_scheduler(settings: SchedulerSettings, optimizer: Optimizer, *,
                     total_steps: int) -> LambdaLR:
     """The recipe's LR schedule over a stage of `total_steps` optimizer steps."""

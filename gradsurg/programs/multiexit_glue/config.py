@@ -17,7 +17,7 @@ from gradsurg.multiexit.policies import POLICIES
 from gradsurg.optimizers import (
     OptimizerSettings,
     SchedulerSettings,
-    check_optimizer,
+    buildable_optimizer,
     refuse_moved_keys,
 )
 from gradsurg.programs import ProgramConfig
@@ -106,10 +106,7 @@ class MultiExitGlueConfig(ProgramConfig):
 
     @model_validator(mode="after")
     def _optimizer_builds(self) -> MultiExitGlueConfig:
-        try:
-            check_optimizer(self.optimizer)
-        except ConfigError as error:
-            raise ValueError(str(error)) from None
+        buildable_optimizer(self.optimizer)
         return self
 
     @field_validator("task")

@@ -19,7 +19,7 @@ from gradsurg.multiexit.losses.functions import exit_cross_entropy, self_distill
 from gradsurg.optimizers import (
     OptimizerSettings,
     build_optimizer,
-    check_optimizer,
+    buildable_optimizer,
     refuse_moved_keys,
 )
 from gradsurg.programs import Program, ProgramConfig
@@ -57,11 +57,7 @@ class DigitsConfig(ProgramConfig):
     @field_validator("optimizer")
     @classmethod
     def _buildable_optimizer(cls, value: OptimizerSettings) -> OptimizerSettings:
-        try:
-            check_optimizer(value)
-        except ConfigError as error:
-            raise ValueError(str(error)) from None
-        return value
+        return buildable_optimizer(value)
 
     @field_validator("weighting")
     @classmethod
