@@ -18,6 +18,7 @@ a worktree pinned to a commit so edits elsewhere cannot change a running experim
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import statistics
@@ -44,6 +45,15 @@ CONFIGS: dict[str, tuple[str, list[str]]] = {
     "exit_imtlg": ("romebert_glue.yaml", ["exit_groups=sd", "combiner=imtlg"]),
 }
 PAPER_MODES = ["deebert", "deebert_sd", "romebert_sd", "romebert"]
+#: The best two configurations of the screening besides the paper modes: at 50% time on STS-B
+#: (reversed 77.74, UPGrad 74.68 Pearson; PCGrad 72.66, IMTL-G 70.70) and at 40% time on SST-2
+#: (UPGrad 82.22, reversed 82.11; PCGrad 82.00, IMTL-G 78.44) they are the top two of the rest.
+SCREENED_INTO_PAPER = ["romebert_reversed", "exit_upgrad"]
+PAPER_CONFIGS = [*PAPER_MODES, *SCREENED_INTO_PAPER]
+#: Three seeds for these and for the paper phase's best other configuration (`best_paper_config`).
+SEEDS = [42, 43, 44]
+ALWAYS_SEEDED = ["deebert", "romebert"]
+TWO_STAGE = ("deebert", "deebert_sd")
 
 COMMON = ["pooling=mean", "save_model=false", "threads=1", "checkpoint_every=200"]
 #: Phase -> task -> overrides. Screening: CPU-sized; paper: the RomeBERT paper's schedule.
@@ -85,6 +95,33 @@ def plan(phase: str, configs: list[str], seeds: list[int], tasks: list[str] | No
     chosen = tasks or list(PHASES[phase])
     return [Run(phase, task, config, seed)
             for task in chosen for config in configs for seed in seeds]
+
+
+def seeded_candidates() -> list[str]:
+    return [config for config in PAPER_CONFIGS if config not in ALWAYS_SEEDED]
+
+
+def best_paper_config(runs: Path) -> str | None:
+    """The paper phase's best configuration besides deebert and romebert, which gets three
+    seeds too: the highest mean normalized area under the metric-vs-time curve over the paper
+    tasks at seed 42. None until every one of those runs is finished."""
+    candidates = seeded_candidates()
+    areas: dict[str, list[float]] = {config: [] for config in candidates}
+    for run in plan("paper", candidates, SEEDS[:1], None):
+        results = run.folder(runs) / "results.json"
+        if not results.is_file():
+            return None
+        areas[run.config].append(float(json.loads(results.read_text())["tradeoff"]["auc"]))
+    return max(candidates, key=lambda config: statistics.mean(areas[config]))
+
+
+def planned_runs(best: str | None) -> list[Run]:
+    """Every run of the study: the screening, the paper phase at seed 42, and seeds 43 and 44
+    for deebert, romebert and (once known) the paper phase's best other configuration."""
+    seeded = [*ALWAYS_SEEDED, *([best] if best else [])]
+    return [*plan("screening", list(CONFIGS), SEEDS[:1], None),
+            *plan("paper", PAPER_CONFIGS, SEEDS[:1], None),
+            *plan("paper", seeded, SEEDS[1:], None)]
 
 
 def commit() -> str:
@@ -153,26 +190,113 @@ def task_report(runs: Path, phase: str, task: str, figures: Path) -> list[str]:
         commit = (run.folder / "commit.txt").read_text().strip()[:10] if run.folder and (
             run.folder / "commit.txt").is_file() else "?"
         lines.append(f"| {config} | {commit} | " + " | ".join(facts) + " |")
-    spread = [(config, seeds) for config, seeds in found.items() if len(seeds) > 1]
+    spread = seed_spread(found)
     if spread:
         lines += ["", "| configuration | seeds | final exit (mean ± sd) | area (mean ± sd) |",
                   "| --- | ---: | ---: | ---: |"]
-        for config, seeds in spread:
-            finals, areas = [], []
-            for folder in seeds.values():
-                run = load_run(folder)
-                metric = run.results["primary_metric"]
-                finals.append(100 * float(run.results["exit_metrics"][-1][metric]))
-                areas.append(100 * float((run.results.get("tradeoff") or {}).get("auc", "nan")))
-            lines.append(f"| {config} | {len(seeds)} | {_mean_sd(finals)} | {_mean_sd(areas)} |")
+        for config, (finals, areas) in spread.items():
+            lines.append(f"| {config} | {len(finals)} | {_mean_sd(finals)} | {_mean_sd(areas)} |")
     lines += [f"Note: {note}" for note in comparison.notes]
+    final_sd = {config: statistics.stdev(finals) for config, (finals, _) in spread.items()}
+    lines += ["", *task_answers(comparison, list(found), final_sd)]
     return [*lines, ""]
+
+
+def seed_spread(found: dict[str, dict[int, Path]]) -> dict[str, tuple[list[float], list[float]]]:
+    """config -> (final exit's metric x 100, normalized area x 100) per seed, for every
+    configuration with two or more seeds."""
+    from gradsurg.report.compare import load_run
+
+    spread = {}
+    for config, seeds in found.items():
+        if len(seeds) < 2:
+            continue
+        finals, areas = [], []
+        for folder in seeds.values():
+            results = load_run(folder).results
+            finals.append(100 * float(results["exit_metrics"][-1][results["primary_metric"]]))
+            areas.append(100 * float((results.get("tradeoff") or {}).get("auc", "nan")))
+        spread[config] = (finals, areas)
+    return spread
+
+
+def _at_budget(report: Any, budget: float) -> float | None:
+    """The run's best metric x 100 within ``budget``% expected time (None: no point there)."""
+    point = report.summary.best_within.get(f"{budget:g}")
+    return None if point is None else 100 * float(point[report.summary.metric])
+
+
+def _higher(a: float | None, b: float | None) -> bool:
+    return a is not None and (b is None or a > b + 1e-9)
+
+
+def task_answers(comparison: Any, configs: list[str], spread: dict[str, float]) -> list[str]:
+    """The issue's questions answered from one task's first-seed comparison, in numbers:
+    the best configuration at each budget, one-stage runs against two-stage DeeBERT at every
+    budget <= 60%, GR against SD alone, and the seed spread to read the margins against."""
+    by_name = dict(zip(configs, comparison.runs))
+    budgets = [b for b in comparison.budgets]
+    lines = ["Answers (first seed of each; budgets are expected time % of the full model):", ""]
+    for budget in budgets:
+        values = {name: _at_budget(report, budget) for name, report in by_name.items()}
+        known = {name: v for name, v in values.items() if v is not None}
+        if not known:
+            lines.append(f"- best within {budget:g}%: no configuration has a point there")
+            continue
+        top = max(known.values())
+        leaders = [name for name, v in known.items() if v >= top - 0.005]
+        lines.append(f"- best within {budget:g}%: {', '.join(leaders)} ({top:.2f})")
+    small = [b for b in budgets if b <= 60]
+    for two_stage in (name for name in TWO_STAGE if name in by_name):
+        reference = by_name[two_stage]
+        dominating = [name for name, report in by_name.items() if name not in TWO_STAGE and all(
+            not _higher(_at_budget(reference, b), _at_budget(report, b)) for b in small)]
+        lines.append(f"- one-stage configurations at or above {two_stage} at every budget <= "
+                     f"60%: {', '.join(dominating) if dominating else 'none'}")
+    for name in [n for n in ("romebert", "romebert_reversed", *[c for c in configs
+                             if c.startswith("exit_")]) if n in by_name]:
+        if "romebert_sd" not in by_name:
+            break
+        lines.append(f"- {name} against romebert_sd (SD alone): " + _versus(
+            by_name[name], by_name["romebert_sd"], budgets))
+    if spread:
+        lines.append("- seed spread of the final exit (sd x 100): " + ", ".join(
+            f"{config} {sd:.2f}" for config, sd in spread.items())
+            + "; margins below it are within seed noise")
+    return lines
+
+
+def _versus(a: Any, b: Any, budgets: list[float]) -> str:
+    wins = sum(_higher(_at_budget(a, x), _at_budget(b, x)) for x in budgets)
+    losses = sum(_higher(_at_budget(b, x), _at_budget(a, x)) for x in budgets)
+    return (f"final exit {100 * a.summary.final:.2f} vs {100 * b.summary.final:.2f}, area "
+            f"{100 * a.summary.auc:.2f} vs {100 * b.summary.auc:.2f}, higher at {wins} and "
+            f"lower at {losses} of {len(budgets)} budgets")
 
 
 def _mean_sd(values: list[float]) -> str:
     if len(values) < 2:
         return f"{values[0]:.2f}"
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+CONCLUSIONS = "## Conclusions"
+
+
+def kept_conclusions(output: Path) -> list[str]:
+    """The hand-written conclusions of an earlier report (its `## Conclusions` section up to
+    the next heading of its level), so rewriting the tables keeps the prose."""
+    if not output.is_file():
+        return []
+    kept: list[str] = []
+    for line in output.read_text().splitlines():
+        if kept and (line.startswith("## ") or line.startswith("### ")):
+            break
+        if kept or line.strip() == CONCLUSIONS:
+            kept.append(line)
+    while kept and not kept[-1].strip():
+        kept.pop()
+    return [*kept, ""] if kept else []
 
 
 def write_report(runs: Path, output: Path) -> list[Path]:
@@ -182,18 +306,23 @@ def write_report(runs: Path, output: Path) -> list[Path]:
     lines = ["# Study: when does gradient surgery pay off in multi-exit training?", "",
              "Written by `python bench/study.py --report` from the runs under "
              f"`{runs}`; each run's commit is in its table. Runs not finished yet are listed "
-             "at the end.", ""]
+             f"at the end. The `{CONCLUSIONS}` section is written by hand and kept as it is "
+             "when the report is rewritten.", ""]
+    lines += kept_conclusions(output)
     for phase in PHASES:
         for task in PHASES[phase]:
             lines += task_report(runs, phase, task, figures)
-    missing = [run for phase in PHASES
-               for run in plan(phase, list(CONFIGS) if phase == "screening" else PAPER_MODES,
-                               [42], None)
+    best = best_paper_config(runs)
+    missing = [run for run in planned_runs(best)
                if not (run.folder(runs) / "results.json").is_file()]
-    if missing:
+    if missing or best is None:
         lines += ["## Not finished yet", ""]
         lines += [f"- {run.phase} / {run.task} / {run.config} / seed {run.seed}"
                   for run in missing]
+        if best is None:
+            lines.append(f"- paper / every task / the best of {', '.join(seeded_candidates())} "
+                         f"at seed 42 (chosen once those runs are in) / seeds "
+                         f"{', '.join(map(str, SEEDS[1:]))}")
     output.write_text("\n".join(lines) + "\n")
     return [output, *sorted(figures.glob("*.png"))]
 
@@ -202,7 +331,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--phase", choices=list(PHASES), default="screening")
     parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=None,
-                        help="default: every configuration (screening), the paper modes (paper)")
+                        help="default: every configuration (screening), the paper modes and "
+                             "the two best of the screening (paper)")
     parser.add_argument("--tasks", nargs="+", default=None)
     parser.add_argument("--seeds", nargs="+", type=int, default=[42])
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "study")
@@ -216,7 +346,7 @@ def main() -> None:
         for path in write_report(args.runs, args.report_file):
             print(path)
         return
-    configs = args.configs or (list(CONFIGS) if args.phase == "screening" else PAPER_MODES)
+    configs = args.configs or (list(CONFIGS) if args.phase == "screening" else PAPER_CONFIGS)
     runs = plan(args.phase, configs, args.seeds, args.tasks)
     todo = [r for r in runs if not (r.folder(args.runs) / "results.json").is_file()]
     if args.list:

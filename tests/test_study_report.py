@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import shlex
 import sys
 from pathlib import Path
@@ -26,8 +27,8 @@ def test_every_planned_run_is_a_valid_recipe(study):
     from gradsurg.recipes import apply_overrides, read_recipe, validate_recipe
 
     runs = [*study.plan("screening", list(study.CONFIGS), [42], None),
-            *study.plan("paper", study.PAPER_MODES, [42, 43], None)]
-    assert len(runs) == 2 * len(study.CONFIGS) + 2 * 4 * 2
+            *study.plan("paper", study.PAPER_CONFIGS, [42, 43], None)]
+    assert len(runs) == 2 * len(study.CONFIGS) + 2 * len(study.PAPER_CONFIGS) * 2
     for run in runs:
         command = run.command(Path("/tmp/runs"))
         assert command[-1] == "--resume" and f"seed-{run.seed}" in command[-2]
@@ -57,3 +58,48 @@ def test_report_compares_configurations_with_commits_facts_and_seed_spread(study
     plots = [path for path in written if path.suffix == ".png"]
     assert plots and all(path.parent == tmp_path / "docs" / "study" for path in plots)
     assert all(f"study/{path.name}" in text for path in plots)
+
+
+def test_plan_runs_the_screenings_best_two_on_the_paper_schedule_and_seeds_the_best(study,
+                                                                                   tmp_path):
+    assert study.PAPER_CONFIGS == [*study.PAPER_MODES, "romebert_reversed", "exit_upgrad"]
+    assert study.best_paper_config(tmp_path) is None  # nothing finished: not chosen yet
+    candidates = study.seeded_candidates()
+    assert "deebert" not in candidates and "romebert" not in candidates
+    areas = {"deebert_sd": 0.70, "romebert_sd": 0.72, "romebert_reversed": 0.71,
+             "exit_upgrad": 0.60}
+    for run in study.plan("paper", candidates, [42], None):
+        folder = run.folder(tmp_path)
+        folder.mkdir(parents=True)
+        # romebert_sd is best on mrpc; deebert_sd's rte makes it best on the mean over tasks
+        auc = areas[run.config] + (0.05 if (run.config, run.task) == ("deebert_sd", "rte") else 0)
+        (folder / "results.json").write_text(json.dumps({"tradeoff": {"auc": auc}}))
+    assert study.best_paper_config(tmp_path) == "deebert_sd"
+    seeded = {(r.config, r.seed) for r in study.planned_runs("deebert_sd") if r.seed != 42}
+    assert seeded == {(c, s) for c in ("deebert", "romebert", "deebert_sd") for s in (43, 44)}
+
+
+def test_report_answers_the_questions_and_keeps_the_hand_written_conclusions(study, tmp_path):
+    runs = tmp_path / "runs"
+    base = runs / "screening" / "sst2"
+    # per example (time: exit 1 = 50%, exit 2 = 100%); DeeBERT weak at exit 1, strong at exit 2
+    write_run(base / "deebert" / "seed-42", "deebert", DEEBERT, [0.5, 1.0])
+    write_run(base / "romebert_sd" / "seed-42", "romebert_sd", ROMEBERT, [0.75, 0.75])
+    write_run(base / "romebert" / "seed-42", "romebert", ROMEBERT, [0.75, 0.5])
+    output = tmp_path / "docs" / "study.md"
+    study.write_report(runs, output)
+    text = output.read_text()
+    # within 50% time (exit 1 only) the one-stage runs are right on 3 of 4, DeeBERT on 2
+    assert "- best within 25%: no configuration has a point there" in text
+    assert "- best within 50%: romebert_sd, romebert (75.00)" in text
+    assert "- best within 100%: deebert, romebert_sd, romebert (100.00)" in text
+    assert "- one-stage configurations at or above deebert at every budget <= 60%: " \
+           "romebert_sd, romebert\n" in text
+    assert "- romebert against romebert_sd (SD alone): final exit 50.00 vs 75.00, area 93.75 " \
+           "vs 93.75, higher at 0 and lower at 0 of 6 budgets" in text
+    # hand-written conclusions survive a rewrite, in the same place
+    output.write_text(text.replace("### sst2", "## Conclusions\n\nPick X.\n\n### sst2", 1))
+    study.write_report(runs, output)
+    again = output.read_text()
+    assert again.splitlines().count("## Conclusions") == 1 and "Pick X." in again
+    assert again.index("Pick X.") < again.index("### sst2")
