@@ -299,7 +299,31 @@ def kept_conclusions(output: Path) -> list[str]:
     return [*kept, ""] if kept else []
 
 
-def write_report(runs: Path, output: Path) -> list[Path]:
+COST_FILE = ROOT / "bench" / "results" / "study_cost.json"
+
+
+def cost_section(cost_file: Path) -> list[str]:
+    """The training cost of every configuration, from bench/study_cost.py's side-by-side
+    measurement (the runs' own seconds were taken two at a time on a shared machine)."""
+    if not cost_file.is_file():
+        return []
+    cost = json.loads(cost_file.read_text())
+    lines = ["## Training cost", "",
+             f"Seconds per optimizer step of each stage, measured side by side by "
+             f"`bench/study_cost.py` (commit {cost['commit'][:10]}, {cost['rounds']} rounds, "
+             f"MRPC, {', '.join(cost['settings'])}, one CPU thread), and what a paper-schedule "
+             f"MRPC run ({cost['steps_per_stage']} steps per stage) costs at that rate:", "",
+             "| configuration | seconds per step | paper MRPC run (minutes) | x romebert_sd |",
+             "| --- | --- | ---: | ---: |"]
+    for config, row in cost["configs"].items():
+        stages = ", ".join(f"{stage} {value:.2f}"
+                           for stage, value in row["seconds_per_step"].items())
+        lines.append(f"| {config} | {stages} | {row['paper_mrpc_run_seconds'] / 60:.1f} | "
+                     f"{row['relative_to_romebert_sd']:.2f} |")
+    return [*lines, ""]
+
+
+def write_report(runs: Path, output: Path, cost_file: Path = COST_FILE) -> list[Path]:
     """docs/study.md (and its figures) from every finished run; lists what is missing."""
     figures = output.parent / output.stem
     figures.mkdir(parents=True, exist_ok=True)
@@ -312,6 +336,7 @@ def write_report(runs: Path, output: Path) -> list[Path]:
     for phase in PHASES:
         for task in PHASES[phase]:
             lines += task_report(runs, phase, task, figures)
+    lines += cost_section(cost_file)
     best = best_paper_config(runs)
     missing = [run for run in planned_runs(best)
                if not (run.folder(runs) / "results.json").is_file()]

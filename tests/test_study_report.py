@@ -103,3 +103,23 @@ def test_report_answers_the_questions_and_keeps_the_hand_written_conclusions(stu
     again = output.read_text()
     assert again.splitlines().count("## Conclusions") == 1 and "Pick X." in again
     assert again.index("Pick X.") < again.index("### sst2")
+
+
+def test_report_prices_each_configuration_from_the_side_by_side_cost_file(study, tmp_path):
+    cost = tmp_path / "study_cost.json"
+    cost.write_text(json.dumps({
+        "commit": "0123456789abcdef", "rounds": 2, "train_rows": 256, "task": "mrpc",
+        "settings": ["batch_size=8"], "steps_per_stage": 1377,
+        "configs": {"romebert_sd": {"seconds_per_step": {"joint": 0.6},
+                                    "paper_mrpc_run_seconds": 826.2,
+                                    "relative_to_romebert_sd": 1.0},
+                    "deebert": {"seconds_per_step": {"stage1": 0.5, "stage2": 0.2},
+                                "paper_mrpc_run_seconds": 963.9,
+                                "relative_to_romebert_sd": 1.1667}}}))
+    output = tmp_path / "study.md"
+    study.write_report(tmp_path / "runs", output, cost_file=cost)
+    text = output.read_text()
+    assert "(commit 0123456789, 2 rounds" in text
+    assert "| deebert | stage1 0.50, stage2 0.20 | 16.1 | 1.17 |" in text
+    study.write_report(tmp_path / "runs", output, cost_file=tmp_path / "absent.json")
+    assert "## Training cost" not in output.read_text()
