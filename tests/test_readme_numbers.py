@@ -77,3 +77,18 @@ def test_same_compares_at_the_quoted_precision():
     assert same("80.3", 80.28) and same("79.13", 79.1284) and same("57", 56.9)
     # README's numbers before this test: 80.3 / 80.2 at 56.7 against a fresh 79.13 / 78.67 at 56.9.
     assert not same("80.3", 79.13) and not same("80.2", 78.67) and not same("56.7", 56.9)
+
+
+def test_readme_study_numbers_are_in_the_study_report_it_names():
+    """Every two-decimal number of README's study paragraph is in docs/study.md (the report
+    `bench/study.py --report` writes from the runs and bench/results/study_cost.json)."""
+    text = readme_text()
+    start = text.index("**Study")
+    paragraph = text[start:text.index("Without `GLUE_DIR`", start)]
+    assert "docs/study.md" in paragraph
+    report = (ROOT / "docs" / "study.md").read_text(encoding="utf-8")
+    quoted = re.findall(r"(?<![\d.])\d+\.\d\d(?![\d])", paragraph)
+    assert len(quoted) >= 10, quoted
+    for number in quoted:
+        assert re.search(rf"(?<![\d.]){re.escape(number)}(?!\d)", report), \
+            f"README's study paragraph quotes {number}, which docs/study.md does not have"
