@@ -245,3 +245,25 @@ def test_readme_reproduction_numbers_are_in_the_report_it_names():
     for quote in quotes:
         assert re.search(rf"(?<![\d.]){re.escape(quote)}(?!\d)", report), \
             f"README's reproduction paragraph quotes {quote!r}, which docs/reproduction.md lacks"
+
+
+def recipe_row(name: str) -> dict[str, str]:
+    """The row of README's recipes table whose first cell starts with `name` in backticks."""
+    _, rows = readme_table("| recipe (mode) | tiny end-to-end | real data |")
+    (row,) = (row for row in rows if row["recipe (mode)"].startswith(f"`{name}`"))
+    return row
+
+
+def test_readme_digits_numbers_match_the_results_file_they_name():
+    cell = recipe_row("digits_project")["real data"]
+    (path,) = re.findall(r"\(`(bench/results/[\w/.]+\.json)`, from `bench/digits_combiners.py`\)",
+                         cell)
+    stored = {(row["combiner"], row["epochs"]): min(row["exit_accuracy"])
+              for row in load(path)["rows"]}
+    assert cell.startswith("scikit-learn digits, six epochs, lowest exit accuracy")
+    quotes = re.findall(rf"(\w+) {N}(?: \({N} after ten epochs\))?(?=,| \||$)",
+                        cell.split("):", 1)[1])
+    assert {name for name, *_ in quotes} == {name for name, epochs in stored if epochs == 6}
+    for name, six, ten in quotes:
+        assert same(six, stored[name, 6]), (name, six)
+        assert same(ten, stored[name, 10]) if ten else (name, 10) not in stored, (name, ten)
