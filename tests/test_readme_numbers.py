@@ -267,3 +267,51 @@ def test_readme_digits_numbers_match_the_results_file_they_name():
     for name, six, ten in quotes:
         assert same(six, stored[name, 6]), (name, six)
         assert same(ten, stored[name, 10]) if ten else (name, 10) not in stored, (name, ten)
+
+
+def stored_run(mode: str, pattern: str) -> tuple[tuple[str, ...], dict, dict]:
+    """The numbers README's `mode` row quotes (its real-data cell matching `pattern`, whose
+    first group is the results file), that file and the resolved recipe stored beside it,
+    checked to be the run the row describes (SST-2, 4,000 sentences, MiniLM, one epoch)."""
+    found = re.findall(pattern, recipe_row(mode)["real data"])
+    assert len(found) == 1, f"README's {mode} row does not read: {pattern}"
+    path, *numbers = found[0]
+    results = load(path)
+    recipe = yaml.safe_load((ROOT / path).with_name("recipe.yaml").read_text())
+    assert (results["mode"], results["task"], results["model"]) == (mode, "sst2", "minilm")
+    assert (recipe["train_rows"], recipe["epochs"], recipe["eval_split"]) == (4000, 1, "dev")
+    assert (ROOT / path).with_name("exit_logits.safetensors").is_file()
+    return tuple(numbers), results, recipe
+
+
+def test_readme_pabee_numbers_match_the_results_file_it_names():
+    numbers, results, _ = stored_run("pabee", (
+        rf"^SST-2, 4,000 sentences, MiniLM, one epoch \(`([\w/.]+\.json)`\): final exit {N}%; "
+        rf"patience {N}: {N}% at {N}% time, patience {N}: {N}% at {N}%$"))
+    final, *points = numbers
+    assert same(final, results["exit_metrics"][-1]["accuracy"] * 100)
+    assert results["exit_policy"] == {"name": "patience"}
+    for patience, accuracy, time in zip(points[::3], points[1::3], points[2::3], strict=True):
+        (point,) = (p for p in results["sweep"] if p["patience"] == float(patience))
+        assert same(accuracy, point["accuracy"] * 100) and same(time, point["time_percent"])
+
+
+def test_readme_elbert_numbers_match_the_results_file_it_names():
+    numbers, results, recipe = stored_run("elbert", (
+        rf"^no ALBERT weights offline; on MiniLM \(SST-2, 4,000 sentences, one epoch; "
+        rf"`([\w/.]+\.json)`\): final exit {N}%; {N}% at {N}% time for every threshold up to "
+        rf"{N}, at {N}% time for {N} \(the window rule decides; the early exits' weights moved "
+        rf"only from 0\.5 to {N}-{N} at lr (\S+)\)$"))
+    final, accuracy, time, up_to, last_time, last, low, high, lr = numbers
+    assert same(final, results["exit_metrics"][-1]["accuracy"] * 100)
+    assert results["exit_policy"]["name"] == "confidence_window"
+    sweep = results["sweep"]
+    assert max(p["threshold"] for p in sweep) == float(last)
+    for point in sweep:  # one accuracy everywhere; the time as quoted on either side of up_to
+        quoted_time = time if point["threshold"] <= float(up_to) else last_time
+        assert same(accuracy, point["accuracy"] * 100) and same(quoted_time,
+                                                                point["time_percent"]), point
+    early = [value for key, value in results["loss_terms"].items()
+             if key.startswith("joint/exits/exit_weight/")][:-1]
+    assert same(low, min(early)) and same(high, max(early))
+    assert float(lr) == recipe["optimizer"]["lr"]
