@@ -33,9 +33,9 @@ def test_every_exit_learns_with_each_combiner(combiner):
                                       "fairgrad", "graddrop", "rlw", "dbmtl", "moco"])
 def test_every_exit_learns_with_the_issue_18_combiners(combiner, tmp_path):
     """Same six epochs; the bar is learning well above chance (0.1), not the 0.85 above:
-    measured, dualproj, aligned_mtl, fairgrad, graddrop and rlw clear 0.85 too, nash_mtl and
-    config (the same direction for two groups) 0.847 on the final exit, moco 0.72 and
-    dbmtl 0.65 (its gradient averages lag; 0.68 after ten epochs)."""
+    measured (bench/digits_combiners.py), dualproj, aligned_mtl, fairgrad, graddrop and rlw
+    clear 0.85 too, nash_mtl and config (the same direction for two groups) 0.847 on the final
+    exit, moco 0.72 and dbmtl 0.65 (its gradient averages lag; 0.68 after ten epochs)."""
     config = DigitsConfig(program="digits_multiexit", epochs=6, combiner=combiner,
                           include=["layers.*"])
     results = train(config, tmp_path)
