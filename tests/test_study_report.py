@@ -62,7 +62,7 @@ def test_report_compares_configurations_with_commits_facts_and_seed_spread(study
 
 def test_plan_runs_the_screenings_best_two_on_the_paper_schedule_and_seeds_the_best(study,
                                                                                    tmp_path):
-    assert study.PAPER_CONFIGS == [*study.PAPER_MODES, "romebert_reversed", "exit_upgrad"]
+    assert [*study.PAPER_MODES, "romebert_reversed", "exit_upgrad"] == study.PAPER_CONFIGS
     assert study.best_paper_config(tmp_path) is None  # nothing finished: not chosen yet
     candidates = study.seeded_candidates()
     assert "deebert" not in candidates and "romebert" not in candidates
