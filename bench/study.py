@@ -197,9 +197,26 @@ def task_report(runs: Path, phase: str, task: str, figures: Path) -> list[str]:
         for config, (finals, areas) in spread.items():
             lines.append(f"| {config} | {len(finals)} | {_mean_sd(finals)} | {_mean_sd(areas)} |")
     lines += [f"Note: {note}" for note in comparison.notes]
+    lines += majority_baseline(loaded[0], comparison.metric)
     final_sd = {config: statistics.stdev(finals) for config, (finals, _) in spread.items()}
     lines += ["", *task_answers(comparison, list(found), final_sd)]
     return [*lines, ""]
+
+
+def majority_baseline(run: Any, metric: str) -> list[str]:
+    """What always answering the evaluation set's most frequent label scores, so a reader can
+    tell a trained exit from one that learned the class prior (MRPC's F1 is 81 that way);
+    nothing for regression or a run without stored labels."""
+    from gradsurg.data.glue import get_task
+    from gradsurg.metrics import compute_metrics
+
+    task = run.results["task"]
+    if run.labels is None or get_task(task).is_regression:
+        return []
+    majority = int(run.labels.bincount().argmax())
+    score = compute_metrics(task, [majority] * len(run.labels), run.labels)[metric]
+    return ["", f"Majority-class baseline (every example labelled {majority}, the evaluation "
+            f"set's most frequent label): {metric} x 100 = {100 * score:.2f}."]
 
 
 def seed_spread(found: dict[str, dict[int, Path]]) -> dict[str, tuple[list[float], list[float]]]:

@@ -97,6 +97,9 @@ def test_report_answers_the_questions_and_keeps_the_hand_written_conclusions(stu
            "romebert_sd, romebert\n" in text
     assert "- romebert against romebert_sd (SD alone): final exit 50.00 vs 75.00, area 93.75 " \
            "vs 93.75, higher at 0 and lower at 0 of 6 budgets" in text
+    # four labels, two of each class: the first most frequent one is 0, right on half
+    assert "Majority-class baseline (every example labelled 0, the evaluation set's most " \
+           "frequent label): accuracy x 100 = 50.00." in text
     # hand-written conclusions survive a rewrite, in the same place
     output.write_text(text.replace("### sst2", "## Conclusions\n\nPick X.\n\n### sst2", 1))
     study.write_report(runs, output)
