@@ -311,8 +311,9 @@ def test_readme_pabee_numbers_match_the_results_file_it_names():
 def test_readme_elbert_numbers_match_the_results_file_it_names():
     numbers, results, recipe = stored_run("elbert", (
         rf"^no ALBERT weights offline; on MiniLM \(SST-2, 4,000 sentences, one epoch; "
-        rf"`([\w/.]+\.json)`\): final exit {N}%; {N}% at {N}% time for every threshold up to "
-        rf"{N}, at {N}% time for {N} \(the window rule decides; the early exits' weights moved "
+        rf"`([\w/.]+\.json)`\): final exit {N}%; early exit gives {N}% at every threshold, at "
+        rf"{N}% expected time up to threshold {N} and {N}% at {N} \(the window rule decides; the "
+        rf"early exits' weights moved "
         rf"only from 0\.5 to {N}-{N} at lr (\S+)\)$"))
     final, accuracy, time, up_to, last_time, last, low, high, lr = numbers
     assert same(final, results["exit_metrics"][-1]["accuracy"] * 100)
