@@ -198,9 +198,29 @@ def task_report(runs: Path, phase: str, task: str, figures: Path) -> list[str]:
             lines.append(f"| {config} | {len(finals)} | {_mean_sd(finals)} | {_mean_sd(areas)} |")
     lines += [f"Note: {note}" for note in comparison.notes]
     lines += majority_baseline(loaded[0], comparison.metric)
+    lines += exact_commands(found, runs)
     final_sd = {config: statistics.stdev(finals) for config, (finals, _) in spread.items()}
     lines += ["", *task_answers(comparison, list(found), final_sd)]
     return [*lines, ""]
+
+
+def exact_commands(found: dict[str, dict[int, Path]], runs: Path) -> list[str]:
+    """Every finished run's command as recorded in its folder (command.txt), with the
+    worktree's interpreter and recipe paths shortened to what a checkout of its commit runs."""
+    lines = ["", "<details><summary>Exact commands (each run's command.txt, run with GLUE_DIR "
+             "set, from a checkout of the commit in the table above; RUNS is the study's "
+             "--runs folder)</summary>", "", "```"]
+    for seeds in found.values():
+        for folder in seeds.values():
+            recorded = folder / "command.txt"
+            if not recorded.is_file():
+                continue
+            argv = shlex.split(recorded.read_text())
+            argv[0] = "python"
+            argv = [f"recipes/{Path(arg).name}" if arg.endswith(".yaml") else
+                    arg.replace(str(runs), "RUNS") for arg in argv]
+            lines.append(shlex.join(argv))
+    return [*lines, "```", "", "</details>"]
 
 
 def majority_baseline(run: Any, metric: str) -> list[str]:

@@ -44,6 +44,9 @@ def test_report_compares_configurations_with_commits_facts_and_seed_spread(study
                                  "cosine/final/sd": 0.4}}}
     write_run(base / "romebert" / "seed-42", "romebert", ROMEBERT, [0.75, 0.75], extra=facts)
     (base / "romebert" / "seed-42" / "commit.txt").write_text("abcdef1234567\n")
+    (base / "romebert" / "seed-42" / "command.txt").write_text(
+        f"/wt/.venv/bin/python -m gradsurg run /wt/recipes/romebert_glue.yaml --set task=sst2 "
+        f"--set 'combiner={{name: project}}' --output {base}/romebert/seed-42 --resume\n")
     write_run(base / "deebert" / "seed-42", "deebert", DEEBERT, [0.5, 1.0],
               extra={"tradeoff": {"auc": 0.8}})
     write_run(base / "deebert" / "seed-43", "deebert", DEEBERT, [0.5, 0.5],
@@ -54,6 +57,9 @@ def test_report_compares_configurations_with_commits_facts_and_seed_spread(study
     assert "### sst2, screening" in text
     assert "| romebert | abcdef1234 | 0.250 | 0.400 | - |" in text
     assert "| deebert | 2 | 75.00 ± 35.36 | 70.00 ± 14.14 |" in text
+    assert ("python -m gradsurg run recipes/romebert_glue.yaml --set task=sst2 --set "
+            "'combiner={name: project}' --output RUNS/screening/sst2/romebert/seed-42 "
+            "--resume") in text
     assert "screening / stsb / exit_upgrad / seed 42" in text  # not finished: listed
     plots = [path for path in written if path.suffix == ".png"]
     assert plots and all(path.parent == tmp_path / "docs" / "study" for path in plots)
