@@ -147,8 +147,12 @@ def launch(run: Run, runs: Path) -> subprocess.Popen[bytes]:
                             stderr=subprocess.STDOUT, env=env, cwd=ROOT)
 
 
-#: Per-step facts of the surgery worth reporting, from results.json's training means.
-SURGERY_FACTS = ("project/fired", "cosine/final/sd", "pcgrad/conflicts")
+#: Per-step facts of the surgery worth reporting, from results.json's training means: how
+#: often the projection fired, conflicting pairs (PCGrad), rows projected (UPGrad), negative
+#: weights (IMTL-G), and the final/SD cosine. "mean cosine" averages every group pair's mean.
+SURGERY_FACTS = ("project/fired", "pcgrad/conflicts", "upgrad/projected",
+                 "imtlg/negative_weights", "cosine/final/sd")
+MEAN_COSINE = "mean cosine"
 
 
 def finished_runs(runs: Path, phase: str, task: str) -> dict[str, dict[int, Path]]:
@@ -180,13 +184,17 @@ def task_report(runs: Path, phase: str, task: str, figures: Path) -> list[str]:
     lines = [f"### {task}, {phase} ({comparison.metric} x 100; first seed of each)", "",
              *tables["per_exit"], *tables["summary"], *tables["budgets"]]
     lines += [f"![{name}]({figures.name}/{path.name})" for name, path in plots.items()]
-    lines += ["", "| configuration | commit | " + " | ".join(SURGERY_FACTS) + " |",
-              "| --- | --- | " + " | ".join("---:" for _ in SURGERY_FACTS) + " |"]
+    columns = [*SURGERY_FACTS, MEAN_COSINE]
+    lines += ["", "| configuration | commit | " + " | ".join(columns) + " |",
+              "| --- | --- | " + " | ".join("---:" for _ in columns) + " |"]
     for run, config in zip(loaded, found):
         means: dict[str, Any] = {}
         for stage in (run.results.get("train") or {}).values():
             means.update(stage)
-        facts = [f"{means[key]:.3f}" if key in means else "-" for key in SURGERY_FACTS]
+        cosines = [value for key, value in means.items() if key.startswith("cosine/")]
+        if cosines:
+            means[MEAN_COSINE] = statistics.mean(cosines)
+        facts = [f"{means[key]:.3f}" if key in means else "-" for key in columns]
         commit = (run.folder / "commit.txt").read_text().strip()[:10] if run.folder and (
             run.folder / "commit.txt").is_file() else "?"
         lines.append(f"| {config} | {commit} | " + " | ".join(facts) + " |")

@@ -49,14 +49,21 @@ def test_report_compares_configurations_with_commits_facts_and_seed_spread(study
         f"--set 'combiner={{name: project}}' --output {base}/romebert/seed-42 --resume\n")
     write_run(base / "deebert" / "seed-42", "deebert", DEEBERT, [0.5, 1.0],
               extra={"tradeoff": {"auc": 0.8}})
+    per_exit = {"train": {"joint": {"steps": 3, "seconds": 1.0, "upgrad/projected": 1.5,
+                                    "cosine/exit1/exit2": 0.2, "cosine/exit1/exit3": -0.1,
+                                    "cosine/exit2/exit3": 0.5}}}
+    write_run(base / "exit_upgrad" / "seed-42", "romebert", ROMEBERT, [0.75, 0.75],
+              extra=per_exit)
     write_run(base / "deebert" / "seed-43", "deebert", DEEBERT, [0.5, 0.5],
               extra={"tradeoff": {"auc": 0.6}})
     output = tmp_path / "docs" / "study.md"
     written = study.write_report(runs, output)
     text = output.read_text()
     assert "### sst2, screening" in text
-    assert "| romebert | abcdef1234 | 0.250 | 0.400 | - |" in text
+    # fired, conflicts, projected, negative weights, final/SD cosine, mean over cosines
+    assert "| romebert | abcdef1234 | 0.250 | - | - | - | 0.400 | 0.400 |" in text
     assert "| deebert | 2 | 75.00 ± 35.36 | 70.00 ± 14.14 |" in text
+    assert "| exit_upgrad | ? | - | - | 1.500 | - | - | 0.200 |" in text
     assert ("python -m gradsurg run recipes/romebert_glue.yaml --set task=sst2 --set "
             "'combiner={name: project}' --output RUNS/screening/sst2/romebert/seed-42 "
             "--resume") in text
