@@ -82,13 +82,18 @@ class Run:
         return runs / self.phase / self.task / self.config / f"seed-{self.seed}"
 
     def command(self, runs: Path) -> list[str]:
-        recipe, overrides = CONFIGS[self.config]
-        sets = [f"task={self.task}", f"seed={self.seed}", *COMMON,
-                *PHASES[self.phase][self.task], *overrides]
-        args = [sys.executable, "-m", "gradsurg", "run", str(ROOT / "recipes" / recipe)]
-        for item in sets:
-            args += ["--set", item]
-        return [*args, "--output", str(self.folder(runs)), "--resume"]
+        sets = [f"task={self.task}", f"seed={self.seed}", *COMMON, *PHASES[self.phase][self.task]]
+        return [*run_command(self.config, sets, self.folder(runs)), "--resume"]
+
+
+def run_command(config: str, sets: list[str], output: Path) -> list[str]:
+    """`python -m gradsurg run` of one configuration's recipe with `sets`, then the
+    configuration's own overrides, into `output`."""
+    recipe, overrides = CONFIGS[config]
+    args = [sys.executable, "-m", "gradsurg", "run", str(ROOT / "recipes" / recipe)]
+    for item in [*sets, *overrides]:
+        args += ["--set", item]
+    return [*args, "--output", str(output)]
 
 
 def plan(phase: str, configs: list[str], seeds: list[int], tasks: list[str] | None) -> list[Run]:
@@ -250,15 +255,13 @@ def majority_baseline(run: Any, metric: str) -> list[str]:
 def seed_spread(found: dict[str, dict[int, Path]]) -> dict[str, tuple[list[float], list[float]]]:
     """config -> (final exit's metric x 100, normalized area x 100) per seed, for every
     configuration with two or more seeds."""
-    from gradsurg.report.compare import load_run
-
     spread = {}
     for config, seeds in found.items():
         if len(seeds) < 2:
             continue
         finals, areas = [], []
         for folder in seeds.values():
-            results = load_run(folder).results
+            results = json.loads((folder / "results.json").read_text())
             finals.append(100 * float(results["exit_metrics"][-1][results["primary_metric"]]))
             areas.append(100 * float((results.get("tradeoff") or {}).get("auc", "nan")))
         spread[config] = (finals, areas)
@@ -280,7 +283,7 @@ def task_answers(comparison: Any, configs: list[str], spread: dict[str, float]) 
     the best configuration at each budget, one-stage runs against two-stage DeeBERT at every
     budget <= 60%, GR against SD alone, and the seed spread to read the margins against."""
     by_name = dict(zip(configs, comparison.runs))
-    budgets = [b for b in comparison.budgets]
+    budgets = list(comparison.budgets)
     lines = ["Answers (first seed of each; budgets are expected time % of the full model):", ""]
     for budget in budgets:
         values = {name: _at_budget(report, budget) for name, report in by_name.items()}
@@ -298,12 +301,11 @@ def task_answers(comparison: Any, configs: list[str], spread: dict[str, float]) 
             not _higher(_at_budget(reference, b), _at_budget(report, b)) for b in small)]
         lines.append(f"- one-stage configurations at or above {two_stage} at every budget <= "
                      f"60%: {', '.join(dominating) if dominating else 'none'}")
-    for name in [n for n in ("romebert", "romebert_reversed", *[c for c in configs
-                             if c.startswith("exit_")]) if n in by_name]:
-        if "romebert_sd" not in by_name:
-            break
+    sd_alone = by_name.get("romebert_sd")
+    surgery = ["romebert", "romebert_reversed", *(c for c in configs if c.startswith("exit_"))]
+    for name in (n for n in surgery if sd_alone is not None and n in by_name):
         lines.append(f"- {name} against romebert_sd (SD alone): " + _versus(
-            by_name[name], by_name["romebert_sd"], budgets))
+            by_name[name], sd_alone, budgets))
     if spread:
         lines.append("- seed spread of the final exit (sd x 100): " + ", ".join(
             f"{config} {sd:.2f}" for config, sd in spread.items())

@@ -24,7 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from study import COMMON, CONFIGS, ROOT  # bench/ is this script's folder
+from study import COMMON, CONFIGS, ROOT, run_command  # bench/ is this script's folder
 
 MRPC_TRAIN_ROWS = 3668
 PAPER = ["task=mrpc", "epochs=1", "batch_size=8", "max_length=128", "optimizer.lr=2e-5"]
@@ -32,15 +32,9 @@ PAPER = ["task=mrpc", "epochs=1", "batch_size=8", "max_length=128", "optimizer.l
 
 def measure(config: str, rows: int, folder: Path) -> dict[str, float]:
     """Seconds per optimizer step of each stage of one short run of ``config``."""
-    recipe, overrides = CONFIGS[config]
     common = [item for item in COMMON if not item.startswith("checkpoint_every")]
-    sets = [*common, *PAPER, f"train_rows={rows}", "eval_rows=16", "checkpoints=false",
-            *overrides]
-    command = [sys.executable, "-m", "gradsurg", "run", str(ROOT / "recipes" / recipe),
-               "--output", str(folder)]
-    for item in sets:
-        command += ["--set", item]
-    done = subprocess.run(command, capture_output=True, text=True,
+    sets = [*common, *PAPER, f"train_rows={rows}", "eval_rows=16", "checkpoints=false"]
+    done = subprocess.run(run_command(config, sets, folder), capture_output=True, text=True,
                           env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
     if done.returncode != 0:
         sys.exit(f"error: {config} failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
