@@ -135,8 +135,12 @@ def is_number(value: object) -> bool:
 
 
 def _installed(names: list[str]) -> list[str]:
-    """Refuse a repeated logger, and `tensorboard` without its package, when the recipe is
-    read rather than at the first log line."""
+    """Refuse no logger (`[]` would drop train_log.jsonl and leave `log_every` doing nothing),
+    a repeated logger, and `tensorboard` without its package, when the recipe is read rather
+    than at the first log line."""
+    if not names:
+        raise ValueError("an empty list logs nothing and leaves log_every unused; "
+                         "allowed: jsonl, tensorboard, or both")
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
         raise ValueError(f"logger {repeated[0]!r} is listed twice")

@@ -130,18 +130,23 @@ def build_optimizer(settings: OptimizerSettings,
 
 
 def check_optimizer(settings: OptimizerSettings) -> None:
-    """Build the optimizer on a dummy 2x2 CPU parameter and take one step, so every problem
-    the run would meet at its first step is reported when the recipe is read (CPU: validation
-    must not claim a GPU; `capturable`, for CUDA graphs the loop does not use, is refused)."""
-    dummy = torch.nn.Parameter(torch.zeros(2, 2))
-    optimizer = build_optimizer(settings, [dummy])
-    dummy.grad = torch.zeros_like(dummy)
+    """Build the optimizer on a dummy 2x2 CPU weight and a length-2 bias and take one step, so
+    every problem the run would meet at its first step is reported when the recipe is read
+    (CPU: validation must not claim a GPU; `capturable`, for CUDA graphs the loop does not use,
+    is refused; `muon`, which steps matrices only, cannot train a model's biases)."""
+    weight = torch.nn.Parameter(torch.zeros(2, 2))
+    bias = torch.nn.Parameter(torch.zeros(2))
+    build_optimizer(settings, [weight])  # an unknown or misspelt option, named by the registry
     try:
+        optimizer = OPTIMIZERS.get(settings.name)([weight, bias], **settings.options())
+        for parameter in (weight, bias):
+            parameter.grad = torch.zeros_like(parameter)
         optimizer.step()
     except (TypeError, ValueError, RuntimeError, AssertionError) as error:
         detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
         raise ConfigError(f"{WHERE} (optimizer {settings.name!r}): cannot take a training "
-                          f"step: {type(error).__name__}: {detail}") from None
+                          f"step on a weight matrix and a bias vector: "
+                          f"{type(error).__name__}: {detail}") from None
 
 
 def buildable_optimizer(settings: OptimizerSettings) -> OptimizerSettings:

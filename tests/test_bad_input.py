@@ -29,9 +29,12 @@ RECIPE_OVERRIDES = [
     (["optimizer.betaz=0.9"], "key 'optimizer' (optimizer 'adamw'): got an unexpected keyword "
      "argument 'betaz'; options are lr, betas"),
     (["optimizer.name=lbfgs"], "(optimizer 'lbfgs'): cannot take a training step"),
+    (["optimizer.name=muon"], "(optimizer 'muon'): cannot take a training step on a weight "
+     "matrix and a bias vector: ValueError: Muon only supports 2D parameters"),
     (["scheduler.name=cosin"], "key 'scheduler.name'"),
     (["scheduler={warmup_ratio: 0.1, warmup_steps: 5}"], "warmup_ratio or warmup_steps, not both"),
     (["loggers=[csv]"], "key 'loggers.0'"),
+    (["loggers=[]"], "key 'loggers': an empty list logs nothing"),
     (["mode=fastbert"], "key 'mode'"),
     (["task=sst3"], "unknown GLUE task 'sst3'"),
     (["combiner=pcgard"], "unknown combiner 'pcgard'"),

@@ -81,17 +81,20 @@ def test_an_unknown_name_lists_the_allowed_ones():
         OptimizerSettings(name="adamx")
 
 
+NO_STEP = "cannot take a training step on a weight matrix and a bias vector: "
+
+
 @pytest.mark.parametrize(("options", "message"), [
     ({"betaz": 0.9}, r"key 'optimizer' \(optimizer 'adamw'\): got an unexpected keyword "
      r"argument 'betaz'; options are lr, betas, eps, weight_decay"),
     ({"betas": "fast"}, r"key 'optimizer' \(optimizer 'adamw'\): invalid options"),
-    ({"name": "lbfgs"}, r"\(optimizer 'lbfgs'\): cannot take a training step: TypeError"),
+    ({"name": "lbfgs"}, r"\(optimizer 'lbfgs'\): " + NO_STEP + "TypeError"),
     ({"name": "sparseadam"}, r"\(optimizer 'sparseadam'\): cannot take a training step"),
-    ({"capturable": True}, r"\(optimizer 'adamw'\): cannot take a training step: "
-     r"AssertionError"),
+    ({"name": "muon"}, r"\(optimizer 'muon'\): " + NO_STEP + "ValueError: Muon only supports 2D"),
+    ({"capturable": True}, r"\(optimizer 'adamw'\): " + NO_STEP + "AssertionError"),
 ])
 def test_problems_show_when_the_recipe_is_read(options, message):
-    """A dummy parameter takes one step, so what step 1 would meet is met now."""
+    """A dummy weight and bias take one step, so what step 1 would meet is met now."""
     with pytest.raises(ConfigError, match=message):
         check_optimizer(OptimizerSettings.model_validate(options))
 
