@@ -204,16 +204,11 @@ def task_report(runs: Path, phase: str, task: str, figures: Path) -> list[str]:
             run.folder / "commit.txt").is_file() else "?"
         lines.append(f"| {config} | {commit} | " + " | ".join(facts) + " |")
     spread = seed_spread(found)
-    if spread:
-        lines += ["", "| configuration | seeds | final exit (mean ± sd) | area (mean ± sd) |",
-                  "| --- | ---: | ---: | ---: |"]
-        for config, (finals, areas) in spread.items():
-            lines.append(f"| {config} | {len(finals)} | {_mean_sd(finals)} | {_mean_sd(areas)} |")
+    lines += seed_table(spread)
     lines += [f"Note: {note}" for note in comparison.notes]
     lines += majority_baseline(loaded[0], comparison.metric)
     lines += exact_commands(found, runs)
-    final_sd = {config: statistics.stdev(finals) for config, (finals, _) in spread.items()}
-    lines += ["", *task_answers(comparison, list(found), final_sd)]
+    lines += ["", *task_answers(comparison, list(found), spread)]
     return [*lines, ""]
 
 
@@ -252,20 +247,80 @@ def majority_baseline(run: Any, metric: str) -> list[str]:
             f"set's most frequent label): {metric} x 100 = {100 * score:.2f}."]
 
 
-def seed_spread(found: dict[str, dict[int, Path]]) -> dict[str, tuple[list[float], list[float]]]:
-    """config -> (final exit's metric x 100, normalized area x 100) per seed, for every
-    configuration with two or more seeds."""
+@dataclass
+class SeedNumbers:
+    """One configuration's numbers x 100 over its seeds: final exit, normalized area, and best
+    metric within each budget (``None`` for a seed with no point within it)."""
+
+    finals: list[float]
+    areas: list[float]
+    budgets: dict[str, list[float | None]]
+
+
+def seed_spread(found: dict[str, dict[int, Path]]) -> dict[str, SeedNumbers]:
+    """config -> its numbers per seed, for every configuration with two or more seeds (read
+    from results.json alone, so no logits are loaded)."""
     spread = {}
     for config, seeds in found.items():
         if len(seeds) < 2:
             continue
-        finals, areas = [], []
+        numbers = SeedNumbers([], [], {})
         for folder in seeds.values():
             results = json.loads((folder / "results.json").read_text())
-            finals.append(100 * float(results["exit_metrics"][-1][results["primary_metric"]]))
-            areas.append(100 * float((results.get("tradeoff") or {}).get("auc", "nan")))
-        spread[config] = (finals, areas)
+            metric = results["primary_metric"]
+            tradeoff = results.get("tradeoff") or {}
+            numbers.finals.append(100 * float(results["exit_metrics"][-1][metric]))
+            numbers.areas.append(100 * float(tradeoff.get("auc", "nan")))
+            for budget, point in (tradeoff.get("best_within") or {}).items():
+                numbers.budgets.setdefault(budget, []).append(
+                    None if point is None else 100 * float(point[metric]))
+        spread[config] = numbers
     return spread
+
+
+def seed_table(spread: dict[str, SeedNumbers]) -> list[str]:
+    """Mean ± sd over seeds of every seeded configuration's final exit, area and budgets."""
+    if not spread:
+        return []
+    budgets = sorted({b for numbers in spread.values() for b in numbers.budgets}, key=float)
+    header = ["configuration", "seeds", "final exit", "area", *(f"<= {b}%" for b in budgets)]
+    lines = ["", "Over seeds (mean ± sd x 100; a budget's mean is over the seeds with a point "
+             "within it):", "", _row(header), _row(["---", *("---:" for _ in header[1:])])]
+    for config, numbers in spread.items():
+        budget_cells = [_mean_sd([v for v in numbers.budgets.get(b, []) if v is not None])
+                        for b in budgets]
+        lines.append(_row([config, str(len(numbers.finals)), _mean_sd(numbers.finals),
+                           _mean_sd(numbers.areas), *budget_cells]))
+    return lines
+
+
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def seeded_leaders(spread: dict[str, SeedNumbers]) -> list[str]:
+    """The best configuration by the mean over seeds at each budget, final exit and area,
+    among the configurations with the most seeds (like compared with like)."""
+    most = max((len(numbers.finals) for numbers in spread.values()), default=0)
+    peers = {c: n for c, n in spread.items() if len(n.finals) == most}
+    if len(peers) < 2:
+        return []
+    rows = {"final exit": {c: n.finals for c, n in peers.items()},
+            "area": {c: n.areas for c, n in peers.items()}}
+    for budget in sorted({b for n in peers.values() for b in n.budgets}, key=float):
+        rows[f"within {budget}%"] = {
+            c: n.budgets[budget] for c, n in peers.items()
+            if len(n.budgets.get(budget, [])) == most and None not in n.budgets[budget]}
+    lines = []
+    for name, values in rows.items():
+        means = {c: statistics.mean(v) for c, v in values.items()}
+        if not means:
+            continue
+        top = max(means.values())
+        leaders = [c for c, m in means.items() if m >= top - 0.005]
+        lines.append(f"- best {name} by the mean over {most} seeds ({', '.join(peers)}): "
+                     f"{', '.join(leaders)} ({top:.2f})")
+    return lines
 
 
 def _at_budget(report: Any, budget: float) -> float | None:
@@ -278,7 +333,8 @@ def _higher(a: float | None, b: float | None) -> bool:
     return a is not None and (b is None or a > b + 1e-9)
 
 
-def task_answers(comparison: Any, configs: list[str], spread: dict[str, float]) -> list[str]:
+def task_answers(comparison: Any, configs: list[str],
+                 spread: dict[str, SeedNumbers]) -> list[str]:
     """The issue's questions answered from one task's first-seed comparison, in numbers:
     the best configuration at each budget, one-stage runs against two-stage DeeBERT at every
     budget <= 60%, GR against SD alone, and the seed spread to read the margins against."""
@@ -308,8 +364,9 @@ def task_answers(comparison: Any, configs: list[str], spread: dict[str, float]) 
             by_name[name], sd_alone, budgets))
     if spread:
         lines.append("- seed spread of the final exit (sd x 100): " + ", ".join(
-            f"{config} {sd:.2f}" for config, sd in spread.items())
+            f"{config} {statistics.stdev(n.finals):.2f}" for config, n in spread.items())
             + "; margins below it are within seed noise")
+        lines += seeded_leaders(spread)
     return lines
 
 
@@ -322,6 +379,8 @@ def _versus(a: Any, b: Any, budgets: list[float]) -> str:
 
 
 def _mean_sd(values: list[float]) -> str:
+    if not values:
+        return "-"
     if len(values) < 2:
         return f"{values[0]:.2f}"
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"

@@ -139,3 +139,33 @@ def test_report_prices_each_configuration_from_the_side_by_side_cost_file(study,
     assert "| deebert | stage1 0.50, stage2 0.20 | 16.1 | 1.17 |" in text
     study.write_report(tmp_path / "runs", output, cost_file=tmp_path / "absent.json")
     assert "## Training cost" not in output.read_text()
+
+
+def test_seed_table_and_leaders_use_every_seed_and_compare_like_with_like(study, tmp_path):
+    runs = tmp_path / "runs"
+    base = runs / "paper" / "rte"
+
+    def seeded(config, seed, final, auc, within_30):
+        best = {"30": None if within_30 is None else {"accuracy": within_30, "time_percent": 29},
+                "60": {"accuracy": final, "time_percent": 55}}
+        write_run(base / config / f"seed-{seed}", config, DEEBERT, [0.5, final],
+                  extra={"tradeoff": {"auc": auc, "best_within": best}})
+
+    for seed, (d, r) in zip((42, 43, 44), [(0.50, 0.75), (1.00, 0.75), (0.75, 1.00)]):
+        seeded("deebert", seed, d, 0.60, 0.5)       # final 75.00 ± 25.00, within 30% 50.00
+        seeded("romebert", seed, r, 0.70, None if seed == 44 else 0.6)
+    seeded("exit_upgrad", 42, 1.0, 0.9, 0.9)
+    seeded("exit_upgrad", 43, 1.0, 0.9, 0.9)      # two seeds: shown, not ranked against three
+    study.write_report(runs, tmp_path / "study.md")
+    text = (tmp_path / "study.md").read_text()
+    assert "| configuration | seeds | final exit | area | <= 30% | <= 60% |" in text
+    assert "| deebert | 3 | 75.00 ± 25.00 | 60.00 ± 0.00 | 50.00 ± 0.00 | 75.00 ± 25.00 |" in text
+    # romebert's seed 44 has no point within 30%: the mean is over the two that do
+    assert "| romebert | 3 | 83.33 ± 14.43 | 70.00 ± 0.00 | 60.00 ± 0.00 | 83.33 ± 14.43 |" in text
+    assert "| exit_upgrad | 2 | 100.00 ± 0.00 | 90.00 ± 0.00 | 90.00 ± 0.00 |" in text
+    leaders = "by the mean over 3 seeds (deebert, romebert): "
+    assert f"- best final exit {leaders}romebert (83.33)" in text
+    assert f"- best area {leaders}romebert (70.00)" in text
+    # a budget where a seed has no point is not ranked on a partial mean
+    assert f"- best within 30% {leaders}deebert (50.00)" in text
+    assert f"- best within 60% {leaders}romebert (83.33)" in text
