@@ -187,7 +187,8 @@ def task_report(runs: Path, phase: str, task: str, figures: Path) -> list[str]:
     tables = markdown_tables(comparison)
     plots = write_plots(comparison, figures, prefix=f"{phase}_{task}_")
     lines = [f"### {task}, {phase} ({comparison.metric} x 100; first seed of each)", "",
-             *tables["per_exit"], *tables["summary"], *tables["budgets"]]
+             *tables["per_exit"], *tables["summary"], *tables["budgets"],
+             *tables.get("held_out", [])]
     lines += [f"![{name}]({figures.name}/{path.name})" for name, path in plots.items()]
     columns = [*SURGERY_FACTS, MEAN_COSINE]
     lines += ["", "| configuration | commit | " + " | ".join(columns) + " |",
@@ -316,10 +317,8 @@ def seeded_leaders(spread: dict[str, SeedNumbers]) -> list[str]:
         means = {c: statistics.mean(v) for c, v in values.items()}
         if not means:
             continue
-        top = max(means.values())
-        leaders = [c for c, m in means.items() if m >= top - 0.005]
         lines.append(f"- best {name} by the mean over {most} seeds ({', '.join(peers)}): "
-                     f"{', '.join(leaders)} ({top:.2f})")
+                     + leaders(means))
     return lines
 
 
@@ -347,9 +346,14 @@ def task_answers(comparison: Any, configs: list[str],
         if not known:
             lines.append(f"- best within {budget:g}%: no configuration has a point there")
             continue
-        top = max(known.values())
-        leaders = [name for name, v in known.items() if v >= top - 0.005]
-        lines.append(f"- best within {budget:g}%: {', '.join(leaders)} ({top:.2f})")
+        lines.append(f"- best within {budget:g}%: " + leaders(known))
+    for budget in budgets:
+        held_out = {name: report.held_out[f"{budget:g}"] for name, report in by_name.items()
+                    if report.held_out and report.held_out.get(f"{budget:g}")}
+        if held_out:
+            lines.append(f"- best within {budget:g}%, setting chosen on the other half of the "
+                         "evaluation set: " + leaders({name: 100 * point[comparison.metric]
+                                                      for name, point in held_out.items()}))
     small = [b for b in budgets if b <= 60]
     for two_stage in (name for name in TWO_STAGE if name in by_name):
         reference = by_name[two_stage]
@@ -368,6 +372,12 @@ def task_answers(comparison: Any, configs: list[str],
             + "; margins below it are within seed noise")
         lines += seeded_leaders(spread)
     return lines
+
+
+def leaders(values: dict[str, float]) -> str:
+    """'a, b (83.10)': every name at the top value (x 100, to the printed 2 decimals)."""
+    top = max(values.values())
+    return f"{', '.join(n for n, v in values.items() if v >= top - 0.005)} ({top:.2f})"
 
 
 def _versus(a: Any, b: Any, budgets: list[float]) -> str:

@@ -399,6 +399,7 @@ def compare(
     from gradsurg.report.compare import (
         budget_table,
         compare_runs,
+        held_out_table,
         load_run,
         per_exit_table,
         summary_table,
@@ -410,8 +411,9 @@ def compare(
             raise ConfigError(f"--output {output}: exists and is not a folder")
         comparison = compare_runs([load_run(folder) for folder in run_dirs])
         for table in (per_exit_table(comparison), budget_table(comparison),
-                      summary_table(comparison)):
-            console.print(table)
+                      held_out_table(comparison), summary_table(comparison)):
+            if table is not None:
+                console.print(table)
         for note in comparison.notes:
             console.print(f"note: {note}", highlight=False)
         if output is not None:

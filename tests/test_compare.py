@@ -82,6 +82,18 @@ def test_compare_writes_tables_plots_and_hand_computed_numbers(tmp_path):
     assert "| romebert | 75.00 | 75.00 |" in text
     assert "| deebert | - | - | - | 50.00 (50.0) | 50.00 (50.0) | 100.00 (75.0) |" in text
     assert "| romebert | - | - | - | 75.00 (50.0) | 75.00 (50.0) | 100.00 (62.5) |" in text
+    # Held out, halves {0, 1} and {2, 3}. Within 50%: half 1 picks "both leave at exit 1"
+    # (a threshold past example 1's entropy), which lets both of half 2 leave: 1 of 2 right at
+    # 50%; half 2 picks "both leave" too (past example 3's entropy), which on half 1 lets only
+    # example 0 leave: 2 of 2 at 75%. Within 100%: half 1 picks "example 0 leaves" (1.0 at 75%),
+    # on half 2 both leave (0.5 at 50%); half 2's pick lets example 0 leave (1.0 at 75%).
+    for budget in ("50", "60", "100"):
+        assert deebert["held_out_best_within"][budget] == {"accuracy": 0.75,
+                                                           "time_percent": 62.5}
+    assert deebert["held_out_best_within"]["40"] is None
+    assert "| deebert | - | - | - | 75.00 (62.5) | 75.00 (62.5) | 75.00 (62.5) |" in text
+    assert "setting chosen on the other half of the evaluation set" in text
+    assert "75.00 (62.5)" in result.output  # the held-out table is on screen too
     assert "![per exit](per_exit.png)" in text and "![metric vs time](metric_vs_time.png)" in text
     for png in ("per_exit.png", "metric_vs_time.png"):
         assert (out / png).read_bytes().startswith(b"\x89PNG")

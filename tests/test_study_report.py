@@ -106,6 +106,11 @@ def test_report_answers_the_questions_and_keeps_the_hand_written_conclusions(stu
     assert "- best within 25%: no configuration has a point there" in text
     assert "- best within 50%: romebert_sd, romebert (75.00)" in text
     assert "- best within 100%: deebert, romebert_sd, romebert (100.00)" in text
+    # held out (halves {0, 1}, {2, 3}; worked by hand in test_compare for DeeBERT's 75.00):
+    # the one-stage logits' picks are right on every example of the other half
+    assert "- best within 50%, setting chosen on the other half of the evaluation set: " \
+           "romebert_sd, romebert (100.00)" in text
+    assert "| deebert | - | - | - | 75.00 (62.5) | 75.00 (62.5) | 75.00 (62.5) |" in text
     assert "- one-stage configurations at or above deebert at every budget <= 60%: " \
            "romebert_sd, romebert\n" in text
     assert "- romebert against romebert_sd (SD alone): final exit 50.00 vs 75.00, area 93.75 " \

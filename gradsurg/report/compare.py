@@ -38,6 +38,7 @@ __all__ = [
     "RunReport",
     "budget_table",
     "compare_runs",
+    "held_out_table",
     "load_run",
     "markdown_tables",
     "per_exit_table",
@@ -46,6 +47,12 @@ __all__ = [
 ]
 
 COMPARE_BUDGETS: tuple[float, ...] = (*BUDGETS, 100.0)
+HELD_OUT_NOTE = (
+    "Held out: the budget table above picks the best of up to 200 settings on the examples it "
+    "scores, which flatters a noisy curve; here the evaluation set is split in two at random "
+    "(seed 0, the same split for every run), the setting best within the budget on one half is "
+    "scored on the other, both ways round, and the two are averaged (its time may pass the "
+    "budget a little). See `gradsurg.multiexit.evaluation.held_out`.")
 LOGITS_FILE = "exit_logits.safetensors"
 REQUIRED_KEYS = ("task", "mode", "primary_metric", "exit_metrics")
 
@@ -186,12 +193,15 @@ class RunReport:
     points: list[Point]  # (time %, metric) of the sweep, in sweep order
     summary: TradeoffSummary
     train_seconds: float | None
+    # best within each budget with the setting chosen on the other half of the evaluation set
+    # (held_out.py); None without logits to split
+    held_out: dict[str, dict[str, float] | None] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"label": self.label, "folder": self.folder, "mode": self.mode,
                 "curve": self.curve, "exit_metrics": self.exit_metrics,
                 "points": [list(p) for p in self.points], "summary": self.summary.to_json(),
-                "train_seconds": self.train_seconds}
+                "held_out_best_within": self.held_out, "train_seconds": self.train_seconds}
 
 
 @dataclass
@@ -247,6 +257,18 @@ def _curve(run: LoadedRun, metric: str) -> tuple[list[Point], str, str | None]:
         f"{run.name} {reason} and no sweep in results.json: its curve is its fixed exits only")
 
 
+def _held_out(run: LoadedRun, budgets: Sequence[float]
+              ) -> dict[str, dict[str, float] | None] | None:
+    """The run's held-out best within each budget (see held_out.py); None without logits."""
+    if run.logits is None or run.logits.shape[1] < 2:
+        return None
+    from gradsurg.multiexit.evaluation.held_out import held_out_best_within
+
+    spec = dict(run.results.get("exit_policy") or {"name": "entropy"})
+    name = spec.pop("name")
+    return held_out_best_within(run.logits, run.labels, run.results["task"], name, spec, budgets)
+
+
 def compare_runs(runs: Sequence[LoadedRun], *, tolerance: float = 0.01,
                  budgets: Sequence[float] = COMPARE_BUDGETS) -> Comparison:
     """Check the runs are comparable, build each one's curve and summary numbers."""
@@ -261,6 +283,7 @@ def compare_runs(runs: Sequence[LoadedRun], *, tolerance: float = 0.01,
     for run, label in zip(runs, labels):
         try:
             points, curve, note = _curve(run, metric)
+            held_out = _held_out(run, budgets)
         except (KeyError, TypeError, ValueError) as error:
             raise ConfigError(f"{run.name}: cannot build its trade-off curve ({error})") from None
         if note:
@@ -274,7 +297,7 @@ def compare_runs(runs: Sequence[LoadedRun], *, tolerance: float = 0.01,
             mode=str(run.results["mode"]), curve=curve, exit_metrics=exit_metric, points=points,
             summary=summarize(points, exit_metric, metric, reference=finals[best],
                               tolerance=tolerance, budgets=budgets),
-            train_seconds=seconds,
+            train_seconds=seconds, held_out=held_out,
         ))
     return Comparison(task=str(runs[0].results["task"]), metric=metric,
                       reference_label=labels[best], reference=finals[best],
@@ -297,15 +320,24 @@ def _per_exit_rows(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
 
 def _budget_rows(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
     header = ["run", *(f"<= {b:g}%" for b in comparison.budgets)]
-    rows = []
-    for run in comparison.runs:
-        cells = []
-        for budget in comparison.budgets:
-            best = run.summary.best_within[f"{budget:g}"]
-            cells.append("-" if best is None else
-                         f"{best[comparison.metric] * 100:.2f} ({best['time_percent']:.1f})")
-        rows.append([run.label, *cells])
-    return header, rows
+    return header, [[run.label, *_budget_cells(run.summary.best_within, comparison)]
+                    for run in comparison.runs]
+
+
+def _held_out_rows(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
+    header = ["run", *(f"<= {b:g}%" for b in comparison.budgets)]
+    return header, [[run.label, *_budget_cells(run.held_out, comparison)]
+                    for run in comparison.runs if run.held_out is not None]
+
+
+def _budget_cells(best_within: Mapping[str, dict[str, float] | None],
+                  comparison: Comparison) -> list[str]:
+    cells = []
+    for budget in comparison.budgets:
+        best = best_within.get(f"{budget:g}")
+        cells.append("-" if best is None else
+                     f"{best[comparison.metric] * 100:.2f} ({best['time_percent']:.1f})")
+    return cells
 
 
 def _summary_rows(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
@@ -340,13 +372,16 @@ def _rich(title: str, header: list[str], rows: list[list[str]]) -> Table:
     return table
 
 
-def _titles(comparison: Comparison) -> tuple[str, str, str]:
+def _titles(comparison: Comparison) -> tuple[str, str, str, str]:
     metric = f"{comparison.metric} x 100"
     return (f"{comparison.task}: {metric} at every exit when all examples leave there",
             f"{comparison.task}: best {metric} within a time budget (expected time % in "
             "brackets)",
             f"{comparison.task}: summary (reference: best final exit, "
-            f"{comparison.reference_label})")
+            f"{comparison.reference_label})",
+            f"{comparison.task}: {metric} within a time budget, the setting chosen on the "
+            "other half of the evaluation set (mean of both ways round; expected time % in "
+            "brackets)")
 
 
 def per_exit_table(comparison: Comparison) -> Table:
@@ -361,12 +396,24 @@ def summary_table(comparison: Comparison) -> Table:
     return _rich(_titles(comparison)[2], *_summary_rows(comparison))
 
 
+def held_out_table(comparison: Comparison) -> Table | None:
+    """None when no run has logits to split."""
+    header, rows = _held_out_rows(comparison)
+    return _rich(_titles(comparison)[3], header, rows) if rows else None
+
+
 def markdown_tables(comparison: Comparison) -> dict[str, list[str]]:
-    """The three tables as Markdown lines, each under its title: per_exit, budgets, summary."""
+    """The tables as Markdown lines, each under its title: per_exit, budgets, summary, and
+    held_out when a run has logits to split."""
     titles = _titles(comparison)
-    builders = (_per_exit_rows, _budget_rows, _summary_rows)
-    return {key: [f"{title}:", "", *_markdown(*build(comparison)), ""]
-            for key, title, build in zip(("per_exit", "budgets", "summary"), titles, builders)}
+    builders = (_per_exit_rows, _budget_rows, _summary_rows, _held_out_rows)
+    tables = {}
+    for key, title, build in zip(("per_exit", "budgets", "summary", "held_out"), titles,
+                                 builders):
+        header, rows = build(comparison)
+        if rows:
+            tables[key] = [f"{title}:", "", *_markdown(header, rows), ""]
+    return tables
 
 
 def write_plots(comparison: Comparison, folder: Path, *, prefix: str = "") -> dict[str, Path]:
@@ -396,6 +443,8 @@ def markdown_report(comparison: Comparison, plots: Mapping[str, Path]) -> str:
     lines += tables["budgets"]
     if "tradeoff" in plots:
         lines += [f"![metric vs time]({plots['tradeoff'].name})", ""]
+    if "held_out" in tables:
+        lines += [*tables["held_out"], HELD_OUT_NOTE, ""]
     lines += tables["summary"]
     lines += ["Area: the mean of the best metric reachable within each time budget x, over x "
               "from 100/L to 100 % (sweep and fixed exits); see "

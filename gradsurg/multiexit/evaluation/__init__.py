@@ -3,7 +3,8 @@
 ``outcomes`` scores a set of exits (predictions, metrics, expected time %, exit histogram),
 ``sweeps`` varies a policy's parameter over a fixed list, ``dense_sweeps`` over every value
 where some example's exit changes, and ``tradeoff_summary`` reduces the resulting curve to a
-few numbers (area, best within a time budget, least time within a tolerance).
+few numbers (area, best within a time budget, least time within a tolerance); ``held_out``
+gives each budget with the setting chosen on the other half of the examples.
 """
 
 from gradsurg.multiexit.evaluation.dense_sweeps import DenseSweep, dense_sweep
