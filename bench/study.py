@@ -25,7 +25,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -256,11 +256,14 @@ class SeedNumbers:
     finals: list[float]
     areas: list[float]
     budgets: dict[str, list[float | None]]
+    held_out: dict[str, list[float | None]] = field(default_factory=dict)  # from the logits
 
 
 def seed_spread(found: dict[str, dict[int, Path]]) -> dict[str, SeedNumbers]:
-    """config -> its numbers per seed, for every configuration with two or more seeds (read
-    from results.json alone, so no logits are loaded)."""
+    """config -> its numbers per seed, for every configuration with two or more seeds (from
+    results.json; the held-out budgets from each run's exit logits)."""
+    from gradsurg.report.compare import held_out_budgets, load_run
+
     spread = {}
     for config, seeds in found.items():
         if len(seeds) < 2:
@@ -275,12 +278,16 @@ def seed_spread(found: dict[str, dict[int, Path]]) -> dict[str, SeedNumbers]:
             for budget, point in (tradeoff.get("best_within") or {}).items():
                 numbers.budgets.setdefault(budget, []).append(
                     None if point is None else 100 * float(point[metric]))
+            for budget, point in (held_out_budgets(load_run(folder)) or {}).items():
+                numbers.held_out.setdefault(budget, []).append(
+                    None if point is None else 100 * float(point[metric]))
         spread[config] = numbers
     return spread
 
 
 def seed_table(spread: dict[str, SeedNumbers]) -> list[str]:
-    """Mean ± sd over seeds of every seeded configuration's final exit, area and budgets."""
+    """Mean ± sd over seeds of every seeded configuration's final exit, area and budgets, in
+    sample and held out."""
     if not spread:
         return []
     budgets = sorted({b for numbers in spread.values() for b in numbers.budgets}, key=float)
@@ -288,11 +295,22 @@ def seed_table(spread: dict[str, SeedNumbers]) -> list[str]:
     lines = ["", "Over seeds (mean ± sd x 100; a budget's mean is over the seeds with a point "
              "within it):", "", _row(header), _row(["---", *("---:" for _ in header[1:])])]
     for config, numbers in spread.items():
-        budget_cells = [_mean_sd([v for v in numbers.budgets.get(b, []) if v is not None])
-                        for b in budgets]
         lines.append(_row([config, str(len(numbers.finals)), _mean_sd(numbers.finals),
-                           _mean_sd(numbers.areas), *budget_cells]))
+                           _mean_sd(numbers.areas), *_budget_means(numbers.budgets, budgets)]))
+    held_out = sorted({b for numbers in spread.values() for b in numbers.held_out}, key=float)
+    if held_out:
+        header = ["configuration", "seeds", *(f"<= {b}%" for b in held_out)]
+        lines += ["", "Over seeds, held out (each seed's setting chosen on one half of the "
+                  "evaluation set, scored on the other):", "", _row(header),
+                  _row(["---", *("---:" for _ in header[1:])])]
+        for config, numbers in spread.items():
+            lines.append(_row([config, str(len(numbers.finals)),
+                               *_budget_means(numbers.held_out, held_out)]))
     return lines
+
+
+def _budget_means(found: dict[str, list[float | None]], budgets: list[str]) -> list[str]:
+    return [_mean_sd([v for v in found.get(b, []) if v is not None]) for b in budgets]
 
 
 def _row(cells: list[str]) -> str:
@@ -308,10 +326,12 @@ def seeded_leaders(spread: dict[str, SeedNumbers]) -> list[str]:
         return []
     rows = {"final exit": {c: n.finals for c, n in peers.items()},
             "area": {c: n.areas for c, n in peers.items()}}
-    for budget in sorted({b for n in peers.values() for b in n.budgets}, key=float):
-        rows[f"within {budget}%"] = {
-            c: n.budgets[budget] for c, n in peers.items()
-            if len(n.budgets.get(budget, [])) == most and None not in n.budgets[budget]}
+    for kind, where in (("", "budgets"), (", held out", "held_out")):
+        tables = {c: getattr(n, where) for c, n in peers.items()}
+        for budget in sorted({b for found in tables.values() for b in found}, key=float):
+            rows[f"within {budget}%{kind}"] = {
+                c: found[budget] for c, found in tables.items()
+                if len(found.get(budget, [])) == most and None not in found[budget]}
     lines = []
     for name, values in rows.items():
         means = {c: statistics.mean(v) for c, v in values.items()}

@@ -174,3 +174,7 @@ def test_seed_table_and_leaders_use_every_seed_and_compare_like_with_like(study,
     # a budget where a seed has no point is not ranked on a partial mean
     assert f"- best within 30% {leaders}deebert (50.00)" in text
     assert f"- best within 60% {leaders}romebert (83.33)" in text
+    # held out from each seed's logits (all DeeBERT's here: 75.00 at 62.5%, see test_compare)
+    assert "| deebert | 3 | - | - | - | 75.00 ± 0.00 | 75.00 ± 0.00 | 75.00 ± 0.00 |" in text
+    assert "| exit_upgrad | 2 | - | - | - | 75.00 ± 0.00 |" in text
+    assert f"- best within 50%, held out {leaders}deebert, romebert (75.00)" in text

@@ -38,6 +38,7 @@ __all__ = [
     "RunReport",
     "budget_table",
     "compare_runs",
+    "held_out_budgets",
     "held_out_table",
     "load_run",
     "markdown_tables",
@@ -257,8 +258,8 @@ def _curve(run: LoadedRun, metric: str) -> tuple[list[Point], str, str | None]:
         f"{run.name} {reason} and no sweep in results.json: its curve is its fixed exits only")
 
 
-def _held_out(run: LoadedRun, budgets: Sequence[float]
-              ) -> dict[str, dict[str, float] | None] | None:
+def held_out_budgets(run: LoadedRun, budgets: Sequence[float] = COMPARE_BUDGETS
+                     ) -> dict[str, dict[str, float] | None] | None:
     """The run's held-out best within each budget (see held_out.py); None without logits."""
     if run.logits is None or run.logits.shape[1] < 2:
         return None
@@ -283,7 +284,7 @@ def compare_runs(runs: Sequence[LoadedRun], *, tolerance: float = 0.01,
     for run, label in zip(runs, labels):
         try:
             points, curve, note = _curve(run, metric)
-            held_out = _held_out(run, budgets)
+            held_out = held_out_budgets(run, budgets)
         except (KeyError, TypeError, ValueError) as error:
             raise ConfigError(f"{run.name}: cannot build its trade-off curve ({error})") from None
         if note:
