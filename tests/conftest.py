@@ -48,3 +48,16 @@ def tiny_backbone_dir(tmp_path_factory):
         return folders[model_type]
 
     return make
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors (k x k problems, a few examples' logits): one thread avoids pool start-up
+    and contention, which on a busy machine make each op milliseconds instead of microseconds.
+    Use it as ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -27,14 +27,7 @@ from gradsurg.combiners import (
 from gradsurg.combiners.qp import min_quadratic
 from gradsurg.errors import ConfigError
 
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """k x k problems: one thread avoids pool start-up and contention on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # k x k problems
 
 
 FAST = settings(max_examples=60, deadline=None)

@@ -21,7 +21,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from hypothesis import assume, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 from strategies import gradient_matrices, ordinary_matrices
 from test_combiners_more import (
@@ -40,7 +40,6 @@ from test_combiners_more import (
     names_for,
     row_scale,
     run,
-    single_thread,  # noqa: F401  (autouse fixture: one thread for k x k problems)
     spread_matrices,
     tolerance,
 )
@@ -59,6 +58,8 @@ from gradsurg.combiners import (
     gramian,
 )
 from gradsurg.errors import ConfigError
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # k x k problems
 
 FAST = settings(max_examples=25, deadline=None)
 SLOW = settings(max_examples=10, deadline=None)
@@ -342,21 +343,25 @@ def test_nash_mtl_agrees_with_torchjd_over_steps(update_every):
 
 @FAST
 @given(spread_matrices(min_rows=2), st.sampled_from([0.5, 2.0]))
+@example(torch.cat([torch.diag(torch.tensor([2.0, 0.0267, 0.0267, 0.0267])),
+                   torch.zeros(4, 1)], dim=1), 0.5)  # torchjd's w off by 7e-5 here
 def test_fairgrad_agrees_with_torchjd(matrix, alpha):
     """torchjd's FairGrad solves G w = w^(-1/alpha) with scipy's least squares (the authors'
     code) and steps along the raw w; ours is that direction with the documented scale.
 
     torchjd's solve uses scipy's default tolerances on the unscaled Gramian, so on small rows
     it stops early (rows of norm ~0.03: relative residual 2e-4); the agreement asked for is
-    1e-5 or ten times torchjd's own residual, whichever is larger. Exactness is checked
-    against a tight solve in `test_fairgrad_solves_the_papers_system`."""
+    1e-5 or ten times torchjd's own componentwise residual, whichever is larger. Exactness is
+    checked against a tight solve in `test_fairgrad_solves_the_papers_system`."""
     aggregation = pytest.importorskip("torchjd.aggregation")
     assume(well_posed("fairgrad", matrix))
     m = matrix.to(torch.float64)
     gram = (m @ m.T).numpy()
     w = aggregation.FairGradWeighting(alpha=alpha)(m @ m.T).numpy()
     target = w ** (-1 / alpha)
-    torchjd_residual = np.abs(gram @ w - target).max() / np.abs(target).max()
+    # componentwise: normalized by the largest entry, a small row's residual hides (rows of
+    # norm 2 and 0.027: 7e-7 that way, 2e-4 on the small rows, whose w is off by 7e-5)
+    torchjd_residual = (np.abs(gram @ w - target) / np.abs(target)).max()
     expected = normalized(w, as64(m)) @ as64(m)
     bound = max(1e-5, 10 * torchjd_residual) * np.abs(expected).max()
     assert np.abs(run(FairGrad(alpha=alpha), m) - expected).max() <= bound
