@@ -120,6 +120,57 @@ def best_paper_config(runs: Path) -> str | None:
     return max(candidates, key=lambda config: statistics.mean(areas[config]))
 
 
+#: The budgets the recommendation averages over (every budget of the comparison).
+RECOMMEND_BUDGETS = ("25", "30", "40", "50", "60", "100")
+
+
+def recommendation_scores(runs: Path) -> dict[str, list[float]] | None:
+    """The rule a recommendation follows, fixed before the seed runs were in: each seeded
+    configuration's score per seed is its held-out best metric x 100 (setting chosen on the
+    other half of the dev set) averaged over every budget and both paper tasks. None until
+    every seeded run is finished."""
+    from gradsurg.report.compare import held_out_budgets, load_run
+
+    best = best_paper_config(runs)
+    seeded = [*ALWAYS_SEEDED, best] if best else []
+    if not seeded or any(not (run.folder(runs) / "results.json").is_file()
+                         for run in plan("paper", seeded, SEEDS, None)):
+        return None
+    scores: dict[str, list[float]] = {}
+    for config in seeded:
+        for seed in SEEDS:
+            values = []
+            for task in PHASES["paper"]:
+                folder = Run("paper", task, config, seed).folder(runs)
+                run = load_run(folder)
+                held_out = held_out_budgets(run) or {}
+                metric = run.results["primary_metric"]
+                missing = [b for b in RECOMMEND_BUDGETS if held_out.get(b) is None]
+                if missing:  # every configuration is scored on the same budgets, or none is
+                    raise ValueError(f"{folder}: no held-out point within {missing[0]}%")
+                values += [100 * float(held_out[b][metric]) for b in RECOMMEND_BUDGETS]
+            scores.setdefault(config, []).append(statistics.mean(values))
+    return scores
+
+
+def recommend(scores: dict[str, list[float]], cost: dict[str, float]) -> tuple[str, str]:
+    """(configuration, why): the highest mean score over seeds, unless the runner-up is within
+    the seeds' spread (the larger sd of the two), in which case the cheapest to train of those
+    within that spread of the top (`cost`: training cost relative to romebert_sd)."""
+    means = {config: statistics.mean(values) for config, values in scores.items()}
+    ranked = sorted(means, key=means.__getitem__, reverse=True)
+    top = ranked[0]
+    noise = max(statistics.stdev(values) for values in scores.values())
+    level = [c for c in ranked if means[top] - means[c] <= noise]
+    if len(level) == 1:
+        return top, (f"highest mean score ({means[top]:.2f}), more than the seeds' spread "
+                     f"({noise:.2f}) above the next ({means[ranked[1]]:.2f})")
+    cheapest = min(level, key=lambda c: cost.get(c, float("inf")))
+    return cheapest, (f"{', '.join(level)} are within the seeds' spread ({noise:.2f}) of the "
+                      f"top score ({means[top]:.2f}); {cheapest} is the cheapest of them to "
+                      f"train ({cost.get(cheapest, float('nan')):.2f} x romebert_sd)")
+
+
 def planned_runs(best: str | None) -> list[Run]:
     """Every run of the study: the screening, the paper phase at seed 42, and seeds 43 and 44
     for deebert, romebert and (once known) the paper phase's best other configuration."""
@@ -459,6 +510,30 @@ def cost_section(cost_file: Path) -> list[str]:
     return [*lines, ""]
 
 
+def recommendation_section(runs: Path, cost_file: Path) -> list[str]:
+    """What the rule (`recommendation_scores`, `recommend`) picks, once every seeded run is in."""
+    scores = recommendation_scores(runs)
+    if scores is None:
+        return []
+    cost = {}
+    if cost_file.is_file():
+        cost = {config: float(row["relative_to_romebert_sd"])
+                for config, row in json.loads(cost_file.read_text())["configs"].items()}
+    pick, why = recommend(scores, cost)
+    lines = ["## Recommendation (by the rule fixed before the seeds were in)", "",
+             "Score: held-out best metric x 100 averaged over the budgets "
+             f"{', '.join(b + '%' for b in RECOMMEND_BUDGETS)} and over "
+             f"{' and '.join(PHASES['paper'])}, per seed (`recommendation_scores`).", "",
+             "| configuration | " + " | ".join(f"seed {s}" for s in SEEDS)
+             + " | mean ± sd | training cost x romebert_sd |",
+             "| --- | " + " | ".join("---:" for _ in SEEDS) + " | ---: | ---: |"]
+    for config, values in scores.items():
+        price = f"{cost[config]:.2f}" if config in cost else "-"
+        lines.append(f"| {config} | " + " | ".join(f"{v:.2f}" for v in values)
+                     + f" | {_mean_sd(values)} | {price} |")
+    return [*lines, "", f"Recommended: **{pick}**: {why}.", ""]
+
+
 def write_report(runs: Path, output: Path, cost_file: Path = COST_FILE) -> list[Path]:
     """docs/study.md (and its figures) from every finished run; lists what is missing."""
     figures = output.parent / output.stem
@@ -473,6 +548,7 @@ def write_report(runs: Path, output: Path, cost_file: Path = COST_FILE) -> list[
         for task in PHASES[phase]:
             lines += task_report(runs, phase, task, figures)
     lines += cost_section(cost_file)
+    lines += recommendation_section(runs, cost_file)
     best = best_paper_config(runs)
     missing = [run for run in planned_runs(best)
                if not (run.folder(runs) / "results.json").is_file()]

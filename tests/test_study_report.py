@@ -5,13 +5,16 @@ from __future__ import annotations
 import importlib.util
 import json
 import shlex
+import shutil
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 from test_compare import DEEBERT, ROMEBERT, write_run
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("one_thread")  # held-out sweeps over a few examples
 
 
 @pytest.fixture(scope="module")
@@ -178,3 +181,66 @@ def test_seed_table_and_leaders_use_every_seed_and_compare_like_with_like(study,
     assert "| deebert | 3 | - | - | - | 75.00 ± 0.00 | 75.00 ± 0.00 | 75.00 ± 0.00 |" in text
     assert "| exit_upgrad | 2 | - | - | - | 75.00 ± 0.00 |" in text
     assert f"- best within 50%, held out {leaders}deebert, romebert (75.00)" in text
+
+
+def test_recommend_takes_the_top_unless_the_seeds_cannot_tell_then_the_cheapest(study):
+    cost = {"deebert": 1.25, "romebert": 1.38, "exit_upgrad": 2.49}
+    clear = {"deebert": [80.0, 81.0, 82.0], "romebert": [70.0, 71.0, 72.0],
+             "exit_upgrad": [90.0, 91.0, 92.0]}
+    pick, why = study.recommend(clear, cost)
+    assert pick == "exit_upgrad" and "highest mean score (91.00)" in why
+    # exit_upgrad's lead (0.5) is inside the seeds' spread (sd 2.0): deebert is cheaper
+    close = {"deebert": [79.0, 81.0, 83.0], "romebert": [70.0, 71.0, 72.0],
+             "exit_upgrad": [79.5, 81.5, 83.5]}
+    pick, why = study.recommend(close, cost)
+    assert pick == "deebert"
+    assert why.startswith("exit_upgrad, deebert are within the seeds' spread (2.00)")
+
+
+METRIC = {"mrpc": "f1", "rte": "accuracy"}
+
+
+def test_recommendation_scores_average_held_out_budgets_over_both_tasks(study, tmp_path):
+    from gradsurg.multiexit.evaluation.held_out import held_out_best_within
+
+    runs = tmp_path / "runs"
+    assert study.recommendation_scores(runs) is None  # nothing finished
+    labels = [0, 1] * 4
+    generator = torch.Generator().manual_seed(0)
+    logits = {}  # (config, seed) -> six exits' outputs, the same on both tasks
+
+    def finished(config, task, seed, auc=0.5):
+        if (config, seed) not in logits:
+            logits[config, seed] = torch.randn(6, len(labels), 2, generator=generator) * 3
+        write_run(study.Run("paper", task, config, seed).folder(runs), config,
+                  logits[config, seed].tolist(), [0.5] * 6, task=task, labels=labels,
+                  extra={"tradeoff": {"auc": auc}, "primary_metric": METRIC[task],
+                         "exit_metrics": [{METRIC[task]: 0.5}] * 6})
+
+    for config in study.seeded_candidates():  # seed 42 of the candidates: exit_upgrad best
+        for task in study.PHASES["paper"]:
+            finished(config, task, 42, auc=0.9 if config == "exit_upgrad" else 0.5)
+    for config in ("deebert", "romebert", "exit_upgrad"):
+        for task in study.PHASES["paper"]:
+            for seed in study.SEEDS:
+                if (config, seed) != ("exit_upgrad", 42) and (config, task, seed) != (
+                        "exit_upgrad", "rte", 44):
+                    finished(config, task, seed)
+    assert study.recommendation_scores(runs) is None  # one seeded run short
+    finished("exit_upgrad", "rte", 44)
+    scores = study.recommendation_scores(runs)
+    assert list(scores) == ["deebert", "romebert", "exit_upgrad"]
+    for config, per_seed in scores.items():
+        for seed, score in zip(study.SEEDS, per_seed):
+            expected = []
+            for task, metric in METRIC.items():
+                found = held_out_best_within(logits[config, seed], torch.tensor(labels), task,
+                                             "entropy", {}, [25, 30, 40, 50, 60, 100])
+                expected += [100 * found[b][metric] for b in study.RECOMMEND_BUDGETS]
+            assert score == pytest.approx(sum(expected) / len(expected))
+    # a run with no held-out point within a budget is refused, not averaged over fewer
+    folder = study.Run("paper", "rte", "romebert", 44).folder(runs)
+    shutil.rmtree(folder)
+    write_run(folder, "romebert", DEEBERT, [0.5, 1.0], task="rte")  # two exits: 50% at least
+    with pytest.raises(ValueError, match="seed-44: no held-out point within 25%"):
+        study.recommendation_scores(runs)
