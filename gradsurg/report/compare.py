@@ -232,8 +232,7 @@ def _curve(run: LoadedRun, metric: str) -> tuple[list[Point], str, str | None]:
         # torch and the multi-exit stack, imported only when there are logits to sweep
         from gradsurg.multiexit.evaluation.dense_sweeps import dense_sweep
 
-        spec = dict(results.get("exit_policy") or {"name": "entropy"})
-        name = spec.pop("name")
+        name, spec = _policy(run)
         sweep = dense_sweep(run.logits, run.labels, results["task"], name, spec)
         if sweep is not None:
             fixed = "".join(f", {k}={v}" for k, v in sweep.params.items())
@@ -265,9 +264,14 @@ def held_out_budgets(run: LoadedRun, budgets: Sequence[float] = COMPARE_BUDGETS
         return None
     from gradsurg.multiexit.evaluation.held_out import held_out_best_within
 
-    spec = dict(run.results.get("exit_policy") or {"name": "entropy"})
-    name = spec.pop("name")
+    name, spec = _policy(run)
     return held_out_best_within(run.logits, run.labels, run.results["task"], name, spec, budgets)
+
+
+def _policy(run: LoadedRun) -> tuple[str, dict[str, Any]]:
+    """The run's recipe exit policy: (name, its other parameters)."""
+    spec = dict(run.results.get("exit_policy") or {"name": "entropy"})
+    return spec.pop("name"), spec
 
 
 def compare_runs(runs: Sequence[LoadedRun], *, tolerance: float = 0.01,
