@@ -154,9 +154,9 @@ def recommendation_scores(runs: Path) -> dict[str, list[float]] | None:
 
 
 def recommend(scores: dict[str, list[float]], cost: dict[str, float]) -> tuple[str, str]:
-    """(configuration, why): the highest mean score over seeds, unless the runner-up is within
-    the seeds' spread (the larger sd of the two), in which case the cheapest to train of those
-    within that spread of the top (`cost`: training cost relative to romebert_sd)."""
+    """(configuration, why): the highest mean score over seeds, unless others are within the
+    seeds' spread of it (the largest seed sd of any configuration), in which case the cheapest
+    to train of those (`cost`: training cost relative to romebert_sd)."""
     means = {config: statistics.mean(values) for config, values in scores.items()}
     ranked = sorted(means, key=means.__getitem__, reverse=True)
     top = ranked[0]
@@ -326,14 +326,17 @@ def seed_spread(found: dict[str, dict[int, Path]]) -> dict[str, SeedNumbers]:
             tradeoff = results.get("tradeoff") or {}
             numbers.finals.append(100 * float(results["exit_metrics"][-1][metric]))
             numbers.areas.append(100 * float(tradeoff.get("auc", "nan")))
-            for budget, point in (tradeoff.get("best_within") or {}).items():
-                numbers.budgets.setdefault(budget, []).append(
-                    None if point is None else 100 * float(point[metric]))
-            for budget, point in (held_out_budgets(load_run(folder)) or {}).items():
-                numbers.held_out.setdefault(budget, []).append(
-                    None if point is None else 100 * float(point[metric]))
+            _add_budgets(numbers.budgets, tradeoff.get("best_within"), metric)
+            _add_budgets(numbers.held_out, held_out_budgets(load_run(folder)), metric)
         spread[config] = numbers
     return spread
+
+
+def _add_budgets(into: dict[str, list[float | None]],
+                 best_within: dict[str, dict[str, float] | None] | None, metric: str) -> None:
+    """Append one seed's best metric x 100 within each budget (None: no point within it)."""
+    for budget, point in (best_within or {}).items():
+        into.setdefault(budget, []).append(None if point is None else 100 * float(point[metric]))
 
 
 def seed_table(spread: dict[str, SeedNumbers]) -> list[str]:
