@@ -538,7 +538,9 @@ def recommendation_section(runs: Path, cost_file: Path) -> list[str]:
 
 
 def write_report(runs: Path, output: Path, cost_file: Path = COST_FILE) -> list[Path]:
-    """docs/study.md (and its figures) from every finished run; lists what is missing."""
+    """docs/study.md (and its figures) from every finished run; lists what is missing.
+    A run the recommendation cannot score raises ValueError before anything is written."""
+    recommendation = recommendation_section(runs, cost_file)
     figures = output.parent / output.stem
     figures.mkdir(parents=True, exist_ok=True)
     lines = ["# Study: when does gradient surgery pay off in multi-exit training?", "",
@@ -551,7 +553,7 @@ def write_report(runs: Path, output: Path, cost_file: Path = COST_FILE) -> list[
         for task in PHASES[phase]:
             lines += task_report(runs, phase, task, figures)
     lines += cost_section(cost_file)
-    lines += recommendation_section(runs, cost_file)
+    lines += recommendation
     best = best_paper_config(runs)
     missing = [run for run in planned_runs(best)
                if not (run.folder(runs) / "results.json").is_file()]
@@ -583,7 +585,11 @@ def main() -> None:
     parser.add_argument("--report-file", type=Path, default=ROOT / "docs" / "study.md")
     args = parser.parse_args()
     if args.report:
-        for path in write_report(args.runs, args.report_file):
+        try:
+            written = write_report(args.runs, args.report_file)
+        except ValueError as problem:  # a run the recommendation cannot score: name it
+            sys.exit(f"error: {problem}")
+        for path in written:
             print(path)
         return
     configs = args.configs or (list(CONFIGS) if args.phase == "screening" else PAPER_CONFIGS)

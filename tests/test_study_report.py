@@ -212,10 +212,8 @@ def test_recommendation_scores_average_held_out_budgets_over_both_tasks(study, t
     def finished(config, task, seed, auc=0.5):
         if (config, seed) not in logits:
             logits[config, seed] = torch.randn(6, len(labels), 2, generator=generator) * 3
-        write_run(study.Run("paper", task, config, seed).folder(runs), config,
-                  logits[config, seed].tolist(), [0.5] * 6, task=task, labels=labels,
-                  extra={"tradeoff": {"auc": auc}, "primary_metric": METRIC[task],
-                         "exit_metrics": [{METRIC[task]: 0.5}] * 6})
+        write_paper_run(study, runs, config, task, seed, logits[config, seed].tolist(), labels,
+                        auc)
 
     for config in study.seeded_candidates():  # seed 42 of the candidates: exit_upgrad best
         for task in study.PHASES["paper"]:
@@ -244,3 +242,36 @@ def test_recommendation_scores_average_held_out_budgets_over_both_tasks(study, t
     write_run(folder, "romebert", DEEBERT, [0.5, 1.0], task="rte")  # two exits: 50% at least
     with pytest.raises(ValueError, match="seed-44: no held-out point within 25%"):
         study.recommendation_scores(runs)
+
+
+
+def write_paper_run(study, runs, config, task, seed, logits, labels, auc=0.5):
+    """A finished paper-phase run folder of `config` with these exits' outputs."""
+    write_run(study.Run("paper", task, config, seed).folder(runs), config, logits, [0.5] * 6,
+              task=task, labels=labels,
+              extra={"tradeoff": {"auc": auc}, "primary_metric": METRIC[task],
+                     "exit_metrics": [{METRIC[task]: 0.5}] * 6})
+
+
+def test_report_command_names_a_run_it_cannot_score_in_one_error_line(study, tmp_path):
+    import subprocess
+
+    runs = tmp_path / "runs"
+    labels = [0, 1] * 4
+    logits = [[[1.0, 0.0]] * len(labels)] * 6
+    every = [*study.plan("paper", study.seeded_candidates(), study.SEEDS[:1], None),
+             *study.plan("paper", ["deebert", "romebert", "exit_upgrad"], study.SEEDS, None)]
+    for run in set(every):
+        write_paper_run(study, runs, run.config, run.task, run.seed, logits, labels,
+                        auc=0.9 if run.config == "exit_upgrad" else 0.5)
+    short = study.Run("paper", "rte", "romebert", 44).folder(runs)
+    shutil.rmtree(short)
+    write_run(short, "romebert", DEEBERT, [0.5, 1.0], task="rte")  # two exits: 50% at least
+    report = tmp_path / "docs" / "study.md"
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "study.py"), "--report",
+                           "--runs", str(runs), "--report-file", str(report)],
+                          capture_output=True, text=True)
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines() == [
+        f"error: {short}: no held-out point within 25%"]
+    assert not report.parent.exists()  # neither the report nor its figures
