@@ -1,5 +1,6 @@
 """CAGrad, GradVac, MGDA, IMTL-G and UPGrad: properties (hypothesis), independent float64
-references written on the vectors themselves, and comparisons with torchjd when installed."""
+references written on the vectors themselves, and comparisons with torchjd when installed.
+The properties every combiner shares: test_combiner_properties.py."""
 
 from __future__ import annotations
 
@@ -33,15 +34,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # k x k problems
 FAST = settings(max_examples=60, deadline=None)
 SLOW = settings(max_examples=30, deadline=None)
 
-FACTORIES = {
-    "mgda": MGDA,
-    "upgrad": UPGrad,
-    "imtlg": IMTLG,
-    "cagrad": lambda: CAGrad(c=0.5),
-    "gradvac": lambda: GradVac(beta=0.5, seed=1),
-}
-#: Combiners whose output does not depend on the order of the rows.
-ORDER_FREE = ("mgda", "upgrad", "imtlg", "cagrad")
 
 
 def names_for(matrix) -> list[str]:
@@ -253,90 +245,6 @@ class GradVacReference:
                 self.targets[i, j] = (1 - self.beta) * target + self.beta * phi
             total += g
         return total
-
-
-# ---- every combiner: properties (shared with tests/test_combiners_new.py) ------------------
-
-
-def check_finite(combiner, matrix: torch.Tensor, name: str) -> None:
-    """Finite output of the input's shape and dtype; info values are finite floats named
-    `name/...`."""
-    out = combiner(matrix, names_for(matrix))
-    assert out.gradient.shape == (matrix.shape[1],)
-    assert out.gradient.dtype == matrix.dtype
-    assert torch.isfinite(out.gradient).all(), f"{name} gave non-finite output"
-    assert all(isinstance(v, float) and math.isfinite(v) for v in out.info.values())
-    assert all(key.startswith(f"{name}/") for key in out.info)
-
-
-def check_single_group(combiner, matrix: torch.Tensor, factor: float = 1.0) -> None:
-    """k = 1: the output is `factor` times the gradient itself."""
-    out = run(combiner, matrix)
-    expected = factor * as64(matrix)[0]
-    bound = tolerance(matrix.dtype) * np.abs(expected).max() + 4 * torch.finfo(matrix.dtype).tiny
-    assert np.abs(out - expected).max() <= bound
-
-
-def check_identical_rows(combiner, row: torch.Tensor, k: int, factor: float = 1.0) -> None:
-    """k copies of g give `factor` times their sum k g."""
-    matrix = row.repeat(k, 1)
-    out = run(combiner, matrix)
-    expected = factor * k * as64(row)[0]
-    assert np.abs(out - expected).max() <= tolerance(matrix.dtype) * np.abs(expected).max()
-
-
-def check_row_order(make, matrix: torch.Tensor, order: list[int]) -> None:
-    """Fresh combiners from `make` give the same output on the rows in another order."""
-    out = run(make(), matrix)
-    shuffled = run(make(), matrix[order])
-    scale = np.abs(as64(matrix)).sum(0).max() * matrix.shape[0]
-    assert np.abs(out - shuffled).max() <= tolerance(matrix.dtype) * scale
-
-
-def check_positive_scale(make, matrix: torch.Tensor, factor: float) -> None:
-    """Fresh combiners from `make`: scaling every row by `factor` > 0 scales the output."""
-    out = run(make(), matrix)
-    scaled = run(make(), matrix * factor)
-    scale = factor * np.abs(as64(matrix)).sum(0).max() * matrix.shape[0]
-    assert np.abs(scaled - factor * out).max() <= tolerance(matrix.dtype) * scale
-
-
-@FAST
-@given(gradient_matrices(), st.sampled_from(sorted(FACTORIES)))
-def test_finite_on_zero_rows_and_extreme_scales(matrix, name):
-    check_finite(FACTORIES[name](), matrix, name)
-
-
-@FAST
-@given(gradient_matrices(min_rows=1, max_rows=1), st.sampled_from(sorted(FACTORIES)))
-def test_a_single_group_keeps_its_gradient(matrix, name):
-    """k = 1: every method returns the gradient itself; CAGrad returns (1 + c) g."""
-    check_single_group(FACTORIES[name](), matrix, 1.5 if name == "cagrad" else 1.0)
-
-
-@FAST
-@given(ordinary_matrices(max_rows=1), st.integers(2, 5), st.sampled_from(sorted(FACTORIES)))
-def test_identical_rows_give_the_plain_sum(row, k, name):
-    """Every output is on the scale of `sum`: k copies of g give k g (CAGrad: k (1 + c) g)."""
-    check_identical_rows(FACTORIES[name](), row, k, 1.5 if name == "cagrad" else 1.0)
-
-
-@FAST
-@given(ordinary_matrices(min_rows=2), st.sampled_from(ORDER_FREE), st.randoms())
-def test_row_order_does_not_matter(matrix, name, random):
-    order = list(range(matrix.shape[0]))
-    random.shuffle(order)
-    if name == "imtlg":  # a pseudo-inverse: near-singular rows are ill-posed
-        assume(cosine_condition(as64(matrix)) < 1e4)
-    check_row_order(FACTORIES[name], matrix, order)
-
-
-@FAST
-@given(ordinary_matrices(), st.sampled_from(sorted(FACTORIES)), st.floats(1e-3, 1e3))
-def test_a_common_positive_scale_scales_the_output(matrix, name, factor):
-    if name == "imtlg":
-        assume(cosine_condition(as64(matrix)) < 1e4)
-    check_positive_scale(FACTORIES[name], matrix, factor)
 
 
 # ---- mgda -----------------------------------------------------------------------------------
@@ -610,16 +518,7 @@ def test_min_quadratic_returns_feasible_weights(matrix, simplex):
 # ---- construction ---------------------------------------------------------------------------
 
 
-def test_registered_by_name():
-    for name, cls in [
-        ("cagrad", CAGrad),
-        ("gradvac", GradVac),
-        ("mgda", MGDA),
-        ("imtlg", IMTLG),
-        ("upgrad", UPGrad),
-    ]:
-        assert COMBINERS.get(name) is cls
-        assert isinstance(COMBINERS.build(name, where="combiner"), cls)
+def test_options_reach_the_combiner_by_name():
     combiner = COMBINERS.build({"name": "gradvac", "beta": 0.1, "seed": 3}, where="combiner")
     assert combiner.beta == 0.1 and combiner.seed == 3
     assert COMBINERS.build({"name": "cagrad", "c": 0.2}, where="combiner").c == 0.2

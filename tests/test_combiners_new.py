@@ -1,15 +1,6 @@
-"""DualProj, Aligned-MTL, Nash-MTL, ConFIG, FairGrad, GradDrop, RLW, DB-MTL and MoCo: the
-shared combiner properties, torchjd 0.18 where it implements the same method, and plain
-numpy/scipy renderings of the papers' formulas otherwise.
-
-Which shared properties hold, and why:
-  * finite on zero rows and 1e-30..1e15 in float32: all nine.
-  * one group keeps its gradient, k identical rows give their sum: all but `dbmtl`, whose
-    running average starts at 0 (the first step gives (1 - beta) times that).
-  * row order does not matter: all but `rlw`, whose random weights go to rows by position.
-    `graddrop` draws one number per coordinate, not per row, so it qualifies.
-  * scaling every row by c > 0 scales the output by c: all but `moco`, whose weight step
-    gamma Y Y^T lambda grows with the squared norms (the paper's method is not scale-free).
+"""DualProj, Aligned-MTL, Nash-MTL, ConFIG, FairGrad, GradDrop, RLW, DB-MTL and MoCo: torchjd
+0.18 where it implements the same method, and plain numpy/scipy renderings of the papers'
+formulas otherwise. The properties every combiner shares: test_combiner_properties.py.
 Stateful and random methods are compared on fresh instances with the same seed.
 """
 
@@ -24,19 +15,14 @@ import torch
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 from strategies import gradient_matrices, ordinary_matrices
+from test_combiner_properties import well_posed
 from test_combiners_more import (
     as64,
-    check_finite,
-    check_identical_rows,
-    check_positive_scale,
-    check_row_order,
-    check_single_group,
     cosine,
     cosine_condition,
     dual_cone_projection,
     exact_output,
     matrix_sequences,
-    min_norm_reference,
     names_for,
     row_scale,
     run,
@@ -64,85 +50,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # k x k problems
 FAST = settings(max_examples=25, deadline=None)
 SLOW = settings(max_examples=10, deadline=None)
 
-FACTORIES = {
-    "dualproj": DualProj,
-    "aligned_mtl": AlignedMTL,
-    "nash_mtl": NashMTL,
-    "config": ConFIG,
-    "fairgrad": FairGrad,
-    "graddrop": lambda: GradDrop(seed=3),
-    "rlw": lambda: RLW(seed=3),
-    "dbmtl": DBMTL,
-    "moco": MoCo,
-}
-#: The first step's output relative to the plain sum on identical rows (and to a single row).
-FIRST_STEP = {"dbmtl": 0.1}
-ORDER_FREE = sorted(set(FACTORIES) - {"rlw"})
-HOMOGENEOUS = sorted(set(FACTORIES) - {"moco"})
-#: A pseudo-inverse or a rank cut: nearly dependent rows make the answer ill-posed.
-RANK_SENSITIVE = ("aligned_mtl", "config")
-
-
-def well_posed(name: str, matrix: torch.Tensor) -> bool:
-    m = as64(matrix)
-    if name in RANK_SENSITIVE:
-        return cosine_condition(m) < 1e4
-    if name in ("nash_mtl", "fairgrad"):  # near a Pareto-stationary point the weights blow up
-        return cosine_condition(m) < 1e4 and not _near_stationary(m)
-    return True
-
-
-def _near_stationary(m: np.ndarray) -> bool:
-    """0 within 1e-2 of the hull of the unit directions (enumerating the hull's faces)."""
-    unit = m / np.linalg.norm(m, axis=1)[:, None]
-    return bool(np.linalg.norm(min_norm_reference(unit)) < 1e-2)
-
-
-# ---- the shared properties ---------------------------------------------------------------
-
-
-@FAST
-@given(gradient_matrices(), st.sampled_from(sorted(FACTORIES)))
-def test_finite_on_zero_rows_and_extreme_scales(matrix, name):
-    check_finite(FACTORIES[name](), matrix, name)
-
-
-@FAST
-@given(gradient_matrices(min_rows=1, max_rows=1), st.sampled_from(sorted(FACTORIES)))
-def test_a_single_group_keeps_its_gradient(matrix, name):
-    check_single_group(FACTORIES[name](), matrix, FIRST_STEP.get(name, 1.0))
-
-
-@FAST
-@given(ordinary_matrices(max_rows=1), st.integers(2, 5), st.sampled_from(sorted(FACTORIES)))
-def test_identical_rows_give_the_plain_sum(row, k, name):
-    check_identical_rows(FACTORIES[name](), row, k, FIRST_STEP.get(name, 1.0))
-
-
-@FAST
-@given(ordinary_matrices(min_rows=2), st.sampled_from(ORDER_FREE), st.randoms())
-def test_row_order_does_not_matter(matrix, name, random):
-    assume(well_posed(name, matrix))
-    order = list(range(matrix.shape[0]))
-    random.shuffle(order)
-    check_row_order(FACTORIES[name], matrix, order)
-
-
-@FAST
-@given(ordinary_matrices(), st.sampled_from(HOMOGENEOUS), st.floats(1e-3, 1e3))
-def test_a_common_positive_scale_scales_the_output(matrix, name, factor):
-    assume(well_posed(name, matrix))
-    check_positive_scale(FACTORIES[name], matrix, factor)
-
-
-def test_rlw_depends_on_row_order_and_moco_on_scale():
-    """The two exclusions above are real, not untested: both fail their property here."""
-    matrix = torch.tensor([[1.0, 0.0], [0.0, 0.5]], dtype=torch.float64)
-    assert not torch.allclose(RLW(seed=0)(matrix, ["a", "b"]).gradient,
-                              RLW(seed=0)(matrix[[1, 0]], ["a", "b"]).gradient)
-    small = MoCo(gamma=0.1)(matrix, ["a", "b"]).gradient
-    large = MoCo(gamma=0.1)(10 * matrix, ["a", "b"]).gradient
-    assert not torch.allclose(large, 10 * small)
 
 
 # ---- dualproj -------------------------------------------------------------------------------
@@ -610,11 +517,7 @@ def test_tracked_rows_follow_group_names():
 # ---- construction ---------------------------------------------------------------------------
 
 
-def test_registered_by_name():
-    for name, make in FACTORIES.items():
-        cls = type(make())
-        assert COMBINERS.get(name) is cls and cls.name == name
-        assert isinstance(COMBINERS.build(name, where="combiner"), cls)
+def test_options_reach_the_combiner_by_name():
     assert COMBINERS.build({"name": "fairgrad", "alpha": 0.5}, where="combiner").alpha == 0.5
     assert COMBINERS.build({"name": "moco", "gamma": 0.3}, where="combiner").gamma == 0.3
     nash = COMBINERS.build({"name": "nash_mtl", "update_every": 4}, where="combiner")
