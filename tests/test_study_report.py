@@ -6,6 +6,7 @@ import importlib.util
 import json
 import shlex
 import shutil
+import statistics
 import sys
 from pathlib import Path
 
@@ -236,6 +237,24 @@ def test_recommendation_scores_average_held_out_budgets_over_both_tasks(study, t
                                              "entropy", {}, [25, 30, 40, 50, 60, 100])
                 expected += [100 * found[b][metric] for b in study.RECOMMEND_BUDGETS]
             assert score == pytest.approx(sum(expected) / len(expected))
+    # the report prints the rule's table, each task's part, and the rule's pick
+    per_task = study.held_out_scores(runs)
+    cost_file = tmp_path / "cost.json"
+    cost_file.write_text(json.dumps({"configs": {
+        c: {"relative_to_romebert_sd": r} for c, r in
+        [("deebert", 1.25), ("romebert", 1.38), ("exit_upgrad", 2.49)]}}))
+    section = "\n".join(study.recommendation_section(runs, cost_file))
+    for config, per_seed in scores.items():
+        assert statistics.mean(per_seed) == pytest.approx(statistics.mean(
+            statistics.mean(values) for values in per_task[config].values()))
+        row = next(line for line in section.splitlines() if line.startswith(f"| {config} |"))
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        assert cells[1:4] == [f"{v:.2f}" for v in per_seed]
+        assert cells[4].startswith(f"{statistics.mean(per_seed):.2f} ± ")
+        assert cells[5].startswith(f"{statistics.mean(per_task[config]['mrpc']):.2f}")
+        assert cells[6].startswith(f"{statistics.mean(per_task[config]['rte']):.2f}")
+    pick, _ = study.recommend(scores, {"deebert": 1.25, "romebert": 1.38, "exit_upgrad": 2.49})
+    assert f"Recommended: **{pick}**" in section
     # a run with no held-out point within a budget is refused, not averaged over fewer
     folder = study.Run("paper", "rte", "romebert", 44).folder(runs)
     shutil.rmtree(folder)
