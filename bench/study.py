@@ -25,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,11 +125,14 @@ def best_paper_config(runs: Path) -> str | None:
 RECOMMEND_BUDGETS = ("25", "30", "40", "50", "60", "100")
 
 
-def held_out_scores(runs: Path) -> dict[str, dict[str, list[float]]] | None:
+def held_out_scores(runs: Path, split_seed: int | None = None
+                    ) -> dict[str, dict[str, list[float]]] | None:
     """Each seeded configuration's score on each paper task, per seed: its held-out best
     metric x 100 (setting chosen on the other half of the dev set) averaged over every budget
-    of RECOMMEND_BUDGETS. None until every seeded run is finished; ValueError naming a run with
-    no held-out point within one of those budgets (every run is scored on the same budgets)."""
+    of RECOMMEND_BUDGETS; `split_seed`: the dev set's random split (default: the one
+    `gradsurg compare` uses). None until every seeded run is finished; ValueError naming a run
+    with no held-out point within one of those budgets (every run is scored on the same
+    budgets)."""
     from gradsurg.report.compare import held_out_budgets, load_run
 
     best = best_paper_config(runs)
@@ -142,7 +146,7 @@ def held_out_scores(runs: Path) -> dict[str, dict[str, list[float]]] | None:
             for seed in SEEDS:
                 folder = Run("paper", task, config, seed).folder(runs)
                 run = load_run(folder)
-                held_out = held_out_budgets(run) or {}
+                held_out = held_out_budgets(run, seed=split_seed) or {}
                 metric = run.results["primary_metric"]
                 missing = [b for b in RECOMMEND_BUDGETS if held_out.get(b) is None]
                 if missing:
@@ -152,11 +156,12 @@ def held_out_scores(runs: Path) -> dict[str, dict[str, list[float]]] | None:
     return scores
 
 
-def recommendation_scores(runs: Path) -> dict[str, list[float]] | None:
+def recommendation_scores(runs: Path, split_seed: int | None = None
+                          ) -> dict[str, list[float]] | None:
     """The rule a recommendation follows, fixed before the seed runs were in: each seeded
     configuration's score per seed is its `held_out_scores` averaged over both paper tasks.
     None until every seeded run is finished."""
-    per_task = held_out_scores(runs)
+    per_task = held_out_scores(runs, split_seed)
     if per_task is None:
         return None
     return {config: [statistics.mean(values) for values in zip(*tasks.values(), strict=True)]
@@ -550,7 +555,27 @@ def recommendation_section(runs: Path, cost_file: Path) -> list[str]:
                      + f" | {_mean_sd(values)} | "
                      + " | ".join(_mean_sd(per_task[config][task]) for task in tasks)
                      + f" | {price} |")
-    return [*lines, "", f"Recommended: **{pick}**: {why}.", ""]
+    picks = picks_over_splits(runs, cost, OTHER_SPLITS)
+    counted = ", ".join(f"{config} {count} times" for config, count in picks.most_common())
+    return [*lines, "", f"Recommended: **{pick}**: {why}.", "",
+            f"A check on the rule, not part of it: with the dev set split at random in "
+            f"{len(OTHER_SPLITS)} other ways (split seeds {OTHER_SPLITS[0]}-{OTHER_SPLITS[-1]}), "
+            f"it picks {counted}.", ""]
+
+
+#: Split seeds of the check on how much the recommendation depends on the dev set's split.
+OTHER_SPLITS = range(1, 11)
+
+
+def picks_over_splits(runs: Path, cost: dict[str, float], splits: range) -> Counter[str]:
+    """How often the rule picks each configuration when the dev set is split with each seed."""
+    picks: Counter[str] = Counter()
+    for seed in splits:
+        scores = recommendation_scores(runs, seed)
+        if scores is None:
+            raise ValueError(f"{runs}: the seeded runs are not all finished")
+        picks[recommend(scores, cost)[0]] += 1
+    return picks
 
 
 def write_report(runs: Path, output: Path, cost_file: Path = COST_FILE) -> list[Path]:

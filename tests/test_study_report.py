@@ -294,3 +294,32 @@ def test_report_command_names_a_run_it_cannot_score_in_one_error_line(study, tmp
     assert done.stderr.strip().splitlines() == [
         f"error: {short}: no held-out point within 25%"]
     assert not report.parent.exists()  # neither the report nor its figures
+
+
+def test_the_rule_is_checked_on_other_splits_of_the_dev_set(study, tmp_path):
+    from gradsurg.multiexit.evaluation.held_out import held_out_best_within
+    from gradsurg.report.compare import held_out_budgets, load_run
+
+    runs = tmp_path / "runs"
+    labels = [0, 1] * 6
+    generator = torch.Generator().manual_seed(1)
+    right = [[[0.0, 4.0] if y else [4.0, 0.0] for y in labels]] * 6  # every exit right, sure
+    every = [*study.plan("paper", study.seeded_candidates(), study.SEEDS[:1], None),
+             *study.plan("paper", ["deebert", "romebert", "exit_upgrad"], study.SEEDS, None)]
+    for run in set(every):
+        logits = right if run.config == "romebert" else (
+            torch.randn(6, len(labels), 2, generator=generator).tolist())
+        write_paper_run(study, runs, run.config, run.task, run.seed, logits, labels,
+                        auc=0.9 if run.config == "exit_upgrad" else 0.5)
+    # the split seed reaches the held-out numbers
+    noisy = load_run(study.Run("paper", "mrpc", "deebert", 43).folder(runs))
+    other = held_out_budgets(noisy, seed=5)
+    assert other == held_out_best_within(noisy.logits, noisy.labels, "mrpc", "entropy", {},
+                                         [25, 30, 40, 50, 60, 100], seed=5)
+    assert other != held_out_budgets(noisy)
+    # a configuration right on every example is picked on every split
+    assert study.picks_over_splits(runs, {}, study.OTHER_SPLITS) == {
+        "romebert": len(study.OTHER_SPLITS)}
+    section = "\n".join(study.recommendation_section(runs, tmp_path / "no-cost.json"))
+    assert "Recommended: **romebert**" in section
+    assert f"it picks romebert {len(study.OTHER_SPLITS)} times." in section

@@ -257,15 +257,17 @@ def _curve(run: LoadedRun, metric: str) -> tuple[list[Point], str, str | None]:
         f"{run.name} {reason} and no sweep in results.json: its curve is its fixed exits only")
 
 
-def held_out_budgets(run: LoadedRun, budgets: Sequence[float] = COMPARE_BUDGETS
-                     ) -> dict[str, dict[str, float] | None] | None:
-    """The run's held-out best within each budget (see held_out.py); None without logits."""
+def held_out_budgets(run: LoadedRun, budgets: Sequence[float] = COMPARE_BUDGETS, *,
+                     seed: int | None = None) -> dict[str, dict[str, float] | None] | None:
+    """The run's held-out best within each budget (see held_out.py; `seed`: the split's, by
+    default SPLIT_SEED); None without logits."""
     if run.logits is None or run.logits.shape[1] < 2:
         return None
-    from gradsurg.multiexit.evaluation.held_out import held_out_best_within
+    from gradsurg.multiexit.evaluation.held_out import SPLIT_SEED, held_out_best_within
 
     name, spec = _policy(run)
-    return held_out_best_within(run.logits, run.labels, run.results["task"], name, spec, budgets)
+    return held_out_best_within(run.logits, run.labels, run.results["task"], name, spec, budgets,
+                                seed=SPLIT_SEED if seed is None else seed)
 
 
 def _policy(run: LoadedRun) -> tuple[str, dict[str, Any]]:
