@@ -162,8 +162,11 @@ def recommendation_scores(runs: Path, split_seed: int | None = None
     configuration's score per seed is its `held_out_scores` averaged over both paper tasks.
     None until every seeded run is finished."""
     per_task = held_out_scores(runs, split_seed)
-    if per_task is None:
-        return None
+    return None if per_task is None else seed_scores(per_task)
+
+
+def seed_scores(per_task: dict[str, dict[str, list[float]]]) -> dict[str, list[float]]:
+    """`held_out_scores` -> each configuration's score per seed, the mean over the tasks."""
     return {config: [statistics.mean(values) for values in zip(*tasks.values(), strict=True)]
             for config, tasks in per_task.items()}
 
@@ -531,10 +534,10 @@ def cost_section(cost_file: Path) -> list[str]:
 def recommendation_section(runs: Path, cost_file: Path) -> list[str]:
     """What the rule (`recommendation_scores`, `recommend`) picks, once every seeded run is in,
     with each task's part of the score beside it."""
-    per_task = held_out_scores(runs)
-    scores = recommendation_scores(runs)
-    if per_task is None or scores is None:
+    per_task = held_out_scores(runs)  # the held-out sweeps are computed once
+    if per_task is None:
         return []
+    scores = seed_scores(per_task)
     cost = {}
     if cost_file.is_file():
         cost = {config: float(row["relative_to_romebert_sd"])
