@@ -203,7 +203,7 @@ def commit() -> str:
                           text=True, check=True).stdout.strip()
 
 
-def launch(run: Run, runs: Path) -> subprocess.Popen[bytes]:
+def launch(run: Any, runs: Path) -> subprocess.Popen[bytes]:
     folder = run.folder(runs)
     folder.mkdir(parents=True, exist_ok=True)
     command = run.command(runs)
@@ -644,13 +644,20 @@ def main() -> None:
             state = "done" if r not in todo else "todo"
             print(f"{state}  {r.folder(args.runs)}")
         return
-    active: list[tuple[Run, subprocess.Popen[bytes]]] = []
-    failed: list[Run] = []
+    run_all(todo, args.runs, args.jobs)
+
+
+def run_all(todo: list[Any], runs: Path, jobs: int) -> None:
+    """Launch `todo` (anything with `folder(runs)` and `command(runs)`), `jobs` at a time,
+    until all have ended; exit with an error line if any failed."""
+    todo = list(todo)
+    active: list[tuple[Any, subprocess.Popen[bytes]]] = []
+    failed: list[Any] = []
     while todo or active:
-        while todo and len(active) < args.jobs:
+        while todo and len(active) < jobs:
             run = todo.pop(0)
-            print(f"{time.strftime('%H:%M:%S')} start {run.folder(args.runs)}", flush=True)
-            active.append((run, launch(run, args.runs)))
+            print(f"{time.strftime('%H:%M:%S')} start {run.folder(runs)}", flush=True)
+            active.append((run, launch(run, runs)))
         time.sleep(10)
         for item in list(active):
             run, process = item
@@ -659,7 +666,7 @@ def main() -> None:
                 state = "done" if process.returncode == 0 else f"FAILED ({process.returncode})"
                 if process.returncode != 0:
                     failed.append(run)
-                print(f"{time.strftime('%H:%M:%S')} {state} {run.folder(args.runs)}", flush=True)
+                print(f"{time.strftime('%H:%M:%S')} {state} {run.folder(runs)}", flush=True)
     if failed:
         sys.exit(f"error: {len(failed)} run(s) failed; see their stdout.log")
 

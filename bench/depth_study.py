@@ -1,0 +1,130 @@
+"""Do tuning, compute or depth change the study's answer? The depth study's runs (issue 29).
+
+    GLUE_DIR=../shared/glue_data python bench/depth_study.py --phase tuned [--jobs 2]
+    GLUE_DIR=../shared/glue_data python bench/depth_study.py --phase matched
+    python bench/depth_study.py --list [--phase tuned]
+
+Phases (MiniLM, the screening's tasks: STS-B and the seeded 8,000-sentence SST-2 subset):
+- `tuned`: the baselines at every point of a small grid, so "surgery does not pay off" is not
+  a verdict against an under-tuned sum (Kurin et al. 2022, Xin et al. 2022): DeeBERT at lr in
+  {2e-5, 5e-5, 1e-4}; RomeBERT-SD and the best surgery configuration of the first study
+  (per-exit UPGrad: `best_paper_config` picked it) at the same learning rates x SD's gamma in
+  {0.5, 0.9}. The report chooses the setting on one half of the dev set and scores it on the
+  other (the held-out budgets of `gradsurg compare`).
+- `matched`: RomeBERT-SD trained as long as per-exit UPGrad trains (epochs times UPGrad's
+  measured cost, `bench/results/study_cost.json`), at each learning rate, gamma 0.9: "surgery
+  costs 2.5x" weighed against a sum given the same compute.
+
+Runs are launched by `bench/study.py`'s launcher: the real CLI, resumable (`--resume`), one CPU
+thread each, niced, each folder recording its commit and command. Run from a worktree pinned to
+a commit. Cheap runs come first so results arrive early.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+
+def _study():
+    """bench/study.py (the first study): its configurations, task settings and launcher."""
+    spec = importlib.util.spec_from_file_location("study", HERE / "study.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["study"] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+study = _study()
+
+LEARNING_RATES = ("2e-5", "5e-5", "1e-4")
+GAMMAS = ("0.5", "0.9")
+#: The first study's best surgery configuration (per-exit UPGrad, chosen by its rule).
+BEST_SURGERY = "exit_upgrad"
+TASKS = ("stsb", "sst2")
+#: The screening's settings without its learning rate, which the grid sets.
+BASE = {task: [s for s in study.PHASES["screening"][task] if not s.startswith("optimizer.lr=")]
+        for task in TASKS}
+SCREENING_EPOCHS = 1.0
+
+
+def grid(config: str) -> list[tuple[str, ...]]:
+    """The settings one configuration is trained at in the `tuned` phase."""
+    if config == "deebert":  # no SD, so no gamma
+        return [(f"optimizer.lr={lr}",) for lr in LEARNING_RATES]
+    return [(f"optimizer.lr={lr}", f"gamma={gamma}") for lr in LEARNING_RATES for gamma in GAMMAS]
+
+
+def matched_epochs(cost_file: Path = HERE / "results" / "study_cost.json") -> float:
+    """Epochs that give RomeBERT-SD the training time of one epoch of the best surgery
+    configuration, from the side-by-side cost measurement (rounded to 2 decimals)."""
+    cost = json.loads(cost_file.read_text())
+    return round(SCREENING_EPOCHS * cost["configs"][BEST_SURGERY]["relative_to_romebert_sd"], 2)
+
+
+@dataclass(frozen=True)
+class Run:
+    phase: str
+    task: str
+    config: str
+    setting: tuple[str, ...]
+    seed: int = 42
+
+    @property
+    def slug(self) -> str:
+        """The setting as a folder name, e.g. `lr=5e-5,gamma=0.9`."""
+        return ",".join(f"{key.split('.')[-1]}={value}"
+                        for key, value in (item.split("=", 1) for item in self.setting))
+
+    def folder(self, runs: Path) -> Path:
+        return runs / self.phase / self.task / self.config / self.slug / f"seed-{self.seed}"
+
+    def command(self, runs: Path) -> list[str]:
+        sets = [f"task={self.task}", f"seed={self.seed}", *study.COMMON, *BASE[self.task],
+                *self.setting]
+        return [*study.run_command(self.config, sets, self.folder(runs)), "--resume"]
+
+
+def plan(phase: str) -> list[Run]:
+    """Every run of a phase, cheapest configurations first."""
+    if phase == "tuned":
+        configs = ["deebert", "romebert_sd", BEST_SURGERY]
+        return [Run(phase, task, config, setting)
+                for config in configs for task in TASKS for setting in grid(config)]
+    if phase == "matched":
+        epochs = matched_epochs()
+        return [Run(phase, task, "romebert_sd", (f"optimizer.lr={lr}", "gamma=0.9",
+                                                 f"epochs={epochs}"))
+                for task in TASKS for lr in LEARNING_RATES]
+    raise ValueError(f"unknown phase {phase!r}")
+
+
+PHASES = ("tuned", "matched")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--phase", choices=PHASES, default="tuned")
+    parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "depth_study")
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--list", action="store_true", help="list the runs and their state")
+    args = parser.parse_args()
+    runs = plan(args.phase)
+    todo = [r for r in runs if not (r.folder(args.runs) / "results.json").is_file()]
+    if args.list:
+        for r in runs:
+            print(f"{'todo' if r in todo else 'done'}  {r.folder(args.runs)}")
+        return
+    study.run_all(todo, args.runs, args.jobs)
+
+
+if __name__ == "__main__":
+    main()
