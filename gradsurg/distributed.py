@@ -1,10 +1,12 @@
 """Data parallelism on torch.distributed, as `torchrun` launches it.
 
-Every process holds the whole model and works on its share of each global batch. `Surgery`
-all-reduces the per-group gradient matrix (and the gradients outside it) once per optimizer
-step, *before* combining, so every process combines the same matrix and takes the same step:
-a run on N processes equals the one-process run with the same global batch. Nothing here wraps
-the model (no DDP): the combiner needs the per-group rows, which DDP would have summed.
+Every process works on its share of each global batch. Without an engine, or under DDP (whose
+own all-reduce `gradsurg.engines` switches off), `Surgery` all-reduces the per-group gradient
+matrix (and the gradients outside it) once per optimizer step, *before* combining, so every
+process combines the same matrix and takes the same step: a run on N processes equals the
+one-process run with the same global batch. Under FSDP2 (`sharded`) the engine has already
+reduce-scattered every row; only the losses, the non-finite flags, the Gramian and norms are
+reduced here.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from gradsurg.engines import sum_of_squares
 from gradsurg.errors import ConfigError
 from gradsurg.pipeline import Stage, StepGradients
 
@@ -37,6 +40,10 @@ class DataParallel:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    #: The process group to reduce on (None: the default group).
+    group: Any = None
+    #: FSDP2: each rank holds its shard of every row and gradient (`gradsurg.engines`).
+    sharded: bool = False
 
     @property
     def enabled(self) -> bool:
@@ -52,14 +59,10 @@ class DataParallel:
         """The data parallelism a `Surgery` without `data_parallel=` must use.
 
         An initialized process group of several ranks is joined as it is. Several processes
-        without one (torchrun, no `init_process_group`) or a DDP-wrapped model are refused:
-        both would let the ranks' weights drift apart without a word.
+        without one (torchrun, no `init_process_group`) are refused: the ranks' weights would
+        drift apart without a word. (`Surgery` finds DDP and FSDP2 engines itself.)
         """
-        if isinstance(model, nn.parallel.DistributedDataParallel):
-            raise ConfigError(
-                "the model is wrapped in DistributedDataParallel, which sums the loss groups' "
-                "gradients before gradsurg sees them; pass the unwrapped module (gradsurg "
-                "all-reduces the per-group gradients itself)")
+        del model
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             return cls(dist.get_rank(), dist.get_world_size(),
                        int(os.environ.get("LOCAL_RANK", dist.get_rank())))
@@ -71,6 +74,13 @@ class DataParallel:
                 "creating Surgery (or pass data_parallel=DataParallel.from_environment()), or "
                 "data_parallel=SINGLE_PROCESS for deliberately independent runs")
         return SINGLE_PROCESS
+
+    @classmethod
+    def of_group(cls, group: Any, *, sharded: bool = False) -> DataParallel:
+        """This process's place in an engine's process group (DDP's, or FSDP2's mesh's)."""
+        return cls(dist.get_rank(group), dist.get_world_size(group),
+                   int(os.environ.get("LOCAL_RANK", dist.get_rank())), group=group,
+                   sharded=sharded)
 
     @classmethod
     def from_environment(cls, backend: str | None = None) -> DataParallel:
@@ -108,27 +118,35 @@ class DataParallel:
     def all_reduce_(self, tensor: Tensor) -> Tensor:
         """Sum `tensor` over all ranks, in place."""
         if self.enabled:
-            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=self.group)
         return tensor
+
+    def norm(self, tensors: Sequence[Tensor]) -> Tensor:
+        """2-norm of all `tensors` together, float64; sharded, of every rank's shards."""
+        squares = sum_of_squares(list(tensors))
+        if self.sharded and self.enabled:
+            self.all_reduce_(squares)
+        return squares.sqrt()
 
     def broadcast_module_(self, module: nn.Module) -> None:
         """Make every rank start from rank 0's weights and buffers."""
         if not self.enabled:
             return
+        source = 0 if self.group is None else dist.get_global_rank(self.group, 0)
         for tensor in [*module.parameters(), *module.buffers()]:
-            dist.broadcast(tensor.data, src=0)
+            dist.broadcast(tensor.data, src=source, group=self.group)
 
     def gather_objects(self, value: Any) -> list[Any]:
         """Every rank's `value`, in rank order, on every rank (small objects only)."""
         if not self.enabled:
             return [value]
         gathered: list[Any] = [None] * self.world_size
-        dist.all_gather_object(gathered, value)
+        dist.all_gather_object(gathered, value, group=self.group)
         return gathered
 
     def barrier(self) -> None:
         if self.enabled:
-            dist.barrier()
+            dist.barrier(group=self.group)
 
     def close(self) -> None:
         if self.enabled and dist.is_initialized():
@@ -150,9 +168,11 @@ class AllReduce(Stage):
         self.data_parallel = data_parallel
 
     def run(self, step: StepGradients) -> None:
-        if step.matrix is not None:
+        sharded = self.data_parallel.sharded  # FSDP2 has reduce-scattered rows and gradients
+        if step.matrix is not None and not sharded:
             self.data_parallel.all_reduce_(step.matrix)
-        grads = [p.grad for p in step.plain_parameters() if p.grad is not None]
+        grads = [] if sharded else [p.grad for p in step.plain_parameters()
+                                    if p.grad is not None]
         names = list(step.losses)
         dtype = grads[0].dtype if grads else torch.float32
         device = grads[0].device if grads else step.layout.device

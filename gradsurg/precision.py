@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from gradsurg.errors import ConfigError
+from gradsurg.engines import local
 from gradsurg.pipeline import Stage, StepGradients
 
 Precision = Literal["fp32", "bf16", "fp16"]
@@ -92,7 +93,7 @@ class Unscale(Stage):
         inverse = 1.0 / self.loss_scale.value
         if step.matrix is not None:
             step.matrix.mul_(inverse)
-        grads = [p.grad for p in step.plain_parameters() if p.grad is not None]
+        grads = [local(p.grad) for p in step.plain_parameters() if p.grad is not None]
         if grads:
             torch._foreach_mul_(grads, inverse)
 

@@ -10,6 +10,8 @@ from torch import Tensor
 
 from gradsurg.combiners.base import Combiner
 from gradsurg.combiners.gramian import gramian
+from gradsurg.distributed import SINGLE_PROCESS, DataParallel
+from gradsurg.engines import sharded_grad
 from gradsurg.pipeline import Stage, StepGradients
 
 
@@ -23,8 +25,11 @@ class Combine(Stage):
     State: `combiner` (e.g. PCGrad's generator, GradVac's targets).
     """
 
-    def __init__(self, combiner: Combiner) -> None:
+    def __init__(self, combiner: Combiner, data_parallel: DataParallel = SINGLE_PROCESS) -> None:
         self.combiner = combiner
+        #: Under FSDP2 (`sharded`) the rows are this rank's columns: the Gramian and the norm
+        #: are summed over ranks, and each rank writes its shard of the combined gradient.
+        self.data_parallel = data_parallel
 
     def run(self, step: StepGradients) -> None:
         if step.matrix is None:
@@ -35,13 +40,16 @@ class Combine(Stage):
             return
         names = list(step.names)
         gram = gramian(step.matrix)  # one pass; shared by the combiner and diagnostics
+        if self.data_parallel.sharded:
+            self.data_parallel.all_reduce_(gram)  # k x k: the whole rows' Gramian on every rank
         combined = self.combiner(step.matrix, names, gram=gram)
         step.matrix = None  # the rows are spent; the buffer may be reused next step
         for p, view in zip(step.layout.params, step.layout.views(combined.gradient)):
-            p.grad = view
+            p.grad = sharded_grad(p, view)
         step.diagnostics.update(combined.info)
         step.diagnostics.update(gram_diagnostics(gram, names))
-        step.diagnostics["grad_norm/combined"] = float(combined.gradient.norm())
+        step.diagnostics["grad_norm/combined"] = float(
+            self.data_parallel.norm([combined.gradient]))
 
     def state_dict(self) -> dict[str, Any]:
         return {"combiner": self.combiner.state_dict()}
