@@ -18,8 +18,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from gradsurg.errors import ConfigError
 from gradsurg.engines import local
+from gradsurg.errors import ConfigError
 from gradsurg.pipeline import Stage, StepGradients
 
 Precision = Literal["fp32", "bf16", "fp16"]
