@@ -12,8 +12,10 @@ reduced here.
 from __future__ import annotations
 
 import os
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -21,10 +23,14 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from gradsurg.engines import sum_of_squares
-from gradsurg.errors import ConfigError
+from gradsurg.errors import ConfigError, RanksError
 from gradsurg.pipeline import Stage, StepGradients
 
-__all__ = ["SINGLE_PROCESS", "AllReduce", "DataParallel", "is_main_process"]
+__all__ = ["COLLECTIVE_TIMEOUT", "SINGLE_PROCESS", "AllReduce", "DataParallel",
+           "is_main_process"]
+
+#: How long `gradsurg run`'s ranks wait for each other in one collective before failing.
+COLLECTIVE_TIMEOUT = timedelta(minutes=10)
 
 
 def is_main_process() -> bool:
@@ -83,10 +89,13 @@ class DataParallel:
                    sharded=sharded)
 
     @classmethod
-    def from_environment(cls, backend: str | None = None) -> DataParallel:
+    def from_environment(cls, backend: str | None = None, *,
+                         timeout: timedelta = COLLECTIVE_TIMEOUT) -> DataParallel:
         """Join the process group that `torchrun` describes in the environment, if any.
 
-        Backend: `nccl` when CUDA is available, else `gloo` (CPU), unless given.
+        Backend: `nccl` when CUDA is available, else `gloo` (CPU), unless given. `timeout`:
+        how long a rank waits in a collective for the others before it fails (one error
+        line) instead of hanging.
         """
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
         if world_size <= 1:
@@ -95,7 +104,7 @@ class DataParallel:
             raise ConfigError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
         if not dist.is_initialized():
             chosen = backend or ("nccl" if torch.cuda.is_available() else "gloo")
-            dist.init_process_group(backend=chosen)
+            dist.init_process_group(backend=chosen, timeout=timeout)
         return cls(dist.get_rank(), dist.get_world_size(),
                    int(os.environ.get("LOCAL_RANK", dist.get_rank())))
 
@@ -115,11 +124,44 @@ class DataParallel:
             return rows[:1], 0.0
         return mine, len(mine) / len(rows)
 
-    def all_reduce_(self, tensor: Tensor) -> Tensor:
-        """Sum `tensor` over all ranks, in place."""
+    def all_reduce_(self, tensor: Tensor, *, op: Any = None) -> Tensor:
+        """Sum (or `op`) `tensor` over all ranks, in place; a timed-out wait is one line."""
         if self.enabled:
-            dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=self.group)
+            try:
+                dist.all_reduce(tensor, op=op or dist.ReduceOp.SUM, group=self.group)
+            except RuntimeError as error:
+                if "timed out" not in str(error).lower() and "timeout" not in str(error).lower():
+                    raise
+                raise RanksError(
+                    f"rank {self.rank}: the other ranks did not join the step's reduction in "
+                    "time; one of them failed or hangs (its own error says why)") from None
         return tensor
+
+    def agree(self, names: Sequence[str], *, failed: str | None = None) -> None:
+        """Before any reduction of a step: every rank has the same loss groups and none failed.
+
+        One small all-reduce (max of the values and of their negations) of a fingerprint of
+        the group names, their count and a failure flag. A rank whose step failed calls it
+        with `failed` (its error) so the others stop too instead of waiting for it; ranks
+        whose groups differ would otherwise reduce mismatched matrices or wait forever.
+        """
+        if not self.enabled:
+            return
+        fingerprint = float(zlib.crc32("\x1f".join(names).encode()))
+        header = torch.tensor([fingerprint, float(len(names)), 1.0 if failed else 0.0],
+                              dtype=torch.float64)
+        both = torch.cat([header, -header])
+        self.all_reduce_(both, op=dist.ReduceOp.MAX)
+        highest, lowest = both[:3], -both[3:]
+        if failed is not None:
+            return  # the caller raises its own error
+        if bool(highest[2] > 0):
+            raise RanksError(f"rank {self.rank}: another rank failed in this step (its own "
+                                "error says why); stopping every rank")
+        if bool((highest[:2] != lowest[:2]).any()):
+            raise RanksError(
+                f"rank {self.rank}: the ranks disagree on the loss groups (this rank has "
+                f"{list(names)}); every rank must pass the same groups in the same order")
 
     def norm(self, tensors: Sequence[Tensor]) -> Tensor:
         """2-norm of all `tensors` together, float64; sharded, of every rank's shards."""
@@ -168,6 +210,7 @@ class AllReduce(Stage):
         self.data_parallel = data_parallel
 
     def run(self, step: StepGradients) -> None:
+        self.data_parallel.agree(step.names)  # same groups everywhere, no rank failed
         sharded = self.data_parallel.sharded  # FSDP2 has reduce-scattered rows and gradients
         if step.matrix is not None and not sharded:
             self.data_parallel.all_reduce_(step.matrix)

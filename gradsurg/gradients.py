@@ -236,6 +236,7 @@ class GradientCollector:
             nonzero[row] = torch.tensor([g is not None and bool(g.ne(0).any()) for g in grads],
                                         dtype=nonzero.dtype)
         if self.data_parallel.enabled:
+            self.data_parallel.agree(names)
             device = params[0].device if params else torch.device("cpu")
             nonzero = self.data_parallel.all_reduce_(nonzero.to(device)).cpu()
         self._use_shared(names, candidates, nonzero, needs_shared=needs_shared)

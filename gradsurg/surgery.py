@@ -26,7 +26,7 @@ from gradsurg.combiners import COMBINERS, Combiner
 from gradsurg.combiners.stage import Combine
 from gradsurg.distributed import SINGLE_PROCESS, AllReduce, DataParallel
 from gradsurg.engines import DDPTakeover, fsdp_mesh, unwrap_ddp
-from gradsurg.errors import ConfigError, GradsurgError
+from gradsurg.errors import ConfigError, GradsurgError, RanksError
 from gradsurg.gradients import GradientCollector
 from gradsurg.jacobian import MODES, Mode, resolve_mode
 from gradsurg.nonfinite import NonFinite, NonFiniteRule
@@ -168,9 +168,15 @@ class Surgery:
         if list(groups) != self.combiner.names:  # the first step, or the groups changed
             self.combiner.bind(list(groups))
         weights = self.combiner.linear_weights()
-        self.collector.add(groups, weight=weight, scale=self.loss_scale,
-                           shortcut_weight=self._shortcut_weight(weights),
-                           needs_shared=weights is None)
+        try:
+            self.collector.add(groups, weight=weight, scale=self.loss_scale,
+                               shortcut_weight=self._shortcut_weight(weights),
+                               needs_shared=weights is None)
+        except RanksError:
+            raise  # every rank knows already
+        except Exception as error:
+            self._tell_other_ranks(groups, error)
+            raise
         if self._ddp is not None:
             self._ddp.after_backward()
         done = (self.collector.micro_batches >= self.accumulation_steps
@@ -250,6 +256,14 @@ class Surgery:
         self.pipeline.load_state_dict(state)
 
     # ---- internals --------------------------------------------------------------------------
+
+    def _tell_other_ranks(self, groups: Mapping[str, Tensor], error: Exception) -> None:
+        """This rank's step failed: the other ranks learn it at their next agreement (the
+        step's reduction) and stop too, instead of waiting for this rank. Under FSDP2 the
+        engine's own collectives come first, so there the process group's timeout ends it."""
+        if self.data_parallel.enabled and not self.data_parallel.sharded:
+            self.data_parallel.agree(list(groups), failed=str(error))
+            self.collector.discard()
 
     @staticmethod
     def _engine_of(module: nn.Module) -> DataParallel:

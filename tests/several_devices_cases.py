@@ -263,9 +263,64 @@ def unwrapped_ddp_message() -> str:
     return "no error"
 
 
+# ---- failures on one rank -----------------------------------------------------------------------
+
+
+def error_line(run: Callable[[], Any]) -> str:
+    try:
+        run()
+    except Exception as error:  # the message is what the test checks
+        return f"{type(error).__name__}: {error}"
+    return "no error"
+
+
+def one_rank_differs(case: str) -> str:
+    """Rank 1 alone: an extra group (`groups`), or a group with no graph, which fails in its
+    Surgery, with `include` given (`raises`) or the default selection (`raises_selecting`)."""
+    rank, _ = rank_world()
+    model = Layered()
+    x, y = data()
+    include = None if case == "raises_selecting" else ["*"]
+    surgery = Surgery(model, None, "upgrad", include=include)
+    losses = group_losses(model(x[:2]), y[:2])
+    if rank == 1 and case == "groups":
+        losses["d"] = losses["c"] * 2
+    if rank == 1 and case.startswith("raises"):
+        losses["b"] = torch.tensor(1.0)  # reaches no parameter: this rank's error
+    return error_line(lambda: surgery.backward(losses))
+
+
+def nonfinite_on_one_rank() -> torch.Tensor:
+    """Step 1's loss is NaN on rank 1 only (on the whole global batch in one process):
+    every rank skips that step, then trains on. Weights and skipped steps."""
+    rank, world = rank_world()
+    model = Layered()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.2)
+    options: dict[str, Any] = {"data_parallel": SINGLE_PROCESS} if world == 1 else {}
+    surgery = Surgery(model, optimizer, "pcgrad", **options)
+    x, y = data()
+    for step in range(2):
+        rows = slice(step * 8, step * 8 + 8)
+        if world > 1:
+            rows = slice(rows.start + rank * 4, rows.start + rank * 4 + 4)
+        losses = group_losses(model(x[rows]), y[rows])
+        poisoned = step == 0 and (rank == 1 or world == 1)
+        if poisoned:
+            losses["a"] = losses["a"] * float("nan")
+        surgery.backward(losses)
+        optimizer.step()
+        optimizer.zero_grad()
+    return torch.cat([flat_weights(model), torch.tensor([float(surgery.skipped_steps)])])
+
+
+FAILURES = ("groups", "raises", "raises_selecting")
+
+
 def main(out: Path) -> None:
+    from datetime import timedelta
+
     torch.set_num_threads(1)
-    dist.init_process_group("gloo")
+    dist.init_process_group("gloo", timeout=timedelta(seconds=60))  # a hang fails, bounded
     rank, _ = rank_world()
     results: dict[str, Any] = {}
     for name, spec in combiner_specs().items():
@@ -278,6 +333,9 @@ def main(out: Path) -> None:
                     traceback.print_exc()
     results["fsdp2_memory"] = fsdp_row_memory()
     results["unwrapped_ddp"] = unwrapped_ddp_message()
+    for case in FAILURES:
+        results[f"failure/{case}"] = one_rank_differs(case)
+    results["nonfinite_one_rank"] = nonfinite_on_one_rank()
     for name, case in INTEGRATIONS.items():
         results[name] = case(out / f"rank{rank}")
     torch.save(results, out / f"rank{rank}.pt")

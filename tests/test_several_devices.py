@@ -97,3 +97,28 @@ def test_integration_on_two_processes_equals_one(name, two_ranks, tmp_path):
     assert float((reference - untrained).abs().max()) > 1e-3  # it trained
     torch.testing.assert_close(got, reference, rtol=0, atol=1e-6)
     assert torch.equal(two_ranks[1][name], got)
+
+
+def test_ranks_with_different_groups_stop_with_one_line_each(two_ranks):
+    for rank in (0, 1):
+        message = two_ranks[rank]["failure/groups"]
+        assert message.startswith(f"RanksError: rank {rank}: the ranks disagree on the loss "
+                                  "groups"), message
+
+
+@pytest.mark.parametrize("case", ["raises", "raises_selecting"])
+def test_a_rank_that_fails_mid_step_stops_every_rank(case, two_ranks):
+    """Rank 1's own error; rank 0 is told instead of waiting for it forever."""
+    assert two_ranks[1][f"failure/{case}"].startswith(
+        "GradsurgError: loss group 'b' reaches no trainable parameter")
+    assert two_ranks[0][f"failure/{case}"] == (
+        "RanksError: rank 0: another rank failed in this step (its own error says why); "
+        "stopping every rank")
+
+
+def test_a_nonfinite_loss_on_one_rank_is_skipped_by_every_rank(two_ranks):
+    got = two_ranks[0]["nonfinite_one_rank"]
+    assert torch.equal(two_ranks[1]["nonfinite_one_rank"], got)
+    assert got[-1] == 1  # one skipped step
+    reference = cases.nonfinite_on_one_rank()
+    torch.testing.assert_close(got, reference, rtol=0, atol=1e-6)
