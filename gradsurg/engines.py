@@ -31,9 +31,13 @@ from gradsurg.errors import ConfigError, GradsurgError
 __all__ = [
     "DDPTakeover",
     "fsdp_mesh",
+    "full_model_state",
+    "full_optimizer_state",
     "is_sharded",
+    "load_full_optimizer_state",
     "local",
     "reducer_errors",
+    "shard_model",
     "sharded_grad",
     "unwrap_ddp",
 ]
@@ -185,3 +189,52 @@ def sum_of_squares(tensors: list[Tensor]) -> Tensor:
     parts = [local(t) for t in tensors]
     norms = torch._foreach_norm(parts)
     return torch.stack([n.to(torch.float64).to(norms[0].device) for n in norms]).pow(2).sum()
+
+
+# ---- whole-model views of an FSDP2 model (checkpoints, evaluation on one rank) ----------------
+
+
+def shard_model(model: nn.Module, blocks: list[nn.Module], device: torch.device) -> Any:
+    """`fully_shard` each of `blocks`, then the root, over every rank of the default process
+    group; returns the mesh. The model's parameters must already agree across ranks."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+    for block in blocks:
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return mesh
+
+
+def _full_on_rank0() -> Any:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def full_model_state(model: nn.Module) -> dict[str, Tensor]:
+    """The whole model's state dict on rank 0 (empty elsewhere); every rank must call it."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    return get_model_state_dict(model, options=_full_on_rank0())
+
+
+def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The optimizer's whole state keyed by parameter names, on rank 0 (empty elsewhere), so
+    a checkpoint holds no shards; every rank must call it."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, optimizer, options=_full_on_rank0())
+
+
+def load_full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer,
+                              state: dict[str, Any]) -> None:
+    """Shard a whole optimizer state (`full_optimizer_state`) into this rank's optimizer."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_optimizer_state_dict,
+    )
+
+    set_optimizer_state_dict(model, optimizer, optim_state_dict=state,
+                             options=StateDictOptions(full_state_dict=True))
