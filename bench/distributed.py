@@ -116,70 +116,123 @@ def release() -> None:
     ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def run_variant(engine: str, world: int, k: int | None, steps: int) -> dict[str, Any]:
-    """`k` None: plain training (summed loss, the engine's own reduction)."""
-    model, stepped = build(engine, world)
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
-    surgery = None if k is None else Surgery(stepped, optimizer, "upgrad", include=["*"])
-    data = batch(dist.get_rank(), 1000)
-    n = sum(p.numel() for p in model.parameters())
-    times, traffic = [], []
-    release()
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    before = status_bytes("VmRSS")
-    for _ in range(steps + 1):  # the first step builds buffers: not timed
+class Variant:
+    """One model under one engine: plain training (`k` None) or surgery over k groups."""
+
+    def __init__(self, engine: str, world: int, k: int | None) -> None:
+        self.model, self.stepped = build(engine, world)
+        self.k = k
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=1e-3)
+        self.surgery = (None if k is None
+                        else Surgery(self.stepped, self.optimizer, "upgrad", include=["*"]))
+        self.data = batch(dist.get_rank(), 1000)
+        self.n = sum(p.numel() for p in self.model.parameters())
+
+    def step(self) -> tuple[float, dict[str, int]]:
         TRAFFIC.clear()
         dist.barrier()
         start = time.perf_counter()
-        logits = stepped(data["input_ids"], data["attention_mask"])
-        losses = groups(list(logits), data["labels"], k or 2)
-        if surgery is None:
+        logits = self.stepped(self.data["input_ids"], self.data["attention_mask"])
+        losses = groups(list(logits), self.data["labels"], self.k or 2)
+        if self.surgery is None:
             sum(losses.values()).backward()
         else:
-            surgery.backward(losses)
-        optimizer.step()
-        optimizer.zero_grad()
-        times.append(time.perf_counter() - start)
-        traffic.append(dict(TRAFFIC))
-    peak = status_bytes("VmHWM") - before
-    rows = 0
-    if surgery is not None and surgery.collector._buffer is not None:
-        rows = surgery.collector._buffer.numel()
-    step_traffic = traffic[-1]
-    if engine == "ddp" and surgery is None:
-        step_traffic = {**step_traffic, "all_reduce (DDP reducer)": n * 4}
-    result = {"seconds": statistics.median(times[1:]), "peak_bytes": peak, "rows_numbers": rows,
-              "n": n, "traffic_bytes": sum(step_traffic.values()), "traffic": step_traffic}
-    del surgery, optimizer, stepped, model
+            self.surgery.backward(losses)
+        self.optimizer.step()
+        self.optimizer.zero_grad()
+        return time.perf_counter() - start, dict(TRAFFIC)
+
+    def rows(self) -> int:
+        buffer = self.surgery.collector._buffer if self.surgery is not None else None
+        return 0 if buffer is None else buffer.numel()
+
+
+VARIANTS = {"plain": None, "k2": 2, "k6": 6}
+
+
+def time_and_traffic(engine: str, world: int, steps: int) -> dict[str, Any]:
+    """All variants built at once and stepped round by round (the first round untimed)."""
+    built = {name: Variant(engine, world, k) for name, k in VARIANTS.items()}
+    times: dict[str, list[float]] = {name: [] for name in built}
+    traffic: dict[str, dict[str, int]] = {}
+    for round_index in range(steps + 1):
+        for name, variant in built.items():
+            seconds, moved = variant.step()
+            if round_index:
+                times[name].append(seconds)
+            traffic[name] = moved
+    n = built["plain"].n
+    if engine == "ddp":  # DDP's C++ reducer all-reduces every gradient once per step
+        traffic["plain"] = {**traffic["plain"], "all_reduce (DDP reducer)": 4 * n}
+    return {"n": n, "seconds": {name: statistics.median(t) for name, t in times.items()},
+            "traffic_bytes": {name: sum(t.values()) for name, t in traffic.items()},
+            "traffic": traffic, "rows_numbers": {name: v.rows() for name, v in built.items()}}
+
+
+def peak_growth(engine: str, world: int, variant: str, steps: int) -> int:
+    """This process's resident-set high-water mark over `steps` steps of one variant, above
+    the resident set once the model is built (a fresh process per variant)."""
+    built = Variant(engine, world, VARIANTS[variant])
     release()
-    return result
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM to the current resident set
+    before = status_bytes("VmRSS")
+    for _ in range(steps):
+        built.step()
+    return status_bytes("VmHWM") - before
 
 
-def worker(out: Path, steps: int) -> None:
+def worker(out: Path, steps: int, engine: str, variant: str | None) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
     count_traffic()
     world = dist.get_world_size()
-    rows: list[dict[str, Any]] = []
-    for engine in ("ddp", "fsdp2"):
-        plain = run_variant(engine, world, None, steps)
-        for k in (2, 6):
-            surgery = run_variant(engine, world, k, steps)
-            n = surgery["n"]
-            rows.append({
-                "engine": engine, "world": world, "k": k,
-                "rows_flat_gradients": surgery["rows_numbers"] / n,
-                "extra_peak_flat_gradients": (surgery["peak_bytes"] - plain["peak_bytes"])
-                / (4 * n),
-                "time_ratio": surgery["seconds"] / plain["seconds"],
-                "traffic_ratio": surgery["traffic_bytes"] / plain["traffic_bytes"]
-                if plain["traffic_bytes"] else None,
-                "plain": plain, "surgery": surgery})
+    if variant is None:
+        result: Any = time_and_traffic(engine, world, steps)
+    else:
+        result = peak_growth(engine, world, variant, steps)
+    gathered: list[Any] = [None] * world
+    dist.all_gather_object(gathered, result)
     if dist.get_rank() == 0:
-        out.write_text(json.dumps(rows, indent=1))
+        out.write_text(json.dumps(gathered))
     dist.barrier()
     dist.destroy_process_group()
+
+
+def launch(world: int, steps: int, engine: str, variant: str | None, out: Path) -> list[Any]:
+    part = out.with_suffix(f".{engine}.{world}.{variant}.tmp")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={world}", __file__, "--worker", str(part), "--steps",
+               str(steps), "--engine", engine]
+    if variant is not None:
+        command += ["--variant", variant]
+    subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = json.loads(part.read_text())
+    part.unlink()
+    return result
+
+
+def measure(world: int, engine: str, steps: int, out: Path) -> list[dict[str, Any]]:
+    timed = launch(world, steps, engine, None, out)[0]  # rank 0's clock and counts
+    peaks = {name: max(launch(world, steps, engine, name, out)) for name in VARIANTS}
+    n = timed["n"]
+    rows = []
+    for name, k in VARIANTS.items():
+        if k is None:
+            continue
+        row_part = timed["rows_numbers"][name] / n
+        extra = (peaks[name] - peaks["plain"]) / (4 * n)
+        plain_traffic = timed["traffic_bytes"]["plain"]
+        rows.append({
+            "engine": engine, "world": world, "k": k, "rows_flat_gradients": row_part,
+            "extra_peak_flat_gradients": extra, "graph_and_transient_flat_gradients":
+            extra - row_part, "time_ratio": timed["seconds"][name] / timed["seconds"]["plain"],
+            "traffic_ratio": (timed["traffic_bytes"][name] / plain_traffic
+                              if world > 1 and plain_traffic else None),
+            "seconds": {"plain": timed["seconds"]["plain"], "surgery": timed["seconds"][name]},
+            "peak_bytes": {"plain": peaks["plain"], "surgery": peaks[name]},
+            "traffic": {"plain": timed["traffic"]["plain"], "surgery": timed["traffic"][name]}})
+    return rows
 
 
 def main() -> None:
@@ -188,33 +241,29 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "distributed.json")
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--engine", choices=["ddp", "fsdp2"], help=argparse.SUPPRESS)
+    parser.add_argument("--variant", choices=list(VARIANTS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(args.worker, args.steps)
+        worker(args.worker, args.steps, args.engine, args.variant)
         return
-    table: list[dict[str, Any]] = []
-    for world in args.worlds:
-        part = args.out.with_suffix(f".world{world}.tmp")
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                   f"--nproc_per_node={world}", __file__, "--worker", str(part),
-                   "--steps", str(args.steps)]
-        subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-        table += json.loads(part.read_text())
-        part.unlink()
+    table = [row for world in args.worlds for engine in ("ddp", "fsdp2")
+             for row in measure(world, engine, args.steps, args.out)]
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
                             capture_output=True, text=True).stdout.strip()
-    args.out.write_text(json.dumps({"commit": commit, "steps": args.steps, "rows": table},
-                                   indent=1))
-    print("| engine | world | k | rows (flat grads) | goal | extra peak (flat grads) "
-          "| time x plain | traffic x plain |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    args.out.write_text(json.dumps({"commit": commit, "steps": args.steps, "threads": 1,
+                                    "cpus": os.cpu_count(), "rows": table}, indent=1))
+    print("| engine | world | k | rows (flat grads) | goal | extra peak | of which graph "
+          "and transients | time x plain | traffic x plain |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for row in table:
         goal = row["k"] / row["world"] + 0.1 if row["engine"] == "fsdp2" else row["k"]
-        traffic = ("-" if row["traffic_ratio"] is None or row["world"] == 1
-                   else f"{row['traffic_ratio']:.2f}")
+        traffic = "-" if row["traffic_ratio"] is None else f"{row['traffic_ratio']:.2f}"
         print(f"| {row['engine']} | {row['world']} | {row['k']} | "
               f"{row['rows_flat_gradients']:.2f} | <= {goal:.2f} | "
-              f"{row['extra_peak_flat_gradients']:.2f} | {row['time_ratio']:.2f} | {traffic} |")
+              f"{row['extra_peak_flat_gradients']:.2f} | "
+              f"{row['graph_and_transient_flat_gradients']:.2f} | {row['time_ratio']:.2f} | "
+              f"{traffic} |")
 
 
 if __name__ == "__main__":
