@@ -37,6 +37,7 @@ __all__ = [
     "load_full_optimizer_state",
     "local",
     "reducer_errors",
+    "refuse_fsdp1",
     "shard_model",
     "sharded_grad",
     "unwrap_ddp",
@@ -131,6 +132,22 @@ def fsdp_mesh(params: list[Tensor]) -> Any | None:
             raise ConfigError(f"gradsurg supports FSDP2's Shard placements only; a parameter "
                               f"has {p.placements}")
     return mesh
+
+
+def refuse_fsdp1(model: nn.Module) -> None:
+    """FSDP1 (`FullyShardedDataParallel`, what HF Trainer's `fsdp` option and Lightning's
+    `strategy="fsdp"` use) keeps parameters in flat shards whose gradients are reduced as one
+    sum, so per-group rows cannot be kept apart; refused with the engines that work."""
+    try:
+        from torch.distributed.fsdp import FullyShardedDataParallel
+    except ImportError:
+        return
+    if any(isinstance(module, FullyShardedDataParallel) for module in model.modules()):
+        raise ConfigError(
+            "the model is wrapped in FullyShardedDataParallel (FSDP1, e.g. Trainer's fsdp "
+            "option or Lightning's strategy='fsdp'), whose flat shards sum the loss groups' "
+            "gradients; gradsurg runs under DDP, or under FSDP2 (torch.distributed.fsdp."
+            "fully_shard) in your own loop")
 
 
 # ---- errors the engines raise that a user's code can cause ------------------------------------

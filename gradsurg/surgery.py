@@ -25,7 +25,7 @@ from gradsurg.clipping import Clip
 from gradsurg.combiners import COMBINERS, Combiner
 from gradsurg.combiners.stage import Combine
 from gradsurg.distributed import SINGLE_PROCESS, AllReduce, DataParallel
-from gradsurg.engines import DDPTakeover, fsdp_mesh, unwrap_ddp
+from gradsurg.engines import DDPTakeover, fsdp_mesh, refuse_fsdp1, unwrap_ddp
 from gradsurg.errors import ConfigError, GradsurgError, RanksError
 from gradsurg.gradients import GradientCollector
 from gradsurg.jacobian import MODES, Mode, resolve_mode
@@ -106,9 +106,11 @@ class Surgery:
             raise ConfigError(f"loss scaling needs nonfinite='skip' (got {nonfinite!r}): an "
                               "overflowing fp16 step must be skipped, not applied or fatal")
         module, ddp = unwrap_ddp(model)
+        refuse_fsdp1(module)
         self.model = module
         self.combiner: Combiner = COMBINERS.build(combiner, where="combiner")
         self._ddp: DDPTakeover | None = None
+        self._engine_checked: nn.Module | None = None
         self.accumulation_steps = accumulation_steps
         self.diagnostics_every = diagnostics_every
         self.loss_scale = loss_scale
@@ -204,6 +206,25 @@ class Surgery:
     def discard(self) -> None:
         """Drop the micro-batches collected since the last combination."""
         self.collector.discard()
+
+    def use_engine(self, model: nn.Module) -> None:
+        """What a framework's training step runs the forward through (Trainer, Lightning):
+        a DDP wrapper is taken over (`use_ddp`); FSDP1, or FSDP2 sharding applied after the
+        Surgery was built (its parameters are new objects), is refused with what works."""
+        if model is self._engine_checked:
+            return  # a framework calls it every step; the wrapper does not change
+        refuse_fsdp1(model)
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            self.use_ddp(model)
+            self._engine_checked = model
+            return
+        known = {id(p) for _, p in self.collector.trainable}
+        if any(id(p) not in known for p in self.model.parameters() if p.requires_grad):
+            raise ConfigError(
+                "the model's parameters were replaced after the Surgery was built (e.g. "
+                "sharded by FSDP2 inside a framework); build the Surgery from the model as "
+                "it trains (FSDP2 in your own loop), or use DDP")
+        self._engine_checked = model
 
     def use_ddp(self, wrapper: nn.parallel.DistributedDataParallel, *,
                 data_parallel: DataParallel | None = None) -> None:

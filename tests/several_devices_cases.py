@@ -316,6 +316,21 @@ def nonfinite_on_one_rank() -> torch.Tensor:
 FAILURES = ("groups", "raises", "raises_selecting")
 
 
+def unsupported_engines() -> dict[str, str]:
+    """FSDP1 given to a Surgery, and FSDP2 applied after the Surgery was built (as a framework
+    that shards inside its own setup would): one line each, naming what works."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import FullyShardedDataParallel, fully_shard
+
+    _, world = rank_world()
+    fsdp1 = FullyShardedDataParallel(Layered(), device_id=torch.device("cpu"))
+    late = Layered()
+    surgery = Surgery(late, None, "upgrad")
+    fully_shard(late, mesh=init_device_mesh("cpu", (world,)))
+    return {"fsdp1": error_line(lambda: Surgery(fsdp1, None, "upgrad")),
+            "sharded_late": error_line(lambda: surgery.use_engine(late))}
+
+
 def main(out: Path) -> None:
     from datetime import timedelta
 
@@ -336,6 +351,7 @@ def main(out: Path) -> None:
     for case in FAILURES:
         results[f"failure/{case}"] = one_rank_differs(case)
     results["nonfinite_one_rank"] = nonfinite_on_one_rank()
+    results["unsupported"] = unsupported_engines()
     for name, case in INTEGRATIONS.items():
         results[name] = case(out / f"rank{rank}")
     torch.save(results, out / f"rank{rank}.pt")

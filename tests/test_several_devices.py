@@ -122,3 +122,12 @@ def test_a_nonfinite_loss_on_one_rank_is_skipped_by_every_rank(two_ranks):
     assert got[-1] == 1  # one skipped step
     reference = cases.nonfinite_on_one_rank()
     torch.testing.assert_close(got, reference, rtol=0, atol=1e-6)
+
+
+def test_fsdp1_and_sharding_after_the_surgery_are_refused_with_what_works(two_ranks):
+    messages = two_ranks[0]["unsupported"]
+    assert messages["fsdp1"].startswith("ConfigError: the model is wrapped in "
+                                        "FullyShardedDataParallel (FSDP1")
+    assert "fully_shard" in messages["fsdp1"]
+    assert messages["sharded_late"].startswith(
+        "ConfigError: the model's parameters were replaced after the Surgery was built")

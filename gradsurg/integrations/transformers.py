@@ -83,8 +83,7 @@ class SurgeryTrainer(transformers.Trainer):
                       num_items_in_batch: Any = None) -> torch.Tensor:
         model.train()
         assert self.surgery is not None, "create_optimizer builds the Surgery"
-        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
-            self.surgery.use_ddp(model)  # Trainer wraps after create_optimizer; once
+        self.surgery.use_engine(model)  # Trainer wraps (DDP) after create_optimizer
         inputs = self._prepare_inputs(inputs)
         with self.compute_loss_context_manager():
             result = self.compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
