@@ -12,6 +12,7 @@ from gradsurg.combiners import COMBINERS
 from gradsurg.data.glue import get_task
 from gradsurg.errors import ConfigError
 from gradsurg.loggers import LoggerNames
+from gradsurg.multiexit.backbones import check_backbone_installed
 from gradsurg.multiexit.losses.terms import LOSS_TERMS, per_exit_groups
 from gradsurg.multiexit.policies import POLICIES
 from gradsurg.optimizers import (
@@ -37,7 +38,8 @@ class MultiExitGlueConfig(ProgramConfig):
         None, description="GLUE_DIR-style folder; default: $GLUE_DIR, else the hub"
     )
     model: str = Field("minilm", min_length=1,
-                       description="short name, Hugging Face id or local folder")
+                       description="short name (minilm; mpnet-base: 12 layers, its weights "
+                       "from gradsurg[mpnet]), Hugging Face id or local folder")
     pooling: Literal["cls", "mean"] = Field("mean", description="what each exit reads: [CLS] or "
                                             "the masked mean of the layer")
     dropout: float = Field(0.1, ge=0, lt=1, description="dropout inside every exit")
@@ -114,6 +116,16 @@ class MultiExitGlueConfig(ProgramConfig):
     def _known_task(cls, value: str) -> str:
         try:
             return get_task(value).name
+        except ConfigError as error:
+            raise ValueError(str(error)) from None
+
+    @field_validator("model")
+    @classmethod
+    def _backbone_installed(cls, value: str) -> str:
+        """A packaged backbone whose packages are missing fails now, not after the run's
+        folder is made (`model: mpnet-base` without its five weight packages)."""
+        try:
+            return check_backbone_installed(value)
         except ConfigError as error:
             raise ValueError(str(error)) from None
 
