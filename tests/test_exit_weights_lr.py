@@ -21,8 +21,8 @@ ELBERT = ROOT / "recipes" / "elbert_glue.yaml"
 runner = CliRunner()
 
 
-def run_elbert(model: Path, glue: Path, output: Path, *extra: str) -> list[float]:
-    """Four steps of the ELBERT recipe through the CLI; the early exits' learned weights."""
+def elbert_args(model: Path, glue: Path, output: Path, *extra: str) -> list[str]:
+    """Four steps of the ELBERT recipe through the CLI."""
     sets = {"model": model, "data_dir": glue, "train_rows": 32, "eval_rows": 16,
             "batch_size": 8, "eval_batch_size": 16, "epochs": 1, "max_length": 32,
             "optimizer.lr": 2e-5, "threads": 1, "save_model": "false", "checkpoints": "false",
@@ -30,7 +30,12 @@ def run_elbert(model: Path, glue: Path, output: Path, *extra: str) -> list[float
     args = ["run", str(ELBERT)]
     for item in [*(f"{k}={v}" for k, v in sets.items()), *extra]:
         args += ["--set", item]
-    result = runner.invoke(app, [*args, "--output", str(output)])
+    return [*args, "--output", str(output)]
+
+
+def run_elbert(model: Path, glue: Path, output: Path, *extra: str) -> list[float]:
+    """The early exits' learned weights after `elbert_args`' run."""
+    result = runner.invoke(app, elbert_args(model, glue, output, *extra))
     assert result.exit_code == 0, result.output
     learned = json.loads((output / "results.json").read_text())["loss_terms"]
     return [learned[f"joint/exits/exit_weight/{i}"] for i in (1, 2)]  # 3 layers: 2 early
@@ -38,8 +43,23 @@ def run_elbert(model: Path, glue: Path, output: Path, *extra: str) -> list[float
 
 def test_exit_weights_move_measurably_through_the_cli(tiny_bert_dir, shared_glue_dir,
                                                      tmp_path):
-    """Four steps at the model's lr 2e-5: the weights' own default (1e-2) moves them."""
-    moved = [abs(w - 0.5) for w in run_elbert(tiny_bert_dir, shared_glue_dir, tmp_path)]
+    """Four steps at the model's lr 2e-5: the weights' own default (1e-2) moves them. A
+    checkpoint whose optimizer has one group (written before the weights had their own) is
+    refused on --resume in one line."""
+    moved = [abs(w - 0.5) for w in run_elbert(tiny_bert_dir, shared_glue_dir, tmp_path,
+                                              "checkpoints=true", "checkpoint_every=2")]
+    (checkpoint,) = (tmp_path / "checkpoints").glob("step-*")
+    state = torch.load(checkpoint / "state.pt", weights_only=True)
+    first, second = state["optimizer"]["param_groups"]
+    first["params"] += second["params"]
+    state["optimizer"]["param_groups"] = [first]
+    torch.save(state, checkpoint / "state.pt")
+    result = runner.invoke(app, [*elbert_args(tiny_bert_dir, shared_glue_dir, tmp_path,
+                                              "checkpoints=true", "checkpoint_every=2"),
+                                 "--resume"])
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert result.exit_code == 2 and len(errors) == 1, result.output
+    assert "optimizer does not fit" in errors[0] and "Traceback" not in result.output
     # one Adam step moves W by about its lr (sigmoid's slope at 0 is 1/4): at 2e-5, four steps
     # could not move a weight by more than ~2e-5; and no further than four steps of 1e-2 can
     assert max(moved) > 2e-3, moved

@@ -224,7 +224,12 @@ class MultiExitGlueRecipe:
         state = self.restored
         if state is None or state["stage"] != self.stage_index:
             return None
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except ValueError as error:  # e.g. an ELBERT checkpoint from before exit_weights_lr
+            raise ConfigError(
+                f"--resume: the checkpoint's optimizer does not fit this run's ({error}); it "
+                "was written by another version of gradsurg: start the run again") from None
         self.scheduler.load_state_dict(state["scheduler"])
         self.surgery.load_state_dict(state["surgery"])
         restore_rng(state["rng"][self.parallel.rank])
