@@ -19,8 +19,9 @@ Phases (MiniLM, the screening's tasks: STS-B and the seeded 8,000-sentence SST-2
   early exits sit further from the final one. The screening's SST-2 run (8,000-sentence
   subset, one epoch, lr 5e-5, seed 42) on `model=mpnet-base` (12 x 768, offline; needs
   gradsurg[mpnet]) for DeeBERT, RomeBERT-SD, RomeBERT, reversed projection and per-exit
-  UPGrad, so each compares directly with its MiniLM screening run. About 5x a MiniLM run
-  (`bench/results/depth12_step_cost.json`, `docs/depth_study_notes.md`).
+  UPGrad, so each compares directly with its MiniLM screening run. A 12-layer step costs
+  5.6x a MiniLM one; the five runs about 10 hours, per-exit UPGrad half of it
+  (`bench/results/depth12_estimate.json`, `docs/depth_study_notes.md`).
 
 Runs are launched by `bench/study.py`'s launcher: the real CLI, resumable (`--resume`), one CPU
 thread each, niced, each folder recording its commit and command. Run from a worktree pinned to
