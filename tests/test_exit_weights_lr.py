@@ -4,6 +4,7 @@ an optimizer group without weight decay; the key is refused where no loss term l
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 from gradsurg.cli import app
+from gradsurg.errors import ConfigError
 from gradsurg.multiexit.losses.terms import LOSS_TERMS
 from gradsurg.optimizers import OptimizerSettings, build_optimizer
 from gradsurg.programs.multiexit_glue.config import DEFAULT_EXIT_WEIGHTS_LR
@@ -133,3 +135,15 @@ def test_the_key_is_accepted_wherever_a_term_learns():
         assert result.exit_code == 0, result.output
     result = runner.invoke(app, ["validate", str(ELBERT), "--set", "exit_weights_lr=0"])
     assert result.exit_code == 2 and "exit_weights_lr" in result.output
+
+
+def test_the_weights_can_start_where_elberts_code_starts_them():
+    term = LOSS_TERMS.build({"name": "learned_exit_weights", "init": 4.0}, 4, where="test")
+    weights = term.exit_weights().detach()
+    expected = 1 / (1 + math.exp(-4.0))
+    torch.testing.assert_close(weights[:3], torch.full((3,), expected))
+    assert weights[3].item() == pytest.approx(4 - 3 * expected)  # every exit weighted about 1
+    for bad in (float("nan"), "4", True):
+        with pytest.raises(ConfigError, match=r"loss_groups\.exits: .*init=.* is invalid"):
+            LOSS_TERMS.build({"name": "learned_exit_weights", "init": bad}, 4,
+                             where="loss_groups.exits")
