@@ -8,8 +8,9 @@ returns that folder afterwards. The folder only ever appears complete: everythin
 into a private staging folder beside it, every member's CRC-32 is checked before unpacking,
 and the staging folder is renamed into place in one step. Two first uses at once both
 unpack; the first rename wins and the other's copy is discarded, so neither ever sees half a
-folder. The cache is `$GRADSURG_CACHE`, else `$XDG_CACHE_HOME/gradsurg`, else
-`~/.cache/gradsurg`.
+folder. A process killed while unpacking leaves its hidden `.*.partial` staging folder behind:
+it is never used, and may be deleted once no first use is running. The cache is
+`$GRADSURG_CACHE`, else `$XDG_CACHE_HOME/gradsurg`, else `~/.cache/gradsurg`.
 """
 
 from __future__ import annotations
