@@ -328,3 +328,25 @@ def test_readme_elbert_numbers_match_the_results_file_it_names():
              if key.startswith("joint/exits/exit_weight/")][:-1]
     assert same(low, min(early)) and same(high, max(early))
     assert float(lr) == recipe["optimizer"]["lr"]
+
+
+def test_readme_elbert_own_rate_numbers_match_both_results_files():
+    text = " ".join((ROOT / "README.md").read_text().split())
+    found = re.findall(
+        rf"Re-measured on the stored ELBERT run's recipe with the weights at their own rate "
+        rf"\(`([\w/.]+\.json)`\): the early exits' weights fell to {N}-{N}, the final exit "
+        rf"reached {N}%, and the least expected time within one point of it rose from {N}% to "
+        rf"{N}%", text)
+    assert len(found) == 1, "README lost the re-measured ELBERT sentence"
+    path, low, high, final, before, after = found[0]
+    results = load(path)
+    recipe = yaml.safe_load((ROOT / path).with_name("recipe.yaml").read_text())
+    stored = yaml.safe_load((ROOT / "bench/results/elbert/recipe.yaml").read_text())
+    # the same run, the weights' rate at its new default (null: 1e-2)
+    assert recipe.pop("exit_weights_lr") is None and recipe == stored
+    early = [v for k, v in results["loss_terms"].items() if k.startswith("joint/exits/")][:-1]
+    assert same(low, min(early)) and same(high, max(early))
+    assert same(final, results["exit_metrics"][-1]["accuracy"] * 100)
+    assert same(after, results["tradeoff"]["least_time_within"])
+    assert same(before, load("bench/results/elbert/results.json")["tradeoff"][
+        "least_time_within"])
