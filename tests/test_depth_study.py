@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from gradsurg.multiexit import backbones
 from gradsurg.recipes import apply_overrides, read_recipe, validate_recipe
@@ -69,3 +70,61 @@ def test_list_shows_each_depth12_run_and_whether_it_finished(depth, monkeypatch,
     assert len(lines) == 5
     assert lines[1] == f"done  {finished}"
     assert all(line.startswith("todo  ") for i, line in enumerate(lines) if i != 1)
+
+
+@pytest.fixture(scope="module")
+def report():
+    spec = importlib.util.spec_from_file_location("depth_study_report", ROOT / "bench" /
+                                                  "depth_study_report.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["depth_study_report"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_finished(folder: Path, right: torch.Tensor, task: str = "sst2") -> None:
+    """A finished run whose every exit answers right exactly on `right` (accuracy task)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True)
+    answer = torch.where(right, 0, 1)
+    one = torch.nn.functional.one_hot(answer, 2).float() * 8
+    save_file({"logits": torch.stack([one] * 6).contiguous(),
+               "labels": torch.zeros(len(right), dtype=torch.long)},
+              str(folder / "exit_logits.safetensors"))
+    (folder / "results.json").write_text(json.dumps({
+        "task": task, "mode": "deebert", "primary_metric": "accuracy",
+        "exit_metrics": [{"accuracy": float(right.float().mean())}] * 6}))
+    (folder / "commit.txt").write_text("0123456789abcdef\n")
+    (folder / "stdout.log").write_text("not kept\n")
+
+
+def test_report_tunes_on_one_half_scores_on_the_other_and_collects_small_files(
+        depth, report, tmp_path):
+    from gradsurg.multiexit.evaluation.held_out import split_halves
+
+    runs = tmp_path / "runs"
+    first, second = split_halves(16)
+    lucky = torch.zeros(16, dtype=torch.bool)
+    lucky[first] = True  # right on the first half only
+    steady = torch.ones(16, dtype=torch.bool)
+    steady[first[::4]] = False
+    steady[second[::4]] = False
+    deebert = [run for run in depth.plan("tuned") if run.task == "sst2"
+               and run.config == "deebert"]
+    write_finished(deebert[0].folder(runs), lucky)  # lr 2e-5
+    write_finished(deebert[1].folder(runs), steady)  # lr 5e-5: the first study's setting
+    text = report.write_report(runs, tmp_path / "depth_study.md").read_text()
+    row = next(line for line in text.splitlines() if "tuned over 2" in line)
+    assert row.startswith("| deebert | 2/3 | tuned over 2 | ")
+    assert row.endswith("| lr=2e-5 & lr=5e-5 / lr=2e-5 & lr=5e-5 |")  # lucky, then steady
+    assert "| 37.50 |" in row  # 0 on the half lucky never saw, 75 the other way
+    untuned = next(line for line in text.splitlines() if "(first study)" in line)
+    assert untuned.startswith("| deebert | 1 | lr=5e-5 (first study) | 75.00 |")
+    assert "- tuned / sst2 / deebert / lr=1e-4" in text  # not finished yet
+    copied = report.collect(runs, tmp_path / "kept")
+    assert len(copied) == 2
+    assert sorted(p.name for p in copied[0].iterdir()) == [
+        "commit.txt", "exit_logits.safetensors", "results.json"]
