@@ -25,6 +25,7 @@ COMBINERS: dict[str, str] = {
     'graddrop': "the paper's masks coordinate by coordinate in numpy; torchjd's GradDrop seeded alike (equal); seeded state through a checkpoint",
     'rlw': "torchjd's Random seeded alike; fresh weights each step; seeded state through a checkpoint",
     'dbmtl': 'a numpy rendering over several steps; averages kept per group name; state through a `weights_only` checkpoint',
+    'pcd': "cvxpy (Clarabel) on the paper's primal QP with normalized rows; KKT conditions of the Gramian solver; torchjd's PCD step by step (k times its output, scalar and per-group tau); named primary independent of row order; `tau: 0` on two groups is `project`'s projected target; averages by group name through a `weights_only` checkpoint",
     'moco': "a numpy rendering of Algorithm 1 over several steps (simplex projection by bisection); converges to MGDA's weights on fixed gradients; state through a checkpoint",
 }
 

@@ -5,9 +5,11 @@ Which hold where, and why:
   * one group keeps its gradient, k identical rows give their sum: all, times a known factor
     for two: `cagrad` returns (1 + c) g, and `dbmtl`'s running average starts at 0 (its first
     step gives (1 - beta) times the sum).
-  * row order does not matter: all but `rlw` (its random weights go to rows by position) and
+  * row order does not matter: all but `rlw` (its random weights go to rows by position),
     `gradvac` (from three rows on, it visits the others in a seeded random order, drawn by
-    position). `graddrop` draws one number per coordinate, not per row, so it qualifies.
+    position) and `pcd` (its primary is the first row unless named; test_pcd.py checks that
+    with the primary named, the order of the rows does not matter). `graddrop` draws one
+    number per coordinate, not per row, so it qualifies.
   * scaling every row by c > 0 scales the output by c: all but `moco`, whose weight step
     gamma Y Y^T lambda grows with the squared norms (the paper's method is not scale-free).
 Stateful and random methods are compared on fresh instances with the same seed. The methods'
@@ -39,6 +41,7 @@ from gradsurg.combiners import (
     DBMTL,
     IMTLG,
     MGDA,
+    PCD,
     RLW,
     AlignedMTL,
     CAGrad,
@@ -81,6 +84,8 @@ COMBINERS = {
     "rlw": Facts(lambda: RLW(seed=3), order_free=False),
     "dbmtl": Facts(DBMTL, sum_factor=0.1),
     "moco": Facts(MoCo, homogeneous=False),
+    # eps = 0: the normalization by sqrt(v + eps) is then exactly scale-free
+    "pcd": Facts(lambda: PCD(eps=0.0), order_free=False),
 }
 ORDER_FREE = [name for name, facts in COMBINERS.items() if facts.order_free]
 HOMOGENEOUS = [name for name, facts in COMBINERS.items() if facts.homogeneous]

@@ -33,6 +33,7 @@ from test_combiners_more import (
 from gradsurg.combiners import (
     COMBINERS,
     DBMTL,
+    PCD,
     RLW,
     AlignedMTL,
     ConFIG,
@@ -468,6 +469,7 @@ STATEFUL = {
     "rlw": (lambda: RLW(seed=5), lambda: RLW(seed=99)),
     "dbmtl": (lambda: DBMTL(beta=0.7), lambda: DBMTL(beta=0.7)),
     "moco": (lambda: MoCo(beta=0.6, gamma=0.05), lambda: MoCo(beta=0.6, gamma=0.05)),
+    "pcd": (lambda: PCD(primary="sd", beta=0.5), lambda: PCD(primary="sd", beta=0.5)),
 }
 
 

@@ -19,6 +19,7 @@ from gradsurg.combiners.merge import Merge
 from gradsurg.combiners.mgda import MGDA
 from gradsurg.combiners.moco import MoCo
 from gradsurg.combiners.nash_mtl import NashMTL
+from gradsurg.combiners.pcd import PCD
 from gradsurg.combiners.pcgrad import PCGrad
 from gradsurg.combiners.project import Project
 from gradsurg.combiners.rlw import RLW
@@ -29,6 +30,7 @@ __all__ = [
     "DBMTL",
     "IMTLG",
     "MGDA",
+    "PCD",
     "RLW",
     "AlignedMTL",
     "CAGrad",
