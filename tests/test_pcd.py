@@ -206,27 +206,7 @@ def test_float32_rows_agree_with_float64():
     assert np.abs(single - double).max() <= 1e-4 * np.abs(double).max()
 
 
-# ---- training runs --------------------------------------------------------------------------
-
-
-def test_pcd_trains_a_tiny_romebert_recipe(tiny_bert_dir, shared_glue_dir, tmp_path):
-    """Per-exit groups: the last exit primary, every earlier exit (and its distillation)
-    keeping a fraction of its progress."""
-    from test_weightings import glue_config
-
-    from gradsurg.programs.multiexit_glue import run as run_glue
-
-    config = glue_config(tiny_bert_dir, shared_glue_dir, mode="romebert", epochs=1,
-                         exit_groups="sd", combiner={"name": "pcd", "primary": "exit3", "tau": 0.1})
-    results = run_glue(config, tmp_path)
-    assert results["train"]["joint"]["steps"] == 2
-    assert all(math.isfinite(m["accuracy"]) for m in results["exit_metrics"])
-    log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
-    assert len(log) == 2 and all(line["skipped_steps"] == 0 for line in log)
-    for line in log:
-        assert {"pcd/active", "pcd/infeasible", "grad_norm/combined"} <= set(line)
-        assert line["pcd/infeasible"] in (0.0, 1.0) and math.isfinite(line["grad_norm/combined"])
-        assert line["grad_norm/combined"] > 0
+# ---- training (the tiny RomeBERT recipe: test_multiexit_glue.py, every combiner) ----------
 
 
 def test_pcd_trains_the_digits_recipe(tmp_path):
