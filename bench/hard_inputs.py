@@ -13,6 +13,10 @@ relative to sum_i ||g_i|| (squared for objectives; for `pcd`, to k on its unit r
     distance    ||ours - cvxpy's point|| (meaningful only where the problem is well posed)
     unsolved    inputs where Clarabel reported no accurate optimum (skipped for gap/distance)
 
+`pcd`'s gap and distance are relative to (k + ||d||)^2 and k + ||d||, d its QP's point on the
+unit rows; `declared_infeasible_cvxpy_step_min` is minus the shortest ||d|| cvxpy found where
+pcd declared the constraints infeasible (none such: absent).
+
 About a minute per 100 seeds on two CPU cores. Writes bench/results/hard_inputs.json.
 """
 
@@ -106,10 +110,13 @@ def measure(kind: str, seed: int, worst: dict[str, Worst]) -> None:
         worst["pcd"].add("infeasible", -(unit[1:] @ direction - tau).min() / k)
     x = cp.Variable(n)
     if hard.solved(cp.Problem(cp.Minimize(cp.sum_squares(x - unit[0])), [unit[1:] @ x >= tau])):
-        worst["pcd"].add("cvxpy_feasible_ours_not", float(not feasible))
+        size = float(np.linalg.norm(x.value))
+        if not feasible:  # declared infeasible: how short was cvxpy's point at least?
+            worst["pcd"].add("declared_infeasible_cvxpy_step_min", -size)
+            return
         worst["pcd"].add("gap", (np.sum((direction - unit[0]) ** 2)
-                                 - np.sum((x.value - unit[0]) ** 2)) / k**2)
-        worst["pcd"].add("distance", np.linalg.norm(direction - x.value) / k)
+                                 - np.sum((x.value - unit[0]) ** 2)) / (k + size) ** 2)
+        worst["pcd"].add("distance", np.linalg.norm(direction - x.value) / (k + size))
     else:
         worst["pcd"].unsolved += 1
 
