@@ -187,3 +187,14 @@ def test_per_exit_weightings_train_a_tiny_romebert_recipe(spec, tiny_bert_dir, s
     else:  # 0, 1/2, 1, 1 for the early exits (cosine over two steps); 1 for the last
         np.testing.assert_allclose(weights, [[0, 0, 1], [0.5, 0.5, 1], [1, 1, 1], [1, 1, 1]],
                                    atol=1e-12)
+
+
+def test_recipe_checks_a_per_exit_weighting_when_read(tiny_bert_dir, shared_glue_dir):
+    from pydantic import ValidationError
+    from test_weightings import glue_config
+
+    with pytest.raises(ValidationError, match="key 'weighting': unknown loss weighting 'gls'"):
+        glue_config(tiny_bert_dir, shared_glue_dir, mode="romebert", exit_groups="sd",
+                    combiner="sum", weighting="gls")
+    with pytest.raises(ValidationError, match=r"weighs per-exit loss groups exit1\.\.exitL"):
+        glue_config(tiny_bert_dir, shared_glue_dir, mode="romebert", weighting="layerskip")

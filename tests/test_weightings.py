@@ -45,9 +45,13 @@ def loss_stream(seed: int, steps: int, k: int = 2) -> np.ndarray:
     return trend * rng.uniform(0.8, 1.2, size=(steps, k))
 
 
+#: Weightings of per-exit groups exit1..exitL: tests/test_exit_weightings.py.
+EXIT_METHODS = ["layerskip", "eellm_warmup"]
+
+
 def test_every_method_is_registered():
-    assert set(WEIGHTINGS.names()) == set(METHODS)
-    for name in METHODS:
+    assert set(WEIGHTINGS.names()) == set(METHODS) | set(EXIT_METHODS)
+    for name in METHODS + EXIT_METHODS:
         assert WEIGHTINGS.source(name) == "gradsurg"
 
 
