@@ -36,8 +36,8 @@ WEIGHTINGS: dict[str, str] = {
     'geometric': "autograd of the product; torchjd's `GeometricMean`",
     'imtll': "numpy SGD steps; torchjd's `IMTLL`",
     'stch': "numpy over 4 epochs; k x torchjd's `STCH` on the normalized logs",
-    'layerskip': "numpy rendering of the authors' `layer_ids_to_loss_scales` (six scales, three depths, early scale); rotation over three cycles, exits in any group order; state through a `weights_only` checkpoint; trains a tiny RomeBERT recipe with per-exit groups",
-    'eellm_warmup': "numpy rendering of the authors' `EarlyExitLossWeight` iteration by iteration (linear, cosine, warm-up 0/1/5 steps, per-exit targets, cool-down); state through a `weights_only` checkpoint; trains a tiny RomeBERT recipe with per-exit groups",
+    'layerskip': "numpy rendering of the authors' `layer_ids_to_loss_scales` (six scales, three depths, early scale); rotation over three cycles, exits in any group order; state through a `weights_only` checkpoint; trains a tiny RomeBERT recipe and the digits recipe with per-exit groups",
+    'eellm_warmup': "numpy rendering of the authors' `EarlyExitLossWeight` iteration by iteration (linear, cosine, warm-up 0/1/5 steps, per-exit targets, cool-down); state through a `weights_only` checkpoint; trains a tiny RomeBERT recipe and the digits recipe with per-exit groups",
 }
 
 #: `gradsurg plugins` kind -> name -> what it is tested against.

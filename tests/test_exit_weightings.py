@@ -198,3 +198,44 @@ def test_recipe_checks_a_per_exit_weighting_when_read(tiny_bert_dir, shared_glue
                     combiner="sum", weighting="gls")
     with pytest.raises(ValidationError, match=r"weighs per-exit loss groups exit1\.\.exitL"):
         glue_config(tiny_bert_dir, shared_glue_dir, mode="romebert", weighting="layerskip")
+
+
+def test_digits_exit_groups_share_the_sd_loss():
+    """The digits plugin's per-exit groups: exitL is `final`, the others sum to `sd`."""
+    from gradsurg_digits.program import loss_groups
+
+    from gradsurg.recipes import load_recipe
+
+    _, plain = load_recipe("digits_project", [])
+    _, per_exit = load_recipe("digits_project", ["exit_groups=true", "combiner=sum"])
+    generator = torch.Generator().manual_seed(0)
+    logits = [torch.randn(8, 10, generator=generator) for _ in range(plain.layers)]
+    labels = torch.randint(0, 10, (8,), generator=generator)
+    by_name = {g.name: g(logits, labels) for g in loss_groups(per_exit)}
+    reference = {g.name: g(logits, labels) for g in loss_groups(plain)}
+    assert list(by_name) == [f"exit{i}" for i in range(1, plain.layers + 1)]
+    torch.testing.assert_close(by_name[f"exit{plain.layers}"], reference["final"])
+    torch.testing.assert_close(sum(by_name[f"exit{i}"] for i in range(1, plain.layers)),
+                               reference["sd"])
+
+
+@pytest.mark.parametrize("weighting", [
+    "{name: layerskip, curriculum: rotational, scale: l}",
+    "{name: eellm_warmup, warmup_steps: 20, style: cosine}",
+])
+def test_per_exit_weightings_train_the_digits_recipe(weighting, tmp_path):
+    from gradsurg_digits.program import train
+
+    from gradsurg.recipes import load_recipe
+
+    _, config = load_recipe("digits_project", ["exit_groups=true", "combiner=sum",
+                                               f"weighting={weighting}", "epochs=2"])
+    results = train(config, tmp_path)
+    accuracies = results["exit_accuracy"]
+    assert all(math.isfinite(a) for a in accuracies)
+    assert accuracies[-1] > 0.6, accuracies  # chance is 0.1
+    lines = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert len(lines) == 2 and {"exit1", "exit4", "weighting/weight/exit4"} <= set(lines[0])
+    assert results["weighting"]["name"] in weighting
+    if "eellm" in weighting:  # past the 20 warm-up steps: every exit weighs 1
+        assert all(lines[-1][f"weighting/weight/exit{i}"] == 1.0 for i in (1, 2, 3, 4))
