@@ -14,6 +14,7 @@ from gradsurg.combiners.graddrop import GradDrop
 from gradsurg.combiners.gradvac import GradVac
 from gradsurg.combiners.gramian import gramian, weighted_rows
 from gradsurg.combiners.imtlg import IMTLG
+from gradsurg.combiners.krum import Krum
 from gradsurg.combiners.linear import Mean, Sum
 from gradsurg.combiners.merge import Merge
 from gradsurg.combiners.mgda import MGDA
@@ -23,6 +24,7 @@ from gradsurg.combiners.pcd import PCD
 from gradsurg.combiners.pcgrad import PCGrad
 from gradsurg.combiners.project import Project
 from gradsurg.combiners.rlw import RLW
+from gradsurg.combiners.trimmed_mean import TrimmedMean
 from gradsurg.combiners.upgrad import UPGrad
 
 __all__ = [
@@ -42,6 +44,7 @@ __all__ = [
     "GradDrop",
     "GradVac",
     "GramianWeighting",
+    "Krum",
     "Mean",
     "Merge",
     "MoCo",
@@ -49,6 +52,7 @@ __all__ = [
     "PCGrad",
     "Project",
     "Sum",
+    "TrimmedMean",
     "UPGrad",
     "gramian",
     "weighted_rows",
