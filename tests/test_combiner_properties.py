@@ -41,6 +41,7 @@ from test_combiners_more import (
 )
 
 from gradsurg.combiners import (
+    CRMOGM,
     DBMTL,
     IMTLG,
     MGDA,
@@ -96,6 +97,7 @@ COMBINERS = {
     "pcd": Facts(lambda: PCD(eps=0.0), order_free=False),
     "krum": Facts(lambda: Krum(n_selected=2), min_rows=3),
     "trimmed_mean": Facts(TrimmedMean, min_rows=3),
+    "cr_mogm": Facts(lambda: CRMOGM(inner=MGDA(), alpha=0.5)),  # fresh: its first step is mgda's
 }
 ORDER_FREE = [name for name, facts in COMBINERS.items() if facts.order_free]
 SINGLE_GROUP = [name for name, facts in COMBINERS.items() if facts.min_rows == 1]

@@ -32,6 +32,7 @@ from test_combiners_more import (
 
 from gradsurg.combiners import (
     COMBINERS,
+    CRMOGM,
     DBMTL,
     PCD,
     RLW,
@@ -470,6 +471,9 @@ STATEFUL = {
     "dbmtl": (lambda: DBMTL(beta=0.7), lambda: DBMTL(beta=0.7)),
     "moco": (lambda: MoCo(beta=0.6, gamma=0.05), lambda: MoCo(beta=0.6, gamma=0.05)),
     "pcd": (lambda: PCD(primary="sd", beta=0.5), lambda: PCD(primary="sd", beta=0.5)),
+    # the inner combiner's state too: nash_mtl's last weights
+    "cr_mogm": (lambda: CRMOGM(inner=NashMTL(update_every=2), alpha=0.6),
+                lambda: CRMOGM(inner=NashMTL(update_every=2), alpha=0.6)),
 }
 
 

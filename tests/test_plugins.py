@@ -29,7 +29,8 @@ DIGITS_FILE = (Path(__file__).resolve().parents[1] / "plugins" / "digits_multiex
 BUILT_INS = {
     "combiners": {"sum", "mean", "pcgrad", "project", "merge", "cagrad", "gradvac", "mgda",
                   "imtlg", "upgrad", "dualproj", "aligned_mtl", "nash_mtl", "config", "fairgrad",
-                  "graddrop", "rlw", "dbmtl", "moco", "pcd", "krum", "trimmed_mean"},
+                  "graddrop", "rlw", "dbmtl", "moco", "pcd", "krum", "trimmed_mean",
+                  "cr_mogm"},
     "loss_terms": {"final_task", "early_task_sum", "self_distillation", "layer_weighted",
                    "learned_exit_weights"},
     "loss_weightings": {"uncertainty", "dwa", "famo", "geometric", "imtll", "stch",

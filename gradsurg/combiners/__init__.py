@@ -7,6 +7,7 @@ from gradsurg.combiners.aligned_mtl import AlignedMTL
 from gradsurg.combiners.base import COMBINERS, Combined, Combiner, GramianWeighting
 from gradsurg.combiners.cagrad import CAGrad
 from gradsurg.combiners.conflict_free import ConFIG
+from gradsurg.combiners.cr_mogm import CRMOGM
 from gradsurg.combiners.dbmtl import DBMTL
 from gradsurg.combiners.dualproj import DualProj
 from gradsurg.combiners.fairgrad import FairGrad
@@ -29,6 +30,7 @@ from gradsurg.combiners.upgrad import UPGrad
 
 __all__ = [
     "COMBINERS",
+    "CRMOGM",
     "DBMTL",
     "IMTLG",
     "MGDA",
