@@ -34,7 +34,7 @@ BUILT_INS = {
     "loss_terms": {"final_task", "early_task_sum", "self_distillation", "layer_weighted",
                    "learned_exit_weights"},
     "loss_weightings": {"uncertainty", "dwa", "famo", "geometric", "imtll", "stch",
-                        "layerskip", "eellm_warmup"},
+                        "layerskip", "eellm_warmup", "pbi", "cosmos"},
     "exit_policies": {"entropy", "normalized_entropy", "max_prob", "patience",
                       "confidence_window", "fixed"},
     "backbone_adapters": {"bert", "roberta", "mpnet", "albert"},

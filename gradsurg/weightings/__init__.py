@@ -11,13 +11,16 @@ from gradsurg.weightings.famo import FAMO
 from gradsurg.weightings.geometric import Geometric
 from gradsurg.weightings.imtll import IMTLL
 from gradsurg.weightings.layerskip import LayerSkip
+from gradsurg.weightings.scalarizers import COSMOS, PBI
 from gradsurg.weightings.stch import STCH
 from gradsurg.weightings.uncertainty import Uncertainty
 
 __all__ = [
+    "COSMOS",
     "DWA",
     "FAMO",
     "IMTLL",
+    "PBI",
     "STCH",
     "WEIGHTINGS",
     "EELLMWarmup",
