@@ -11,7 +11,8 @@ Which hold where, and why:
     with the primary named, the order of the rows does not matter). `graddrop` draws one
     number per coordinate, not per row, so it qualifies.
   * scaling every row by c > 0 scales the output by c: all but `moco`, whose weight step
-    gamma Y Y^T lambda grows with the squared norms (the paper's method is not scale-free).
+    gamma Y Y^T lambda grows with the squared norms (the paper's method is not scale-free),
+    and `excess_mtl`, whose first step (as in the official code) uses the raw excess risks.
   * `krum` and `trimmed_mean` need at least 3 groups here (n_byzantine + 3, 2 trim + 1):
     each property is checked from that many rows on, and one group alone is refused
     (test_robust_combiners.py).
@@ -51,6 +52,7 @@ from gradsurg.combiners import (
     CAGrad,
     ConFIG,
     DualProj,
+    ExcessMTL,
     FairGrad,
     GradDrop,
     GradVac,
@@ -98,6 +100,8 @@ COMBINERS = {
     "krum": Facts(lambda: Krum(n_selected=2), min_rows=3),
     "trimmed_mean": Facts(TrimmedMean, min_rows=3),
     "cr_mogm": Facts(lambda: CRMOGM(inner=MGDA(), alpha=0.5)),  # fresh: its first step is mgda's
+    # its first step moves the weights by the raw excess risks, which grow with the rows
+    "excess_mtl": Facts(ExcessMTL, homogeneous=False),
 }
 ORDER_FREE = [name for name, facts in COMBINERS.items() if facts.order_free]
 SINGLE_GROUP = [name for name, facts in COMBINERS.items() if facts.min_rows == 1]

@@ -39,6 +39,7 @@ from gradsurg.combiners import (
     AlignedMTL,
     ConFIG,
     DualProj,
+    ExcessMTL,
     FairGrad,
     GradDrop,
     MoCo,
@@ -474,6 +475,8 @@ STATEFUL = {
     # the inner combiner's state too: nash_mtl's last weights
     "cr_mogm": (lambda: CRMOGM(inner=NashMTL(update_every=2), alpha=0.6),
                 lambda: CRMOGM(inner=NashMTL(update_every=2), alpha=0.6)),
+    "excess_mtl": (lambda: ExcessMTL(eta=0.5, warmup_steps=2),
+                   lambda: ExcessMTL(eta=0.5, warmup_steps=2)),
 }
 
 

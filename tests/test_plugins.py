@@ -30,7 +30,7 @@ BUILT_INS = {
     "combiners": {"sum", "mean", "pcgrad", "project", "merge", "cagrad", "gradvac", "mgda",
                   "imtlg", "upgrad", "dualproj", "aligned_mtl", "nash_mtl", "config", "fairgrad",
                   "graddrop", "rlw", "dbmtl", "moco", "pcd", "krum", "trimmed_mean",
-                  "cr_mogm"},
+                  "cr_mogm", "excess_mtl"},
     "loss_terms": {"final_task", "early_task_sum", "self_distillation", "layer_weighted",
                    "learned_exit_weights"},
     "loss_weightings": {"uncertainty", "dwa", "famo", "geometric", "imtll", "stch",

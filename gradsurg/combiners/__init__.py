@@ -10,6 +10,7 @@ from gradsurg.combiners.conflict_free import ConFIG
 from gradsurg.combiners.cr_mogm import CRMOGM
 from gradsurg.combiners.dbmtl import DBMTL
 from gradsurg.combiners.dualproj import DualProj
+from gradsurg.combiners.excess_mtl import ExcessMTL
 from gradsurg.combiners.fairgrad import FairGrad
 from gradsurg.combiners.graddrop import GradDrop
 from gradsurg.combiners.gradvac import GradVac
@@ -42,6 +43,7 @@ __all__ = [
     "Combiner",
     "ConFIG",
     "DualProj",
+    "ExcessMTL",
     "FairGrad",
     "GradDrop",
     "GradVac",
