@@ -190,6 +190,16 @@ class MultiExitGlueConfig(ProgramConfig):
         if not self.mode_spec.one_stage:
             raise ValueError(f"key 'weighting': mode {self.mode} trains one loss group per "
                              "stage, so there is nothing to weigh; remove the key")
+        if self.exit_groups is not None:
+            # per-exit groups exist once the model's depth is known: the weighting is built on
+            # them then, before training (stages.attach_weighting); its name is checked now
+            try:
+                WEIGHTINGS.get(WEIGHTINGS.split(self.weighting, where="key 'weighting'")[0])
+            except ConfigError as error:
+                message = str(error)
+                raise ValueError(message if message.startswith("key 'weighting'")
+                                 else f"key 'weighting': {message}") from None
+            return self
         groups = list(self.joint_groups())
         if len(groups) < 2:
             raise ValueError(f"key 'weighting': mode {self.mode} trains the single loss group "
