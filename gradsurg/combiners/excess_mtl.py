@@ -37,6 +37,8 @@ class ExcessMTL(Combiner):
     """
 
     name = "excess_mtl"
+    shard_refusal = ("its excess risks sum over every coordinate of a k x n running state, "
+                     "which would have to be sharded and reduced too (not implemented).")
 
     def __init__(self, *, eta: float = 1.0, warmup_steps: int = 0) -> None:
         require(is_real(eta) and eta > 0, self.name, "eta", "a finite number > 0", eta)
