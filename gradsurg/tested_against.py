@@ -12,6 +12,7 @@ COMBINERS: dict[str, str] = {
     'pcgrad': 'closed form for two groups, a plain vector loop for many; seeded order survives a checkpoint',
     'project': 'a vector reference, an exact float64 reference at 1e-30..1e15, no conflict left, idempotent, scale properties',
     'merge': 'composition of `project` and `sum` against the hand result',
+    'blockwise': 'each block against the inner combiner on its column slice by hand; per-exit groups with a block per layer against UPGrad over the exits that reach each layer',
     'cagrad': "SciPy SLSQP on the paper's primal problem; ball constraint; `c=0` is `sum`; degenerate fallback; torchjd's CAGrad",
     'gradvac': "first step equals PCGrad; a vector implementation over several steps; EMA state through a `weights_only` checkpoint; torchjd's GradVac step by step",
     'mgda': "min-norm point by enumerating the hull's faces; conflicts with no group; torchjd's MGDA",

@@ -216,5 +216,5 @@ def test_every_built_in_combiner_is_covered():
     from gradsurg.registry import BUILT_IN
 
     built_in = {entry.name for entry in REGISTRY.entries() if entry.source == BUILT_IN}
-    own_tests = {"sum", "mean", "project", "merge", "pcgrad"}
+    own_tests = {"sum", "mean", "project", "merge", "pcgrad", "blockwise"}  # + test_blockwise
     assert built_in == set(COMBINERS) | own_tests

@@ -5,6 +5,7 @@ Importing this package imports every built-in combiner's module, which registers
 
 from gradsurg.combiners.aligned_mtl import AlignedMTL
 from gradsurg.combiners.base import COMBINERS, Combined, Combiner, GramianWeighting
+from gradsurg.combiners.blockwise import Blockwise
 from gradsurg.combiners.cagrad import CAGrad
 from gradsurg.combiners.conflict_free import ConFIG
 from gradsurg.combiners.cr_mogm import CRMOGM
@@ -38,6 +39,7 @@ __all__ = [
     "PCD",
     "RLW",
     "AlignedMTL",
+    "Blockwise",
     "CAGrad",
     "Combined",
     "Combiner",

@@ -20,8 +20,9 @@ class Krum(GramianWeighting):
     Blanchard, El Mhamdi, Guerraoui & Stainer, "Machine Learning with Adversaries: Byzantine
     Tolerant Gradient Descent" (NeurIPS 2017): Krum (m = 1) and Multi-Krum (m = `n_selected`)
     with f = `n_byzantine` rows that may be arbitrary; it needs k >= f + 3 groups (checked
-    when the groups are bound). Distances come from the Gramian, in float64. Ties in the score
-    go to the lower row (the selected rows are then equally good by the rule).
+    when the groups are bound). Distances come from the Gramian, in float64. Rows tied in score
+    at the cut share the places left equally, so the output does not depend on the rows'
+    order (torchjd keeps the lower row; the two differ only on such ties).
 
     Differences: the paper scores by squared distances; torchjd 0.18's `Krum` sums the plain
     distances (`squared: false` here gives its selection). The output is k times the paper's
@@ -56,9 +57,15 @@ class Krum(GramianWeighting):
         closest = k - self.n_byzantine - 2
         others = distances + torch.diag(torch.full((k,), torch.inf, dtype=torch.float64))
         scores = others.sort(dim=1).values[:, :closest].sum(dim=1)
-        # stable: among equal scores the lower row comes first
-        selected = torch.sort(scores, stable=True).indices[: self.n_selected]
+        # The n_selected lowest scores; rows tied at the cut share the places left, so the
+        # result does not depend on the rows' order (torchjd keeps the lower row instead).
+        # (scores within rounding of each other, 1e-9 of the largest, count as tied)
+        cut = torch.sort(scores).values[self.n_selected - 1]
+        slack = 1e-9 * float(scores[torch.isfinite(scores)].abs().max().clamp_min(1e-300))
+        below, tied = scores < cut - slack, (scores - cut).abs() <= slack
         weights = torch.zeros(k, dtype=torch.float64)
-        weights[selected] = k / self.n_selected
-        info = {"krum/selected_first": float(selected[0])}
+        weights[below] = k / self.n_selected
+        places = self.n_selected - int(below.sum())
+        weights[tied] = k / self.n_selected * places / int(tied.sum())
+        info = {"krum/selected_first": float(torch.argmin(scores))}
         return weights, info
