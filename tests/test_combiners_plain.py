@@ -22,6 +22,18 @@ SPECS = {
 BUILT_INS = sorted(e.name for e in COMBINERS.entries() if e.source == BUILT_IN)
 
 
+def build(name: str):
+    """The combiner, and for one that splits columns by parameter (blockwise) a layout of
+    two 2-number parameters in two layers over the matrix's 4 columns."""
+    combiner = COMBINERS.build(SPECS.get(name, name), where="combiner")
+    if getattr(combiner, "needs_layout", False):
+        from gradsurg.params import FlatLayout
+
+        combiner.use_layout(FlatLayout.of([(f"layers.{i}.w", torch.nn.Parameter(torch.ones(2)))
+                                           for i in range(2)]))
+    return combiner
+
+
 def leaf_matrix() -> torch.Tensor:
     rows = torch.tensor([[1.0, 0.2, -0.3, 0.0], [-0.6, 0.5, 0.1, 0.2], [0.1, -0.7, 0.4, 0.3]])
     return rows.requires_grad_()
@@ -39,7 +51,7 @@ def tensors_in(value) -> list[torch.Tensor]:
 
 @pytest.mark.parametrize("name", BUILT_INS)
 def test_a_direct_call_builds_no_graph(name):
-    combiner = COMBINERS.build(SPECS.get(name, name), where="combiner")
+    combiner = build(name)
     matrix = leaf_matrix()
     for _ in range(2):  # the second call runs on state kept from the first
         out = combiner(matrix * 1.0, NAMES)  # a non-leaf input, part of a graph
@@ -48,10 +60,10 @@ def test_a_direct_call_builds_no_graph(name):
     for tensor in tensors_in(combiner.state_dict()):
         assert not tensor.requires_grad and tensor.grad_fn is None, name
     # and the values are those of the same call on a plain tensor
-    fresh = COMBINERS.build(SPECS.get(name, name), where="combiner")
+    fresh = build(name)
     plain = leaf_matrix().detach()
     expected = fresh(plain, NAMES).gradient
-    again = COMBINERS.build(SPECS.get(name, name), where="combiner")
+    again = build(name)
     assert torch.equal(again(leaf_matrix(), NAMES).gradient, expected), name
 
 
