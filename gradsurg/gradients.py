@@ -5,8 +5,10 @@ matrix over the selected parameters (or, for a fixed-weight combiner, one backwa
 summed loss), parameters outside the selection get the plain sum in `.grad`, and the losses'
 values and non-finite flags are summed alongside. `take` hands the step over to the pipeline.
 
-Default selection: every trainable parameter that gets a non-zero gradient from more than one
-group on the first micro-batch (all ranks together). Reading the gradients, not the graph,
+Default selection (`gradsurg.selection`): every trainable parameter that more than one group
+can move, judged on the first micro-batch (all ranks together): a non-zero gradient from more
+than one group, or an exactly zero gradient from every group that reaches it (a
+zero-initialised adapter such as LoRA's `lora_A`). Reading the gradients, not only the graph,
 keeps the choice independent of how a model packs its outputs: `torch.stack(exit_logits)`
 links every exit head to every loss in the graph, while each head's gradient is non-zero for
 its own groups only.
@@ -30,6 +32,7 @@ from gradsurg.params import (
     trainable_parameters,
 )
 from gradsurg.pipeline import StepGradients
+from gradsurg.selection import shared_parameters
 
 
 class GradientCollector:
@@ -169,27 +172,25 @@ class GradientCollector:
 
     def _select_by_gradients(self, names: tuple[str, ...], values: list[Tensor],
                              reached: list[set[int]], *, needs_shared: bool) -> None:
-        """First micro-batch without `include`: the parameters with a non-zero gradient from
-        more than one group (on any rank). Costs one extra backward pass per group, once;
-        only parameters the graph links to several groups are looked at."""
+        """First micro-batch without `include`: the parameters more than one group can move
+        (`gradsurg.selection`: a non-zero gradient from several groups, or zero from every
+        group that reaches it, as a zero-initialised adapter's is). Costs one extra backward
+        pass per group, once; only parameters the graph links to several groups are looked
+        at."""
         counts: dict[int, int] = {}
         for ids in reached:
             for pid in ids:
                 counts[pid] = counts.get(pid, 0) + 1
         candidates = [(n, p) for n, p in match_patterns(self.trainable, exclude=self.exclude)
                       if counts.get(id(p), 0) > 1]
-        nonzero = torch.zeros(len(names), len(candidates))
-        params = [p for _, p in candidates]
-        for row, value in enumerate(values):
-            if not params or not value.requires_grad:
-                continue
-            grads = torch.autograd.grad(value, params, retain_graph=True, allow_unused=True)
-            nonzero[row] = torch.tensor([g is not None and bool(g.ne(0).any()) for g in grads],
-                                        dtype=nonzero.dtype)
+        all_reduce = None
         if self.data_parallel.enabled:
-            device = params[0].device if params else torch.device("cpu")
-            nonzero = self.data_parallel.all_reduce_(nonzero.to(device)).cpu()
-        shared = ((nonzero > 0).sum(dim=0) > 1).tolist()
+            device = candidates[0][1].device if candidates else torch.device("cpu")
+
+            def all_reduce(flags: Tensor) -> Tensor:
+                return self.data_parallel.all_reduce_(flags.to(device)).cpu()
+
+        shared = shared_parameters(names, values, candidates, reached, all_reduce=all_reduce)
         selected = [item for item, flag in zip(candidates, shared) if flag]
         if not selected and needs_shared and len(names) > 1:
             raise ConfigError(

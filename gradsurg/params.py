@@ -115,7 +115,7 @@ class FlatLayout:
         """Views of `flat[..., size]` shaped like each parameter (no copy)."""
         lead = flat.shape[:-1]
         return [
-            flat[..., start : start + p.numel()].view(*lead, *p.shape)
+            flat[..., start : start + p.numel()].view((*lead, *p.shape))  # () for a scalar
             for start, p in zip(self.offsets, self.params)
         ]
 

@@ -46,8 +46,9 @@ class Surgery:
             It is bound to the loss groups' names at the first `backward` (again only if they
             change), so its options' group names become row indices once.
         include, exclude: name globs choosing the parameters to operate on. Default: every
-            trainable parameter that gets a gradient from more than one group (decided on the
-            first micro-batch), minus `exclude`. All others receive the plain sum.
+            trainable parameter that more than one group can move (decided on the first
+            micro-batch, zero-initialised adapters included; `gradsurg.selection`), minus
+            `exclude`; `selected_names` reads it back. All others receive the plain sum.
         mode: `sequential`, `batched` or `auto` (batched on accelerators, sequential on CPU).
         accumulation_steps: micro-batches per optimizer step; the last one combines.
         max_grad_norm: clip the combined gradient (all trainable parameters) to this norm.
