@@ -1,5 +1,8 @@
 """The non-finite rule: what a NaN/inf loss or gradient does to an optimizer step.
 
+A step is bad when a group's loss, a group's gradient row (checked by `Combine` before any
+combiner runs, so every combiner is treated alike) or the final gradient holds a NaN or inf.
+
 Like optax's `apply_if_finite`, it wraps nothing and decides after the gradients are final:
 - `skip` (default): every `.grad` is set to None, which torch's optimizers skip (weight decay
   and moments included), so the step changes nothing; `max_in_a_row` skips in a row stop the
@@ -51,12 +54,13 @@ class NonFiniteRule(Stage):
         if norm is None:
             norm = total_norm([p for p in step.trainable if p.grad is not None])
         bad = [name for name, flag in step.bad_losses.items() if bool(flag)]
-        step.skipped = bool(bad) or not bool(torch.isfinite(norm))
+        step.skipped = bool(bad) or bool(step.bad_rows) or not bool(torch.isfinite(norm))
         if not step.skipped:
             self.in_a_row = 0
             return
         cause = (f"loss group(s) {', '.join(bad)} not finite" if bad
-                 else "gradient not finite")
+                 else f"gradient of loss group(s) {', '.join(step.bad_rows)} not finite"
+                 if step.bad_rows else "gradient not finite")
         if self.rule == "raise":
             raise NonFiniteError(f"optimizer step {step.index}: {cause}")
         self.skipped_steps += 1

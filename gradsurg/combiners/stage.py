@@ -6,6 +6,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from gradsurg.combiners.base import Combiner
@@ -35,19 +36,40 @@ class Combine(Stage):
             return
         names = list(step.names)
         gram = gramian(step.matrix)  # one pass; shared by the combiner and diagnostics
-        combined = self.combiner(step.matrix, names, gram=gram)
+        step.bad_rows = nonfinite_rows(step.matrix, gram, names)
+        if step.bad_rows:
+            # No combiner sees a NaN/inf row: some would drop it and return a finite step,
+            # some fail inside torch, stateful ones would keep it. The selected gradients are
+            # NaN instead, so the non-finite rule skips (raises, or hands the step to a
+            # GradScaler) alike for every combiner, and `ignore` applies what the sum would.
+            gradient = step.matrix.new_full((step.layout.size,), float("nan"))
+            info: dict[str, float] = {}
+        else:
+            combined = self.combiner(step.matrix, names, gram=gram)
+            gradient, info = combined.gradient, combined.info
         step.matrix = None  # the rows are spent; the buffer may be reused next step
-        for p, view in zip(step.layout.params, step.layout.views(combined.gradient)):
+        for p, view in zip(step.layout.params, step.layout.views(gradient)):
             p.grad = view
-        step.diagnostics.update(combined.info)
+        step.diagnostics.update(info)
         step.diagnostics.update(gram_diagnostics(gram, names))
-        step.diagnostics["grad_norm/combined"] = float(combined.gradient.norm())
+        step.diagnostics["grad_norm/combined"] = float(gradient.norm())
 
     def state_dict(self) -> dict[str, Any]:
         return {"combiner": self.combiner.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.combiner.load_state_dict(dict(state["combiner"]))
+
+
+def nonfinite_rows(matrix: Tensor, gram: Tensor, names: Sequence[str]) -> list[str]:
+    """The groups whose row holds a NaN or inf, read off the Gramian's diagonal (finite for
+    every finite row: it is computed in float64 on rescaled rows when it must be), each
+    suspect confirmed on its row."""
+    diagonal = gram.diagonal()
+    if bool(torch.isfinite(diagonal).all()):
+        return []
+    suspects = (~torch.isfinite(diagonal)).nonzero().flatten().tolist()
+    return [names[i] for i in suspects if not bool(torch.isfinite(matrix[i]).all())]
 
 
 def gram_diagnostics(gram: Tensor, names: Sequence[str]) -> dict[str, float]:
