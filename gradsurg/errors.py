@@ -20,3 +20,8 @@ class DataError(GradsurgError):
 
 class NonFiniteError(GradsurgError):
     """Training produced NaN/inf losses or gradients too many steps in a row."""
+
+
+class TrainingError(GradsurgError):
+    """A run that trained nothing: every step skipped, or no weight moved. Its model is not
+    saved as a result."""
