@@ -1,27 +1,36 @@
 """Data parallelism on torch.distributed, as `torchrun` launches it.
 
-Every process holds the whole model and works on its share of each global batch. `Surgery`
-all-reduces the per-group gradient matrix (and the gradients outside it) once per optimizer
-step, *before* combining, so every process combines the same matrix and takes the same step:
-a run on N processes equals the one-process run with the same global batch. Nothing here wraps
-the model (no DDP): the combiner needs the per-group rows, which DDP would have summed.
+Every process works on its share of each global batch. Without an engine, or under DDP (whose
+own all-reduce `gradsurg.engines` switches off), `Surgery` all-reduces the per-group gradient
+matrix (and the gradients outside it) once per optimizer step, *before* combining, so every
+process combines the same matrix and takes the same step: a run on N processes equals the
+one-process run with the same global batch. Under FSDP2 (`sharded`) the engine has already
+reduce-scattered every row; only the losses, the non-finite flags, the Gramian and norms are
+reduced here.
 """
 
 from __future__ import annotations
 
 import os
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from gradsurg.errors import ConfigError
+from gradsurg.engines import sum_of_squares
+from gradsurg.errors import ConfigError, RanksError
 from gradsurg.pipeline import Stage, StepGradients
 
-__all__ = ["SINGLE_PROCESS", "AllReduce", "DataParallel", "is_main_process"]
+__all__ = ["COLLECTIVE_TIMEOUT", "SINGLE_PROCESS", "AllReduce", "DataParallel",
+           "is_main_process"]
+
+#: How long `gradsurg run`'s ranks wait for each other in one collective before failing.
+COLLECTIVE_TIMEOUT = timedelta(minutes=10)
 
 
 def is_main_process() -> bool:
@@ -37,6 +46,10 @@ class DataParallel:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    #: The process group to reduce on (None: the default group).
+    group: Any = None
+    #: FSDP2: each rank holds its shard of every row and gradient (`gradsurg.engines`).
+    sharded: bool = False
 
     @property
     def enabled(self) -> bool:
@@ -52,14 +65,10 @@ class DataParallel:
         """The data parallelism a `Surgery` without `data_parallel=` must use.
 
         An initialized process group of several ranks is joined as it is. Several processes
-        without one (torchrun, no `init_process_group`) or a DDP-wrapped model are refused:
-        both would let the ranks' weights drift apart without a word.
+        without one (torchrun, no `init_process_group`) are refused: the ranks' weights would
+        drift apart without a word. (`Surgery` finds DDP and FSDP2 engines itself.)
         """
-        if isinstance(model, nn.parallel.DistributedDataParallel):
-            raise ConfigError(
-                "the model is wrapped in DistributedDataParallel, which sums the loss groups' "
-                "gradients before gradsurg sees them; pass the unwrapped module (gradsurg "
-                "all-reduces the per-group gradients itself)")
+        del model
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             return cls(dist.get_rank(), dist.get_world_size(),
                        int(os.environ.get("LOCAL_RANK", dist.get_rank())))
@@ -73,10 +82,20 @@ class DataParallel:
         return SINGLE_PROCESS
 
     @classmethod
-    def from_environment(cls, backend: str | None = None) -> DataParallel:
+    def of_group(cls, group: Any, *, sharded: bool = False) -> DataParallel:
+        """This process's place in an engine's process group (DDP's, or FSDP2's mesh's)."""
+        return cls(dist.get_rank(group), dist.get_world_size(group),
+                   int(os.environ.get("LOCAL_RANK", dist.get_rank())), group=group,
+                   sharded=sharded)
+
+    @classmethod
+    def from_environment(cls, backend: str | None = None, *,
+                         timeout: timedelta = COLLECTIVE_TIMEOUT) -> DataParallel:
         """Join the process group that `torchrun` describes in the environment, if any.
 
-        Backend: `nccl` when CUDA is available, else `gloo` (CPU), unless given.
+        Backend: `nccl` when CUDA is available, else `gloo` (CPU), unless given. `timeout`:
+        how long a rank waits in a collective for the others before it fails (one error
+        line) instead of hanging.
         """
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
         if world_size <= 1:
@@ -85,7 +104,7 @@ class DataParallel:
             raise ConfigError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
         if not dist.is_initialized():
             chosen = backend or ("nccl" if torch.cuda.is_available() else "gloo")
-            dist.init_process_group(backend=chosen)
+            dist.init_process_group(backend=chosen, timeout=timeout)
         return cls(dist.get_rank(), dist.get_world_size(),
                    int(os.environ.get("LOCAL_RANK", dist.get_rank())))
 
@@ -105,30 +124,71 @@ class DataParallel:
             return rows[:1], 0.0
         return mine, len(mine) / len(rows)
 
-    def all_reduce_(self, tensor: Tensor) -> Tensor:
-        """Sum `tensor` over all ranks, in place."""
+    def all_reduce_(self, tensor: Tensor, *, op: Any = None) -> Tensor:
+        """Sum (or `op`) `tensor` over all ranks, in place; a timed-out wait is one line."""
         if self.enabled:
-            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+            try:
+                dist.all_reduce(tensor, op=op or dist.ReduceOp.SUM, group=self.group)
+            except RuntimeError as error:
+                if "timed out" not in str(error).lower() and "timeout" not in str(error).lower():
+                    raise
+                raise RanksError(
+                    f"rank {self.rank}: the other ranks did not join the step's reduction in "
+                    "time; one of them failed or hangs (its own error says why)") from None
         return tensor
+
+    def agree(self, names: Sequence[str], *, failed: str | None = None) -> None:
+        """Before any reduction of a step: every rank has the same loss groups and none failed.
+
+        One small all-reduce (max of the values and of their negations) of a fingerprint of
+        the group names, their count and a failure flag. A rank whose step failed calls it
+        with `failed` (its error) so the others stop too instead of waiting for it; ranks
+        whose groups differ would otherwise reduce mismatched matrices or wait forever.
+        """
+        if not self.enabled:
+            return
+        fingerprint = float(zlib.crc32("\x1f".join(names).encode()))
+        header = torch.tensor([fingerprint, float(len(names)), 1.0 if failed else 0.0],
+                              dtype=torch.float64)
+        both = torch.cat([header, -header])
+        self.all_reduce_(both, op=dist.ReduceOp.MAX)
+        highest, lowest = both[:3], -both[3:]
+        if failed is not None:
+            return  # the caller raises its own error
+        if bool(highest[2] > 0):
+            raise RanksError(f"rank {self.rank}: another rank failed in this step (its own "
+                                "error says why); stopping every rank")
+        if bool((highest[:2] != lowest[:2]).any()):
+            raise RanksError(
+                f"rank {self.rank}: the ranks disagree on the loss groups (this rank has "
+                f"{list(names)}); every rank must pass the same groups in the same order")
+
+    def norm(self, tensors: Sequence[Tensor]) -> Tensor:
+        """2-norm of all `tensors` together, float64; sharded, of every rank's shards."""
+        squares = sum_of_squares(list(tensors))
+        if self.sharded and self.enabled:
+            self.all_reduce_(squares)
+        return squares.sqrt()
 
     def broadcast_module_(self, module: nn.Module) -> None:
         """Make every rank start from rank 0's weights and buffers."""
         if not self.enabled:
             return
+        source = 0 if self.group is None else dist.get_global_rank(self.group, 0)
         for tensor in [*module.parameters(), *module.buffers()]:
-            dist.broadcast(tensor.data, src=0)
+            dist.broadcast(tensor.data, src=source, group=self.group)
 
     def gather_objects(self, value: Any) -> list[Any]:
         """Every rank's `value`, in rank order, on every rank (small objects only)."""
         if not self.enabled:
             return [value]
         gathered: list[Any] = [None] * self.world_size
-        dist.all_gather_object(gathered, value)
+        dist.all_gather_object(gathered, value, group=self.group)
         return gathered
 
     def barrier(self) -> None:
         if self.enabled:
-            dist.barrier()
+            dist.barrier(group=self.group)
 
     def close(self) -> None:
         if self.enabled and dist.is_initialized():
@@ -150,9 +210,12 @@ class AllReduce(Stage):
         self.data_parallel = data_parallel
 
     def run(self, step: StepGradients) -> None:
-        if step.matrix is not None:
+        self.data_parallel.agree(step.names)  # same groups everywhere, no rank failed
+        sharded = self.data_parallel.sharded  # FSDP2 has reduce-scattered rows and gradients
+        if step.matrix is not None and not sharded:
             self.data_parallel.all_reduce_(step.matrix)
-        grads = [p.grad for p in step.plain_parameters() if p.grad is not None]
+        grads = [] if sharded else [p.grad for p in step.plain_parameters()
+                                    if p.grad is not None]
         names = list(step.losses)
         dtype = grads[0].dtype if grads else torch.float32
         device = grads[0].device if grads else step.layout.device

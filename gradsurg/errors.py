@@ -18,6 +18,10 @@ class DataError(GradsurgError):
     """A data file is missing, empty or malformed; the message names file and line."""
 
 
+class RanksError(GradsurgError):
+    """The ranks of a data-parallel run disagree, or one of them failed or timed out."""
+
+
 class NonFiniteError(GradsurgError):
     """Training produced NaN/inf losses or gradients too many steps in a row."""
 

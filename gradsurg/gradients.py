@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from gradsurg.distributed import DataParallel
+from gradsurg.engines import has_nonzero, local, reducer_errors
 from gradsurg.errors import ConfigError, GradsurgError
 from gradsurg.jacobian import GradientMatrix, Mode, resolve_mode
 from gradsurg.params import (
@@ -32,7 +33,7 @@ from gradsurg.params import (
     trainable_parameters,
 )
 from gradsurg.pipeline import StepGradients
-from gradsurg.selection import shared_parameters
+from gradsurg.selection import shared_parameters, shared_without_graph
 
 
 class GradientCollector:
@@ -59,6 +60,11 @@ class GradientCollector:
         self._buffer: Tensor | None = None
         self._losses: dict[str, Tensor] = {}
         self._bad: dict[str, Tensor] = {}
+
+    @property
+    def sharded(self) -> bool:
+        """FSDP2: the rows and gradients are this rank's shards (`gradsurg.engines`)."""
+        return self.data_parallel.sharded
 
     @property
     def pending(self) -> bool:
@@ -97,25 +103,35 @@ class GradientCollector:
                 bad = ~torch.isfinite(value.detach())
                 previous = self._bad.get(name)
                 self._bad[name] = bad if previous is None else previous | bad
+        if self.sharded and weight is not None:
+            # FSDP2's reduce-scatter averages over ranks; the share weighting already did
+            values = [value * self.data_parallel.world_size for value in values]
         first_of_step = self.micro_batches == 0
         self._names = names
         self.micro_batches += 1
-        if self.layout is None:
-            reached = self._check_reach(names, values)
-            if self.include is None:
-                self._select_by_gradients(names, values, reached, needs_shared=needs_shared)
-            else:
-                self._select_by_patterns()
-        if first_of_step:
-            self._shortcut_weight = shortcut_weight
-        if self._shortcut_weight is not None:
-            # g = w * sum_i g_i on the selected parameters and the plain sum elsewhere: one
-            # backward pass of the summed loss; the pipeline scales the selected gradients.
-            live = [loss for loss in values if loss.requires_grad]
-            if live:
-                torch.autograd.backward(sum(live), inputs=[p for _, p in self.trainable])
-            return
-        self._accumulate(names, values, first_of_step=first_of_step)
+        with reducer_errors():
+            if self.layout is None:
+                if self.sharded:
+                    self._check_sharded_reach(names, values)
+                    self._select_sharded(names, values, needs_shared=needs_shared)
+                else:
+                    reached = self._check_reach(names, values)
+                    if self.include is None:
+                        self._select_by_gradients(names, values, reached,
+                                                  needs_shared=needs_shared)
+                    else:
+                        self._select_by_patterns()
+            if first_of_step:
+                self._shortcut_weight = shortcut_weight
+            if self._shortcut_weight is not None:
+                # g = w * sum_i g_i on the selected parameters and the plain sum elsewhere: one
+                # backward pass of the summed loss; the pipeline scales the selected gradients.
+                live = [loss for loss in values if loss.requires_grad]
+                if live:
+                    inputs = None if self.sharded else [p for _, p in self.trainable]
+                    torch.autograd.backward(sum(live), inputs=inputs)
+                return
+            self._accumulate(names, values, first_of_step=first_of_step)
 
     def take(self) -> StepGradients:
         """The collected step, ready for the pipeline; the collector starts a new step."""
@@ -145,11 +161,13 @@ class GradientCollector:
         assert self.layout is not None
         if first_of_step:
             self._release_stale_grads(self.layout)
-            self._matrix = GradientMatrix(names, self.layout, buffer=self._buffer)
+            self._matrix = GradientMatrix(names, self.layout, buffer=self._buffer,
+                                          sharded=self.sharded)
             self._buffer = self._matrix.values if self.reuse_buffer else None
         assert self._matrix is not None
         self._matrix.accumulate(values, self.outside,
-                                mode=resolve_mode(self.mode, self.layout.device))
+                                mode=resolve_mode(self.mode, self.layout.device,
+                                                  sharded=self.sharded))
 
     def _check_reach(self, names: tuple[str, ...], values: list[Tensor]) -> list[set[int]]:
         """Each group's reached parameter ids; a group that reaches none is an error."""
@@ -161,6 +179,38 @@ class GradientCollector:
                     f"loss group {name!r} reaches no trainable parameter (no gradient path "
                     "from its loss to the model); compute it from the model's outputs")
         return reached
+
+    def _check_sharded_reach(self, names: tuple[str, ...], values: list[Tensor]) -> None:
+        """Under FSDP2 the graph's leaves are gathered copies, not the parameters, so only a
+        loss with no graph at all is known to reach nothing before its backward pass."""
+        for name, value in zip(names, values):
+            if not value.requires_grad:
+                raise GradsurgError(
+                    f"loss group {name!r} reaches no trainable parameter (its loss has no "
+                    "autograd graph); compute it from the model's outputs")
+
+    def _select_sharded(self, names: tuple[str, ...], values: list[Tensor], *,
+                        needs_shared: bool) -> None:
+        """FSDP2: `include` globs, or the default rule read from each group's own backward
+        pass (the sharded gradients, all ranks together), once, on the first micro-batch."""
+        if self.include is not None:
+            self._select_by_patterns()
+            return
+        candidates = match_patterns(self.trainable, exclude=self.exclude)
+        params = [p for _, p in candidates]
+        nonzero = torch.zeros(len(names), len(candidates))
+        for row, value in enumerate(values):
+            for p in params:
+                p.grad = None
+            torch.autograd.backward(value, retain_graph=True)
+            nonzero[row] = torch.tensor([has_nonzero(p.grad) for p in params],
+                                        dtype=nonzero.dtype)
+        for _, p in self.trainable:
+            p.grad = None
+        device = local(params[0]).device if params else torch.device("cpu")
+        nonzero = self.data_parallel.all_reduce_(nonzero.to(device)).cpu()
+        self._use_shared(names, candidates, shared_without_graph(nonzero),
+                         needs_shared=needs_shared)
 
     def _select_by_patterns(self) -> None:
         selected = match_patterns(self.trainable, include=self.include, exclude=self.exclude)
@@ -185,12 +235,18 @@ class GradientCollector:
                       if counts.get(id(p), 0) > 1]
         all_reduce = None
         if self.data_parallel.enabled:
+            self.data_parallel.agree(names)
             device = candidates[0][1].device if candidates else torch.device("cpu")
 
             def all_reduce(flags: Tensor) -> Tensor:
                 return self.data_parallel.all_reduce_(flags.to(device)).cpu()
 
         shared = shared_parameters(names, values, candidates, reached, all_reduce=all_reduce)
+        self._use_shared(names, candidates, shared, needs_shared=needs_shared)
+
+    def _use_shared(self, names: tuple[str, ...], candidates: NamedParameters,
+                    shared: list[bool], *, needs_shared: bool) -> None:
+        """Select the candidates flagged in `shared` (one flag per candidate)."""
         selected = [item for item, flag in zip(candidates, shared) if flag]
         if not selected and needs_shared and len(names) > 1:
             raise ConfigError(
@@ -213,7 +269,7 @@ class GradientCollector:
         for name, p in zip(layout.names, layout.params):
             if p.grad is None:
                 continue
-            if bool(p.grad.any()):
+            if has_nonzero(p.grad):
                 raise GradsurgError(
                     f"parameter {name!r} already has a non-zero gradient; call "
                     "optimizer.zero_grad() before surgery.backward()")

@@ -17,14 +17,26 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from gradsurg.engines import local, sharded_grad
+from gradsurg.errors import ConfigError
 from gradsurg.params import FlatLayout
 
 Mode = Literal["auto", "sequential", "batched"]
 MODES = ("auto", "sequential", "batched")
 
 
-def resolve_mode(mode: Mode, device: torch.device) -> Literal["sequential", "batched"]:
-    """`auto` picks the batched path on accelerators and the sequential one on CPUs."""
+def resolve_mode(mode: Mode, device: torch.device, *,
+                 sharded: bool = False) -> Literal["sequential", "batched"]:
+    """`auto` picks the batched path on accelerators and the sequential one on CPUs.
+
+    Sharded parameters (FSDP2) take the sequential path: their gradients exist only through
+    `.backward()`, which the engine's hooks reduce-scatter into `.grad`."""
+    if sharded:
+        if mode == "batched":
+            raise ConfigError("mode='batched' takes gradients with torch.autograd.grad, which "
+                              "cannot reach FSDP2's sharded parameters; use mode='sequential' "
+                              "(or 'auto')")
+        return "sequential"
     if mode == "auto":
         return "sequential" if device.type == "cpu" else "batched"
     return mode
@@ -34,12 +46,15 @@ class GradientMatrix:
     """A `[k, n]` matrix of per-group gradients that accumulates over micro-batches."""
 
     def __init__(
-        self, names: Sequence[str], layout: FlatLayout, *, buffer: Tensor | None = None
+        self, names: Sequence[str], layout: FlatLayout, *, buffer: Tensor | None = None,
+        sharded: bool = False,
     ) -> None:
         """`buffer`: a previous step's storage to reuse (zeroed here); on CPUs a fresh
-        allocation of this size costs more in page faults than the rest of the combination."""
+        allocation of this size costs more in page faults than the rest of the combination.
+        `sharded`: the model's parameters are FSDP2 shards (the rows hold this rank's part)."""
         self.names = tuple(names)
         self.layout = layout
+        self.sharded = sharded
         shape = (len(self.names), layout.size)
         if buffer is not None and buffer.shape == shape and buffer.dtype == layout.dtype:
             self.values = buffer.zero_()
@@ -63,20 +78,22 @@ class GradientMatrix:
 
     def _accumulate_sequential(self, losses: Sequence[Tensor], outside: Sequence[nn.Parameter]):
         selected = self.layout.params
-        inputs = [*selected, *outside]
+        # FSDP2's sharded parameters are not the graph's leaves (its forward runs on gathered
+        # copies), so they cannot be `inputs`; a plain backward reaches them through its hooks.
+        inputs = None if self.sharded else [*selected, *outside]
         live = [i for i, loss in enumerate(losses) if loss.requires_grad]
         for position, row in enumerate(live):
             views = self.layout.views(self.values[row])
             for p, view in zip(selected, views):
-                p.grad = view
+                p.grad = sharded_grad(p, view)
             torch.autograd.backward(
                 losses[row], inputs=inputs, retain_graph=position < len(live) - 1
             )
             for p, view in zip(selected, views):
-                # Autograd adds in place into an existing .grad; if anything replaced the
-                # tensor instead (a hook, a future autograd change), keep its value.
-                if p.grad is not None and p.grad.data_ptr() != view.data_ptr():
-                    view.copy_(p.grad)
+                # Autograd (and FSDP2) add in place into an existing .grad; if anything
+                # replaced the tensor instead (a hook, a future change), keep its value.
+                if p.grad is not None and local(p.grad).data_ptr() != view.data_ptr():
+                    view.copy_(local(p.grad))
                 p.grad = None
 
     def _accumulate_batched(self, losses: Sequence[Tensor], outside: Sequence[nn.Parameter]):

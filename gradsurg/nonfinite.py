@@ -23,6 +23,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from gradsurg.distributed import SINGLE_PROCESS, DataParallel
+from gradsurg.engines import local
 from gradsurg.errors import ConfigError, NonFiniteError
 from gradsurg.pipeline import Stage, StepGradients
 
@@ -34,7 +36,8 @@ class NonFiniteRule(Stage):
     """Checks the step's losses and final gradient norm; skips, raises or marks bad steps."""
 
     def __init__(self, rule: NonFinite = "skip", *, max_in_a_row: int = 10,
-                 extra_parameters: Sequence[nn.Parameter] = ()) -> None:
+                 extra_parameters: Sequence[nn.Parameter] = (),
+                 data_parallel: DataParallel = SINGLE_PROCESS) -> None:
         if rule not in NONFINITE_RULES:
             raise ConfigError(f"nonfinite={rule!r} is unknown; allowed: "
                               f"{', '.join(NONFINITE_RULES)}")
@@ -46,13 +49,17 @@ class NonFiniteRule(Stage):
         self.extra_parameters = list(extra_parameters)
         self.skipped_steps = 0
         self.in_a_row = 0
+        #: Under FSDP2 (`sharded`) the norm is of every rank's shards, so all ranks agree.
+        self.data_parallel = data_parallel
 
     def run(self, step: StepGradients) -> None:
         if self.rule == "ignore":
             return
         norm = step.total_norm
         if norm is None:
-            norm = total_norm([p for p in step.trainable if p.grad is not None])
+            grads = [p.grad for p in step.trainable if p.grad is not None]
+            norm = (self.data_parallel.norm(grads) if self.data_parallel.sharded
+                    else total_norm([p for p in step.trainable if p.grad is not None]))
         bad = [name for name, flag in step.bad_losses.items() if bool(flag)]
         step.skipped = bool(bad) or bool(step.bad_rows) or not bool(torch.isfinite(norm))
         if not step.skipped:
@@ -69,7 +76,7 @@ class NonFiniteRule(Stage):
         if self.rule == "scaler":
             for p in step.trainable:  # the scaler's inf check must find them
                 if p.grad is not None:
-                    p.grad.fill_(float("nan"))
+                    local(p.grad).fill_(float("nan"))
             return
         for p in [*step.trainable, *self.extra_parameters]:
             p.grad = None  # torch optimizers leave parameters without gradients untouched

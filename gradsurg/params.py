@@ -9,6 +9,7 @@ from fnmatch import fnmatchcase
 import torch
 from torch import Tensor, nn
 
+from gradsurg.engines import local
 from gradsurg.errors import ConfigError
 
 NamedParameters = list[tuple[str, nn.Parameter]]
@@ -86,22 +87,25 @@ class FlatLayout:
     size: int
     dtype: torch.dtype
     device: torch.device
+    #: Each parameter's shape in the vector: its own, or its local shard's under FSDP2.
+    shapes: tuple[torch.Size, ...] = ()
 
     @classmethod
     def of(cls, named: NamedParameters) -> FlatLayout:
         if not named:
             return cls((), (), (), 0, torch.float32, torch.device("cpu"))
         dtypes = {p.dtype for _, p in named}
-        devices = {p.device for _, p in named}
+        devices = {local(p).device for _, p in named}
         if len(dtypes) > 1 or len(devices) > 1:
             raise ConfigError(
                 "selected parameters must share one dtype and device, got "
                 f"{sorted(map(str, dtypes))} on {sorted(map(str, devices))}; narrow `include`"
             )
         offsets, total = [], 0
-        for _, p in named:
+        shapes = [local(p).shape for _, p in named]  # a sharded parameter: this rank's part
+        for shape in shapes:
             offsets.append(total)
-            total += p.numel()
+            total += shape.numel()
         return cls(
             names=tuple(name for name, _ in named),
             params=tuple(p for _, p in named),
@@ -109,14 +113,15 @@ class FlatLayout:
             size=total,
             dtype=dtypes.pop(),
             device=devices.pop(),
+            shapes=tuple(shapes),
         )
 
     def views(self, flat: Tensor) -> list[Tensor]:
         """Views of `flat[..., size]` shaped like each parameter (no copy)."""
         lead = flat.shape[:-1]
         return [
-            flat[..., start : start + p.numel()].view((*lead, *p.shape))  # () for a scalar
-            for start, p in zip(self.offsets, self.params)
+            flat[..., start : start + shape.numel()].view((*lead, *shape))  # () for a scalar
+            for start, shape in zip(self.offsets, self.shapes)
         ]
 
     def flatten(self, tensors: Sequence[Tensor | None]) -> Tensor:

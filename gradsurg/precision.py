@@ -18,6 +18,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from gradsurg.engines import local
 from gradsurg.errors import ConfigError
 from gradsurg.pipeline import Stage, StepGradients
 
@@ -92,7 +93,7 @@ class Unscale(Stage):
         inverse = 1.0 / self.loss_scale.value
         if step.matrix is not None:
             step.matrix.mul_(inverse)
-        grads = [p.grad for p in step.plain_parameters() if p.grad is not None]
+        grads = [local(p.grad) for p in step.plain_parameters() if p.grad is not None]
         if grads:
             torch._foreach_mul_(grads, inverse)
 

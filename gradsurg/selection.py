@@ -21,6 +21,8 @@
    is refused there, with the parameters named, rather than guessed: pass `include=[...]`.
 
 Every decision that reads values is all-reduced over the ranks, so they all choose alike.
+Under FSDP2 the graph's leaves are gathered copies, so only rules 2 and 3 apply there
+(`shared_without_graph`).
 """
 
 from __future__ import annotations
@@ -105,6 +107,16 @@ def shared_parameters(names: Sequence[str], values: Sequence[Tensor],
             "no second derivative to check with; choose the parameters with include=[...] "
             "(Surgery(..., include=...), recipe key include)")
     return ((count > 1) | ((count == 0) & (unknown > 0))).tolist()
+
+
+def shared_without_graph(nonzero: Tensor) -> list[bool]:
+    """The rule where no graph can be read (FSDP2: the graph's leaves are gathered copies),
+    from `nonzero[group, parameter]` (non-zero gradient counts, summed over ranks): non-zero
+    for more than one group, or for none (rule 3; a parameter no group reaches is taken too,
+    and stays at zero). Rule 4 needs the graph: a zero caused by a zero weight on one group's
+    path, next to another group's non-zero gradient, goes unseen here; pass `include`."""
+    count = (nonzero > 0).sum(dim=0)
+    return ((count > 1) | (count == 0)).tolist()
 
 
 def _flags(grads: Sequence[Tensor | None], params: Sequence[Tensor]) -> Tensor:

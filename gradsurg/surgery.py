@@ -17,16 +17,18 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from gradsurg.clipping import Clip
 from gradsurg.combiners import COMBINERS, Combiner
 from gradsurg.combiners.stage import Combine
-from gradsurg.distributed import AllReduce, DataParallel
-from gradsurg.errors import ConfigError, GradsurgError
+from gradsurg.distributed import SINGLE_PROCESS, AllReduce, DataParallel
+from gradsurg.engines import DDPTakeover, fsdp_mesh, refuse_fsdp1, unwrap_ddp
+from gradsurg.errors import ConfigError, GradsurgError, RanksError
 from gradsurg.gradients import GradientCollector
-from gradsurg.jacobian import MODES, Mode
+from gradsurg.jacobian import MODES, Mode, resolve_mode
 from gradsurg.nonfinite import NonFinite, NonFiniteRule
 from gradsurg.pipeline import Pipeline, Stage
 from gradsurg.precision import LossScale, Unscale
@@ -62,7 +64,10 @@ class Surgery:
         max_nonfinite_steps: with `skip`, this many skipped steps in a row raise.
         data_parallel: several processes: each `backward` weights its losses by this rank's
             share of the global batch and the step all-reduces the matrix before combining.
-            Default: joins an initialized process group; refuses several processes without one.
+            Default: a DDP-wrapped model's process group (DDP's own all-reduce is switched
+            off: gradsurg reduces the rows), an FSDP2 model's mesh (each rank keeps its shard
+            of every row), or an initialized process group; several processes without one
+            are refused.
         loss_scale: gradsurg's own fp16 loss scaling (scaled before backward, unscaled before
             combining, backed off on skipped steps).
 
@@ -72,7 +77,7 @@ class Surgery:
 
     def __init__(
         self,
-        model: nn.Module,
+        model: nn.Module | nn.parallel.DistributedDataParallel,
         optimizer: Optimizer | None,
         combiner: Combiner | Spec,
         *,
@@ -101,27 +106,25 @@ class Surgery:
         if loss_scale is not None and nonfinite != "skip":
             raise ConfigError(f"loss scaling needs nonfinite='skip' (got {nonfinite!r}): an "
                               "overflowing fp16 step must be skipped, not applied or fatal")
-        self.model = model
+        module, ddp = unwrap_ddp(model)
+        refuse_fsdp1(module)
+        self.model = module
         self.combiner: Combiner = COMBINERS.build(combiner, where="combiner")
-        self.data_parallel = (DataParallel.detect(model) if data_parallel is None
-                              else data_parallel)
+        self._ddp: DDPTakeover | None = None
+        self._engine_checked: nn.Module | None = None
         self.accumulation_steps = accumulation_steps
         self.diagnostics_every = diagnostics_every
         self.loss_scale = loss_scale
-        self.collector = GradientCollector(
-            model, include=include, exclude=exclude, mode=mode, reuse_buffer=reuse_buffer,
-            data_parallel=self.data_parallel, check_finite=nonfinite != "ignore")
+        self.max_grad_norm = max_grad_norm
+        self.mode: Mode = mode
         self.nonfinite = NonFiniteRule(nonfinite, max_in_a_row=max_nonfinite_steps)
-        stages: list[Stage] = []
-        if self.data_parallel.enabled:
-            stages.append(AllReduce(self.data_parallel))
-        if loss_scale is not None:
-            stages.append(Unscale(loss_scale))
-        stages.append(Combine(self.combiner))
-        if max_grad_norm is not None:
-            stages.append(Clip(max_grad_norm))
-        stages.append(self.nonfinite)
-        self.pipeline = Pipeline(stages)
+        self.collector = GradientCollector(
+            module, include=include, exclude=exclude, mode=mode, reuse_buffer=reuse_buffer,
+            data_parallel=SINGLE_PROCESS, check_finite=nonfinite != "ignore")
+        if ddp is not None:
+            self.use_ddp(ddp, data_parallel=data_parallel)
+        else:
+            self._join(data_parallel if data_parallel is not None else self._engine_of(module))
         #: The loss of each group at the last combined step, over the global batch.
         self.losses: dict[str, float] = {}
         #: The last combined step's facts (norms, cosines, the combiner's own); see README.
@@ -168,9 +171,17 @@ class Surgery:
         if list(groups) != self.combiner.names:  # the first step, or the groups changed
             self.combiner.bind(list(groups))
         weights = self.combiner.linear_weights()
-        self.collector.add(groups, weight=weight, scale=self.loss_scale,
-                           shortcut_weight=self._shortcut_weight(weights),
-                           needs_shared=weights is None)
+        try:
+            self.collector.add(groups, weight=weight, scale=self.loss_scale,
+                               shortcut_weight=self._shortcut_weight(weights),
+                               needs_shared=weights is None)
+        except RanksError:
+            raise  # every rank knows already
+        except Exception as error:
+            self._tell_other_ranks(groups, error)
+            raise
+        if self._ddp is not None:
+            self._ddp.after_backward()
         done = (self.collector.micro_batches >= self.accumulation_steps
                 if last_micro_batch is None else last_micro_batch)
         if done:
@@ -197,6 +208,46 @@ class Surgery:
         """Drop the micro-batches collected since the last combination."""
         self.collector.discard()
 
+    def use_engine(self, model: nn.Module) -> None:
+        """What a framework's training step runs the forward through (Trainer, Lightning):
+        a DDP wrapper is taken over (`use_ddp`); FSDP1, or FSDP2 sharding applied after the
+        Surgery was built (its parameters are new objects), is refused with what works."""
+        if model is self._engine_checked:
+            return  # a framework calls it every step; the wrapper does not change
+        refuse_fsdp1(model)
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            self.use_ddp(model)
+            self._engine_checked = model
+            return
+        known = {id(p) for _, p in self.collector.trainable}
+        if any(id(p) not in known for p in self.model.parameters() if p.requires_grad):
+            raise ConfigError(
+                "the model's parameters were replaced after the Surgery was built (e.g. "
+                "sharded by FSDP2 inside a framework); build the Surgery from the model as "
+                "it trains (FSDP2 in your own loop), or use DDP")
+        self._engine_checked = model
+
+    def use_ddp(self, wrapper: nn.parallel.DistributedDataParallel, *,
+                data_parallel: DataParallel | None = None) -> None:
+        """The model's forward runs through this DistributedDataParallel wrapper.
+
+        Its gradient all-reduce is switched off for good (as `no_sync()` does for a while)
+        and the rows are reduced once per step on its process group instead. Frameworks that
+        wrap the model after the Surgery exists (Trainer, Lightning) call this before the
+        first forward; `Surgery(ddp_model, ...)` calls it itself.
+        """
+        if not isinstance(wrapper, nn.parallel.DistributedDataParallel):
+            raise ConfigError(f"use_ddp() takes a DistributedDataParallel wrapper, got "
+                              f"{type(wrapper).__name__}")
+        if self._ddp is not None and self._ddp.wrapper is wrapper:
+            return
+        if not any(module is self.model for module in wrapper.module.modules()):
+            raise ConfigError("this DistributedDataParallel wrapper does not hold the model "
+                              "the Surgery was built for; pass the wrapper of that model")
+        self._ddp = DDPTakeover(wrapper)
+        self._join(data_parallel if data_parallel is not None
+                   else DataParallel.of_group(wrapper.process_group))
+
     def attach(self, optimizer: Optimizer) -> None:
         """Refuse `optimizer.step()` while micro-batches wait uncombined (before the step, or,
         for a closure optimizer whose closure runs inside the step, right after it).
@@ -211,10 +262,13 @@ class Surgery:
         self._hooks.append(optimizer.register_step_post_hook(self._refuse_pending))
 
     def remove(self) -> None:
-        """Detach from the optimizer(s)."""
+        """Detach from the optimizer(s) (and hand a DDP wrapper its all-reduce back)."""
         for hook in self._hooks:
             hook.remove()
         self._hooks = []
+        if self._ddp is not None:
+            self._ddp.release()
+            self._ddp = None
 
     def state_dict(self) -> dict[str, Any]:
         return {"steps": self.steps, **self.pipeline.state_dict()}
@@ -224,6 +278,49 @@ class Surgery:
         self.pipeline.load_state_dict(state)
 
     # ---- internals --------------------------------------------------------------------------
+
+    def _tell_other_ranks(self, groups: Mapping[str, Tensor], error: Exception) -> None:
+        """This rank's step failed: the other ranks learn it at their next agreement (the
+        step's reduction) and stop too, instead of waiting for this rank. Under FSDP2 the
+        engine's own collectives come first, so there the process group's timeout ends it."""
+        if self.data_parallel.enabled and not self.data_parallel.sharded:
+            self.data_parallel.agree(list(groups), failed=str(error))
+            self.collector.discard()
+
+    @staticmethod
+    def _engine_of(module: nn.Module) -> DataParallel:
+        """FSDP2's mesh when the trainable parameters are sharded, else `DataParallel.detect`."""
+        mesh = fsdp_mesh([p for p in module.parameters() if p.requires_grad])
+        if mesh is not None:
+            return DataParallel.of_group(mesh.get_group(), sharded=True)
+        return DataParallel.detect(module)
+
+    def _join(self, data_parallel: DataParallel) -> None:
+        """Reduce on `data_parallel`: the collector's weighting and the pipeline's stages."""
+        if self.collector.pending:
+            raise GradsurgError("the data parallelism changed while micro-batches wait "
+                                "uncombined; call use_ddp() before the first backward")
+        if data_parallel.sharded:
+            if not self.combiner.exact_on_shards:
+                raise ConfigError(
+                    f"combiner {self.combiner.name!r} cannot run under FSDP2: "
+                    f"{self.combiner.shard_refusal} Use DDP (Surgery(ddp_model, ...)), where "
+                    "every combiner runs, or a Gramian-based combiner (README: Several "
+                    "devices)")
+            resolve_mode(self.mode, torch.device("cpu"), sharded=True)  # batched: refused
+        self.data_parallel = data_parallel
+        self.collector.data_parallel = data_parallel
+        self.nonfinite.data_parallel = data_parallel
+        stages: list[Stage] = []
+        if data_parallel.enabled:
+            stages.append(AllReduce(data_parallel))
+        if self.loss_scale is not None:
+            stages.append(Unscale(self.loss_scale))
+        stages.append(Combine(self.combiner, data_parallel))
+        if self.max_grad_norm is not None:
+            stages.append(Clip(self.max_grad_norm, data_parallel))
+        stages.append(self.nonfinite)
+        self.pipeline = Pipeline(stages)
 
     def _before_step(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
         if len(args) > 1 or kwargs.get("closure") is not None:  # args[0] is the optimizer

@@ -143,3 +143,57 @@ def test_torchrun_runs_the_digits_plugin_recipe(tmp_path):
     two, one = (torch.load(tmp_path / f / "model.pt", weights_only=True) for f in ("two", "one"))
     for name, tensor in one.items():
         torch.testing.assert_close(two[name], tensor, rtol=1e-5, atol=1e-5, msg=name)
+
+
+def test_torchrun_fsdp_recipe_equals_one_process_and_resumes_bit_for_bit(
+        tiny_bert_dir, shared_glue_dir, tmp_path):
+    """`distributed.strategy: fsdp` on two processes: the one-process run's weights (1e-5);
+    SIGKILLed at its 4th step and resumed, the uninterrupted run's weights bit for bit; its
+    checkpoints hold whole tensors, not shards."""
+    import yaml
+    from safetensors.torch import load_file
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(dict(
+        program="multiexit_glue", mode="romebert", model=str(tiny_bert_dir),
+        data_dir=str(shared_glue_dir), train_rows=20, eval_rows=16, batch_size=6,
+        eval_batch_size=16, epochs=1, max_length=32, optimizer={"lr": 1e-3}, dropout=0.0,
+        threads=1, backbone_dropout=0.0, checkpoint_every=2, keep_checkpoints=2)))
+    driver = str(Path(__file__).with_name("kill_points.py"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def run(point: str, folder: str, *extra: str, ranks: int = 2) -> subprocess.CompletedProcess:
+        launcher = ([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={ranks}",
+                     "--master_port", str(free_port())] if ranks > 1 else [sys.executable])
+        sets = ["--set", "distributed.strategy=fsdp"] if ranks > 1 else []
+        return subprocess.run([*launcher, driver, point, "4", "--", "run", str(recipe), *sets,
+                               "--output", str(tmp_path / folder), *extra],
+                              capture_output=True, text=True, timeout=300, env=env)
+
+    for point, folder, ranks in (("none", "one", 1), ("none", "fsdp", 2)):
+        done = run(point, folder, ranks=ranks)
+        assert done.returncode == 0, done.stderr[-3000:]
+    assert run("step", "killed").returncode != 0  # SIGKILLed at the 4th step
+    assert (tmp_path / "killed" / "checkpoints" / "step-00000002").is_dir()
+    done = run("none", "killed", "--resume")
+    assert done.returncode == 0, done.stderr[-3000:]
+    one, fsdp, resumed = (load_file(tmp_path / f / "model" / "model.safetensors")
+                          for f in ("one", "fsdp", "killed"))
+    for name, tensor in one.items():
+        torch.testing.assert_close(fsdp[name], tensor, rtol=1e-5, atol=1e-5, msg=name)
+        assert torch.equal(resumed[name], fsdp[name]), name
+    whole = load_file(tmp_path / "fsdp" / "checkpoints" / "step-00000002" / "model.safetensors")
+    assert {k: v.shape for k, v in whole.items()} == {k: v.shape for k, v in one.items()}
+
+
+def test_fsdp_strategy_on_one_process_is_refused_with_the_launch_to_use(
+        tiny_bert_dir, shared_glue_dir, tmp_path):
+    done = subprocess.run([sys.executable, "-m", "gradsurg", "run", "recipes/quickstart.yaml",
+                           "--set", f"model={tiny_bert_dir}", "--set", "distributed.strategy=fsdp",
+                           "--set", f"data_dir={shared_glue_dir}", "--output",
+                           str(tmp_path / "out")], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode != 0
+    lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "torchrun --nproc_per_node" in lines[0], done.stderr[-2000:]
+    assert not (tmp_path / "out" / "results.json").exists()

@@ -20,12 +20,14 @@ def examples() -> dict[str, str]:
     return {name: code for code, name in blocks}
 
 
+#: Examples run under `torchrun --nproc_per_node=2`.
+TORCHRUN = ("ddp", "fsdp2")
 NEEDS = {"trainer": "transformers", "lightning": "lightning", "accelerate": "accelerate"}
 
 
 def test_readme_has_every_integration_example():
     assert set(examples()) == {"own_loop", "combiner", "trainer", "lightning", "accelerate",
-                               "amp", "data_parallel"}
+                               "amp", "ddp", "fsdp2"}
 
 
 @pytest.mark.parametrize("name", sorted(examples()))
@@ -35,13 +37,13 @@ def test_readme_example_runs(name, tmp_path):
     script = tmp_path / f"example_{name}.py"  # not the name of a library it imports
     script.write_text(examples()[name])
     command = [sys.executable, str(script)]
-    if name == "data_parallel":
+    if name in TORCHRUN:
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                    "--nproc_per_node=2", str(script)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True,
                             timeout=600, env=env)
-    if name == "data_parallel" and result.returncode != 0:
+    if name in TORCHRUN and result.returncode != 0:
         # torch 2.13's gloo sometimes aborts a worker at interpreter exit (about 1 run in 10
         # here), after the script's last line: accepted only once every rank has printed that
         # line, i.e. trained, checked that the ranks agree and closed the process group.
@@ -50,7 +52,7 @@ def test_readme_example_runs(name, tmp_path):
             result.stdout + result.stderr[-3000:])
         return
     assert result.returncode == 0, result.stderr[-3000:]
-    if name == "data_parallel":
+    if name in TORCHRUN:
         assert all(f"rank {rank}: the ranks agree" in result.stdout for rank in (0, 1))
 
 

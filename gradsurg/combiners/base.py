@@ -39,6 +39,12 @@ class Combiner:
     name: ClassVar[str] = ""
     #: True when `combine` reads the Gramian, so the caller can compute it once and share it.
     uses_gramian: ClassVar[bool] = False
+    #: True when the output is exact on column shards given the whole rows' Gramian: each rank
+    #: of an FSDP2 run combines its own columns (`gradsurg.engines`). Others are refused there.
+    exact_on_shards: ClassVar[bool] = False
+    #: Why not, said when FSDP2 refuses the combiner.
+    shard_refusal: ClassVar[str] = ("its output is not a weighting of the rows chosen from "
+                                    "their Gramian, so it needs whole rows on every rank.")
     #: Options that are combiner specs themselves (merge's `inner`, `then`): `COMBINERS.build`
     #: builds them first, each under its own key path (`combiner.inner`).
     nested: ClassVar[tuple[str, ...]] = ()
@@ -133,9 +139,11 @@ COMBINERS = CombinerRegistry("combiner", "gradsurg.combiners", base=Combiner)
 
 
 class GramianWeighting(Combiner):
-    """A combiner whose output is `w @ matrix` with w chosen from the Gramian alone."""
+    """A combiner whose output is `w @ matrix` with w chosen from the Gramian alone (so it
+    is exact on column shards: the same w on every rank, each rank's own columns)."""
 
     uses_gramian = True
+    exact_on_shards = True
 
     def combine(self, matrix: Tensor, gram: Tensor | None) -> Combined:
         assert gram is not None

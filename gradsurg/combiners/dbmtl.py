@@ -33,6 +33,8 @@ class DBMTL(Combiner):
     """
 
     name = "dbmtl"
+    shard_refusal = ("its k x n running averages and their norms would have to be sharded "
+                     "and reduced too (not implemented).")
 
     def __init__(self, *, beta: float = 0.9) -> None:
         require(is_real(beta) and 0 <= beta < 1, self.name, "beta", "a number in [0, 1)", beta)

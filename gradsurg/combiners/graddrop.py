@@ -30,6 +30,8 @@ class GradDrop(SeededDraws, Combiner):
     """
 
     name = "graddrop"
+    shard_refusal = ("it draws one random number per coordinate of the whole gradient from one "
+                     "generator, which column shards would draw differently.")
 
     def __init__(self, *, seed: int = 0) -> None:
         self._seed(seed)

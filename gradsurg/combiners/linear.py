@@ -12,6 +12,7 @@ class Sum(Combiner):
     """g = sum_i g_i."""
 
     name = "sum"
+    exact_on_shards = True  # column by column
 
     def combine(self, matrix: Tensor, gram: Tensor | None) -> Combined:
         return Combined(matrix.sum(dim=0), {})
@@ -25,6 +26,7 @@ class Mean(Combiner):
     """g = (1/k) sum_i g_i."""
 
     name = "mean"
+    exact_on_shards = True  # column by column
 
     def combine(self, matrix: Tensor, gram: Tensor | None) -> Combined:
         return Combined(matrix.mean(dim=0), {})

@@ -23,6 +23,8 @@ class Merge(Combiner):
     """
 
     name = "merge"
+    shard_refusal = ("its outer combiner reads the Gramian of the merged row, which it "
+                     "computes from the local columns (not implemented for shards).")
     nested = ("inner", "then")
 
     def __init__(

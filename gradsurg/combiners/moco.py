@@ -37,6 +37,8 @@ class MoCo(Combiner):
     """
 
     name = "moco"
+    shard_refusal = ("its k x n tracked gradients and their Gramian would have to be sharded "
+                     "and reduced too (not implemented).")
 
     def __init__(self, *, beta: float = 0.5, gamma: float = 0.1, rho: float = 0.0) -> None:
         require(is_real(beta) and 0 < beta <= 1, self.name, "beta", "a number in (0, 1]", beta)

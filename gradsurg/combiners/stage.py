@@ -11,6 +11,8 @@ from torch import Tensor
 
 from gradsurg.combiners.base import Combiner
 from gradsurg.combiners.gramian import gramian
+from gradsurg.distributed import SINGLE_PROCESS, DataParallel
+from gradsurg.engines import sharded_grad
 from gradsurg.pipeline import Stage, StepGradients
 
 
@@ -24,8 +26,11 @@ class Combine(Stage):
     State: `combiner` (e.g. PCGrad's generator, GradVac's targets).
     """
 
-    def __init__(self, combiner: Combiner) -> None:
+    def __init__(self, combiner: Combiner, data_parallel: DataParallel = SINGLE_PROCESS) -> None:
         self.combiner = combiner
+        #: Under FSDP2 (`sharded`) the rows are this rank's columns: the Gramian and the norm
+        #: are summed over ranks, and each rank writes its shard of the combined gradient.
+        self.data_parallel = data_parallel
 
     def run(self, step: StepGradients) -> None:
         if step.matrix is None:
@@ -36,23 +41,26 @@ class Combine(Stage):
             return
         names = list(step.names)
         gram = gramian(step.matrix)  # one pass; shared by the combiner and diagnostics
-        step.bad_rows = nonfinite_rows(step.matrix, gram, names)
+        if self.data_parallel.sharded:
+            self.data_parallel.all_reduce_(gram)  # k x k: the whole rows' Gramian on every rank
+        step.bad_rows = nonfinite_rows(step.matrix, gram, names,
+                                       confirm=not self.data_parallel.sharded)
         if step.bad_rows:
             # No combiner sees a NaN/inf row: some would drop it and return a finite step,
             # some fail inside torch, stateful ones would keep it. The selected gradients are
             # NaN instead, so the non-finite rule skips (raises, or hands the step to a
             # GradScaler) alike for every combiner, and `ignore` applies what the sum would.
-            gradient = step.matrix.new_full((step.layout.size,), float("nan"))
+            gradient = step.matrix.new_full((step.matrix.shape[1],), float("nan"))
             info: dict[str, float] = {}
         else:
             combined = self.combiner(step.matrix, names, gram=gram)
             gradient, info = combined.gradient, combined.info
         step.matrix = None  # the rows are spent; the buffer may be reused next step
         for p, view in zip(step.layout.params, step.layout.views(gradient)):
-            p.grad = view
+            p.grad = sharded_grad(p, view)
         step.diagnostics.update(info)
         step.diagnostics.update(gram_diagnostics(gram, names))
-        step.diagnostics["grad_norm/combined"] = float(gradient.norm())
+        step.diagnostics["grad_norm/combined"] = float(self.data_parallel.norm([gradient]))
 
     def state_dict(self) -> dict[str, Any]:
         return {"combiner": self.combiner.state_dict()}
@@ -61,15 +69,18 @@ class Combine(Stage):
         self.combiner.load_state_dict(dict(state["combiner"]))
 
 
-def nonfinite_rows(matrix: Tensor, gram: Tensor, names: Sequence[str]) -> list[str]:
+def nonfinite_rows(matrix: Tensor, gram: Tensor, names: Sequence[str], *,
+                   confirm: bool = True) -> list[str]:
     """The groups whose row holds a NaN or inf, read off the Gramian's diagonal (finite for
     every finite row: it is computed in float64 on rescaled rows when it must be), each
-    suspect confirmed on its row."""
+    suspect confirmed on its row (`confirm=False` under FSDP2, where a rank holds only its
+    columns and the summed Gramian is what every rank agrees on)."""
     diagonal = gram.diagonal()
     if bool(torch.isfinite(diagonal).all()):
         return []
     suspects = (~torch.isfinite(diagonal)).nonzero().flatten().tolist()
-    return [names[i] for i in suspects if not bool(torch.isfinite(matrix[i]).all())]
+    return [names[i] for i in suspects
+            if not confirm or not bool(torch.isfinite(matrix[i]).all())]
 
 
 def gram_diagnostics(gram: Tensor, names: Sequence[str]) -> dict[str, float]:

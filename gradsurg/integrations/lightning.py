@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from gradsurg.extras import import_optional
 from gradsurg.integrations.groups import as_loss_groups, total
@@ -82,6 +82,9 @@ class SurgeryModule(pl.LightningModule):
         optimizer = self.trainer.optimizers[0] if self.trainer.optimizers else None
         self.surgery = Surgery(self, optimizer, nonfinite="scaler" if scaler else "skip",
                                **options)
+        wrapper = getattr(self.trainer.strategy, "model", None)
+        if isinstance(wrapper, nn.Module):  # strategy="ddp": DDP's rows are reduced by us
+            self.surgery.use_engine(wrapper)
         state = getattr(self, "_surgery_state", None)
         if state is not None:
             self.surgery.load_state_dict(state)

@@ -82,6 +82,8 @@ class SurgeryTrainer(transformers.Trainer):
     def training_step(self, model: Any, inputs: dict[str, Any],
                       num_items_in_batch: Any = None) -> torch.Tensor:
         model.train()
+        assert self.surgery is not None, "create_optimizer builds the Surgery"
+        self.surgery.use_engine(model)  # Trainer wraps (DDP) after create_optimizer
         inputs = self._prepare_inputs(inputs)
         with self.compute_loss_context_manager():
             result = self.compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
@@ -91,7 +93,6 @@ class SurgeryTrainer(transformers.Trainer):
         scaler = getattr(self.accelerator, "scaler", None)
         scaled = ({name: scaler.scale(loss) for name, loss in groups.items()}
                   if scaler is not None else groups)
-        assert self.surgery is not None, "create_optimizer builds the Surgery"
         self.surgery.backward(scaled, last_micro_batch=bool(self.accelerator.sync_gradients))
         if self.surgery.pending_micro_batches == 0:  # combined: remember it for the logs
             self._remember({f"loss/{k}": v for k, v in self.surgery.losses.items()})

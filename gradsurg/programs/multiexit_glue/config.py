@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gradsurg.combiners import COMBINERS
 from gradsurg.data.glue import get_task
@@ -24,6 +24,17 @@ from gradsurg.programs import ProgramConfig
 from gradsurg.programs.multiexit_glue.modes import MODES, Mode, ModeSpec
 from gradsurg.registry import Registry
 from gradsurg.weightings import WEIGHTINGS
+
+
+class DistributedSettings(BaseModel):
+    """A recipe's `distributed:`: how `torchrun` processes share the model."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="ddp: every rank holds the whole model and the groups' gradient "
+        "rows are all-reduced; fsdp: FSDP2 shards every encoder layer and the rest over the "
+        "ranks (each keeps its shard of every row); needs torchrun with several processes")
 
 
 class MultiExitGlueConfig(ProgramConfig):
@@ -101,6 +112,9 @@ class MultiExitGlueConfig(ProgramConfig):
     keep_checkpoints: int = Field(1, ge=1, description="newest checkpoints kept on disk")
     deterministic: bool = Field(False, description="torch deterministic algorithms: bitwise "
                                 "repeatable runs and resumes, sometimes slower")
+    distributed: DistributedSettings = Field(
+        default_factory=DistributedSettings, description="under torchrun: {strategy: ddp | "
+        "fsdp}; default ddp")
 
     _moved_keys = model_validator(mode="before")(refuse_moved_keys)
 

@@ -10,6 +10,7 @@ business: the CLI only checks the output folder and calls `run(config, folder, r
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import random
@@ -29,6 +30,12 @@ from gradsurg.data.collate import GlueCollator, tokenize_dataset
 from gradsurg.data.glue import TaskSpec, get_task
 from gradsurg.devices import resolve_device, to_device
 from gradsurg.distributed import DataParallel
+from gradsurg.engines import (
+    full_model_state,
+    full_optimizer_state,
+    load_full_optimizer_state,
+    shard_model,
+)
 from gradsurg.errors import ConfigError
 from gradsurg.finite_weights import check_finite_outputs, check_finite_weights
 from gradsurg.loggers import Loggers, open_loggers
@@ -94,6 +101,9 @@ class MultiExitGlueRecipe:
         #: The checkpoint resumed from (None: a fresh start) and the stages it had finished.
         self.restored: dict[str, Any] | None = None
         self.finished: list[StageResult] = []
+        #: FSDP2 (`distributed.strategy: fsdp`): the model is sharded; rank 0's whole copy.
+        self.sharded = False
+        self.whole: MultiExitModel | None = None
 
     # -- setup ---------------------------------------------------------------------------
 
@@ -106,6 +116,11 @@ class MultiExitGlueRecipe:
             torch.set_num_threads(config.threads)
         seed_everything(config.seed, deterministic=config.deterministic)
         self.parallel = DataParallel.from_environment()
+        self.sharded = config.distributed.strategy == "fsdp"
+        if self.sharded and not self.parallel.enabled:
+            raise ConfigError("distributed.strategy fsdp shards the model over torchrun's "
+                              "processes, and this run has one: launch it with torchrun "
+                              "--nproc_per_node=N (N > 1), or use strategy ddp")
         self.device = resolve_device(config.device, local_rank=self.parallel.local_rank)
         self.autocast = autocast_factory(config.precision, self.device)  # fp16 on a CPU: here
         self.task = get_task(config.task)
@@ -120,10 +135,29 @@ class MultiExitGlueRecipe:
         self.parallel.broadcast_module_(self.model)
         if resume:
             self.load_checkpoint()
+        if self.sharded:
+            self._shard()
         self._setup_data()
         if self.task.is_regression and self.restored is None:
             start_at_label_mean(self.model, self.train_data["label"])
         self.log = self._open_log()
+
+    def _shard(self) -> None:
+        """FSDP2 over every encoder layer and the root (exits, loss terms). Rank 0 keeps a
+        whole copy of the same modules for checkpoints and evaluation, refreshed from the
+        shards whenever it writes."""
+        self.whole = copy.deepcopy(self.model) if self.parallel.is_main else None
+        mesh = shard_model(self.model, list(self.model.encoder.layers), self.device)
+        self.parallel = DataParallel.of_group(mesh.get_group(), sharded=True)
+
+    def _gather_whole(self) -> MultiExitModel | None:
+        """Rank 0's whole model, up to date (None on other ranks); every rank must call it."""
+        if not self.sharded:
+            return self.model
+        state = full_model_state(self.model)
+        if self.whole is not None:
+            self.whole.load_state_dict(state)
+        return self.whole
 
     def _setup_model(self) -> tuple[MultiExitModel, Any]:
         config, task = self.config, self.task
@@ -198,16 +232,20 @@ class MultiExitGlueRecipe:
     def save_checkpoint(self, progress: StageProgress) -> None:
         """Everything a resumed run needs to continue this stage bit for bit."""
         rng = self.parallel.gather_objects(capture_rng())  # each rank's dropout stream
+        whole = self._gather_whole()  # FSDP2: collective; whole weights on rank 0
+        optimizer_state = (full_optimizer_state(self.model, self.optimizer) if self.sharded
+                           else self.optimizer.state_dict())
         if not self.parallel.is_main:
             return
+        assert whole is not None
         global_step = sum(r.steps for r in self.finished) + progress.step
-        self.checkpoints.save(global_step, model=self.model, state={
+        self.checkpoints.save(global_step, model=whole, state={
             "world_size": self.parallel.world_size,
             "recipe": self.config.model_dump(mode="json"),
             "stage": self.stage_index,
             "finished": [dataclasses.asdict(r) for r in self.finished],
             "progress": progress.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": optimizer_state,
             "scheduler": self.scheduler.state_dict(),
             "surgery": self.surgery.state_dict(),
             "rng": rng,
@@ -220,7 +258,10 @@ class MultiExitGlueRecipe:
         state = self.restored
         if state is None or state["stage"] != self.stage_index:
             return None
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.sharded:
+            load_full_optimizer_state(self.model, self.optimizer, state["optimizer"])
+        else:
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.surgery.load_state_dict(state["surgery"])
         restore_rng(state["rng"][self.parallel.rank])
@@ -238,6 +279,9 @@ class MultiExitGlueRecipe:
                     self.finished.append(self.train_stage(index, stage, progress))
         finally:
             self.log.close()
+        whole = self._gather_whole()  # FSDP2: rank 0 evaluates and saves the whole model
+        if whole is not None:
+            self.model = whole
         self.parallel.barrier()
         self.parallel.close()
         detach_training_parts(self.model)
