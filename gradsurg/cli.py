@@ -156,13 +156,14 @@ def run(
                          evaluation_keys=program.evaluation_keys)
         folder.mkdir(parents=True, exist_ok=True)
         if main:
-            atomic_write_text(folder / "recipe.yaml", yaml.safe_dump(resolved, sort_keys=False))
+            atomic_write_text(folder / "recipe.yaml", yaml.safe_dump(resolved, sort_keys=False),
+                              own=True)
             console.print(f"[bold]{program.name}[/]: {program.summary} -> {folder}")
         extra = {"resume": True} if resume else {}
         results = program.run(config, folder, **extra)
         if main:
             atomic_write_text(folder / "results.json",
-                              strict_json.dumps(results, indent=2) + "\n")
+                              strict_json.dumps(results, indent=2) + "\n", own=True)
             console.print(f"results: {folder / 'results.json'}")
     except USER_ERRORS as error:
         raise fail(error) from None
@@ -419,7 +420,7 @@ def compare(
         if output is not None:
             written = write_comparison(comparison, output)
             console.print("wrote " + ", ".join(str(path) for path in written), highlight=False)
-    except GradsurgError as error:
+    except USER_ERRORS as error:  # file-system errors too: one line naming the path
         raise fail(error) from None
 
 

@@ -60,6 +60,8 @@ class GradientCollector:
         self._buffer: Tensor | None = None
         self._losses: dict[str, Tensor] = {}
         self._bad: dict[str, Tensor] = {}
+        #: Whether the losses' graphs hold torch's reentrant checkpointing (None: not seen yet).
+        self._reentrant: bool | None = None
 
     @property
     def sharded(self) -> bool:
@@ -110,10 +112,21 @@ class GradientCollector:
         self._names = names
         self.micro_batches += 1
         with reducer_errors():
+            if self._reentrant is None:  # decided once, on the first micro-batch
+                self._reentrant = uses_reentrant_checkpoint(values)
+            if self._reentrant:
+                self._check_reentrant(shortcut_weight if first_of_step
+                                      else self._shortcut_weight)
             if self.layout is None:
                 if self.sharded:
                     self._check_sharded_reach(names, values)
                     self._select_sharded(names, values, needs_shared=needs_shared)
+                elif self._reentrant:
+                    self._check_sharded_reach(names, values)  # the graph hides the params
+                    if self.include is not None:
+                        self._select_by_patterns()
+                    else:  # sum: every parameter gets the plain sum, selected or not
+                        self._use_layout([])
                 else:
                     reached = self._check_reach(names, values)
                     if self.include is None:
@@ -128,7 +141,8 @@ class GradientCollector:
                 # backward pass of the summed loss; the pipeline scales the selected gradients.
                 live = [loss for loss in values if loss.requires_grad]
                 if live:
-                    inputs = None if self.sharded else [p for _, p in self.trainable]
+                    inputs = (None if self.sharded or self._reentrant
+                              else [p for _, p in self.trainable])
                     torch.autograd.backward(sum(live), inputs=inputs)
                 return
             self._accumulate(names, values, first_of_step=first_of_step)
@@ -179,6 +193,24 @@ class GradientCollector:
                     f"loss group {name!r} reaches no trainable parameter (no gradient path "
                     "from its loss to the model); compute it from the model's outputs")
         return reached
+
+    def _check_reentrant(self, shortcut_weight: float | None) -> None:
+        """Reentrant checkpointing gives one gradient for the summed loss and nothing else
+        (no `autograd.grad`, no `inputs=`): `sum` works as one backward pass, `mean` needs
+        `include` (which parameters get 1/k cannot be read off the gradients), and a combiner
+        that needs each group's gradient is refused with what to use instead."""
+        if shortcut_weight is None:
+            raise GradsurgError(
+                "the model uses reentrant gradient checkpointing (torch.utils.checkpoint with "
+                "use_reentrant=True), whose backward pass cannot give each loss group its own "
+                "gradient, which this combiner (or diagnostics_every) needs; use "
+                "use_reentrant=False (the same memory saving; Hugging Face: "
+                "gradient_checkpointing_kwargs={'use_reentrant': False}), or the sum combiner")
+        if shortcut_weight != 1.0 and self.include is None and self.layout is None:
+            raise GradsurgError(
+                "the model uses reentrant gradient checkpointing (torch.utils.checkpoint with "
+                "use_reentrant=True), which hides its parameters from the per-group gradients "
+                "the default selection reads; pass include=[...] (or use_reentrant=False)")
 
     def _check_sharded_reach(self, names: tuple[str, ...], values: list[Tensor]) -> None:
         """Under FSDP2 the graph's leaves are gathered copies, not the parameters, so only a
@@ -271,9 +303,28 @@ class GradientCollector:
                 continue
             if has_nonzero(p.grad):
                 raise GradsurgError(
-                    f"parameter {name!r} already has a non-zero gradient; call "
-                    "optimizer.zero_grad() before surgery.backward()")
+                    f"parameter {name!r} already has a non-zero gradient at a step's first "
+                    "micro-batch. Accumulating micro-batches by calling surgery.backward "
+                    "several times per optimizer step? Pass accumulation_steps=N to Surgery "
+                    "(or last_micro_batch=True on each step's last call), so they are combined "
+                    "together: zero_grad() between them would drop the earlier ones. "
+                    "Otherwise call optimizer.zero_grad() after each optimizer.step()")
             p.grad = None
+
+
+def uses_reentrant_checkpoint(values: Sequence[Tensor]) -> bool:
+    """Whether a loss's graph holds a node of torch's reentrant checkpointing."""
+    seen: set[int] = set()
+    stack = [value.grad_fn for value in values if value.grad_fn is not None]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if type(node).__name__ == "CheckpointFunctionBackward":
+            return True
+        stack.extend(child for child, _ in node.next_functions if child is not None)
+    return False
 
 
 def _scalar(name: str, loss: Tensor) -> Tensor:

@@ -152,3 +152,45 @@ def test_a_row_that_overflows_only_when_scaled_backs_the_loss_scale_off(name):
     surgery.backward(model.losses(x, y))  # and the next step trains
     optimizer.step()
     assert surgery.skipped_steps == 1 and not same(before, model.state_dict())
+
+
+@pytest.mark.parametrize("name", ["sum", "pcgrad", "upgrad"])
+def test_a_gradscaler_under_the_default_rule_skips_and_backs_off(name):
+    """The default `skip` with a torch GradScaler the user drives: the overflow reaches the
+    scaler (no "No inf checks were recorded for this optimizer" hours into a run), and a
+    plain `optimizer.step()` after a skipped step moves nothing either."""
+    model, optimizer, surgery = setup(name)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = batch(0)
+    for factor, scale in ((float("inf"), 512.0), (float("nan"), 256.0)):
+        losses = model.losses(x, y, factor)
+        surgery.backward({k: scaler.scale(v) for k, v in losses.items()})
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad()
+        assert scaler.get_scale() == scale and surgery.skipped_steps == (2 if scale == 256 else 1)
+    assert same(before, model.state_dict()) and optimizer.state_dict()["state"] == {}
+    surgery.backward(model.losses(x, y, float("nan")))  # no scaler: the plain step
+    optimizer.step()
+    assert same(before, model.state_dict()) and optimizer.state_dict()["state"] == {}
+    surgery.backward({k: scaler.scale(v) for k, v in model.losses(x, y).items()})
+    scaler.step(optimizer)  # and a good step trains
+    assert not same(before, model.state_dict())
+
+
+def test_a_closure_optimizer_sees_no_nan_on_a_skipped_step():
+    model, _, _ = setup("pcgrad")
+    optimizer = torch.optim.LBFGS(model.parameters(), lr=0.1, max_iter=2)
+    surgery = Surgery(model, optimizer, "pcgrad", include=["trunk.*"])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = batch(0)
+
+    def closure():
+        optimizer.zero_grad()
+        losses = model.losses(x, y, float("nan"))
+        surgery.backward(losses)
+        return sum(losses.values()).detach()
+
+    optimizer.step(closure)
+    assert same(before, model.state_dict())

@@ -13,6 +13,7 @@ from gradsurg.combiners.base import Combiner
 from gradsurg.combiners.gramian import gramian
 from gradsurg.distributed import SINGLE_PROCESS, DataParallel
 from gradsurg.engines import sharded_grad
+from gradsurg.errors import GradsurgError
 from gradsurg.pipeline import Stage, StepGradients
 
 
@@ -63,10 +64,24 @@ class Combine(Stage):
         step.diagnostics["grad_norm/combined"] = float(self.data_parallel.norm([gradient]))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"combiner": self.combiner.state_dict()}
+        return {"combiner": self.combiner.state_dict(), "combiner_name": self.combiner.name}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.combiner.load_state_dict(dict(state["combiner"]))
+        """The combiner's state; one from another combiner is refused by name (a state saved
+        before the name was recorded, by its keys), not a bare KeyError."""
+        name = self.combiner.name
+        saved = state.get("combiner_name")
+        if saved is not None and saved != name:
+            raise GradsurgError(f"surgery state: saved by combiner {saved!r}, cannot be loaded "
+                                f"into combiner {name!r}; build the Surgery with {saved!r}")
+        if "combiner" not in state:
+            raise GradsurgError("surgery state: no 'combiner' entry; not a Surgery.state_dict()")
+        try:
+            self.combiner.load_state_dict(dict(state["combiner"]))
+        except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as error:
+            raise GradsurgError(
+                f"surgery state: does not fit combiner {name!r} ({type(error).__name__}: "
+                f"{str(error)[:120]}); was it saved by another combiner?") from None
 
 
 def nonfinite_rows(matrix: Tensor, gram: Tensor, names: Sequence[str], *,

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from gradsurg.errors import ConfigError, GradsurgError
 from gradsurg.multiexit.adapters import EncoderAdapter, make_adapter
 from gradsurg.multiexit.backbones import load_backbone
+from gradsurg.outputs import atomic_write_text
 from gradsurg.multiexit.exits import Exit, check_pooling
 
 __all__ = [
@@ -101,7 +102,8 @@ class MultiExitConfig:
         return cls(**data)
 
     def to_json_file(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n",
+                          own=True)
 
     @classmethod
     def from_json_file(cls, path: str | Path) -> MultiExitConfig:

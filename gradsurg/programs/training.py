@@ -21,6 +21,7 @@ from rich.progress import (
 )
 from torch import Tensor, nn
 
+from gradsurg.engines import local
 from gradsurg.errors import TrainingError
 from gradsurg.loggers import TrainingLog
 from gradsurg.surgery import Surgery
@@ -207,7 +208,13 @@ def check_trained(name: str, state: StageProgress, surgery: Surgery,
             "or gradient each time, fewer in a row than max_nonfinite_steps), so the model "
             "is untrained and not saved; lower the learning rate or check the data and the "
             "loss weighting")
-    if state.start_digest is not None and weights_digest(trained) == state.start_digest:
+    if state.start_digest is None:
+        return
+    unchanged = torch.tensor([float(weights_digest(trained) == state.start_digest)])
+    parallel = surgery.data_parallel
+    if parallel.enabled:  # every rank decides alike (FSDP2: each digests its own shards)
+        unchanged = parallel.all_reduce_(unchanged.to(_device(trained)), op=_min_op()).cpu()
+    if bool(unchanged.item()):
         raise TrainingError(
             f"stage {name!r}: after {state.step} optimizer step(s) no trained weight differs "
             "from its starting value (every gradient exactly zero, or an optimizer that steps "
@@ -216,9 +223,20 @@ def check_trained(name: str, state: StageProgress, surgery: Surgery,
 
 
 def weights_digest(params: Iterable[Tensor]) -> str:
-    """A hash of the parameters' exact bytes (equal iff no entry changed, to the bit)."""
+    """A hash of the parameters' exact bytes (equal iff no entry changed, to the bit); of
+    this rank's shards under FSDP2."""
     digest = hashlib.blake2b(digest_size=16)
     for p in params:
-        data = p.detach().reshape(-1).contiguous().view(torch.uint8).cpu().numpy()
+        data = local(p.detach()).reshape(-1).contiguous().view(torch.uint8).cpu().numpy()
         digest.update(data.tobytes())
     return digest.hexdigest()
+
+
+def _device(params: list[nn.Parameter]) -> torch.device:
+    return local(params[0]).device if params else torch.device("cpu")
+
+
+def _min_op() -> Any:
+    import torch.distributed as dist
+
+    return dist.ReduceOp.MIN
