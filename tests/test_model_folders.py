@@ -129,3 +129,13 @@ def test_a_bad_backbone_folder_is_one_line_naming_the_file(
 def test_a_saved_model_records_its_tokenizers_vocabulary(saved_model):  # noqa: F811
     recorded = json.loads((saved_model / "gradsurg_config.json").read_text())
     assert len(recorded["tokenizer_vocabulary"]) == 64  # SHA-256, checked on every load
+
+
+@pytest.mark.parametrize("line, words", [
+    ('{"text": ' + "[" * 3000 + "]" * 3000 + "}", "<stdin>:2: JSON nested 3001 levels deep"),
+    ('{"text": NaN}', "<stdin>:2: holds NaN"),
+])
+def test_a_jsonl_input_line_is_read_by_the_same_bounded_reader(line, words,
+                                                               saved_model):  # noqa: F811
+    one_line_error(["predict", saved_model, "--input-format", "jsonl"], words,
+                   stdin='{"text": "a fine film"}\n' + line + "\n")
