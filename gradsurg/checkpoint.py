@@ -7,13 +7,20 @@ A checkpoint is a folder `step-00000123/` under the run's `checkpoints/` holding
   tensors and plain Python values, read back with `torch.load(weights_only=True)`, so loading
   one never runs pickled code.
 
+- `checksums.json`: the SHA-256 of both files as written, so flipped bits on disk (or any
+  change since) are found when the checkpoint is loaded, and the checkpoint is refused, named,
+  instead of resumed (delete it to resume from the one before, if one is kept).
+
 It is written into a hidden temporary folder, flushed to disk, then renamed into place: the
 rename is the commit, so a folder with a `step-` name is always complete and the latest one is
 simply the highest step. Older ones beyond `keep` are deleted only after the new one exists.
+A `checkpoints/` folder or a `step-` entry that is a symbolic link is refused: nothing is read,
+written or deleted through a link.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import re
@@ -28,8 +35,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
 
+from gradsurg import strict_json
 from gradsurg.errors import GradsurgError
 from gradsurg.finite_weights import check_finite_weights
+from gradsurg.outputs import atomic_write_text, check_own_folder
 
 __all__ = [
     "CheckpointError",
@@ -40,6 +49,7 @@ __all__ = [
 
 WEIGHTS = "model.safetensors"
 STATE = "state.pt"
+CHECKSUMS = "checksums.json"
 _NAME = re.compile(r"^step-(\d{8,})$")
 
 
@@ -78,10 +88,22 @@ class Checkpoints:
 
     def steps(self) -> list[int]:
         """Global steps of the complete checkpoints, oldest first."""
+        if self.root.is_symlink():
+            raise CheckpointError(f"{self.root}: is a symbolic link; gradsurg never reads, "
+                                  "writes or deletes checkpoints through a link (remove it)")
         if not self.root.is_dir():
             return []
-        found = (_NAME.match(entry.name) for entry in self.root.iterdir() if entry.is_dir())
-        return sorted(int(match.group(1)) for match in found if match)
+        steps = []
+        for entry in self.root.iterdir():
+            match = _NAME.match(entry.name)
+            if match is None:
+                continue
+            if entry.is_symlink():
+                raise CheckpointError(f"{entry}: is a symbolic link; gradsurg never reads, "
+                                      "writes or deletes checkpoints through a link (remove it)")
+            if entry.is_dir():
+                steps.append(int(match.group(1)))
+        return sorted(steps)
 
     def path(self, step: int) -> Path:
         return self.root / f"step-{step:08d}"
@@ -99,9 +121,14 @@ class Checkpoints:
         naming the path.
         """
         check_finite_weights(model, when=f"at checkpoint step {step}")
-        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            check_own_folder(self.root)
+        except GradsurgError as error:
+            raise CheckpointError(str(error)) from None
+        self.steps()  # refuses a linked step- entry before anything is written or pruned
         for leftover in self.root.glob(".step-*"):  # staging folders of a killed save
-            shutil.rmtree(leftover, ignore_errors=True)
+            if not leftover.is_symlink():  # rmtree never follows links below; nor here
+                shutil.rmtree(leftover, ignore_errors=True)
         final = self.path(step)
         if final.exists():
             # Resuming starts from the newest checkpoint, so a step is never saved twice;
@@ -113,6 +140,10 @@ class Checkpoints:
             torch.save(dict(state), staging / STATE)
             for name in (WEIGHTS, STATE):
                 _fsync(staging / name)
+            # read back from disk: what is recorded is what was written
+            sums = {name: _sha256(staging / name) for name in (WEIGHTS, STATE)}
+            atomic_write_text(staging / CHECKSUMS, strict_json.dumps(sums, indent=2) + "\n",
+                              own=True)
             _rename(staging, final)
             _fsync(self.root)
         except (OSError, RuntimeError, SafetensorError) as error:  # torch.save: RuntimeError
@@ -133,6 +164,7 @@ class Checkpoints:
         for required in (weights, state_file):
             if not required.is_file():
                 raise CheckpointError(f"checkpoint file {required} is missing")
+        verify_checksums(path)
         try:
             missing, unexpected = load_model(model, str(weights), strict=False,
                                              device=str(device))
@@ -153,6 +185,35 @@ class Checkpoints:
         if not isinstance(state, dict):
             raise CheckpointError(f"{state_file} does not hold a training state")
         return state
+
+
+def verify_checksums(path: Path) -> None:
+    """Refuse a checkpoint whose files differ from the SHA-256 recorded when it was written
+    (bit rot, a partial copy, an edit), naming the file. A checkpoint written before
+    checksums were recorded has no `checksums.json` and is read as before."""
+    record = path / CHECKSUMS
+    if not record.exists():
+        return
+    try:
+        sums = strict_json.load_file(record)
+    except (GradsurgError, OSError) as error:
+        raise CheckpointError(f"{record} cannot be read ({_first_line(error)})") from None
+    if not isinstance(sums, dict) or set(sums) != {WEIGHTS, STATE}:
+        raise CheckpointError(f"{record}: expected the SHA-256 of {WEIGHTS} and {STATE}")
+    for name in (WEIGHTS, STATE):
+        if _sha256(path / name) != sums[name]:
+            raise CheckpointError(
+                f"{path / name} does not match the checksum recorded when the checkpoint was "
+                "written (flipped bits on disk, or changed since); it is not resumed. Delete "
+                f"{path} to resume from the checkpoint before it (if keep_checkpoints kept one)")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _rename(source: Path, target: Path) -> None:

@@ -17,7 +17,7 @@ from rich.table import Table
 
 from gradsurg import strict_json, strict_yaml
 from gradsurg.distributed import is_main_process
-from gradsurg.errors import ConfigError, GradsurgError
+from gradsurg.errors import ConfigError, GradsurgError, bounded
 from gradsurg.extras import import_optional
 from gradsurg.multiexit.policies import POLICIES, ExitPolicy
 from gradsurg.numbers import check_finite_numbers
@@ -105,7 +105,8 @@ USER_ERRORS = (GradsurgError, OSError)
 
 
 def fail(error: Exception) -> typer.Exit:
-    message = os_error_message(error) if isinstance(error, OSError) else str(error)
+    message = bounded(os_error_message(error) if isinstance(error, OSError) else str(error))
+    message = " ".join(message.splitlines())  # one line, whatever the message held
     errors.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code=2)
 
@@ -156,13 +157,14 @@ def run(
                          evaluation_keys=program.evaluation_keys)
         folder.mkdir(parents=True, exist_ok=True)
         if main:
-            atomic_write_text(folder / "recipe.yaml", yaml.safe_dump(resolved, sort_keys=False))
+            atomic_write_text(folder / "recipe.yaml", yaml.safe_dump(resolved, sort_keys=False),
+                              own=True)
             console.print(f"[bold]{program.name}[/]: {program.summary} -> {folder}")
         extra = {"resume": True} if resume else {}
         results = program.run(config, folder, **extra)
         if main:
             atomic_write_text(folder / "results.json",
-                              strict_json.dumps(results, indent=2) + "\n")
+                              strict_json.dumps(results, indent=2) + "\n", own=True)
             console.print(f"results: {folder / 'results.json'}")
     except USER_ERRORS as error:
         raise fail(error) from None
@@ -191,7 +193,13 @@ def check_run_folder(folder: Path, resolved: dict[str, object], *, resume: bool,
             "--resume has nothing to continue or evaluate again; choose another --output")
     saved_recipe = folder / "recipe.yaml"
     if resume and saved_recipe.is_file():
-        saved = yaml.safe_load(saved_recipe.read_text(encoding="utf-8")) or {}
+        try:
+            saved = strict_yaml.load(saved_recipe.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as error:
+            raise ConfigError(f"{saved_recipe}: cannot be read back ({str(error)[:200]})"
+                              ) from None
+        if not isinstance(saved, dict):
+            raise ConfigError(f"{saved_recipe}: not a recipe (a mapping of keys)")
         refuse_changed_recipe(saved, resolved, ignore=evaluation_keys, saved_in=str(saved_recipe),
                               advice="resume with the original recipe and --set overrides")
 
@@ -419,7 +427,7 @@ def compare(
         if output is not None:
             written = write_comparison(comparison, output)
             console.print("wrote " + ", ".join(str(path) for path in written), highlight=False)
-    except GradsurgError as error:
+    except USER_ERRORS as error:  # file-system errors too: one line naming the path
         raise fail(error) from None
 
 

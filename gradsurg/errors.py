@@ -2,6 +2,23 @@
 
 from __future__ import annotations
 
+#: The longest quotation of user input an error message makes, and the longest message line.
+QUOTE_CHARS = 200
+MESSAGE_CHARS = 2000
+
+
+def quoted(value: object, limit: int = QUOTE_CHARS) -> str:
+    """`repr(value)` cut to `limit` characters (an error line never quotes a whole bomb)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def bounded(message: str, limit: int = MESSAGE_CHARS) -> str:
+    """`message` cut to `limit` characters, saying how long it was."""
+    if len(message) <= limit:
+        return message
+    return f"{message[:limit]}... (message cut at {limit} of {len(message)} characters)"
+
 
 class GradsurgError(Exception):
     """A problem with the user's input (recipe, data, arguments, checkpoint).
@@ -24,3 +41,8 @@ class RanksError(GradsurgError):
 
 class NonFiniteError(GradsurgError):
     """Training produced NaN/inf losses or gradients too many steps in a row."""
+
+
+class TrainingError(GradsurgError):
+    """A run that trained nothing: every step skipped, or no weight moved. Its model is not
+    saved as a result."""

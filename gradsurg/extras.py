@@ -21,21 +21,24 @@ EXTRAS: dict[str, str] = {
 }
 
 
-def missing_extra(error: ImportError) -> ConfigError | None:
-    """The user-facing error for an import that failed because an extra is not installed."""
+def missing_extra(error: ImportError, *, extra: str | None = None) -> ConfigError | None:
+    """The user-facing error for an import that failed because an extra is not installed;
+    `extra` names the one to install when the importer knows better than the module's
+    default (the Trainer integration: `transformers`, not `glue`)."""
     name = (getattr(error, "name", None) or "").split(".")[0]
     if name not in EXTRAS:
         return None
     return ConfigError(f"this needs the {name!r} package, which is not installed; run: "
-                       f"pip install 'gradsurg[{EXTRAS[name]}]'")
+                       f"pip install 'gradsurg[{extra or EXTRAS[name]}]'")
 
 
-def import_optional(module: str) -> ModuleType:
-    """Import `module` (a gradsurg module or a library), or fail naming the missing extra."""
+def import_optional(module: str, *, extra: str | None = None) -> ModuleType:
+    """Import `module` (a gradsurg module or a library), or fail naming the missing extra
+    (`extra`, or the one that installs the missing module)."""
     try:
         return importlib.import_module(module)
     except ImportError as error:
-        hint = missing_extra(error)
+        hint = missing_extra(error, extra=extra)
         if hint is None:
             raise
         raise hint from None

@@ -5,8 +5,10 @@ matrix over the selected parameters (or, for a fixed-weight combiner, one backwa
 summed loss), parameters outside the selection get the plain sum in `.grad`, and the losses'
 values and non-finite flags are summed alongside. `take` hands the step over to the pipeline.
 
-Default selection: every trainable parameter that gets a non-zero gradient from more than one
-group on the first micro-batch (all ranks together). Reading the gradients, not the graph,
+Default selection (`gradsurg.selection`): every trainable parameter that more than one group
+can move, judged on the first micro-batch (all ranks together): a non-zero gradient from more
+than one group, or an exactly zero gradient from every group that reaches it (a
+zero-initialised adapter such as LoRA's `lora_A`). Reading the gradients, not only the graph,
 keeps the choice independent of how a model packs its outputs: `torch.stack(exit_logits)`
 links every exit head to every loss in the graph, while each head's gradient is non-zero for
 its own groups only.
@@ -31,6 +33,7 @@ from gradsurg.params import (
     trainable_parameters,
 )
 from gradsurg.pipeline import StepGradients
+from gradsurg.selection import shared_parameters, shared_without_graph
 
 
 class GradientCollector:
@@ -57,6 +60,8 @@ class GradientCollector:
         self._buffer: Tensor | None = None
         self._losses: dict[str, Tensor] = {}
         self._bad: dict[str, Tensor] = {}
+        #: Whether the losses' graphs hold torch's reentrant checkpointing (None: not seen yet).
+        self._reentrant: bool | None = None
 
     @property
     def sharded(self) -> bool:
@@ -107,10 +112,21 @@ class GradientCollector:
         self._names = names
         self.micro_batches += 1
         with reducer_errors():
+            if self._reentrant is None:  # decided once, on the first micro-batch
+                self._reentrant = uses_reentrant_checkpoint(values)
+            if self._reentrant:
+                self._check_reentrant(shortcut_weight if first_of_step
+                                      else self._shortcut_weight)
             if self.layout is None:
                 if self.sharded:
                     self._check_sharded_reach(names, values)
                     self._select_sharded(names, values, needs_shared=needs_shared)
+                elif self._reentrant:
+                    self._check_sharded_reach(names, values)  # the graph hides the params
+                    if self.include is not None:
+                        self._select_by_patterns()
+                    else:  # sum: every parameter gets the plain sum, selected or not
+                        self._use_layout([])
                 else:
                     reached = self._check_reach(names, values)
                     if self.include is None:
@@ -125,7 +141,8 @@ class GradientCollector:
                 # backward pass of the summed loss; the pipeline scales the selected gradients.
                 live = [loss for loss in values if loss.requires_grad]
                 if live:
-                    inputs = None if self.sharded else [p for _, p in self.trainable]
+                    inputs = (None if self.sharded or self._reentrant
+                              else [p for _, p in self.trainable])
                     torch.autograd.backward(sum(live), inputs=inputs)
                 return
             self._accumulate(names, values, first_of_step=first_of_step)
@@ -177,6 +194,24 @@ class GradientCollector:
                     "from its loss to the model); compute it from the model's outputs")
         return reached
 
+    def _check_reentrant(self, shortcut_weight: float | None) -> None:
+        """Reentrant checkpointing gives one gradient for the summed loss and nothing else
+        (no `autograd.grad`, no `inputs=`): `sum` works as one backward pass, `mean` needs
+        `include` (which parameters get 1/k cannot be read off the gradients), and a combiner
+        that needs each group's gradient is refused with what to use instead."""
+        if shortcut_weight is None:
+            raise GradsurgError(
+                "the model uses reentrant gradient checkpointing (torch.utils.checkpoint with "
+                "use_reentrant=True), whose backward pass cannot give each loss group its own "
+                "gradient, which this combiner (or diagnostics_every) needs; use "
+                "use_reentrant=False (the same memory saving; Hugging Face: "
+                "gradient_checkpointing_kwargs={'use_reentrant': False}), or the sum combiner")
+        if shortcut_weight != 1.0 and self.include is None and self.layout is None:
+            raise GradsurgError(
+                "the model uses reentrant gradient checkpointing (torch.utils.checkpoint with "
+                "use_reentrant=True), which hides its parameters from the per-group gradients "
+                "the default selection reads; pass include=[...] (or use_reentrant=False)")
+
     def _check_sharded_reach(self, names: tuple[str, ...], values: list[Tensor]) -> None:
         """Under FSDP2 the graph's leaves are gathered copies, not the parameters, so only a
         loss with no graph at all is known to reach nothing before its backward pass."""
@@ -206,7 +241,8 @@ class GradientCollector:
             p.grad = None
         device = local(params[0]).device if params else torch.device("cpu")
         nonzero = self.data_parallel.all_reduce_(nonzero.to(device)).cpu()
-        self._use_shared(names, candidates, nonzero, needs_shared=needs_shared)
+        self._use_shared(names, candidates, shared_without_graph(nonzero),
+                         needs_shared=needs_shared)
 
     def _select_by_patterns(self) -> None:
         selected = match_patterns(self.trainable, include=self.include, exclude=self.exclude)
@@ -218,34 +254,31 @@ class GradientCollector:
 
     def _select_by_gradients(self, names: tuple[str, ...], values: list[Tensor],
                              reached: list[set[int]], *, needs_shared: bool) -> None:
-        """First micro-batch without `include`: the parameters with a non-zero gradient from
-        more than one group (on any rank). Costs one extra backward pass per group, once;
-        only parameters the graph links to several groups are looked at."""
+        """First micro-batch without `include`: the parameters more than one group can move
+        (`gradsurg.selection`: a non-zero gradient from several groups, or zero from every
+        group that reaches it, as a zero-initialised adapter's is). Costs one extra backward
+        pass per group, once; only parameters the graph links to several groups are looked
+        at."""
         counts: dict[int, int] = {}
         for ids in reached:
             for pid in ids:
                 counts[pid] = counts.get(pid, 0) + 1
         candidates = [(n, p) for n, p in match_patterns(self.trainable, exclude=self.exclude)
                       if counts.get(id(p), 0) > 1]
-        nonzero = torch.zeros(len(names), len(candidates))
-        params = [p for _, p in candidates]
-        for row, value in enumerate(values):
-            if not params or not value.requires_grad:
-                continue
-            grads = torch.autograd.grad(value, params, retain_graph=True, allow_unused=True)
-            nonzero[row] = torch.tensor([g is not None and bool(g.ne(0).any()) for g in grads],
-                                        dtype=nonzero.dtype)
+        all_reduce = None
         if self.data_parallel.enabled:
             self.data_parallel.agree(names)
-            device = params[0].device if params else torch.device("cpu")
-            nonzero = self.data_parallel.all_reduce_(nonzero.to(device)).cpu()
-        self._use_shared(names, candidates, nonzero, needs_shared=needs_shared)
+            device = candidates[0][1].device if candidates else torch.device("cpu")
+
+            def all_reduce(flags: Tensor) -> Tensor:
+                return self.data_parallel.all_reduce_(flags.to(device)).cpu()
+
+        shared = shared_parameters(names, values, candidates, reached, all_reduce=all_reduce)
+        self._use_shared(names, candidates, shared, needs_shared=needs_shared)
 
     def _use_shared(self, names: tuple[str, ...], candidates: NamedParameters,
-                    nonzero: Tensor, *, needs_shared: bool) -> None:
-        """Select the candidates with a non-zero gradient (`nonzero[group, candidate]`, summed
-        over ranks) from more than one group."""
-        shared = ((nonzero > 0).sum(dim=0) > 1).tolist()
+                    shared: list[bool], *, needs_shared: bool) -> None:
+        """Select the candidates flagged in `shared` (one flag per candidate)."""
         selected = [item for item, flag in zip(candidates, shared) if flag]
         if not selected and needs_shared and len(names) > 1:
             raise ConfigError(
@@ -270,9 +303,28 @@ class GradientCollector:
                 continue
             if has_nonzero(p.grad):
                 raise GradsurgError(
-                    f"parameter {name!r} already has a non-zero gradient; call "
-                    "optimizer.zero_grad() before surgery.backward()")
+                    f"parameter {name!r} already has a non-zero gradient at a step's first "
+                    "micro-batch. Accumulating micro-batches by calling surgery.backward "
+                    "several times per optimizer step? Pass accumulation_steps=N to Surgery "
+                    "(or last_micro_batch=True on each step's last call), so they are combined "
+                    "together: zero_grad() between them would drop the earlier ones. "
+                    "Otherwise call optimizer.zero_grad() after each optimizer.step()")
             p.grad = None
+
+
+def uses_reentrant_checkpoint(values: Sequence[Tensor]) -> bool:
+    """Whether a loss's graph holds a node of torch's reentrant checkpointing."""
+    seen: set[int] = set()
+    stack = [value.grad_fn for value in values if value.grad_fn is not None]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if type(node).__name__ == "CheckpointFunctionBackward":
+            return True
+        stack.extend(child for child, _ in node.next_functions if child is not None)
+    return False
 
 
 def _scalar(name: str, loss: Tensor) -> Tensor:

@@ -10,6 +10,7 @@ so a recipe that asks for it without it installed is refused when it is read.
 from __future__ import annotations
 
 import numbers
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, Protocol
@@ -19,6 +20,7 @@ from pydantic import AfterValidator
 from gradsurg import strict_json
 from gradsurg.errors import ConfigError
 from gradsurg.extras import import_optional
+from gradsurg.outputs import check_own_file, check_own_folder
 
 #: The file the `jsonl` logger writes in the output folder.
 JSONL_FILE = "train_log.jsonl"
@@ -42,10 +44,15 @@ class JsonlLog:
     def __init__(self, path: Path | None, *, truncate_to: int | None = None) -> None:
         """`path=None` logs nothing (the non-main ranks of a distributed run)."""
         self.path = path
-        if path is not None and truncate_to is not None and path.exists():
-            with path.open("r+b") as existing:
-                existing.truncate(truncate_to)
-        self._file = path.open("a", encoding="utf-8") if path is not None else None
+        self._file = None
+        if path is None:
+            return
+        check_own_file(path)  # a link is refused: never truncated or appended through
+        # O_NOFOLLOW closes the gap between the check and the open
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644)
+        if truncate_to is not None:
+            os.ftruncate(descriptor, truncate_to)
+        self._file = os.fdopen(descriptor, "a", encoding="utf-8")
 
     def tell(self) -> int:
         return self._file.tell() if self._file is not None else 0
@@ -84,6 +91,8 @@ class TensorBoardLog:
         stage = str(record.get("stage", ""))
         writer = self._writers.get(stage)
         if writer is None:
+            check_own_folder(self.root)
+            check_own_folder(self.root / stage)  # a link there is refused, never written
             writer = self._summary_writer(str(self.root / stage), purge_step=step)
             self._writers[stage] = writer
         for key, value in record.items():

@@ -1,9 +1,14 @@
 """The non-finite rule: what a NaN/inf loss or gradient does to an optimizer step.
 
+A step is bad when a group's loss, a group's gradient row (checked by `Combine` before any
+combiner runs, so every combiner is treated alike) or the final gradient holds a NaN or inf.
+
 Like optax's `apply_if_finite`, it wraps nothing and decides after the gradients are final:
-- `skip` (default): every `.grad` is set to None, which torch's optimizers skip (weight decay
-  and moments included), so the step changes nothing; `max_in_a_row` skips in a row stop the
-  run (a diverged run should stop, not idle).
+- `skip` (default): the step changes nothing (weights, weight decay, moments); `max_in_a_row`
+  skips in a row stop the run (a diverged run should stop, not idle). The attached
+  optimizer's gradients are made NaN, so a torch GradScaler the user drives skips the step and
+  backs off, and the optimizer's own step drops them (None) before it runs; every other
+  `.grad` is None.
 - `raise`: stop at the first one.
 - `scaler`: for a `torch.amp.GradScaler` the user drives: the step's `.grad` is made NaN so
   `scaler.step` skips it and backs its scale off (with `skip`, the scaler would find no
@@ -48,8 +53,42 @@ class NonFiniteRule(Stage):
         self.in_a_row = 0
         #: Under FSDP2 (`sharded`) the norm is of every rank's shards, so all ranks agree.
         self.data_parallel = data_parallel
+        #: True while an attached optimizer's step runs a closure (set by `Surgery`).
+        self.in_closure_step = False
+        #: True when a skipped step's gradients were marked NaN for a GradScaler and await
+        #: the attached optimizer's step, which drops them first (`before_optimizer_step`).
+        self.marked = False
+
+    def _drop(self, step: StepGradients) -> None:
+        """A skipped step's gradients, so that no optimizer moves anything.
+
+        Parameters an attached optimizer holds get NaN gradients, which a torch GradScaler
+        driven by the user finds and skips (backing its scale off; with no gradient at all it
+        would stop with "No inf checks were recorded"), and which that optimizer's own step
+        drops before it runs (`before_optimizer_step`), so a plain `optimizer.step()` moves
+        nothing either. Everything else, and everything inside a closure step (the optimizer
+        reads the gradients within its own step), gets None, which torch's optimizers skip
+        (weight decay and moments included)."""
+        held = {id(p) for p in self.extra_parameters} if not self.in_closure_step else set()
+        seen: set[int] = set()
+        for p in [*step.trainable, *self.extra_parameters]:
+            if id(p) in seen:
+                continue
+            seen.add(id(p))
+            if id(p) in held and p.grad is not None:
+                local(p.grad).fill_(float("nan"))
+                self.marked = True
+            else:
+                p.grad = None
+
+    def before_optimizer_step(self, params: Sequence[Tensor]) -> None:
+        """An attached optimizer is about to step: a skipped step's NaN marks are dropped."""
+        if self.marked:
+            for p in params:
+                p.grad = None
 
     def run(self, step: StepGradients) -> None:
+        self.marked = False
         if self.rule == "ignore":
             return
         norm = step.total_norm
@@ -58,12 +97,13 @@ class NonFiniteRule(Stage):
             norm = (self.data_parallel.norm(grads) if self.data_parallel.sharded
                     else total_norm([p for p in step.trainable if p.grad is not None]))
         bad = [name for name, flag in step.bad_losses.items() if bool(flag)]
-        step.skipped = bool(bad) or not bool(torch.isfinite(norm))
+        step.skipped = bool(bad) or bool(step.bad_rows) or not bool(torch.isfinite(norm))
         if not step.skipped:
             self.in_a_row = 0
             return
         cause = (f"loss group(s) {', '.join(bad)} not finite" if bad
-                 else "gradient not finite")
+                 else f"gradient of loss group(s) {', '.join(step.bad_rows)} not finite"
+                 if step.bad_rows else "gradient not finite")
         if self.rule == "raise":
             raise NonFiniteError(f"optimizer step {step.index}: {cause}")
         self.skipped_steps += 1
@@ -74,8 +114,7 @@ class NonFiniteRule(Stage):
                 if p.grad is not None:
                     local(p.grad).fill_(float("nan"))
             return
-        for p in [*step.trainable, *self.extra_parameters]:
-            p.grad = None  # torch optimizers leave parameters without gradients untouched
+        self._drop(step)
         if self.in_a_row >= self.max_in_a_row:
             raise NonFiniteError(
                 f"{self.in_a_row} optimizer steps in a row skipped (last: step "

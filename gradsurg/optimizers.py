@@ -125,8 +125,23 @@ def refuse_moved_keys(recipe: Any) -> Any:
 
 def build_optimizer(settings: OptimizerSettings,
                     params: Iterable[torch.Tensor] | Iterable[dict[str, Any]]) -> Optimizer:
-    """The recipe's optimizer over `params`; bad options are one ConfigError naming the key."""
-    return OPTIMIZERS.build({"name": settings.name, **settings.options()}, params, where=WHERE)
+    """The recipe's optimizer over `params`; bad options are one ConfigError naming the key.
+    An optimizer that does not hold every parameter it was given (a factory that builds its
+    own) is refused: the parameters it leaves out would never train."""
+    params = list(params)
+    given = [p for item in params
+             for p in (item["params"] if isinstance(item, Mapping) else [item])]
+    optimizer = OPTIMIZERS.build({"name": settings.name, **settings.options()}, params,
+                                 where=WHERE)
+    held = {id(p) for group in getattr(optimizer, "param_groups", [])
+            for p in group["params"]}
+    missing = [p for p in given if id(p) not in held]
+    if missing:
+        raise ConfigError(
+            f"{WHERE} (optimizer {settings.name!r}): holds {len(given) - len(missing)} of the "
+            f"{len(given)} parameter tensors it was given, so the others would never train; "
+            "its factory must build the optimizer over the params it receives")
+    return optimizer
 
 
 def check_optimizer(settings: OptimizerSettings) -> None:
@@ -161,7 +176,15 @@ def buildable_optimizer(settings: OptimizerSettings) -> OptimizerSettings:
 
 def build_scheduler(settings: SchedulerSettings, optimizer: Optimizer, *,
                     total_steps: int) -> LambdaLR:
-    """The recipe's LR schedule over a stage of `total_steps` optimizer steps."""
+    """The recipe's LR schedule over a stage of `total_steps` optimizer steps. A warm-up
+    longer than the stage is refused: the whole stage would train at a sliver of the LR."""
+    warmup = settings.warmup(total_steps)
+    if warmup > total_steps:
+        raise ConfigError(
+            f"key 'scheduler.warmup_steps': a warm-up of {warmup} steps is longer than the "
+            f"stage's {total_steps} optimizer steps, so the whole stage would train at no more "
+            f"than {total_steps / warmup:.2g} of optimizer.lr; use at most {total_steps} "
+            "(or warmup_ratio)")
     shape = partial(lr_factor, name=settings.name, warmup=settings.warmup(total_steps),
                     total=total_steps)
     return LambdaLR(optimizer, shape)

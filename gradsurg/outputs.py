@@ -6,9 +6,12 @@
   leaves a stale lock behind; the file itself is removed on a normal exit.
 - `new_run_folder` claims a fresh default folder with `mkdir` (atomic), adding `-2`, `-3`, ...
   when two runs start in the same second.
-- `atomic_write_text` and `atomic_output` write to a temporary file beside the target and
-  rename it into place only on success, so a failure leaves the old file (or none), never a
-  truncated one.
+- `atomic_write_text`, `atomic_write_bytes` and `atomic_output` write to a temporary file beside
+  the target and rename it into place only on success, so a failure leaves the old file (or
+  none), never a truncated one; every file gradsurg writes takes this path, figures included.
+- Nothing is written or deleted through a symbolic link inside a run or output folder: a link
+  where a file is replaced is replaced (the rename), a linked folder, log or lock is refused
+  (`check_own_folder`, `check_own_file`), and only what this run wrote is deleted.
 """
 
 from __future__ import annotations
@@ -21,13 +24,25 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from gradsurg.errors import ConfigError, GradsurgError
 
-__all__ = ["LOCK_FILE", "OutputError", "OutputLock", "atomic_output", "atomic_write_text",
-           "check_output_file", "check_output_path", "new_run_folder", "os_error_message",
-           "replace_folder"]
+__all__ = [
+    "LOCK_FILE",
+    "OutputError",
+    "OutputLock",
+    "atomic_output",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "check_output_file",
+    "check_output_path",
+    "check_own_file",
+    "check_own_folder",
+    "new_run_folder",
+    "os_error_message",
+    "replace_folder",
+]
 
 LOCK_FILE = ".gradsurg.lock"
 
@@ -95,7 +110,14 @@ class OutputLock:
         """Take the lock now or raise a ConfigError naming the folder and the holder's pid."""
         self.folder.mkdir(parents=True, exist_ok=True)
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            check_own_file(self.path)
+            try:  # O_NOFOLLOW: a link planted under the lock's name is refused, not truncated
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+            except OSError as error:
+                if error.errno != errno.ELOOP:
+                    raise
+                check_own_file(self.path)
+                raise
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as error:
@@ -152,29 +174,40 @@ def _read_pid(path: Path) -> str:
         return ""
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str, *, own: bool = False) -> None:
     """Write `text` to `path` through a temporary file in the same folder and a rename."""
-    with atomic_output(path) as handle:
+    with atomic_output(path, own=own) as handle:
         handle.write(text)
 
 
-@contextlib.contextmanager
-def atomic_output(path: Path) -> Iterator[IO[str]]:
-    """A text handle whose content becomes `path` only if the block ends without error.
+def atomic_write_bytes(path: Path, data: bytes, *, own: bool = True) -> None:
+    """Write `data` to `path` through a temporary file in the same folder and a rename (the
+    path every binary file gradsurg writes takes: figures, exit logits, weights files)."""
+    with atomic_output(path, binary=True, own=own) as handle:
+        handle.write(data)
 
-    A target that exists and is not a regular file (`/dev/stdout`, a FIFO, a device) is
-    written directly: it cannot be replaced, and must never be.
+
+@contextlib.contextmanager
+def atomic_output(path: Path, *, binary: bool = False, own: bool = False) -> Iterator[IO[Any]]:
+    """A handle whose content becomes `path` only if the block ends without error.
+
+    The content goes to a temporary file beside `path` and is renamed over it, so a failure
+    leaves the old file (or none) and a symbolic link at `path` is replaced, never written
+    through. `own=False` (a file the user named: `predict -o`, `eval --json`): an existing
+    target that is not a regular file (`/dev/stdout`, a FIFO, a device) is written directly,
+    as asked. `own=True` (a file gradsurg names inside a run or output folder): never, and
+    the caller makes its subfolder with `check_own_folder`.
     """
     check_output_file(path)
     try:
-        if path.exists() and not path.is_file():
-            with path.open("w", encoding="utf-8", newline="") as direct:
+        if not own and path.exists() and not path.is_file():
+            with path.open("wb" if binary else "w", **_text(binary)) as direct:
                 yield direct
             return
         fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp",
                                          dir=path.parent)
         try:
-            with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            with os.fdopen(fd, "wb" if binary else "w", **_text(binary)) as handle:
                 yield handle
                 handle.flush()
                 os.fsync(handle.fileno())
@@ -187,6 +220,34 @@ def atomic_output(path: Path) -> Iterator[IO[str]]:
         if error.filename is None:  # a failed write names no file; the message must
             error.filename = str(path)
         raise
+
+
+def _text(binary: bool) -> dict[str, Any]:
+    return {} if binary else {"encoding": "utf-8", "newline": ""}
+
+
+def check_own_folder(folder: Path) -> Path:
+    """A folder gradsurg writes its own files into (the run folder's `plots/`,
+    `checkpoints/`, `tensorboard/`, `--output` of compare): created if missing, refused if it
+    is a symbolic link (or anything but a folder), so nothing is written or deleted through a
+    link. The run folder itself is the user's to name, link or not."""
+    if folder.is_symlink():
+        raise OutputError(f"{folder}: is a symbolic link; gradsurg never writes or deletes "
+                          "through a link inside a run or output folder (remove the link)")
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"{folder}: exists and is not a folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def check_own_file(path: Path) -> Path:
+    """A file gradsurg appends to or reopens inside a run folder (`train_log.jsonl`,
+    `.gradsurg.lock`): refused if it is a symbolic link or not a regular file."""
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        kind = "a symbolic link" if path.is_symlink() else "not a regular file"
+        raise OutputError(f"{path}: is {kind}; gradsurg never writes or deletes through a "
+                          "link inside a run folder (remove it)")
+    return path
 
 
 def check_output_file(path: Path, *, option: str = "output") -> None:
@@ -202,17 +263,23 @@ def replace_folder(target: Path, write: Callable[[Path], object]) -> None:
     """Fill a hidden staging folder with `write(staging)`, then swap it in for `target`."""
     from safetensors import SafetensorError  # the glue extra; imported only by what writes
 
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        what = "a symbolic link" if target.is_symlink() else "not a folder"
+        raise OutputError(f"{target}: is {what};"
+                          " gradsurg never writes or deletes through a link inside a run "
+                          "folder (remove it)")
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    old: Path | None = None
     try:
         try:
             write(staging)
         except (RuntimeError, SafetensorError) as error:  # writers that hide the OSError
             raise OutputError(f"{target}: cannot write ({_first_line(error)})") from None
-        old = target.with_name(f".{target.name}-old")
-        if target.exists():
-            shutil.rmtree(old, ignore_errors=True)
+        if target.exists():  # moved aside under a fresh name: only what this run made is deleted
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}-old-", dir=target.parent))
             os.replace(target, old)
         os.replace(staging, target)
-        shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)

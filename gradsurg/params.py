@@ -120,7 +120,7 @@ class FlatLayout:
         """Views of `flat[..., size]` shaped like each parameter (no copy)."""
         lead = flat.shape[:-1]
         return [
-            flat[..., start : start + shape.numel()].view(*lead, *shape)
+            flat[..., start : start + shape.numel()].view((*lead, *shape))  # () for a scalar
             for start, shape in zip(self.offsets, self.shapes)
         ]
 

@@ -43,6 +43,8 @@ class StepGradients:
     diagnostics: dict[str, float] = field(default_factory=dict)
     #: The 2-norm of every trainable gradient once clipped (set by `Clip` when it runs).
     total_norm: Tensor | None = None
+    #: Groups whose gradient row holds NaN/inf (found by `Combine` before any combiner runs).
+    bad_rows: list[str] = field(default_factory=list)
     skipped: bool = False
 
     def plain_parameters(self) -> list[nn.Parameter]:

@@ -18,7 +18,7 @@ import yaml
 from pydantic import ValidationError
 
 from gradsurg import strict_yaml
-from gradsurg.errors import ConfigError
+from gradsurg.errors import ConfigError, quoted
 from gradsurg.numbers import check_finite_numbers
 from gradsurg.programs import PROGRAMS, Program, ProgramConfig
 from gradsurg.registry import Registry
@@ -103,9 +103,10 @@ def apply_overrides(recipe: dict[str, Any], overrides: Sequence[str]) -> dict[st
             value = strict_yaml.load(raw) if raw.strip() else ""
         except yaml.YAMLError as error:
             problem = getattr(error, "problem", None) or "not valid YAML"
+            named = (strict_yaml.DuplicateKeyError, strict_yaml.TooLargeError)
             reason = "value is not valid YAML" + (
-                f" ({problem})" if isinstance(error, strict_yaml.DuplicateKeyError) else "")
-            raise ConfigError(f"--set {item!r}: {reason}") from None
+                f" ({problem})" if isinstance(error, named) else "")
+            raise ConfigError(f"--set {quoted(item)}: {reason}") from None
         node = result
         parts = key.strip().split(".")
         for part in parts[:-1]:
@@ -163,8 +164,8 @@ def refuse_changed_recipe(saved: Mapping[str, Any], current: Mapping[str, Any], 
     (outside `ignore`) is one ConfigError naming both values and where the saved one is."""
     key = first_changed_key(saved, current, ignore=ignore)
     if key is not None:
-        raise ConfigError(f"--resume: key {key!r} is {value_at(current, key)!r} here but "
-                          f"{value_at(saved, key)!r} in {saved_in}; {advice}")
+        raise ConfigError(f"--resume: key {key!r} is {quoted(value_at(current, key))} here "
+                          f"but {quoted(value_at(saved, key))} in {saved_in}; {advice}")
 
 
 def value_at(recipe: Mapping[str, Any], dotted: str) -> Any:
@@ -186,7 +187,7 @@ def _first_problem(error: ValidationError) -> str:
     if first["type"] == "extra_forbidden":
         message = "unknown key"
     elif "input" in first and first["type"] not in ("missing",):
-        message = f"{message} (got {first['input']!r})"
+        message = f"{message} (got {quoted(first['input'])})"
     return f"key {key!r}: {message}{more}"
 
 

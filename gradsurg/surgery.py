@@ -48,8 +48,9 @@ class Surgery:
             It is bound to the loss groups' names at the first `backward` (again only if they
             change), so its options' group names become row indices once.
         include, exclude: name globs choosing the parameters to operate on. Default: every
-            trainable parameter that gets a gradient from more than one group (decided on the
-            first micro-batch), minus `exclude`. All others receive the plain sum.
+            trainable parameter that more than one group can move (decided on the first
+            micro-batch, zero-initialised adapters included; `gradsurg.selection`), minus
+            `exclude`; `selected_names` reads it back. All others receive the plain sum.
         mode: `sequential`, `batched` or `auto` (batched on accelerators, sequential on CPU).
         accumulation_steps: micro-batches per optimizer step; the last one combines.
         max_grad_norm: clip the combined gradient (all trainable parameters) to this norm.
@@ -258,7 +259,7 @@ class Surgery:
         self.nonfinite.extra_parameters = [p for group in optimizer.param_groups
                                            for p in group["params"]]
         self._hooks.append(optimizer.register_step_pre_hook(self._before_step))
-        self._hooks.append(optimizer.register_step_post_hook(self._refuse_pending))
+        self._hooks.append(optimizer.register_step_post_hook(self._after_step))
 
     def remove(self) -> None:
         """Detach from the optimizer(s) (and hand a DDP wrapper its all-reduce back)."""
@@ -273,8 +274,12 @@ class Surgery:
         return {"steps": self.steps, **self.pipeline.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.steps = int(state["steps"])
+        """A `state_dict()` of a Surgery with the same combiner; anything else is refused in
+        one line."""
+        if not isinstance(state, Mapping) or "steps" not in state:
+            raise GradsurgError("surgery state: not a Surgery.state_dict() (no 'steps')")
         self.pipeline.load_state_dict(state)
+        self.steps = int(state["steps"])
 
     # ---- internals --------------------------------------------------------------------------
 
@@ -323,7 +328,14 @@ class Surgery:
 
     def _before_step(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
         if len(args) > 1 or kwargs.get("closure") is not None:  # args[0] is the optimizer
+            self.nonfinite.in_closure_step = True  # its gradients are read inside the step
             return  # the closure's backward may complete the step: checked after it
+        self._refuse_pending(optimizer, args, kwargs)
+        self.nonfinite.before_optimizer_step(
+            [p for group in optimizer.param_groups for p in group["params"]])
+
+    def _after_step(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
+        self.nonfinite.in_closure_step = False
         self._refuse_pending(optimizer, args, kwargs)
 
     def _refuse_pending(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:

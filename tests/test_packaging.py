@@ -70,3 +70,15 @@ def test_an_integration_without_its_library_names_the_extra():
             "except Exception as error:\n    print(type(error).__name__, error)\n")
     result = run_python(code)
     assert "ConfigError" in result.stdout and "pip install 'gradsurg[lightning]'" in result.stdout
+
+
+def test_the_trainer_integration_names_the_transformers_extra_not_glue():
+    """Issue 26: the Trainer's extra is `gradsurg[transformers]` (transformers + accelerate),
+    whichever of the two is missing."""
+    for missing in (["transformers"], ["accelerate"]):
+        code = (BLOCK.format(names=missing) +
+                "try:\n    import gradsurg.integrations.transformers\n"
+                "except Exception as error:\n    print(type(error).__name__, error)\n")
+        result = run_python(code)
+        assert "ConfigError" in result.stdout, (missing, result.stdout, result.stderr)
+        assert "pip install 'gradsurg[transformers]'" in result.stdout, result.stdout

@@ -252,7 +252,7 @@ def test_a_model_folder_missing_a_file_is_refused_before_loading(
     ("{}", "gradsurg_config.json: multi-exit config key 'num_labels' is missing"),
     ("[]", "gradsurg_config.json"),
     ('{"num_labels": 2, "colour": 1}', "gradsurg_config.json: multi-exit config key 'colour'"),
-    ("{not json", "gradsurg_config.json: not a readable JSON file"),
+    ("{not json", "gradsurg_config.json: not valid JSON"),
 ])
 def test_a_bad_gradsurg_config_is_named(content, message, saved_model, tmp_path):
     import shutil

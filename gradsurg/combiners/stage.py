@@ -6,12 +6,14 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from gradsurg.combiners.base import Combiner
 from gradsurg.combiners.gramian import gramian
 from gradsurg.distributed import SINGLE_PROCESS, DataParallel
 from gradsurg.engines import sharded_grad
+from gradsurg.errors import GradsurgError
 from gradsurg.pipeline import Stage, StepGradients
 
 
@@ -44,20 +46,58 @@ class Combine(Stage):
         gram = gramian(step.matrix)  # one pass; shared by the combiner and diagnostics
         if self.data_parallel.sharded:
             self.data_parallel.all_reduce_(gram)  # k x k: the whole rows' Gramian on every rank
-        combined = self.combiner(step.matrix, names, gram=gram)
+        step.bad_rows = nonfinite_rows(step.matrix, gram, names,
+                                       confirm=not self.data_parallel.sharded)
+        if step.bad_rows:
+            # No combiner sees a NaN/inf row: some would drop it and return a finite step,
+            # some fail inside torch, stateful ones would keep it. The selected gradients are
+            # NaN instead, so the non-finite rule skips (raises, or hands the step to a
+            # GradScaler) alike for every combiner, and `ignore` applies what the sum would.
+            gradient = step.matrix.new_full((step.matrix.shape[1],), float("nan"))
+            info: dict[str, float] = {}
+        else:
+            combined = self.combiner(step.matrix, names, gram=gram)
+            gradient, info = combined.gradient, combined.info
         step.matrix = None  # the rows are spent; the buffer may be reused next step
-        for p, view in zip(step.layout.params, step.layout.views(combined.gradient)):
+        for p, view in zip(step.layout.params, step.layout.views(gradient)):
             p.grad = sharded_grad(p, view)
-        step.diagnostics.update(combined.info)
+        step.diagnostics.update(info)
         step.diagnostics.update(gram_diagnostics(gram, names))
-        step.diagnostics["grad_norm/combined"] = float(
-            self.data_parallel.norm([combined.gradient]))
+        step.diagnostics["grad_norm/combined"] = float(self.data_parallel.norm([gradient]))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"combiner": self.combiner.state_dict()}
+        return {"combiner": self.combiner.state_dict(), "combiner_name": self.combiner.name}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.combiner.load_state_dict(dict(state["combiner"]))
+        """The combiner's state; one from another combiner is refused by name (a state saved
+        before the name was recorded, by its keys), not a bare KeyError."""
+        name = self.combiner.name
+        saved = state.get("combiner_name")
+        if saved is not None and saved != name:
+            raise GradsurgError(f"surgery state: saved by combiner {saved!r}, cannot be loaded "
+                                f"into combiner {name!r}; build the Surgery with {saved!r}")
+        if "combiner" not in state:
+            raise GradsurgError("surgery state: no 'combiner' entry; not a Surgery.state_dict()")
+        try:
+            self.combiner.load_state_dict(dict(state["combiner"]))
+        except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as error:
+            raise GradsurgError(
+                f"surgery state: does not fit combiner {name!r} ({type(error).__name__}: "
+                f"{str(error)[:120]}); was it saved by another combiner?") from None
+
+
+def nonfinite_rows(matrix: Tensor, gram: Tensor, names: Sequence[str], *,
+                   confirm: bool = True) -> list[str]:
+    """The groups whose row holds a NaN or inf, read off the Gramian's diagonal (finite for
+    every finite row: it is computed in float64 on rescaled rows when it must be), each
+    suspect confirmed on its row (`confirm=False` under FSDP2, where a rank holds only its
+    columns and the summed Gramian is what every rank agrees on)."""
+    diagonal = gram.diagonal()
+    if bool(torch.isfinite(diagonal).all()):
+        return []
+    suspects = (~torch.isfinite(diagonal)).nonzero().flatten().tolist()
+    return [names[i] for i in suspects
+            if not confirm or not bool(torch.isfinite(matrix[i]).all())]
 
 
 def gram_diagnostics(gram: Tensor, names: Sequence[str]) -> dict[str, float]:

@@ -28,7 +28,7 @@ from gradsurg.extras import import_optional
 from gradsurg.integrations.groups import as_loss_groups, total
 from gradsurg.surgery import Surgery
 
-pl = import_optional("lightning.pytorch")
+pl = import_optional("lightning.pytorch", extra="lightning")
 
 #: The key of Surgery's state in a Lightning checkpoint.
 CHECKPOINT_KEY = "gradsurg"

@@ -17,18 +17,22 @@ restored by `trainer.train(resume_from_checkpoint=...)`.
 
 from __future__ import annotations
 
+import io
 import os
 from collections import defaultdict
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from gradsurg.extras import import_optional
 from gradsurg.integrations.groups import as_loss_groups, total
+from gradsurg.outputs import atomic_write_bytes
 from gradsurg.surgery import Surgery
 
-transformers = import_optional("transformers")
+transformers = import_optional("transformers", extra="transformers")
+import_optional("accelerate", extra="transformers")  # Trainer needs it: the same one hint
 
 #: The file in a Trainer checkpoint folder that holds Surgery's state.
 STATE_FILE = "gradsurg_surgery.pt"
@@ -111,7 +115,9 @@ class SurgeryTrainer(transformers.Trainer):
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         super()._save_optimizer_and_scheduler(output_dir)
         if self.surgery is not None and self.args.should_save:
-            torch.save(self.surgery.state_dict(), os.path.join(output_dir, STATE_FILE))
+            buffer = io.BytesIO()
+            torch.save(self.surgery.state_dict(), buffer)  # then gradsurg's one atomic path
+            atomic_write_bytes(Path(output_dir) / STATE_FILE, buffer.getvalue())
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         super()._load_optimizer_and_scheduler(checkpoint)

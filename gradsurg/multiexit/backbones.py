@@ -74,23 +74,64 @@ def load_backbone(
     ``dropout`` replaces the config's hidden and attention dropout (BERT, RoBERTa, ALBERT and
     MPNet all name them ``hidden_dropout_prob`` / ``attention_probs_dropout_prob``).
     """
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    from gradsurg.multiexit.folders import (
+        check_json_files,
+        check_model_config,
+        check_tokenizer_fits,
+        first_line,
+        loading_errors,
+        safetensors_parameters,
+    )
 
     path = resolve_backbone(name_or_path)
+    folder = Path(path)
+    local = folder.is_dir()
+    if local:  # every JSON file strict and bounded before transformers reads it
+        check_json_files(folder)
     kwargs: dict[str, Any] = {}
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
     if dropout is not None:
         kwargs.update(hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
     try:
+        config = AutoConfig.from_pretrained(path)
+    except Exception as exc:
+        if loading_errors(exc, folder) is None or not local:
+            config = None  # the model's own loading below reports it as before
+        else:
+            raise ConfigError(f"{folder / 'config.json'}: not a usable HF config "
+                              f"({first_line(exc)})") from None
+    try:
+        if config is None:
+            config = AutoConfig.from_pretrained(path)
+        weights = folder / "model.safetensors"
+        check_model_config(config, folder / "config.json" if local else Path(path),
+                           weights=safetensors_parameters(weights) if local and
+                           weights.is_file() else None)
         model = AutoModel.from_pretrained(path, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as exc:
+    except ConfigError:
+        raise
+    except Exception as exc:
+        hint = loading_errors(exc, folder if local else Path(path))
+        if hint is None:
+            raise
+        if local:
+            raise hint from None
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(
             f"backbone {name_or_path!r} could not be loaded ({first}); "
             f"allowed: {', '.join(SHORT_NAMES)}, a reachable HF id or a model folder"
-        ) from exc
+        ) from None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except Exception as exc:
+        if loading_errors(exc, folder) is None:
+            raise
+        raise ConfigError(f"{path}: no usable tokenizer in the backbone folder "
+                          f"({first_line(exc)})") from None
+    check_tokenizer_fits(tokenizer, model.config, folder)
     return model, tokenizer
 
 

@@ -19,10 +19,19 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from gradsurg import strict_json
 from gradsurg.errors import ConfigError, GradsurgError
 from gradsurg.multiexit.adapters import EncoderAdapter, make_adapter
 from gradsurg.multiexit.backbones import load_backbone
 from gradsurg.multiexit.exits import Exit, check_pooling
+from gradsurg.multiexit.folders import (
+    check_json_files,
+    check_model_config,
+    loading_errors,
+    safetensors_parameters,
+    vocabulary_fingerprint,
+)
+from gradsurg.outputs import atomic_write_text
 
 __all__ = [
     "BACKBONE_CONFIG_FILE",
@@ -57,6 +66,9 @@ class MultiExitConfig:
     shared_exit: bool = False
     model_type: str | None = None
     attn_implementation: str | None = None
+    #: SHA-256 of the saved tokenizer's vocabulary (`folders.vocabulary_fingerprint`), so a
+    #: reload refuses another tokenizer; None for models saved without one or before it.
+    tokenizer_vocabulary: str | None = None
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -101,13 +113,14 @@ class MultiExitConfig:
         return cls(**data)
 
     def to_json_file(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n",
+                          own=True)
 
     @classmethod
     def from_json_file(cls, path: str | Path) -> MultiExitConfig:
         try:
-            data = json.loads(Path(path).read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            data = strict_json.load_file(path)  # bounded, strict; errors name the file
+        except OSError as exc:
             raise GradsurgError(f"{path}: not a readable JSON file ({exc})") from exc
         try:
             return cls.from_dict(data)
@@ -211,6 +224,9 @@ class MultiExitModel(nn.Module):
         out.mkdir(parents=True, exist_ok=True)
         # save_model (not save_file) drops aliases of shared tensors, e.g. ALBERT's layer group.
         save_model(self, str(out / WEIGHTS_FILE), metadata={"format": "pt"})
+        if tokenizer is not None:  # recorded, so a reload refuses another tokenizer
+            self.config = dataclasses.replace(
+                self.config, tokenizer_vocabulary=vocabulary_fingerprint(tokenizer))
         self.config.to_json_file(out / CONFIG_FILE)
         self.encoder.hf_config.to_json_file(str(out / BACKBONE_CONFIG_FILE))
         if tokenizer is not None:
@@ -243,13 +259,18 @@ class MultiExitModel(nn.Module):
                     f"checkpoint folder {str(folder)!r} has no {name}; "
                     "allowed: a folder written by MultiExitModel.save_pretrained"
                 )
+        check_json_files(folder)  # every JSON file strict and bounded, named if not
         config = MultiExitConfig.from_json_file(folder / CONFIG_FILE)
         try:
             hf_config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
-        except (OSError, ValueError, KeyError) as exc:
+        except Exception as exc:
+            if loading_errors(exc, folder) is None:
+                raise
             raise GradsurgError(
                 f"{folder / BACKBONE_CONFIG_FILE}: not a usable HF config ({_first_line(exc)})"
-            ) from exc
+            ) from None
+        check_model_config(hf_config, folder / BACKBONE_CONFIG_FILE,
+                           weights=safetensors_parameters(folder / WEIGHTS_FILE))
         if config.model_type is not None and hf_config.model_type != config.model_type:
             raise GradsurgError(
                 f"checkpoint {str(folder)!r}: {BACKBONE_CONFIG_FILE} has model_type "
@@ -257,7 +278,13 @@ class MultiExitModel(nn.Module):
             )
         attn = attn_implementation or config.attn_implementation
         kwargs = {} if attn is None else {"attn_implementation": attn}
-        hf_model = AutoModel.from_config(hf_config, **kwargs)
+        try:
+            hf_model = AutoModel.from_config(hf_config, **kwargs)
+        except Exception as exc:
+            if loading_errors(exc, folder) is None:
+                raise
+            raise GradsurgError(f"{folder / BACKBONE_CONFIG_FILE}: describes no model that "
+                                f"can be built ({_first_line(exc)})") from None
         model = cls(hf_model, config)
         _load_weights(model, folder / WEIGHTS_FILE, device=str(device))
         return model.to(device).eval()

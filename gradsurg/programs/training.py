@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from collections import defaultdict
@@ -20,6 +21,8 @@ from rich.progress import (
 )
 from torch import Tensor, nn
 
+from gradsurg.engines import local
+from gradsurg.errors import TrainingError
 from gradsurg.loggers import TrainingLog
 from gradsurg.surgery import Surgery
 from gradsurg.weightings import LossWeighting
@@ -62,15 +65,23 @@ class StageProgress:
     seconds: float = 0.0
     interval: Interval = field(default_factory=Interval)
     overall: Interval = field(default_factory=Interval)
+    #: `weights_digest` of the trained weights when the stage began (None: not known, e.g.
+    #: a checkpoint written before it was recorded).
+    start_digest: str | None = None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "seconds": self.seconds,
-                "interval": self.interval.state_dict(), "overall": self.overall.state_dict()}
+        state = {"step": self.step, "seconds": self.seconds,
+                 "interval": self.interval.state_dict(), "overall": self.overall.state_dict()}
+        if self.start_digest is not None:
+            state["start_digest"] = self.start_digest
+        return state
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> StageProgress:
+        digest = state.get("start_digest")
         return cls(int(state["step"]), float(state["seconds"]),
-                   Interval.from_state(state["interval"]), Interval.from_state(state["overall"]))
+                   Interval.from_state(state["interval"]), Interval.from_state(state["overall"]),
+                   str(digest) if digest is not None else None)
 
 
 @dataclass
@@ -133,6 +144,10 @@ def train_stage(
     """
     total = stage_steps(steps_per_epoch, epochs)
     state = resume or StageProgress()
+    learned = {id(p) for p in weighting.parameters()} if weighting is not None else set()
+    trained = [p for p in model.parameters() if p.requires_grad and id(p) not in learned]
+    if resume is None:
+        state.start_digest = weights_digest(trained)
     task = progress.add_task(name, total=total, completed=state.step, status="", rate="")
     session_start = time.perf_counter()
     start = session_start - state.seconds  # wall time of earlier sessions counts too
@@ -177,4 +192,51 @@ def train_stage(
                 save_checkpoint(state)
             if step >= total:
                 break
+    check_trained(name, state, surgery, trained)
     return StageResult(name, state.step, time.perf_counter() - start, state.overall.means())
+
+
+def check_trained(name: str, state: StageProgress, surgery: Surgery,
+                  trained: list[nn.Parameter]) -> None:
+    """A stage that skipped every step, or after which no trained weight differs from its
+    start, trained nothing: an error, not a model to evaluate and save (the cause may be
+    anything from a loss weighting that zeroes every gradient to an optimizer that steps
+    nothing, so the weights themselves are compared)."""
+    if state.step > 0 and surgery.skipped_steps >= state.step:
+        raise TrainingError(
+            f"stage {name!r}: all {state.step} optimizer step(s) were skipped (a NaN/inf loss "
+            "or gradient each time, fewer in a row than max_nonfinite_steps), so the model "
+            "is untrained and not saved; lower the learning rate or check the data and the "
+            "loss weighting")
+    if state.start_digest is None:
+        return
+    unchanged = torch.tensor([float(weights_digest(trained) == state.start_digest)])
+    parallel = surgery.data_parallel
+    if parallel.enabled:  # every rank decides alike (FSDP2: each digests its own shards)
+        unchanged = parallel.all_reduce_(unchanged.to(_device(trained)), op=_min_op()).cpu()
+    if bool(unchanged.item()):
+        raise TrainingError(
+            f"stage {name!r}: after {state.step} optimizer step(s) no trained weight differs "
+            "from its starting value (every gradient exactly zero, or an optimizer that steps "
+            "none of the model's parameters), so the model is untrained and not saved; check "
+            "the loss weighting's initial weights, the learning rate and the optimizer")
+
+
+def weights_digest(params: Iterable[Tensor]) -> str:
+    """A hash of the parameters' exact bytes (equal iff no entry changed, to the bit); of
+    this rank's shards under FSDP2."""
+    digest = hashlib.blake2b(digest_size=16)
+    for p in params:
+        data = local(p.detach()).reshape(-1).contiguous().view(torch.uint8).cpu().numpy()
+        digest.update(data.tobytes())
+    return digest.hexdigest()
+
+
+def _device(params: list[nn.Parameter]) -> torch.device:
+    return local(params[0]).device if params else torch.device("cpu")
+
+
+def _min_op() -> Any:
+    import torch.distributed as dist
+
+    return dist.ReduceOp.MIN

@@ -12,7 +12,6 @@ best final exit among them.
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -22,6 +21,7 @@ from typing import Any
 
 from rich.table import Table
 
+from gradsurg import strict_json
 from gradsurg.errors import ConfigError
 from gradsurg.multiexit.evaluation.tradeoff_summary import (
     BUDGETS,
@@ -29,6 +29,7 @@ from gradsurg.multiexit.evaluation.tradeoff_summary import (
     TradeoffSummary,
     summarize,
 )
+from gradsurg.outputs import atomic_write_text
 from gradsurg.report.plots import plot_exit_metrics, plot_tradeoff
 
 __all__ = [
@@ -81,10 +82,7 @@ def load_run(folder: str | os.PathLike[str]) -> LoadedRun:
         raise ConfigError(f"{folder}: no such run folder")
     if not path.is_file():
         raise ConfigError(f"{path}: missing; is {folder} a finished run?")
-    try:
-        results = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ConfigError(f"{path}: not valid JSON ({error})") from None
+    results = strict_json.load_file(path)  # bounded; NaN / Infinity refused, file named
     if not isinstance(results, dict):
         raise ConfigError(f"{path}: expected a JSON object, got {type(results).__name__}")
     missing = [key for key in REQUIRED_KEYS if key not in results]
@@ -118,6 +116,12 @@ def _read_logits(path: Path, num_exits: int) -> tuple[Any, Any]:
                           f"{tuple(logits.shape)} and {tuple(labels.shape)}")
     if logits.shape[0] != num_exits:
         raise ConfigError(f"{path}: {logits.shape[0]} exits, but results.json lists {num_exits}")
+    for name, tensor in (("logits", logits), ("labels", labels)):
+        # checked as the run checks its own outputs: NaN / inf scores nothing
+        if tensor.is_floating_point() and not bool(tensor.isfinite().all()):
+            bad = int((~tensor.isfinite()).sum())
+            raise ConfigError(f"{path}: {bad} of {tensor.numel()} {name} are NaN/inf, so no "
+                              "metric would mean anything; not compared")
     return logits.float(), labels
 
 
@@ -466,9 +470,9 @@ def write_comparison(comparison: Comparison, output: str | os.PathLike[str]) -> 
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"--output {folder}: exists and is not a folder")
     folder.mkdir(parents=True, exist_ok=True)
-    plots = write_plots(comparison, folder)
+    plots = write_plots(comparison, folder)  # each file: temporary name, then a rename
     report = folder / "compare.md"
-    report.write_text(markdown_report(comparison, plots), encoding="utf-8")
+    atomic_write_text(report, markdown_report(comparison, plots), own=True)
     data = folder / "compare.json"
-    data.write_text(json.dumps(comparison.to_json(), indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(data, strict_json.dumps(comparison.to_json(), indent=2) + "\n", own=True)
     return [report, data, *plots.values()]

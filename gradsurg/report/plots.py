@@ -8,6 +8,7 @@ Metric values are fractions (as ``gradsurg.metrics`` returns them) and are drawn
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -17,6 +18,8 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+
+from gradsurg.outputs import atomic_write_bytes
 
 FIGSIZE = (8.0, 5.0)  # inches; at DPI this is 800 x 500 px
 DPI = 100
@@ -30,9 +33,13 @@ def _new_axes() -> tuple[Figure, Axes]:
 
 
 def _save(figure: Figure, path: str | os.PathLike[str]) -> Path:
+    """The PNG rendered in memory, then written through gradsurg's one atomic path: a full
+    disk is one error naming the file and leaves no half-written PNG (the folder must exist:
+    `check_own_folder` makes a run's `plots/`)."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(target, format="png", dpi=DPI)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=DPI)
+    atomic_write_bytes(target, buffer.getvalue())
     return target
 
 

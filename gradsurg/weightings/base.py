@@ -131,3 +131,22 @@ def exit_numbers(groups: Sequence[str], name: str) -> list[int]:
                               f"(recipe key exit_groups), got {list(groups)}")
         numbers.append(int(digits))
     return numbers
+
+
+#: The range a learned weighting's starting multiplier must lie in: well inside float32's
+#: normal numbers, so weight x loss neither rounds to 0 (no gradient reaches the model) nor
+#: overflows (every step skipped).
+WEIGHT_RANGE = (2.0**-100, 2.0**100)
+
+
+def check_initial_weight(weight: float, *, name: str, key: str, value: float,
+                         formula: str) -> None:
+    """A one-line ConfigError when `weight` (the multiplier `value` of `key` gives every
+    group at the start, by `formula`) lies outside `WEIGHT_RANGE`."""
+    low, high = WEIGHT_RANGE
+    if not low <= weight <= high:
+        raise ConfigError(
+            f"weighting {name!r}: {key}={value!r} starts every group's weight at {formula} = "
+            f"{weight:.3g}, which float32 training {'rounds to 0' if weight < low else 'overflows'}"
+            f" (no weight would move); allowed: a starting weight between {low:.3g} and "
+            f"{high:.3g}")

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
-from gradsurg.weightings.base import WEIGHTINGS, LossWeighting, check_number
+from gradsurg.weightings.base import (
+    WEIGHTINGS,
+    LossWeighting,
+    check_initial_weight,
+    check_number,
+)
 
 
 @WEIGHTINGS.register
@@ -25,8 +31,10 @@ class IMTLL(LossWeighting):
 
     def __init__(self, groups: Sequence[str], *, init: float = 0.0) -> None:
         super().__init__(groups)
-        self.scales = nn.Parameter(
-            torch.full((self.k,), check_number(init, name=self.name, key="init")))
+        init = check_number(init, name=self.name, key="init")
+        check_initial_weight(math.exp(min(init, 1000.0)), name=self.name, key="init",
+                             value=init, formula=f"e^{init:g}")
+        self.scales = nn.Parameter(torch.full((self.k,), init))
 
     def weigh(self, losses: Tensor) -> Tensor:
         s = self.scales.to(losses.dtype)

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
 from gradsurg.errors import ConfigError
-from gradsurg.weightings.base import WEIGHTINGS, LossWeighting, check_number
+from gradsurg.weightings.base import (
+    WEIGHTINGS,
+    LossWeighting,
+    check_initial_weight,
+    check_number,
+)
 
 
 @WEIGHTINGS.register
@@ -33,8 +39,12 @@ class Uncertainty(LossWeighting):
             raise ConfigError(f"weighting 'uncertainty': half={half!r} is invalid; allowed: "
                               "true or false")
         self.half = half
-        self.log_vars = nn.Parameter(
-            torch.full((self.k,), check_number(init, name=self.name, key="init")))
+        init = check_number(init, name=self.name, key="init")
+        factor = 0.5 if half else 1.0
+        check_initial_weight(factor * math.exp(-max(init, -1000.0)), name=self.name,
+                             key="init", value=init,
+                             formula=f"{'0.5 ' if half else ''}e^-({init:g})")
+        self.log_vars = nn.Parameter(torch.full((self.k,), init))
 
     def weigh(self, losses: Tensor) -> Tensor:
         s = self.log_vars.to(losses.dtype)

@@ -16,6 +16,7 @@ import torch
 from gradsurg.data.glue import TaskSpec, get_task
 from gradsurg.devices import resolve_device
 from gradsurg.errors import ConfigError, GradsurgError
+from gradsurg.multiexit.folders import check_tokenizer_fits, loading_errors
 from gradsurg.multiexit.model import MultiExitModel
 
 __all__ = ["LoadedModel", "check_max_length", "check_model_folder", "load_for_inference"]
@@ -77,10 +78,14 @@ def load_for_inference(model_dir: str | Path, *, device: str = "auto") -> Loaded
     model = MultiExitModel.from_pretrained(model_dir, device=target)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
-    except (OSError, ValueError) as exc:
+    except Exception as exc:
+        if loading_errors(exc, Path(model_dir)) is None:
+            raise
         raise GradsurgError(f"{model_dir}: no usable tokenizer in the model folder "
-                            f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+                            f"({_first_line(exc)})"
                             ) from None
+    check_tokenizer_fits(tokenizer, model.encoder.hf_config, Path(model_dir),
+                         fingerprint=model.config.tokenizer_vocabulary)
     task = get_task(model.config.task) if model.config.task else None
     return LoadedModel(model=model, tokenizer=tokenizer, device=target, task=task)
 
@@ -91,3 +96,9 @@ def check_max_length(loaded: LoadedModel, max_length: int) -> None:
     from gradsurg.programs.multiexit_glue.checks import check_max_length as check
 
     check(max_length, loaded.model.encoder.hf_config, key="--max-length", model="the model")
+
+
+def _first_line(error: Exception) -> str:
+    """An exception's first line (at most 300 characters), or its type's name."""
+    text = str(error)
+    return text.splitlines()[0][:300] if text else type(error).__name__

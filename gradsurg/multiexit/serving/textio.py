@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal
 
+from gradsurg import strict_json
 from gradsurg.errors import ConfigError, DataError
 from gradsurg.outputs import atomic_output
 
@@ -111,8 +112,8 @@ def _looks_like_json(line: str) -> bool:
         return True
     if stripped.startswith("["):
         try:
-            json.loads(stripped)
-        except json.JSONDecodeError:
+            strict_json.loads(stripped, source="input")
+        except ConfigError:
             return False
         return True
     return False
@@ -124,10 +125,10 @@ def _read_jsonl(name: str, lines: Iterable[str], arity: int,
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{name}:{number}: not valid JSON ({exc.msg})") from None
+        try:  # gradsurg's bounded strict reader: deep nesting or NaN is one line too
+            record = strict_json.loads(line, source=f"{name}:{number}")
+        except ConfigError as exc:
+            raise DataError(str(exc)) from None
         if not isinstance(record, dict):
             raise DataError(f"{name}:{number}: expected a JSON object, got "
                             f"{type(record).__name__}")

@@ -3,13 +3,12 @@ exit-policy sweeps, their tables and the paper-style plots."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from rich.console import Console
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch import Tensor
 from torch.utils.data import DataLoader
 
@@ -20,6 +19,7 @@ from gradsurg.multiexit.evaluation.dense_sweeps import dense_sweep
 from gradsurg.multiexit.evaluation.sweeps import per_exit_metrics, policy_sweep
 from gradsurg.multiexit.evaluation.tradeoff_summary import summarize
 from gradsurg.multiexit.model import MultiExitModel
+from gradsurg.outputs import atomic_write_bytes, check_own_folder
 from gradsurg.programs.multiexit_glue.checks import ExitPolicySetting
 from gradsurg.programs.multiexit_glue.data import forward
 from gradsurg.programs.training import progress_bar
@@ -50,14 +50,9 @@ def collect_exit_logits(model: MultiExitModel, loader: DataLoader, device: torch
 
 def save_exit_logits(all_logits: Tensor, labels: Tensor, output_dir: Path) -> None:
     """Every exit's evaluation outputs: `gradsurg compare` and later sweeps read them instead
-    of re-running the model. Written under a temporary name, renamed when complete."""
-    staging = output_dir / f".{EXIT_LOGITS_FILE}.tmp"
-    try:
-        save_file({"logits": all_logits.contiguous(), "labels": labels.contiguous()},
-                  str(staging))
-        os.replace(staging, output_dir / EXIT_LOGITS_FILE)
-    finally:
-        staging.unlink(missing_ok=True)
+    of re-running the model. Written through gradsurg's one atomic path."""
+    data = save({"logits": all_logits.contiguous(), "labels": labels.contiguous()})
+    atomic_write_bytes(output_dir / EXIT_LOGITS_FILE, data)
 
 
 def evaluation_results(all_logits: Tensor, labels: Tensor, *, task: TaskSpec, mode: str,
@@ -73,8 +68,7 @@ def evaluation_results(all_logits: Tensor, labels: Tensor, *, task: TaskSpec, mo
         "eval_split": split, "eval_rows": rows,
         "num_eval_examples": int(all_logits.shape[1]),
     }
-    plots = output_dir / "plots"
-    plots.mkdir(exist_ok=True)
+    plots = check_own_folder(output_dir / "plots")  # a link there is refused
     plot_exit_metrics({mode: [m[primary] for m in per_exit]}, primary,
                       plots / "metric_per_exit.png")
     results.update(tradeoff_results(all_logits, labels, task, mode=mode, split=split,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from gradsurg.optimizers import (
     buildable_optimizer,
     refuse_moved_keys,
 )
+from gradsurg.outputs import atomic_write_bytes, atomic_write_text
 from gradsurg.programs import Program, ProgramConfig
 from gradsurg.surgery import Surgery
 from gradsurg.weightings import WEIGHTINGS
@@ -184,9 +186,12 @@ def train(config: DigitsConfig, output_dir: Path | None = None) -> dict[str, Any
         results["weighting"] = {"name": weighting.name, **weighting.describe()}
     parallel.close()
     if output_dir is not None and parallel.is_main:
-        with (output_dir / "train_log.jsonl").open("w") as log:
-            log.writelines(strict_json.dumps(line) + "\n" for line in log_lines)
-        torch.save(model.state_dict(), output_dir / "model.pt")
+        # gradsurg's one atomic path: a temporary name, then a rename (never through a link)
+        atomic_write_text(output_dir / "train_log.jsonl",
+                          "".join(strict_json.dumps(line) + "\n" for line in log_lines), own=True)
+        buffer = io.BytesIO()
+        torch.save(model.state_dict(), buffer)
+        atomic_write_bytes(output_dir / "model.pt", buffer.getvalue())
     return results
 
 
