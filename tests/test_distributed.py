@@ -205,3 +205,21 @@ def test_fsdp_strategy_on_one_process_is_refused_with_the_launch_to_use(tiny_rec
     lines = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "torchrun --nproc_per_node" in lines[0], result.output
     assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_fsdp_strategy_with_learned_loss_weights_is_refused_before_training(tiny_recipe_run,
+                                                                           tmp_path):
+    """A `weighting:` (or ELBERT's exit weights) would be sharded with the model, which
+    gradsurg does not support yet: one line on each rank, before the first step."""
+    recipe, _ = tiny_recipe_run
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
+         str(free_port()), "-m", "gradsurg", "run", str(recipe), "--set",
+         "distributed.strategy=fsdp", "--set", "weighting=uncertainty", "--output",
+         str(tmp_path / "out")], capture_output=True, text=True, timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode != 0
+    lines = [line for line in (done.stdout + done.stderr).splitlines()
+             if line.startswith("error:")]
+    assert len(lines) == 2 and "does not yet shard learned loss weights" in lines[0], lines
+    assert not (tmp_path / "out" / "train_log.jsonl").exists()  # stopped before training

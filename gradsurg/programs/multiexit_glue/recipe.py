@@ -146,6 +146,13 @@ class MultiExitGlueRecipe:
         """FSDP2 over every encoder layer and the root (exits, loss terms). Rank 0 keeps a
         whole copy of the same modules for checkpoints and evaluation, refreshed from the
         shards whenever it writes."""
+        learned = [name for name, p in self.model.named_parameters()
+                   if name.startswith(("loss_terms.", "loss_weighting.")) and p.requires_grad]
+        if learned:
+            raise ConfigError(
+                "distributed.strategy fsdp does not yet shard learned loss weights (here "
+                f"{learned[0]}: a `weighting:` or ELBERT's exit weights); use strategy ddp "
+                "for this recipe")
         self.whole = copy.deepcopy(self.model) if self.parallel.is_main else None
         mesh = shard_model(self.model, list(self.model.encoder.layers), self.device)
         self.parallel = DataParallel.of_group(mesh.get_group(), sharded=True)
