@@ -38,8 +38,8 @@ class Poison(torch.autograd.Function):
 
 
 class Net(nn.Module):
-    """A shared trunk and two heads; group b's path into the trunk can be poisoned, which
-    leaves its loss, its head's gradient and group a's row finite."""
+    """A shared trunk and two heads, three groups; group b's path into the trunk can be
+    poisoned, which leaves its loss, its head's gradient and the other groups' rows finite."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -51,7 +51,8 @@ class Net(nn.Module):
         h = self.trunk(x)
         ce = nn.functional.cross_entropy
         into_b = h if factor is None else Poison.apply(h, factor)
-        return {"a": ce(self.a(h), y), "b": ce(self.b(into_b), (y + 1) % 3)}
+        return {"a": ce(self.a(h), y), "b": ce(self.b(into_b), (y + 1) % 3),
+                "c": self.a(h).pow(2).mean()}  # a third group: krum, trimmed_mean need 3
 
 
 def batch(seed):

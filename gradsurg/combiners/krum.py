@@ -49,6 +49,7 @@ class Krum(GramianWeighting):
 
     def weights(self, gram: Tensor) -> tuple[Tensor, dict[str, float]]:
         gram = gram.detach().to(device="cpu", dtype=torch.float64)
+        gram = (gram + gram.T) / 2  # d(i, j) == d(j, i) exactly: mutual nearest rows tie
         k = gram.shape[0]
         squares = gram.diagonal()
         distances = (squares[:, None] + squares[None, :] - 2 * gram).clamp_min(0)

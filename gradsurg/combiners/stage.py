@@ -46,6 +46,7 @@ class Combine(Stage):
         gram = gramian(step.matrix)  # one pass; shared by the combiner and diagnostics
         if self.data_parallel.sharded:
             self.data_parallel.all_reduce_(gram)  # k x k: the whole rows' Gramian on every rank
+            gram = (gram + gram.T) / 2  # the ranks' partial sums round apart; keep it symmetric
         step.bad_rows = nonfinite_rows(step.matrix, gram, names,
                                        confirm=not self.data_parallel.sharded)
         if step.bad_rows:
