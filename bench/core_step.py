@@ -56,6 +56,11 @@ VARIANTS = {
 for _name in ("dualproj", "aligned_mtl", "nash_mtl", "config", "fairgrad", "graddrop", "rlw",
               "dbmtl", "moco"):
     VARIANTS[_name] = {"combiner": _name, "mode": "sequential"}
+# issue 28: Priority-Constrained Descent with RomeBERT's final exit as the primary group
+VARIANTS["pcd"] = {"combiner": {"name": "pcd", "primary": "final"}, "mode": "sequential"}
+# ... and the two-group ones from torchjd's list (krum and trimmed_mean need three groups)
+for _name in ("cr_mogm", "excess_mtl"):
+    VARIANTS[_name] = {"combiner": _name, "mode": "sequential"}
 
 
 def build(variant: str, seed: int = 0):

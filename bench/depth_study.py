@@ -2,6 +2,7 @@
 
     GLUE_DIR=../shared/glue_data python bench/depth_study.py --phase tuned [--jobs 2]
     GLUE_DIR=../shared/glue_data python bench/depth_study.py --phase matched
+    GLUE_DIR=../shared/glue_data python bench/depth_study.py --phase depth12
     python bench/depth_study.py --list [--phase tuned]
 
 Phases (MiniLM, the screening's tasks: STS-B and the seeded 8,000-sentence SST-2 subset):
@@ -14,6 +15,13 @@ Phases (MiniLM, the screening's tasks: STS-B and the seeded 8,000-sentence SST-2
 - `matched`: RomeBERT-SD trained as long as per-exit UPGrad trains (epochs times UPGrad's
   measured cost, `bench/results/study_cost.json`), at each learning rate, gamma 0.9: "surgery
   costs 2.5x" weighed against a sum given the same compute.
+- `depth12`: does depth change the answer? The paper's claim was made on 12 layers, where
+  early exits sit further from the final one. The screening's SST-2 run (8,000-sentence
+  subset, one epoch, lr 5e-5, seed 42) on `model=mpnet-base` (12 x 768, offline; needs
+  gradsurg[mpnet]) for DeeBERT, RomeBERT-SD, RomeBERT, reversed projection and per-exit
+  UPGrad, so each compares directly with its MiniLM screening run. A 12-layer step costs
+  5.6x a MiniLM one; the five runs about 10 hours, per-exit UPGrad half of it
+  (`bench/results/depth12_estimate.json`, `docs/depth_study_notes.md`).
 
 Runs are launched by `bench/study.py`'s launcher: the real CLI, resumable (`--resume`), one CPU
 thread each, niced, each folder recording its commit and command. Run from a worktree pinned to
@@ -54,6 +62,13 @@ TASKS = ("stsb", "sst2")
 BASE = {task: [s for s in study.PHASES["screening"][task] if not s.startswith("optimizer.lr=")]
         for task in TASKS}
 SCREENING_EPOCHS = 1.0
+#: The 12-layer phase: the screening's SST-2 run and learning rate on the 12-layer backbone.
+DEPTH12_TASK = "sst2"
+DEPTH12_SETTING = ("model=mpnet-base", "optimizer.lr=5e-5")
+DEPTH12_CONFIGS = ["deebert", "romebert_sd", "romebert", "romebert_reversed", BEST_SURGERY]
+#: Issue 28's multi-exit methods (PCD, block-wise projection, gradient equilibrium) join the
+#: 12-layer phase once they exist: add their names here and to `study.CONFIGS`.
+DEPTH12_NEW_METHODS: list[str] = []
 
 
 def grid(config: str) -> list[tuple[str, ...]]:
@@ -104,10 +119,13 @@ def plan(phase: str) -> list[Run]:
         return [Run(phase, task, "romebert_sd", (f"optimizer.lr={lr}", "gamma=0.9",
                                                  f"epochs={epochs}"))
                 for task in TASKS for lr in LEARNING_RATES]
+    if phase == "depth12":
+        return [Run(phase, DEPTH12_TASK, config, DEPTH12_SETTING)
+                for config in [*DEPTH12_CONFIGS, *DEPTH12_NEW_METHODS]]
     raise ValueError(f"unknown phase {phase!r}")
 
 
-PHASES = ("tuned", "matched")
+PHASES = ("tuned", "matched", "depth12")
 
 
 def main() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 #: The longest quotation of user input an error message makes, and the longest message line.
 QUOTE_CHARS = 200
 MESSAGE_CHARS = 2000

@@ -28,9 +28,21 @@ from typing import IO, Any
 
 from gradsurg.errors import ConfigError, GradsurgError
 
-__all__ = ["LOCK_FILE", "OutputError", "OutputLock", "atomic_output", "atomic_write_bytes",
-           "atomic_write_text", "check_output_file", "check_own_file", "check_own_folder", "check_output_path", "new_run_folder", "os_error_message",
-           "replace_folder"]
+__all__ = [
+    "LOCK_FILE",
+    "OutputError",
+    "OutputLock",
+    "atomic_output",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "check_output_file",
+    "check_output_path",
+    "check_own_file",
+    "check_own_folder",
+    "new_run_folder",
+    "os_error_message",
+    "replace_folder",
+]
 
 LOCK_FILE = ".gradsurg.lock"
 
@@ -252,7 +264,8 @@ def replace_folder(target: Path, write: Callable[[Path], object]) -> None:
     from safetensors import SafetensorError  # the glue extra; imported only by what writes
 
     if target.is_symlink() or (target.exists() and not target.is_dir()):
-        raise OutputError(f"{target}: is {'a symbolic link' if target.is_symlink() else 'not a folder'};"
+        what = "a symbolic link" if target.is_symlink() else "not a folder"
+        raise OutputError(f"{target}: is {what};"
                           " gradsurg never writes or deletes through a link inside a run "
                           "folder (remove it)")
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))

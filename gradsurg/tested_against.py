@@ -12,6 +12,7 @@ COMBINERS: dict[str, str] = {
     'pcgrad': 'closed form for two groups, a plain vector loop for many; seeded order survives a checkpoint',
     'project': 'a vector reference, an exact float64 reference at 1e-30..1e15, no conflict left, idempotent, scale properties',
     'merge': 'composition of `project` and `sum` against the hand result',
+    'blockwise': 'each block against the inner combiner on its column slice by hand; per-exit groups with a block per layer against UPGrad over the exits that reach each layer',
     'cagrad': "SciPy SLSQP on the paper's primal problem; ball constraint; `c=0` is `sum`; degenerate fallback; torchjd's CAGrad",
     'gradvac': "first step equals PCGrad; a vector implementation over several steps; EMA state through a `weights_only` checkpoint; torchjd's GradVac step by step",
     'mgda': "min-norm point by enumerating the hull's faces; conflicts with no group; torchjd's MGDA",
@@ -25,6 +26,11 @@ COMBINERS: dict[str, str] = {
     'graddrop': "the paper's masks coordinate by coordinate in numpy; torchjd's GradDrop seeded alike (equal); seeded state through a checkpoint",
     'rlw': "torchjd's Random seeded alike; fresh weights each step; seeded state through a checkpoint",
     'dbmtl': 'a numpy rendering over several steps; averages kept per group name; state through a `weights_only` checkpoint',
+    'pcd': "cvxpy (Clarabel) on the paper's primal QP with normalized rows; KKT conditions of the Gramian solver; torchjd's PCD step by step (k times its output, scalar and per-group tau); named primary independent of row order; `tau: 0` on two groups is `project`'s projected target; averages by group name through a `weights_only` checkpoint",
+    'krum': "a numpy rendering of the paper's scores (squared distances) by brute force; torchjd's Krum with `squared: false` for every n_byzantine and n_selected (ties: equal scores); outliers never selected; trains tiny RomeBERT and digits with per-exit groups",
+    'trimmed_mean': "a numpy sort per column; torchjd's TrimmedMean for every trim; bounded by the honest rows' values; `trim: 0` is `sum`; trains tiny RomeBERT and digits with per-exit groups",
+    'cr_mogm': "a numpy rendering of the moving average over 5 steps around mgda, upgrad, dualproj and mean (alpha 0: the inner combiner; 1: frozen); torchjd's CRMOGMWeighting around UPGrad and the mean step by step; averages by group name; state (with the inner one's) through a `weights_only` checkpoint",
+    'excess_mtl': "a numpy rendering of eqs. 6, 7 and 9 over 7 steps (with and without warm-up); torchjd's ExcessMTL step by step; a growing group gains the weight; state by group name, through a `weights_only` checkpoint",
     'moco': "a numpy rendering of Algorithm 1 over several steps (simplex projection by bisection); converges to MGDA's weights on fixed gradients; state through a checkpoint",
 }
 
@@ -35,6 +41,10 @@ WEIGHTINGS: dict[str, str] = {
     'geometric': "autograd of the product; torchjd's `GeometricMean`",
     'imtll': "numpy SGD steps; torchjd's `IMTLL`",
     'stch': "numpy over 4 epochs; k x torchjd's `STCH` on the normalized logs",
+    'pbi': "numpy gradient of d1 + theta d2 (hypothesis); torchjd's `PBI` by autograd; negative weights from theta > 1 shown; seeded Dirichlet resampling through a `weights_only` checkpoint; trains the digits and a tiny RomeBERT recipe",
+    'cosmos': "numpy gradient of r.L - lambda cos(r, L) (hypothesis); torchjd's `COSMOS` by autograd; seeded Dirichlet resampling through a `weights_only` checkpoint; trains the digits and a tiny RomeBERT recipe",
+    'layerskip': "numpy rendering of the authors' `layer_ids_to_loss_scales` (six scales, three depths, early scale); rotation over three cycles, exits in any group order; state through a `weights_only` checkpoint; trains a tiny RomeBERT recipe and the digits recipe with per-exit groups",
+    'eellm_warmup': "numpy rendering of the authors' `EarlyExitLossWeight` iteration by iteration (linear, cosine, warm-up 0/1/5 steps, per-exit targets, cool-down); state through a `weights_only` checkpoint; trains a tiny RomeBERT recipe and the digits recipe with per-exit groups",
 }
 
 #: `gradsurg plugins` kind -> name -> what it is tested against.

@@ -36,14 +36,14 @@ def test_a_state_dict_without_the_combiners_name_is_checked_by_its_keys():
     with pytest.raises(GradsurgError, match=r"does not fit combiner 'dbmtl' \(KeyError"):
         setup("dbmtl")[2].load_state_dict(saved)
     for wrong in ({}, {"weights": 1}, [1, 2]):
-        with pytest.raises(GradsurgError, match="not a Surgery.state_dict"):
+        with pytest.raises(GradsurgError, match=r"not a Surgery\.state_dict"):
             setup("pcgrad")[2].load_state_dict(wrong)
     same = setup("gradvac")[2]
     same.load_state_dict(saved)  # the right combiner still loads an old state
 
 
 def test_a_manual_accumulation_loop_is_told_to_set_accumulation_steps():
-    model, optimizer, surgery = setup("pcgrad")
+    model, _, surgery = setup("pcgrad")
     for seed in (0, 1):  # two micro-batches, one optimizer step, accumulation_steps unset
         x, y = batch(seed)
         if seed == 1:

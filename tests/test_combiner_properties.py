@@ -5,11 +5,17 @@ Which hold where, and why:
   * one group keeps its gradient, k identical rows give their sum: all, times a known factor
     for two: `cagrad` returns (1 + c) g, and `dbmtl`'s running average starts at 0 (its first
     step gives (1 - beta) times the sum).
-  * row order does not matter: all but `rlw` (its random weights go to rows by position) and
+  * row order does not matter: all but `rlw` (its random weights go to rows by position),
     `gradvac` (from three rows on, it visits the others in a seeded random order, drawn by
-    position). `graddrop` draws one number per coordinate, not per row, so it qualifies.
+    position) and `pcd` (its primary is the first row unless named; test_pcd.py checks that
+    with the primary named, the order of the rows does not matter). `graddrop` draws one
+    number per coordinate, not per row, so it qualifies.
   * scaling every row by c > 0 scales the output by c: all but `moco`, whose weight step
-    gamma Y Y^T lambda grows with the squared norms (the paper's method is not scale-free).
+    gamma Y Y^T lambda grows with the squared norms (the paper's method is not scale-free),
+    and `excess_mtl`, whose first step (as in the official code) uses the raw excess risks.
+  * `krum` and `trimmed_mean` need at least 3 groups here (n_byzantine + 3, 2 trim + 1):
+    each property is checked from that many rows on, and one group alone is refused
+    (test_robust_combiners.py).
 Stateful and random methods are compared on fresh instances with the same seed. The methods'
 own formulas are tested in test_combiners_more.py and test_combiners_new.py.
 """
@@ -36,21 +42,27 @@ from test_combiners_more import (
 )
 
 from gradsurg.combiners import (
+    CRMOGM,
     DBMTL,
     IMTLG,
     MGDA,
+    PCD,
     RLW,
     AlignedMTL,
     CAGrad,
     ConFIG,
     DualProj,
+    ExcessMTL,
     FairGrad,
     GradDrop,
     GradVac,
+    Krum,
     MoCo,
     NashMTL,
+    TrimmedMean,
     UPGrad,
 )
+from gradsurg.errors import ConfigError
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # k x k problems
 
@@ -64,6 +76,8 @@ class Facts:
     sum_factor: float = 1.0
     order_free: bool = True
     homogeneous: bool = True
+    #: fewest groups the method is defined for (Krum: n_byzantine + 3; trimmed mean: 2 trim + 1)
+    min_rows: int = 1
 
 
 COMBINERS = {
@@ -81,8 +95,16 @@ COMBINERS = {
     "rlw": Facts(lambda: RLW(seed=3), order_free=False),
     "dbmtl": Facts(DBMTL, sum_factor=0.1),
     "moco": Facts(MoCo, homogeneous=False),
+    # eps = 0: the normalization by sqrt(v + eps) is then exactly scale-free
+    "pcd": Facts(lambda: PCD(eps=0.0), order_free=False),
+    "krum": Facts(lambda: Krum(n_selected=2), min_rows=3),
+    "trimmed_mean": Facts(TrimmedMean, min_rows=3),
+    "cr_mogm": Facts(lambda: CRMOGM(inner=MGDA(), alpha=0.5)),  # fresh: its first step is mgda's
+    # its first step moves the weights by the raw excess risks, which grow with the rows
+    "excess_mtl": Facts(ExcessMTL, homogeneous=False),
 }
 ORDER_FREE = [name for name, facts in COMBINERS.items() if facts.order_free]
+SINGLE_GROUP = [name for name, facts in COMBINERS.items() if facts.min_rows == 1]
 HOMOGENEOUS = [name for name, facts in COMBINERS.items() if facts.homogeneous]
 #: A pseudo-inverse or a rank cut: nearly dependent rows make the answer ill-posed.
 RANK_SENSITIVE = ("imtlg", "aligned_mtl", "config")
@@ -109,6 +131,7 @@ def _near_stationary(m: np.ndarray) -> bool:
 def test_finite_on_zero_rows_and_extreme_scales(name, matrix):
     """Finite output of the input's shape and dtype; info values are finite floats named
     `name/...`."""
+    assume(matrix.shape[0] >= COMBINERS[name].min_rows)
     out = COMBINERS[name].make()(matrix, names_for(matrix))
     assert out.gradient.shape == (matrix.shape[1],)
     assert out.gradient.dtype == matrix.dtype
@@ -117,7 +140,7 @@ def test_finite_on_zero_rows_and_extreme_scales(name, matrix):
     assert all(key.startswith(f"{name}/") for key in out.info)
 
 
-@pytest.mark.parametrize("name", list(COMBINERS))
+@pytest.mark.parametrize("name", SINGLE_GROUP)
 @EACH
 @given(matrix=gradient_matrices(min_rows=1, max_rows=1))
 def test_a_single_group_keeps_its_gradient(name, matrix):
@@ -132,6 +155,7 @@ def test_a_single_group_keeps_its_gradient(name, matrix):
 @given(row=ordinary_matrices(max_rows=1), k=st.integers(2, 5))
 def test_identical_rows_give_the_plain_sum(name, row, k):
     """Every output is on the scale of `sum`: k copies of g give k g (times `sum_factor`)."""
+    assume(k >= COMBINERS[name].min_rows)
     out = run(COMBINERS[name].make(), row.repeat(k, 1))
     expected = COMBINERS[name].sum_factor * k * as64(row)[0]
     assert np.abs(out - expected).max() <= tolerance(row.dtype) * np.abs(expected).max()
@@ -141,7 +165,7 @@ def test_identical_rows_give_the_plain_sum(name, row, k):
 @EACH
 @given(matrix=ordinary_matrices(min_rows=2), random=st.randoms())
 def test_row_order_does_not_matter(name, matrix, random):
-    assume(well_posed(name, matrix))
+    assume(well_posed(name, matrix) and matrix.shape[0] >= COMBINERS[name].min_rows)
     order = list(range(matrix.shape[0]))
     random.shuffle(order)
     make = COMBINERS[name].make
@@ -154,7 +178,7 @@ def test_row_order_does_not_matter(name, matrix, random):
 @EACH
 @given(matrix=ordinary_matrices(), factor=st.floats(1e-3, 1e3))
 def test_a_common_positive_scale_scales_the_output(name, matrix, factor):
-    assume(well_posed(name, matrix))
+    assume(well_posed(name, matrix) and matrix.shape[0] >= COMBINERS[name].min_rows)
     make = COMBINERS[name].make
     out, scaled = run(make(), matrix), run(make(), matrix * factor)
     scale = factor * np.abs(as64(matrix)).sum(0).max() * matrix.shape[0]
@@ -180,6 +204,9 @@ def test_the_excluded_properties_really_fail():
     for name in set(COMBINERS) - set(HOMOGENEOUS):
         make = COMBINERS[name].make
         assert not np.allclose(run(make(), 10 * matrix), 10 * run(make(), matrix)), name
+    for name in set(COMBINERS) - set(SINGLE_GROUP):
+        with pytest.raises(ConfigError, match="needs at least"):
+            run(COMBINERS[name].make(), matrix[:1])
 
 
 def test_every_built_in_combiner_is_covered():
@@ -189,5 +216,5 @@ def test_every_built_in_combiner_is_covered():
     from gradsurg.registry import BUILT_IN
 
     built_in = {entry.name for entry in REGISTRY.entries() if entry.source == BUILT_IN}
-    own_tests = {"sum", "mean", "project", "merge", "pcgrad"}
+    own_tests = {"sum", "mean", "project", "merge", "pcgrad", "blockwise"}  # + test_blockwise
     assert built_in == set(COMBINERS) | own_tests

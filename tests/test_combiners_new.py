@@ -32,11 +32,14 @@ from test_combiners_more import (
 
 from gradsurg.combiners import (
     COMBINERS,
+    CRMOGM,
     DBMTL,
+    PCD,
     RLW,
     AlignedMTL,
     ConFIG,
     DualProj,
+    ExcessMTL,
     FairGrad,
     GradDrop,
     MoCo,
@@ -468,6 +471,12 @@ STATEFUL = {
     "rlw": (lambda: RLW(seed=5), lambda: RLW(seed=99)),
     "dbmtl": (lambda: DBMTL(beta=0.7), lambda: DBMTL(beta=0.7)),
     "moco": (lambda: MoCo(beta=0.6, gamma=0.05), lambda: MoCo(beta=0.6, gamma=0.05)),
+    "pcd": (lambda: PCD(primary="sd", beta=0.5), lambda: PCD(primary="sd", beta=0.5)),
+    # the inner combiner's state too: nash_mtl's last weights
+    "cr_mogm": (lambda: CRMOGM(inner=NashMTL(update_every=2), alpha=0.6),
+                lambda: CRMOGM(inner=NashMTL(update_every=2), alpha=0.6)),
+    "excess_mtl": (lambda: ExcessMTL(eta=0.5, warmup_steps=2),
+                   lambda: ExcessMTL(eta=0.5, warmup_steps=2)),
 }
 
 

@@ -55,7 +55,8 @@ def test_a_linked_log_or_lock_is_refused_on_resume_and_its_target_untouched(
     target = outside(tmp_path)
     (run / name).unlink(missing_ok=True)
     (run / name).symlink_to(target)
-    one_line_error(["run", recipe, "--output", run, "--resume"], f"{run / name}: is a symbolic link")
+    one_line_error(["run", recipe, "--output", run, "--resume"],
+                   f"{run / name}: is a symbolic link")
     assert untouched(target)
 
 

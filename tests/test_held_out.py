@@ -97,3 +97,38 @@ def test_a_policy_without_a_dense_sweep_gives_none():
     logits = torch.randn(2, 6, 2)
     assert held_out_best_within(logits, torch.zeros(6, dtype=torch.long), "sst2", "nope", {},
                                 [50]) is None
+
+
+def test_the_training_setting_is_chosen_on_one_half_and_scored_on_the_other():
+    """`lucky` is right exactly on the first half's examples, `steady` on 3 of every 4 of
+    both: chosen on the first half, `lucky` wins and scores 0 on the second; chosen on the
+    second, `steady` wins and scores 0.75 on the first."""
+    from gradsurg.multiexit.evaluation.held_out import held_out_best_over_settings
+
+    examples = 16
+    first, second = split_halves(examples)
+    labels = torch.zeros(examples, dtype=torch.long)
+
+    def logits_right_on(right: torch.Tensor) -> torch.Tensor:
+        answer = torch.where(right, 0, 1)
+        one = torch.nn.functional.one_hot(answer, 2).float() * 8  # confident: nobody waits
+        return torch.stack([one, one])  # two identical exits
+
+    lucky = torch.zeros(examples, dtype=torch.bool)
+    lucky[first] = True
+    steady = torch.ones(examples, dtype=torch.bool)
+    steady[first[::4]] = False
+    steady[second[::4]] = False
+    candidates = {"lucky": logits_right_on(lucky), "steady": logits_right_on(steady)}
+    found = held_out_best_over_settings(candidates, labels, "sst2", "entropy", {}, [100])
+    best = found["100"]
+    assert best["chosen"] == ["lucky", "steady"]
+    expected_steady = float(steady[first].float().mean())
+    assert best["accuracy"] == pytest.approx((0.0 + expected_steady) / 2)
+    one = held_out_best_over_settings({"only": candidates["steady"]}, labels, "sst2",
+                                      "entropy", {}, [100])
+    plain = held_out_best_within(candidates["steady"], labels, "sst2", "entropy", {}, [100])
+    assert {k: v for k, v in one["100"].items() if k != "chosen"} == plain["100"]
+    with pytest.raises(ValueError, match="different numbers of examples"):
+        held_out_best_over_settings({"a": candidates["lucky"], "b": candidates["lucky"][:, :8]},
+                                    labels, "sst2", "entropy", {}, [100])

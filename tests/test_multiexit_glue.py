@@ -51,7 +51,8 @@ def test_every_mode_trains_evaluates_and_saves(mode, tiny_bert_dir, shared_glue_
 
 @pytest.mark.parametrize("combiner", ["cagrad", "gradvac", "mgda", "imtlg", "upgrad", "dualproj",
                                       "aligned_mtl", "nash_mtl", "config", "fairgrad",
-                                      "graddrop", "rlw", "dbmtl", "moco"])
+                                      "graddrop", "rlw", "dbmtl", "moco", "pcd",
+                                      "cr_mogm", "excess_mtl"])
 def test_every_combiner_trains_a_romebert_recipe(combiner, tiny_bert_dir, shared_glue_dir,
                                                  tmp_path):
     """The combiners beyond the core ones plug into the recipe by name and log their facts."""

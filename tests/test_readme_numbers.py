@@ -328,3 +328,57 @@ def test_readme_elbert_numbers_match_the_results_file_it_names():
              if key.startswith("joint/exits/exit_weight/")][:-1]
     assert same(low, min(early)) and same(high, max(early))
     assert float(lr) == recipe["optimizer"]["lr"]
+
+
+def test_readme_elbert_own_rate_numbers_match_both_results_files():
+    text = " ".join((ROOT / "README.md").read_text().split())
+    found = re.findall(
+        rf"Re-measured on the stored ELBERT run's recipe with the weights at their own rate "
+        rf"\(`([\w/.]+\.json)`\): the early exits' weights fell to {N}-{N}, the final exit "
+        rf"reached {N}%, and the least expected time within one point of it rose from {N}% to "
+        rf"{N}%", text)
+    assert len(found) == 1, "README lost the re-measured ELBERT sentence"
+    path, low, high, final, before, after = found[0]
+    results = load(path)
+    recipe = yaml.safe_load((ROOT / path).with_name("recipe.yaml").read_text())
+    stored = yaml.safe_load((ROOT / "bench/results/elbert/recipe.yaml").read_text())
+    # the same run, the weights' rate at its new default (null: 1e-2)
+    assert recipe.pop("exit_weights_lr") is None and recipe == stored
+    early = [v for k, v in results["loss_terms"].items() if k.startswith("joint/exits/")][:-1]
+    assert same(low, min(early)) and same(high, max(early))
+    assert same(final, results["exit_metrics"][-1]["accuracy"] * 100)
+    assert same(after, results["tradeoff"]["least_time_within"])
+    assert same(before, load("bench/results/elbert/results.json")["tradeoff"][
+        "least_time_within"])
+
+
+def test_readme_hard_inputs_table_matches_its_results_file():
+    """README's exactness table quotes the worst cases of `bench/hard_inputs.py`, in order."""
+    results = load("bench/results/hard_inputs.json")["results"]
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    after = text.split("**Exactness on hard inputs.**", 1)[1]
+    section = after.split("\n\n", 2)[1]
+    assert "`bench/results/hard_inputs.json`" in after.split("\n\n", 1)[0]
+
+    def worst(name: str, key: str, kinds=("wide", "dependent", "copies")) -> float:
+        return max(results[kind][name][key] for kind in kinds if key in results[kind][name])
+
+    def order(name: str) -> list[float]:
+        return [worst(name, "order", ["dependent"]), worst(name, "order", ["wide", "copies"])]
+
+    expected = {
+        "upgrad": [*order("upgrad"), worst("upgrad", "infeasible"), worst("upgrad", "gap"),
+                   worst("upgrad", "distance", ["wide"])],
+        "dualproj": [*order("dualproj"), worst("dualproj", "infeasible"),
+                     worst("dualproj", "gap"), worst("dualproj", "distance", ["wide"])],
+        "mgda": [worst("mgda", "order"), worst("mgda", "gap"), worst("mgda", "distance", ["wide"])],
+        "cagrad": [worst("cagrad", "order"), worst("cagrad", "infeasible"), worst("cagrad", "gap")],
+        "pcd": [worst("pcd", "order"), worst("pcd", "infeasible"), worst("pcd", "gap"),
+                worst("pcd", "distance", ["wide"])],
+    }
+    rows = {re.findall(r"`(\w+)`", line)[0]: line for line in section.splitlines()[2:]}
+    for name, values in expected.items():
+        quoted_numbers = re.findall(r"\d\.\de-\d+", rows[name])
+        assert quoted_numbers == [f"{v:.1e}".replace("e-0", "e-") for v in values], name
+    assert f"{-results['dependent']['pcd']['declared_infeasible_cvxpy_step_min']:.1e}".replace(
+        "e+0", "e") in text  # "a step over 2.5e6 times the primary's length"

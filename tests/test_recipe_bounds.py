@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
+import itertools
 import time
-from pathlib import Path
 
 import pytest
 from test_refusals import ROMEBERT, one_line_error
@@ -17,7 +17,7 @@ LEVELS = "abcdefghi"
 def bomb(levels: int = 9, width: int = 9) -> str:
     """The "billion laughs": each level a list of `width` aliases of the one before."""
     lines = ["program: multiexit_glue", f"a: &a [{', '.join(['lol'] * width)}]"]
-    for previous, name in zip(LEVELS, LEVELS[1:levels]):
+    for previous, name in itertools.pairwise(LEVELS[:levels]):
         lines.append(f"{name}: &{name} [{', '.join([f'*{previous}'] * width)}]")
     return "\n".join(lines) + "\n"
 
@@ -61,7 +61,7 @@ def test_an_allowed_expansion_in_a_wrong_place_is_quoted_briefly(tmp_path):
 def flow_bomb(levels: int, width: int = 9) -> str:
     """The bomb as one flow-style YAML value, for `--set`."""
     parts = [f"&a [{', '.join(['1'] * width)}]"]
-    for previous, name in zip(LEVELS, LEVELS[1:levels]):
+    for previous, name in itertools.pairwise(LEVELS[:levels]):
         parts.append(f"&{name} [{', '.join([f'*{previous}'] * width)}]")
     return "[" + ", ".join(parts) + "]"
 

@@ -68,7 +68,7 @@ def test_some_combiners_run_sharded_and_every_refusal_says_why():
     sharded = [name for name in SPECS if COMBINERS.get(name).exact_on_shards]
     refused = sorted(set(SPECS) - set(sharded))
     assert {"sum", "project", "pcgrad", "upgrad", "mgda"} <= set(sharded)
-    assert refused == ["dbmtl", "graddrop", "merge", "moco"]
+    assert refused == ["blockwise", "dbmtl", "excess_mtl", "graddrop", "merge", "moco"]
     reasons = {COMBINERS.get(name).shard_refusal for name in refused}
     assert len(reasons) == len(refused)  # each its own reason, not the generic one
 

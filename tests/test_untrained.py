@@ -65,7 +65,7 @@ def test_a_weighting_whose_starting_weights_under_or_overflow_is_refused(
         out = tmp_path / f"out-{command}"
         args: list[object] = [command, recipe, "--set", f"weighting={weighting}"]
         one_line_error(args + (["--output", out] if command == "run" else []),
-                       f"key 'weighting': weighting")
+                       "key 'weighting': weighting")
         one_line_error(args + (["--output", out] if command == "run" else []), message)
         nothing_saved(out)
 

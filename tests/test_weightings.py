@@ -45,9 +45,15 @@ def loss_stream(seed: int, steps: int, k: int = 2) -> np.ndarray:
     return trend * rng.uniform(0.8, 1.2, size=(steps, k))
 
 
+#: Weightings of per-exit groups exit1..exitL: tests/test_exit_weightings.py; preference
+#: scalarizations (weights may be negative): tests/test_scalarizers.py.
+EXIT_METHODS = ["layerskip", "eellm_warmup"]
+SCALARIZERS = ["pbi", "cosmos"]
+
+
 def test_every_method_is_registered():
-    assert set(WEIGHTINGS.names()) == set(METHODS)
-    for name in METHODS:
+    assert set(WEIGHTINGS.names()) == set(METHODS) | set(EXIT_METHODS) | set(SCALARIZERS)
+    for name in METHODS + EXIT_METHODS + SCALARIZERS:
         assert WEIGHTINGS.source(name) == "gradsurg"
 
 

@@ -78,6 +78,9 @@ class Combiner:
         without them the binding stands, or rows are named "0", "1", ... (a combiner whose
         options name groups, `project` or `merge`, needs real names). `gram`:
         `matrix @ matrix.T` in float64 if already computed.
+
+        A plain function of its input's values: no autograd graph is built, even when
+        `matrix` requires grad (the output never does), and no state keeps one.
         """
         rows = matrix.shape[0] if matrix.dim() else 0
         if names is not None:
@@ -93,9 +96,13 @@ class Combiner:
         if matrix.dim() != 2 or matrix.shape[0] != len(self.names):
             raise ValueError(f"expected a [{len(self.names)}, n] matrix, got "
                              f"{tuple(matrix.shape)}")
-        if self.uses_gramian and gram is None:
-            gram = gramian(matrix)
-        return self.combine(matrix, gram)
+        with torch.no_grad():
+            matrix = matrix.detach()
+            if gram is not None:
+                gram = gram.detach()
+            elif self.uses_gramian:
+                gram = gramian(matrix)
+            return self.combine(matrix, gram)
 
     def combine(self, matrix: Tensor, gram: Tensor | None) -> Combined:
         """The `[n]` gradient from the bound `[k, n]` matrix (row i is group `names[i]`)."""

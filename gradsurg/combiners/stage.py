@@ -41,6 +41,8 @@ class Combine(Stage):
                         p.grad.mul_(step.shortcut_weight)
             return
         names = list(step.names)
+        if getattr(self.combiner, "needs_layout", False):  # e.g. blockwise: columns by block
+            self.combiner.use_layout(step.layout)  # type: ignore[attr-defined]
         gram = gramian(step.matrix)  # one pass; shared by the combiner and diagnostics
         if self.data_parallel.sharded:
             self.data_parallel.all_reduce_(gram)  # k x k: the whole rows' Gramian on every rank

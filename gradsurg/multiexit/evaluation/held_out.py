@@ -25,7 +25,7 @@ from gradsurg.multiexit.evaluation.tradeoff_summary import best_within
 from gradsurg.multiexit.exit_loop import check_all_logits
 from gradsurg.multiexit.policies import POLICIES
 
-__all__ = ["SPLIT_SEED", "held_out_best_within", "split_halves"]
+__all__ = ["SPLIT_SEED", "held_out_best_over_settings", "held_out_best_within", "split_halves"]
 
 SPLIT_SEED = 0
 """Seed of the random split of the evaluation set into the two halves."""
@@ -47,30 +47,59 @@ def held_out_best_within(all_logits: torch.Tensor, labels: Any, task: str | Task
     """budget ("30") -> ``{metric: mean score, "time_percent": mean time}`` over the two ways
     round, or None where either half has no setting within the budget; None as a whole for a
     policy without a dense sweep. Keys as in ``TradeoffSummary.best_within``."""
-    check_all_logits(all_logits)
+    found = held_out_best_over_settings({"": all_logits}, labels, task, policy, params,
+                                        budgets, seed=seed)
+    if found is None:
+        return None
+    return {budget: None if best is None else {k: v for k, v in best.items() if k != "chosen"}
+            for budget, best in found.items()}
+
+
+def held_out_best_over_settings(candidates: Mapping[str, torch.Tensor], labels: Any,
+                                task: str | TaskSpec, policy: str,
+                                params: Mapping[str, Any] | None, budgets: Sequence[float], *,
+                                seed: int = SPLIT_SEED) -> dict[str, dict[str, Any] | None] | None:
+    """`held_out_best_within` with the training setting chosen as well.
+
+    `candidates`: setting name (e.g. a learning rate) -> that run's exit logits `[L, N, C]` on
+    the same examples. On each half the best (setting, exit threshold) within the budget is
+    chosen over every candidate's dense sweep (best metric, the fastest among equals, the
+    first setting among equal points), then scored on the other half with that setting's
+    logits; both ways round are averaged, and `chosen` names the setting picked each way. So
+    a baseline tuned over a grid is scored on examples its tuning never saw."""
     spec = get_task(task)
     metric = spec.primary_metric
     labels = torch.as_tensor(labels)
-    halves = split_halves(all_logits.shape[1], seed)
-    found: dict[str, list[dict[str, float] | None]] = {f"{b:g}": [] for b in budgets}
+    for logits in candidates.values():
+        check_all_logits(logits)
+    sizes = {logits.shape[1] for logits in candidates.values()}
+    if len(sizes) != 1:
+        raise ValueError(f"the candidates were evaluated on different numbers of examples: "
+                         f"{sorted(sizes)}")
+    halves = split_halves(sizes.pop(), seed)
+    found: dict[str, list[dict[str, Any] | None]] = {f"{b:g}": [] for b in budgets}
     for chosen_on, scored_on in (halves, halves[::-1]):
-        sweep = dense_sweep(all_logits[:, chosen_on], labels[chosen_on], spec, policy, params)
-        if sweep is None:
-            return None
-        rule = POLICIES.build({"name": sweep.policy, **sweep.params}, where="exit_policy")
-        # an undefined metric on a half (e.g. Pearson of constant outputs) cannot be chosen
-        usable = [p for p in sweep.points if _defined(p.metric.get(metric))]
-        points = [(p.time_percent, float(p.metric[metric])) for p in usable]
+        options = []  # (time, metric, setting name, rule, parameter value)
+        for name, logits in candidates.items():
+            sweep = dense_sweep(logits[:, chosen_on], labels[chosen_on], spec, policy, params)
+            if sweep is None:
+                return None
+            rule = POLICIES.build({"name": sweep.policy, **sweep.params}, where="exit_policy")
+            # an undefined metric on a half (e.g. Pearson of constant outputs) cannot be chosen
+            options += [(p.time_percent, float(p.metric[metric]), name, rule, sweep.parameter,
+                         p.value) for p in sweep.points if _defined(p.metric.get(metric))]
+        points = [(time, value) for time, value, *_ in options]
         for budget in budgets:
             best = best_within(points, budget) if points else None
             if best is None:
                 found[f"{budget:g}"].append(None)
                 continue
-            setting = usable[points.index(best)].value
-            scored = operating_point(rule.with_param(sweep.parameter, setting), setting,
-                                     all_logits[:, scored_on], labels[scored_on], spec)
+            _, _, name, rule, parameter, setting = options[points.index(best)]
+            scored = operating_point(rule.with_param(parameter, setting), setting,
+                                     candidates[name][:, scored_on], labels[scored_on], spec)
             found[f"{budget:g}"].append(
-                {metric: scored.metric[metric], "time_percent": scored.time_percent}
+                {metric: scored.metric[metric], "time_percent": scored.time_percent,
+                 "chosen": name}
                 if _defined(scored.metric.get(metric)) else None)
     return {budget: _mean(pair) for budget, pair in found.items()}
 
@@ -79,8 +108,11 @@ def _defined(value: Any) -> bool:
     return value is not None and math.isfinite(float(value))
 
 
-def _mean(pair: list[dict[str, float] | None]) -> dict[str, float] | None:
+def _mean(pair: list[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """Numbers averaged over the two ways round; `chosen` as the list of both ways' picks."""
     if any(item is None for item in pair):
         return None
-    return {key: sum(item[key] for item in pair) / len(pair)  # type: ignore[index]
-            for key in pair[0]}  # type: ignore[union-attr]
+    mean: dict[str, Any] = {key: sum(item[key] for item in pair) / len(pair)  # type: ignore[index]
+                            for key in pair[0] if key != "chosen"}  # type: ignore[union-attr]
+    mean["chosen"] = [item["chosen"] for item in pair]  # type: ignore[index]
+    return mean

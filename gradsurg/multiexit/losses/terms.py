@@ -198,14 +198,21 @@ class LearnedExitWeights(ExitLossTerm):
     Xie et al., "ELBERT: Fast ALBERT with Confidence-Window Based Early Exit" (ICASSP 2021).
     The weights always sum to M (`total`; default: the number of exits, the sum a plain
     average times n would have), and the final exit keeps at least M - (n - 1). W starts at
-    0 (every early weight 0.5). Note the pull on W_i: d L / d W_i = w_i (1 - w_i) (L_i - L_n),
+    `init` (default 0: every early weight 0.5; ELBERT's code starts at 4.0, w = 0.982, every
+    exit weighted about 1). Note the pull on W_i: d L / d W_i = w_i (1 - w_i) (L_i - L_n),
     so an early exit whose loss stays above the final one loses weight over training.
     """
 
     name = "learned_exit_weights"
 
-    def __init__(self, num_exits: int, *, total: float | None = None) -> None:
+    def __init__(self, num_exits: int, *, total: float | None = None, init: float = 0.0
+                 ) -> None:
         super().__init__(num_exits)
+        if isinstance(init, bool) or not isinstance(init, int | float) or not math.isfinite(
+                init):
+            raise ConfigError(f"loss term 'learned_exit_weights': init={init!r} is invalid; "
+                              "allowed: a finite number (the logit every early weight starts "
+                              "at)")
         total = float(num_exits) if total is None else total
         if isinstance(total, bool) or not isinstance(total, int | float) or not (
                 math.isfinite(total) and total > num_exits - 1):
@@ -214,7 +221,7 @@ class LearnedExitWeights(ExitLossTerm):
                 f"number > {num_exits - 1} (the early weights' largest sum), so the final "
                 "exit's weight stays positive")
         self.total = float(total)
-        self.logits = nn.Parameter(torch.zeros(num_exits - 1))
+        self.logits = nn.Parameter(torch.full((num_exits - 1,), float(init)))
 
     def exit_weights(self) -> Tensor:
         early = torch.sigmoid(self.logits)

@@ -83,11 +83,11 @@ def load_for_inference(model_dir: str | Path, *, device: str = "auto") -> Loaded
                              "NaN/inf, so no answer would mean anything; not used")
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
-    except Exception as exc:  # noqa: BLE001 - tokenizers raises bare Exceptions too
+    except Exception as exc:
         if loading_errors(exc, Path(model_dir)) is None:
             raise
         raise GradsurgError(f"{model_dir}: no usable tokenizer in the model folder "
-                            f"({str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__})"
+                            f"({_first_line(exc)})"
                             ) from None
     check_tokenizer_fits(tokenizer, model.encoder.hf_config, Path(model_dir),
                          fingerprint=model.config.tokenizer_vocabulary)
@@ -101,3 +101,9 @@ def check_max_length(loaded: LoadedModel, max_length: int) -> None:
     from gradsurg.programs.multiexit_glue.checks import check_max_length as check
 
     check(max_length, loaded.model.encoder.hf_config, key="--max-length", model="the model")
+
+
+def _first_line(error: Exception) -> str:
+    """An exception's first line (at most 300 characters), or its type's name."""
+    text = str(error)
+    return text.splitlines()[0][:300] if text else type(error).__name__

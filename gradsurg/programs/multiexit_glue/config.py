@@ -12,6 +12,7 @@ from gradsurg.combiners import COMBINERS
 from gradsurg.data.glue import get_task
 from gradsurg.errors import ConfigError
 from gradsurg.loggers import LoggerNames
+from gradsurg.multiexit.backbones import check_backbone_installed
 from gradsurg.multiexit.losses.terms import LOSS_TERMS, per_exit_groups
 from gradsurg.multiexit.policies import POLICIES
 from gradsurg.optimizers import (
@@ -24,6 +25,9 @@ from gradsurg.programs import ProgramConfig
 from gradsurg.programs.multiexit_glue.modes import MODES, Mode, ModeSpec
 from gradsurg.registry import Registry
 from gradsurg.weightings import WEIGHTINGS
+
+#: The learning rate of ELBERT's exit weights in its authors' code (`w_lr`).
+DEFAULT_EXIT_WEIGHTS_LR = 1e-2
 
 
 class DistributedSettings(BaseModel):
@@ -48,7 +52,8 @@ class MultiExitGlueConfig(ProgramConfig):
         None, description="GLUE_DIR-style folder; default: $GLUE_DIR, else the hub"
     )
     model: str = Field("minilm", min_length=1,
-                       description="short name, Hugging Face id or local folder")
+                       description="short name (minilm; mpnet-base: 12 layers, its weights "
+                       "from gradsurg[mpnet]), Hugging Face id or local folder")
     pooling: Literal["cls", "mean"] = Field("mean", description="what each exit reads: [CLS] or "
                                             "the masked mean of the layer")
     dropout: float = Field(0.1, ge=0, lt=1, description="dropout inside every exit")
@@ -77,6 +82,11 @@ class MultiExitGlueConfig(ProgramConfig):
                       description="seeds the subset, shuffling, init and dropout (0..2**63-1)")
     gamma: float = Field(0.9, ge=0, le=1, description="SD weight of the KL term vs CE")
     temperature: float = Field(3.0, gt=0, description="SD softmax temperature T")
+    exit_weights_lr: float | None = Field(
+        None, gt=0, description="learning rate of the loss terms' learned parameters (ELBERT's "
+        "exit weights, loss term learned_exit_weights): their own optimizer group, no weight "
+        "decay, the stage's LR schedule; default: 1e-2 (ELBERT's code). Only where a loss "
+        "term learns")
     loss_groups: dict[str, str | dict[str, Any]] | None = Field(
         None, description="one-stage modes: loss group name -> loss term (a name or {name, "
         "params}), replacing the mode's groups; default: the mode's own")
@@ -131,6 +141,16 @@ class MultiExitGlueConfig(ProgramConfig):
         except ConfigError as error:
             raise ValueError(str(error)) from None
 
+    @field_validator("model")
+    @classmethod
+    def _backbone_installed(cls, value: str) -> str:
+        """A packaged backbone whose packages are missing fails now, not after the run's
+        folder is made (`model: mpnet-base` without its five weight packages)."""
+        try:
+            return check_backbone_installed(value)
+        except ConfigError as error:
+            raise ValueError(str(error)) from None
+
     @field_validator("combiner")
     @classmethod
     def _buildable_combiner(cls, value: Any) -> Any:
@@ -156,12 +176,30 @@ class MultiExitGlueConfig(ProgramConfig):
         return value
 
     @model_validator(mode="after")
+    def _exit_weights_lr_has_weights(self) -> MultiExitGlueConfig:
+        if self.exit_weights_lr is not None and not self.has_learned_terms():
+            raise ValueError(
+                f"key 'exit_weights_lr': no loss term of mode {self.mode} learns (ELBERT's "
+                "learned_exit_weights does), so the key would do nothing; remove it")
+        return self
+
+    @model_validator(mode="after")
     def _weighting_fits_the_groups(self) -> MultiExitGlueConfig:
         if self.weighting is None:
             return self
         if not self.mode_spec.one_stage:
             raise ValueError(f"key 'weighting': mode {self.mode} trains one loss group per "
                              "stage, so there is nothing to weigh; remove the key")
+        if self.exit_groups is not None:
+            # per-exit groups exist once the model's depth is known: the weighting is built on
+            # them then, before training (stages.attach_weighting); its name is checked now
+            try:
+                WEIGHTINGS.get(WEIGHTINGS.split(self.weighting, where="key 'weighting'")[0])
+            except ConfigError as error:
+                message = str(error)
+                raise ValueError(message if message.startswith("key 'weighting'")
+                                 else f"key 'weighting': {message}") from None
+            return self
         groups = list(self.joint_groups())
         if len(groups) < 2:
             raise ValueError(f"key 'weighting': mode {self.mode} trains the single loss group "
@@ -246,6 +284,25 @@ class MultiExitGlueConfig(ProgramConfig):
         if self.loss_groups is not None:
             return dict(self.loss_groups)
         return dict(self.mode_spec.stages[0].groups)
+
+    def has_learned_terms(self) -> bool:
+        """Whether a loss term of some stage has parameters (ELBERT's exit weights); per-exit
+        groups have none."""
+        if self.exit_groups is not None:
+            return False  # each exit's task loss or SD share: nothing learned
+        stages = ([self.joint_groups()] if self.mode_spec.one_stage
+                  else [stage.groups for stage in self.mode_spec.stages])
+        for groups in stages:
+            for group, spec in groups.items():
+                term = LOSS_TERMS.build(spec, 2, where=f"loss group {group!r}")
+                if any(True for _ in term.parameters()):
+                    return True
+        return False
+
+    def learned_terms_lr(self) -> float:
+        """`exit_weights_lr`, else ELBERT's own: its code trains W at 1e-2 in a group of its
+        own (the model's lr, 2e-5 to 5e-5, leaves sigmoid(W) at 0.5 +- 0.002 after an epoch)."""
+        return DEFAULT_EXIT_WEIGHTS_LR if self.exit_weights_lr is None else self.exit_weights_lr
 
     @property
     def mode_spec(self) -> ModeSpec:

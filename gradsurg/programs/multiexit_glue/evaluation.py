@@ -15,11 +15,11 @@ from torch.utils.data import DataLoader
 from gradsurg.data.glue import TaskSpec
 from gradsurg.devices import to_device
 from gradsurg.metrics import primary_metric
-from gradsurg.outputs import atomic_write_bytes, check_own_folder
 from gradsurg.multiexit.evaluation.dense_sweeps import dense_sweep
 from gradsurg.multiexit.evaluation.sweeps import per_exit_metrics, policy_sweep
 from gradsurg.multiexit.evaluation.tradeoff_summary import summarize
 from gradsurg.multiexit.model import MultiExitModel
+from gradsurg.outputs import atomic_write_bytes, check_own_folder
 from gradsurg.programs.multiexit_glue.checks import ExitPolicySetting
 from gradsurg.programs.multiexit_glue.data import forward
 from gradsurg.programs.training import progress_bar

@@ -40,7 +40,7 @@ from gradsurg.errors import ConfigError
 from gradsurg.finite_weights import check_finite_outputs, check_finite_weights
 from gradsurg.loggers import Loggers, open_loggers
 from gradsurg.multiexit.model import MultiExitModel
-from gradsurg.optimizers import build_optimizer, build_scheduler
+from gradsurg.optimizers import OptimizerSettings, build_optimizer, build_scheduler
 from gradsurg.outputs import replace_folder
 from gradsurg.precision import LossScale, autocast_factory
 from gradsurg.programs import Program, training
@@ -146,6 +146,13 @@ class MultiExitGlueRecipe:
         """FSDP2 over every encoder layer and the root (exits, loss terms). Rank 0 keeps a
         whole copy of the same modules for checkpoints and evaluation, refreshed from the
         shards whenever it writes."""
+        learned = [name for name, p in self.model.named_parameters()
+                   if name.startswith(("loss_terms.", "loss_weighting.")) and p.requires_grad]
+        if learned:
+            raise ConfigError(
+                "distributed.strategy fsdp does not yet shard learned loss weights (here "
+                f"{learned[0]}: a `weighting:` or ELBERT's exit weights); use strategy ddp "
+                "for this recipe")
         self.whole = copy.deepcopy(self.model) if self.parallel.is_main else None
         mesh = shard_model(self.model, list(self.model.encoder.layers), self.device)
         self.parallel = DataParallel.of_group(mesh.get_group(), sharded=True)
@@ -201,8 +208,12 @@ class MultiExitGlueRecipe:
     def build_optimizer_and_schedule(self, params: list[torch.nn.Parameter], total: int
                                      ) -> tuple[torch.optim.Optimizer,
                                                 torch.optim.lr_scheduler.LRScheduler]:
-        """A stage's optimizer and LR schedule over its trainable parameters."""
-        optimizer = build_optimizer(self.config.optimizer, params)
+        """A stage's optimizer and LR schedule over its trainable parameters; the loss terms'
+        learned ones (ELBERT's exit weights) in a group of their own (see `param_groups`)."""
+        learned = {id(p) for p in self.model.loss_terms.parameters()}
+        groups = param_groups(params, learned, lr=self.config.learned_terms_lr(),
+                              optimizer=self.config.optimizer)
+        optimizer = build_optimizer(self.config.optimizer, groups)
         return optimizer, build_scheduler(self.config.scheduler, optimizer, total_steps=total)
 
     # -- checkpoints ---------------------------------------------------------------------
@@ -258,10 +269,15 @@ class MultiExitGlueRecipe:
         state = self.restored
         if state is None or state["stage"] != self.stage_index:
             return None
-        if self.sharded:
-            load_full_optimizer_state(self.model, self.optimizer, state["optimizer"])
-        else:
-            self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            if self.sharded:
+                load_full_optimizer_state(self.model, self.optimizer, state["optimizer"])
+            else:
+                self.optimizer.load_state_dict(state["optimizer"])
+        except ValueError as error:  # e.g. an ELBERT checkpoint from before exit_weights_lr
+            raise ConfigError(
+                f"--resume: the checkpoint's optimizer does not fit this run's ({error}); it "
+                "was written by another version of gradsurg: start the run again") from None
         self.scheduler.load_state_dict(state["scheduler"])
         self.surgery.load_state_dict(state["surgery"])
         restore_rng(state["rng"][self.parallel.rank])
@@ -397,6 +413,25 @@ def run(config: MultiExitGlueConfig, output_dir: Path, *, resume: bool = False
     if config.save_model:
         results["model_dir"] = str(recipe.save())
     return results
+
+
+def param_groups(params: list[torch.nn.Parameter], learned: set[int], *, lr: float,
+                 optimizer: OptimizerSettings) -> list[dict[str, Any]]:
+    """The optimizer's groups: the model's parameters with the recipe's settings, and the
+    parameters whose ids are in `learned` at `lr` without weight decay.
+
+    ELBERT's exit weights W are a handful of scalars behind a sigmoid: at the model's lr
+    (2e-5 to 5e-5) Adam moves each by at most lr per step, so sigmoid(W) stays at 0.5 +- 0.002
+    after an epoch; its authors give W a group of its own at 1e-2, not decayed (their
+    weight_decay is 0). Both groups follow the stage's LR schedule.
+    """
+    own = [p for p in params if id(p) in learned]
+    if not own:
+        return [{"params": params}]
+    group: dict[str, Any] = {"params": own, "lr": lr}
+    if "weight_decay" in optimizer.options():
+        group["weight_decay"] = 0.0
+    return [{"params": [p for p in params if id(p) not in learned]}, group]
 
 
 def seed_everything(seed: int, *, deterministic: bool = False) -> None:

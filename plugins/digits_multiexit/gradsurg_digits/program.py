@@ -16,14 +16,18 @@ from gradsurg.combiners import COMBINERS
 from gradsurg.distributed import DataParallel
 from gradsurg.errors import ConfigError
 from gradsurg.loss_groups import LossGroup
-from gradsurg.multiexit.losses.functions import exit_cross_entropy, self_distillation_loss
-from gradsurg.outputs import atomic_write_bytes, atomic_write_text
+from gradsurg.multiexit.losses.functions import (
+    exit_cross_entropy,
+    exit_distillation_loss,
+    self_distillation_loss,
+)
 from gradsurg.optimizers import (
     OptimizerSettings,
     build_optimizer,
     buildable_optimizer,
     refuse_moved_keys,
 )
+from gradsurg.outputs import atomic_write_bytes, atomic_write_text
 from gradsurg.programs import Program, ProgramConfig
 from gradsurg.programs.training import StageProgress, check_trained, weights_digest
 from gradsurg.surgery import Surgery
@@ -54,6 +58,9 @@ class DigitsConfig(ProgramConfig):
     weighting: str | dict[str, Any] | None = Field(
         None, description="a loss weighting of the groups final and sd (a name or {name, "
         "...options}), applied before the combiner")
+    exit_groups: bool = Field(
+        False, description="one loss group per exit, exit1..exitL (L = layers): exitL the last "
+        "exit's CE, each earlier exit its share of sd; replaces final and sd")
 
     _moved_keys = model_validator(mode="before")(refuse_moved_keys)
 
@@ -62,18 +69,33 @@ class DigitsConfig(ProgramConfig):
     def _buildable_optimizer(cls, value: OptimizerSettings) -> OptimizerSettings:
         return buildable_optimizer(value)
 
-    @field_validator("weighting")
-    @classmethod
-    def _buildable_weighting(cls, value: Any) -> Any:
-        if value is not None:
+    @model_validator(mode="after")
+    def _weighting_and_combiner_fit_the_groups(self) -> DigitsConfig:
+        groups = group_names(self)
+        if self.weighting is not None:
             try:
-                WEIGHTINGS.build(value, GROUPS, where="weighting")
+                WEIGHTINGS.build(self.weighting, groups, where="key 'weighting'")
             except ConfigError as error:
                 raise ValueError(str(error)) from None
-        return value
+        try:
+            named = COMBINERS.build(self.combiner, where="key 'combiner'").group_names()
+        except ConfigError as error:
+            raise ValueError(str(error)) from None
+        unknown = [g for g in named if g not in groups]
+        if unknown:
+            raise ValueError(f"key 'combiner': loss group {unknown[0]!r} does not exist; "
+                             f"allowed: {', '.join(groups)}")
+        return self
 
 
 GROUPS = ("final", "sd")
+
+
+def group_names(config: DigitsConfig) -> list[str]:
+    """`final` and `sd`, or with `exit_groups` one group per exit, exit1..exitL."""
+    if config.exit_groups:
+        return [f"exit{i}" for i in range(1, config.layers + 1)]
+    return list(GROUPS)
 
 
 def digits_split(seed: int, test_fraction: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -87,7 +109,8 @@ def digits_split(seed: int, test_fraction: float) -> tuple[Tensor, Tensor, Tenso
 
 
 def loss_groups(config: DigitsConfig) -> list[LossGroup]:
-    """`final`: the last exit's CE; `sd`: self-distillation of the other exits from it."""
+    """`final`: the last exit's CE; `sd`: self-distillation of the other exits from it; or,
+    with `exit_groups`, `exitL` (= final) and each earlier exit's share of `sd`."""
 
     def final_ce(logits: list[Tensor], labels: Tensor) -> Tensor:
         return exit_cross_entropy(logits[-1], labels)
@@ -97,6 +120,15 @@ def loss_groups(config: DigitsConfig) -> list[LossGroup]:
             logits, labels, gamma=config.gamma, temperature=config.temperature
         )
 
+    def share(exit_index: int):
+        def exit_share(logits: list[Tensor], labels: Tensor) -> Tensor:
+            return exit_distillation_loss(logits[exit_index], logits[-1], labels,
+                                          gamma=config.gamma, temperature=config.temperature)
+        return exit_share
+
+    if config.exit_groups:  # the early exits' shares sum to `sd` (the teacher is detached)
+        return [*(LossGroup(f"exit{i + 1}", {"sd": share(i)}) for i in range(config.layers - 1)),
+                LossGroup(f"exit{config.layers}", {"ce": final_ce})]
     return [LossGroup("final", {"ce": final_ce}), LossGroup("sd", {"sd": distillation})]
 
 
@@ -108,8 +140,8 @@ def train(config: DigitsConfig, output_dir: Path | None = None) -> dict[str, Any
     parallel = DataParallel.from_environment()  # torchrun: each rank a share of every batch
     weighting = None
     if config.weighting is not None:  # attached: its learned weights train with the model
-        weighting = model.loss_weighting = WEIGHTINGS.build(config.weighting, GROUPS,
-                                                            where="key 'weighting'")
+        weighting = model.loss_weighting = WEIGHTINGS.build(
+            config.weighting, group_names(config), where="key 'weighting'")
     parallel.broadcast_module_(model)
     optimizer = build_optimizer(config.optimizer, model.parameters())
     combiner = COMBINERS.build(config.combiner, where="key 'combiner'")

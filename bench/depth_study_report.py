@@ -1,0 +1,165 @@
+"""The depth study's report (issue 29): docs/depth_study.md from the finished runs.
+
+    python bench/depth_study_report.py [--runs runs/depth_study] [--collect]
+
+`--collect` first copies each finished run's small files (results.json, exit logits, commit,
+command; a few hundred KB) into `bench/results/depth_study/`, laid out like the run folders, so
+the report can be rebuilt on another machine: `--runs bench/results/depth_study`.
+
+Tuned baselines: for each task and configuration, the training setting (learning rate, SD's
+gamma) is chosen together with the exit threshold on one random half of the dev set and scored
+on the other, both ways round (`held_out_best_over_settings`), against the first study's
+single setting (lr 5e-5, gamma 0.9) scored the same way (`held_out_best_within`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+COLLECTED = HERE / "results" / "depth_study"
+KEPT_FILES = ("results.json", "exit_logits.safetensors", "commit.txt", "command.txt")
+BUDGETS = (25.0, 30.0, 40.0, 50.0, 60.0, 100.0)
+#: The first study's setting, the untuned reference of every configuration.
+FIRST_STUDY_SETTING = {"lr": "5e-5", "gamma": "0.9"}
+
+
+def _depth_study():
+    spec = importlib.util.spec_from_file_location("depth_study", HERE / "depth_study.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["depth_study"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+depth_study = _depth_study()
+
+
+def finished(runs: Path, phase: str) -> list[Any]:
+    return [run for run in depth_study.plan(phase)
+            if (run.folder(runs) / "results.json").is_file()]
+
+
+def collect(runs: Path, into: Path = COLLECTED) -> list[Path]:
+    """Copy every finished run's small files into `into` (same layout); returns the folders."""
+    copied = []
+    for phase in depth_study.PHASES:
+        for run in finished(runs, phase):
+            source, target = run.folder(runs), run.folder(into)
+            target.mkdir(parents=True, exist_ok=True)
+            for name in KEPT_FILES:
+                if (source / name).is_file():
+                    shutil.copy2(source / name, target / name)
+            copied.append(target)
+    return copied
+
+
+def is_first_study_setting(run: Any) -> bool:
+    values = dict(item.split("=", 1) for item in run.slug.split(","))
+    return all(values.get(key, wanted) == wanted for key, wanted in FIRST_STUDY_SETTING.items())
+
+
+def tuned_rows(runs: Path, task: str) -> list[str]:
+    """One task's table: each configuration untuned and tuned, held out, at every budget."""
+    from gradsurg.multiexit.evaluation.held_out import (
+        held_out_best_over_settings,
+        held_out_best_within,
+    )
+    from gradsurg.report.compare import load_run
+
+    planned = [run for run in depth_study.plan("tuned") if run.task == task]
+    done = [run for run in finished(runs, "tuned") if run.task == task]
+    budgets = " | ".join(f"{b:g}%" for b in BUDGETS)
+    lines = [f"### {task}: held-out best metric x 100 within a time budget", "",
+             f"| configuration | runs | setting | {budgets} | chosen at 100% / 40% |",
+             "| --- | --- | --- | " + " | ".join("---:" for _ in BUDGETS) + " | --- |"]
+    for config in dict.fromkeys(run.config for run in planned):
+        mine = [run for run in done if run.config == config]
+        count = f"{len(mine)}/{sum(run.config == config for run in planned)}"
+        if not mine:
+            lines.append(f"| {config} | {count} | - | " + " | ".join("-" for _ in BUDGETS)
+                         + " | - |")
+            continue
+        loaded = {run.slug: load_run(run.folder(runs)) for run in mine}
+        first = next(iter(loaded.values()))
+        metric = first.results["primary_metric"]
+        policy = dict(first.results.get("exit_policy") or {"name": "entropy"})
+        name, params = policy.pop("name"), policy
+        untuned = next((slug for slug, run in zip(loaded, mine) if is_first_study_setting(run)),
+                       None)
+        if untuned is not None:
+            plain = held_out_best_within(loaded[untuned].logits, loaded[untuned].labels, task,
+                                         name, params, BUDGETS)
+            lines.append(f"| {config} | 1 | {untuned} (first study) | "
+                         + " | ".join(_cell(plain, b, metric) for b in BUDGETS) + " | - |")
+        tuned = held_out_best_over_settings({slug: run.logits for slug, run in loaded.items()},
+                                            first.labels, task, name, params, BUDGETS)
+        chosen = " / ".join(_chosen(tuned, b) for b in (100.0, 40.0))
+        lines.append(f"| {config} | {count} | tuned over {len(loaded)} | "
+                     + " | ".join(_cell(tuned, b, metric) for b in BUDGETS) + f" | {chosen} |")
+    return [*lines, ""]
+
+
+def _cell(found: dict[str, Any] | None, budget: float, metric: str) -> str:
+    best = None if found is None else found.get(f"{budget:g}")
+    return "-" if best is None else f"{100 * best[metric]:.2f}"
+
+
+def _chosen(found: dict[str, Any] | None, budget: float) -> str:
+    best = None if found is None else found.get(f"{budget:g}")
+    return "-" if best is None else " & ".join(best["chosen"])
+
+
+def commits(runs: Path) -> list[str]:
+    found = sorted({(run.folder(runs) / "commit.txt").read_text().strip()[:10]
+                    for phase in depth_study.PHASES for run in finished(runs, phase)
+                    if (run.folder(runs) / "commit.txt").is_file()})
+    return found
+
+
+def write_report(runs: Path, output: Path) -> Path:
+    lines = ["# Depth study: tuned baselines, compute-matched sums and 12 layers (issue 29)", "",
+             f"Written by `python bench/depth_study_report.py` from the runs under `{runs}`; "
+             f"trained at commit(s) {', '.join(commits(runs)) or '-'} "
+             "(each run's exact command is in its `command.txt`). Measurements of the "
+             "12-layer backbone and ELBERT are in docs/depth_study_notes.md.", "",
+             "## Tuned baselines (MiniLM, the screening's STS-B and 8,000-sentence SST-2)", "",
+             "Each configuration at lr 2e-5 / 5e-5 / 1e-4 (x SD's gamma 0.5 / 0.9 where it has "
+             "SD). 'first study' is the first study's one setting, scored held out; 'tuned' "
+             "chooses the setting with the exit threshold on one half of the dev set and scores "
+             "it on the other, both ways round ('chosen': the setting picked each way).", ""]
+    for task in depth_study.TASKS:
+        lines += tuned_rows(runs, task)
+    todo = [run for phase in depth_study.PHASES for run in depth_study.plan(phase)
+            if not (run.folder(runs) / "results.json").is_file()]
+    if todo:
+        lines += ["## Not finished yet", "",
+                  *(f"- {run.phase} / {run.task} / {run.config} / {run.slug}" for run in todo),
+                  ""]
+    output.write_text("\n".join(lines))
+    return output
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "depth_study")
+    parser.add_argument("--collect", action="store_true",
+                        help=f"copy the finished runs' small files into {COLLECTED} first")
+    parser.add_argument("--output", type=Path, default=ROOT / "docs" / "depth_study.md")
+    args = parser.parse_args()
+    runs = args.runs
+    if args.collect:
+        collect(runs)
+        runs = COLLECTED
+    print(write_report(runs, args.output))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""bench/depth_study.py's 12-layer phase: the planned runs' commands and folders (no training)."""
+
+from __future__ import annotations
+
+import importlib.util
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from gradsurg.multiexit import backbones
+from gradsurg.recipes import apply_overrides, read_recipe, validate_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def depth():
+    spec = importlib.util.spec_from_file_location("depth_study", ROOT / "bench" /
+                                                  "depth_study.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["depth_study"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def sets_of(command: list[str]) -> list[str]:
+    return [command[i + 1] for i, item in enumerate(command) if item == "--set"]
+
+
+def resolved(command: list[str]) -> dict:
+    return apply_overrides(read_recipe(Path(command[4])), sets_of(command))
+
+
+def test_depth12_is_the_screenings_sst2_run_on_the_12_layer_backbone(depth, monkeypatch):
+    monkeypatch.setattr(backbones, "find_parts", lambda model: ([], "0"))  # CI: not installed
+    runs_dir = Path("/tmp/runs")
+    plan = depth.plan("depth12")
+    assert [run.config for run in plan] == ["deebert", "romebert_sd", "romebert",
+                                            "romebert_reversed", "exit_upgrad"]
+    assert depth.DEPTH12_NEW_METHODS == []  # issue 28's methods are added here when they exist
+    for run in plan:
+        command = run.command(runs_dir)
+        assert command[-1] == "--resume"
+        assert command[-2] == str(runs_dir / "depth12" / "sst2" / run.config /
+                                  "model=mpnet-base,lr=5e-5" / "seed-42")
+        recipe = resolved(command)
+        config = validate_recipe(recipe, source=shlex.join(command))[1]
+        screening = resolved(depth.study.Run("screening", "sst2", run.config, 42).command(
+            runs_dir))
+        assert recipe["model"] == "mpnet-base" and screening["model"] == "minilm"
+        # everything else is the screening's run: the 6- and 12-layer results compare directly
+        assert {**recipe, "model": None} == {**screening, "model": None}
+        assert (config.train_rows, config.epochs, config.batch_size, config.optimizer.lr,
+                config.threads, config.seed) == (8000, 1, 16, 5e-5, 1, 42)
+    assert len({run.folder(runs_dir) for run in plan}) == len(plan)
+
+
+def test_list_shows_each_depth12_run_and_whether_it_finished(depth, monkeypatch, tmp_path,
+                                                            capsys):
+    finished = depth.plan("depth12")[1].folder(tmp_path)
+    finished.mkdir(parents=True)
+    (finished / "results.json").write_text("{}")
+    monkeypatch.setattr(sys, "argv", ["depth_study.py", "--list", "--phase", "depth12",
+                                      "--runs", str(tmp_path)])
+    depth.main()
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 5
+    assert lines[1] == f"done  {finished}"
+    assert all(line.startswith("todo  ") for i, line in enumerate(lines) if i != 1)
+
+
+@pytest.fixture(scope="module")
+def report():
+    spec = importlib.util.spec_from_file_location("depth_study_report", ROOT / "bench" /
+                                                  "depth_study_report.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["depth_study_report"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_finished(folder: Path, right: torch.Tensor, task: str = "sst2") -> None:
+    """A finished run whose every exit answers right exactly on `right` (accuracy task)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True)
+    answer = torch.where(right, 0, 1)
+    one = torch.nn.functional.one_hot(answer, 2).float() * 8
+    save_file({"logits": torch.stack([one] * 6).contiguous(),
+               "labels": torch.zeros(len(right), dtype=torch.long)},
+              str(folder / "exit_logits.safetensors"))
+    (folder / "results.json").write_text(json.dumps({
+        "task": task, "mode": "deebert", "primary_metric": "accuracy",
+        "exit_metrics": [{"accuracy": float(right.float().mean())}] * 6}))
+    (folder / "commit.txt").write_text("0123456789abcdef\n")
+    (folder / "stdout.log").write_text("not kept\n")
+
+
+def test_report_tunes_on_one_half_scores_on_the_other_and_collects_small_files(
+        depth, report, tmp_path):
+    from gradsurg.multiexit.evaluation.held_out import split_halves
+
+    runs = tmp_path / "runs"
+    first, second = split_halves(16)
+    lucky = torch.zeros(16, dtype=torch.bool)
+    lucky[first] = True  # right on the first half only
+    steady = torch.ones(16, dtype=torch.bool)
+    steady[first[::4]] = False
+    steady[second[::4]] = False
+    deebert = [run for run in depth.plan("tuned") if run.task == "sst2"
+               and run.config == "deebert"]
+    write_finished(deebert[0].folder(runs), lucky)  # lr 2e-5
+    write_finished(deebert[1].folder(runs), steady)  # lr 5e-5: the first study's setting
+    text = report.write_report(runs, tmp_path / "depth_study.md").read_text()
+    row = next(line for line in text.splitlines() if "tuned over 2" in line)
+    assert row.startswith("| deebert | 2/3 | tuned over 2 | ")
+    assert row.endswith("| lr=2e-5 & lr=5e-5 / lr=2e-5 & lr=5e-5 |")  # lucky, then steady
+    assert "| 37.50 |" in row  # 0 on the half lucky never saw, 75 the other way
+    untuned = next(line for line in text.splitlines() if "(first study)" in line)
+    assert untuned.startswith("| deebert | 1 | lr=5e-5 (first study) | 75.00 |")
+    assert "- tuned / sst2 / deebert / lr=1e-4" in text  # not finished yet
+    copied = report.collect(runs, tmp_path / "kept")
+    assert len(copied) == 2
+    assert sorted(p.name for p in copied[0].iterdir()) == [
+        "commit.txt", "exit_logits.safetensors", "results.json"]
