@@ -51,6 +51,9 @@ class NonFiniteRule(Stage):
         self.extra_parameters = list(extra_parameters)
         self.skipped_steps = 0
         self.in_a_row = 0
+        #: Steps applied with a gradient that is not all zeros (None: not known, e.g. a state
+        #: saved before it was counted); a run where it stays 0 trained nothing.
+        self.nonzero_steps: int | None = 0
         #: Under FSDP2 (`sharded`) the norm is of every rank's shards, so all ranks agree.
         self.data_parallel = data_parallel
         #: True while an attached optimizer's step runs a closure (set by `Surgery`).
@@ -97,9 +100,12 @@ class NonFiniteRule(Stage):
             norm = (self.data_parallel.norm(grads) if self.data_parallel.sharded
                     else total_norm([p for p in step.trainable if p.grad is not None]))
         bad = [name for name, flag in step.bad_losses.items() if bool(flag)]
-        step.skipped = bool(bad) or bool(step.bad_rows) or not bool(torch.isfinite(norm))
+        finite, nonzero = torch.stack([torch.isfinite(norm), norm > 0]).tolist()  # one sync
+        step.skipped = bool(bad) or bool(step.bad_rows) or not finite
         if not step.skipped:
             self.in_a_row = 0
+            if nonzero and self.nonzero_steps is not None:
+                self.nonzero_steps += 1
             return
         cause = (f"loss group(s) {', '.join(bad)} not finite" if bad
                  else f"gradient of loss group(s) {', '.join(step.bad_rows)} not finite"
@@ -122,11 +128,17 @@ class NonFiniteRule(Stage):
                 "data")
 
     def state_dict(self) -> dict[str, Any]:
-        return {"skipped_steps": self.skipped_steps, "nonfinite_in_a_row": self.in_a_row}
+        state: dict[str, Any] = {"skipped_steps": self.skipped_steps,
+                                 "nonfinite_in_a_row": self.in_a_row}
+        if self.nonzero_steps is not None:
+            state["nonzero_steps"] = self.nonzero_steps
+        return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.skipped_steps = int(state.get("skipped_steps", 0))
         self.in_a_row = int(state.get("nonfinite_in_a_row", 0))
+        nonzero = state.get("nonzero_steps")
+        self.nonzero_steps = int(nonzero) if nonzero is not None else None
 
 
 def total_norm(params: Sequence[nn.Parameter]) -> Tensor:

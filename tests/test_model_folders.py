@@ -139,3 +139,16 @@ def test_a_jsonl_input_line_is_read_by_the_same_bounded_reader(line, words,
                                                                saved_model):  # noqa: F811
     one_line_error(["predict", saved_model, "--input-format", "jsonl"], words,
                    stdin='{"text": "a fine film"}\n' + line + "\n")
+
+
+@pytest.mark.parametrize("command", ["predict", "eval"])
+def test_a_saved_model_with_non_finite_weights_is_refused(command, saved_model,  # noqa: F811
+                                                          tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    folder = damaged(saved_model, tmp_path, lambda folder: None)
+    weights = load_file(folder / "model.safetensors")
+    name = sorted(weights)[-1]
+    weights[name].view(-1)[0] = float("nan")
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    one_line_error([command, folder], f"tensor {name!r} holds NaN/inf", stdin="a fine film\n")

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 SPECS = {name: name for name in COMBINERS.names()}
 SPECS["project"] = {"name": "project", "target": "a", "reference": "b"}
 SPECS["merge"] = {"name": "merge", "groups": ["a", "b"], "inner": "pcgrad", "into": "ab",
-                  "then": "sum"}
+                  "then": "sum"}  # then ab + c
 ALL = sorted(SPECS)
 
 
@@ -38,21 +38,22 @@ class Poison(torch.autograd.Function):
 
 
 class Net(nn.Module):
-    """A shared trunk and two heads, three groups; group b's path into the trunk can be
-    poisoned, which leaves its loss, its head's gradient and the other groups' rows finite."""
+    """A shared trunk and three heads (three groups: `krum` and `trimmed_mean` need them);
+    group b's path into the trunk can be poisoned, which leaves its loss, its head's gradient
+    and the other groups' rows finite."""
 
     def __init__(self) -> None:
         super().__init__()
         torch.manual_seed(0)
         self.trunk = nn.Sequential(nn.Linear(6, 16), nn.Tanh())
-        self.a, self.b = nn.Linear(16, 3), nn.Linear(16, 3)
+        self.a, self.b, self.c = nn.Linear(16, 3), nn.Linear(16, 3), nn.Linear(16, 3)
 
     def losses(self, x, y, factor=None):
         h = self.trunk(x)
         ce = nn.functional.cross_entropy
         into_b = h if factor is None else Poison.apply(h, factor)
         return {"a": ce(self.a(h), y), "b": ce(self.b(into_b), (y + 1) % 3),
-                "c": self.a(h).pow(2).mean()}  # a third group: krum, trimmed_mean need 3
+                "c": ce(self.c(h), (y + 2) % 3)}
 
 
 def batch(seed):
@@ -80,6 +81,7 @@ def same(a, b) -> bool:
 
 def test_every_registered_combiner_is_covered():
     assert set(ALL) == set(COMBINERS.names()) and "balanced_sum" in ALL  # plugin included
+    assert len(ALL) == 26
 
 
 @pytest.mark.parametrize("poison", [float("nan"), float("inf")])

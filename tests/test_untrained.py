@@ -116,9 +116,20 @@ def test_a_stage_after_which_no_weight_moved_fails(mode, monkeypatch, tmp_path, 
         register(monkeypatch, OPTIMIZERS, "frozen_sgd",
                  lambda params, *, lr, **o: torch.optim.SGD(params, lr=0.0))
         overrides = {"optimizer": {"name": "frozen_sgd", "lr": 0.1}}
-    else:
-        overrides = {"weighting": "zeroing"}
+        message = "no trained weight differs from its start"
+    else:  # with weight decay the weights would shrink: the zero gradients are what tells
+        overrides = {"weighting": "zeroing", "optimizer": {"lr": 1e-3, "weight_decay": 0.1}}
+        message = "had an exactly zero gradient"
     recipe = tiny_recipe(tmp_path, tiny_bert_dir, shared_glue_dir, mode=mode, **overrides)
     out = tmp_path / "out"
-    one_line_error(["run", recipe, "--output", out], "no trained weight differs from its start")
+    one_line_error(["run", recipe, "--output", out], message)
     nothing_saved(out)
+
+
+def test_the_digits_plugin_fails_a_run_that_moved_no_weight(monkeypatch, tmp_path):
+    pytest.importorskip("gradsurg_digits")
+    register(monkeypatch, WEIGHTINGS, "zeroing", Zeroing)
+    out = tmp_path / "out"
+    one_line_error(["run", "digits_project", "--output", out, "--set", "epochs=1",
+                    "--set", "weighting=zeroing"], "had an exactly zero gradient")
+    assert not (out / "results.json").exists() and not (out / "model.pt").exists()

@@ -198,16 +198,23 @@ def train_stage(
 
 def check_trained(name: str, state: StageProgress, surgery: Surgery,
                   trained: list[nn.Parameter]) -> None:
-    """A stage that skipped every step, or after which no trained weight differs from its
-    start, trained nothing: an error, not a model to evaluate and save (the cause may be
-    anything from a loss weighting that zeroes every gradient to an optimizer that steps
-    nothing, so the weights themselves are compared)."""
+    """A stage that skipped every step, whose every step had an exactly zero gradient, or
+    after which no trained weight differs from its start, trained nothing: an error, not a
+    model to evaluate and save (the cause may be anything from a loss weighting that zeroes
+    every gradient to an optimizer that steps nothing, so the weights themselves are compared
+    too; weight decay alone moves them, hence the gradient count)."""
     if state.step > 0 and surgery.skipped_steps >= state.step:
         raise TrainingError(
             f"stage {name!r}: all {state.step} optimizer step(s) were skipped (a NaN/inf loss "
             "or gradient each time, fewer in a row than max_nonfinite_steps), so the model "
             "is untrained and not saved; lower the learning rate or check the data and the "
             "loss weighting")
+    if state.step > 0 and surgery.nonfinite.nonzero_steps == 0:
+        raise TrainingError(
+            f"stage {name!r}: every one of its {state.step} optimizer step(s) had an exactly "
+            "zero gradient (a loss weighting or loss that zeroes every group, or a model "
+            "whose trained parameters no loss reaches), so the model is untrained and not "
+            "saved; check the loss weighting's initial weights and the losses")
     if state.start_digest is None:
         return
     unchanged = torch.tensor([float(weights_digest(trained) == state.start_digest)])

@@ -34,9 +34,10 @@ def _new_axes() -> tuple[Figure, Axes]:
 
 def _save(figure: Figure, path: str | os.PathLike[str]) -> Path:
     """The PNG rendered in memory, then written through gradsurg's one atomic path: a full
-    disk is one error naming the file and leaves no half-written PNG (the folder must exist:
-    `check_own_folder` makes a run's `plots/`)."""
+    disk is one error naming the file and leaves no half-written PNG (a run makes its
+    `plots/` with `check_own_folder`, which refuses a link there)."""
     target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)  # a run's plots/: check_own_folder first
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=DPI)
     atomic_write_bytes(target, buffer.getvalue())

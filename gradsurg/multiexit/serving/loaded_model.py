@@ -15,7 +15,8 @@ import torch
 
 from gradsurg.data.glue import TaskSpec, get_task
 from gradsurg.devices import resolve_device
-from gradsurg.errors import ConfigError, GradsurgError
+from gradsurg.errors import ConfigError, GradsurgError, NonFiniteError
+from gradsurg.finite_weights import first_non_finite
 from gradsurg.multiexit.folders import check_tokenizer_fits, loading_errors
 from gradsurg.multiexit.model import MultiExitModel
 
@@ -76,6 +77,10 @@ def load_for_inference(model_dir: str | Path, *, device: str = "auto") -> Loaded
     check_model_folder(model_dir)
     target = resolve_device(device)
     model = MultiExitModel.from_pretrained(model_dir, device=target)
+    bad = first_non_finite(model)  # checked as a run checks what it saves
+    if bad is not None:
+        raise NonFiniteError(f"{Path(model_dir) / 'model.safetensors'}: tensor {bad!r} holds "
+                             "NaN/inf, so no answer would mean anything; not used")
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
     except Exception as exc:

@@ -29,6 +29,7 @@ from gradsurg.optimizers import (
 )
 from gradsurg.outputs import atomic_write_bytes, atomic_write_text
 from gradsurg.programs import Program, ProgramConfig
+from gradsurg.programs.training import StageProgress, check_trained, weights_digest
 from gradsurg.surgery import Surgery
 from gradsurg.weightings import WEIGHTINGS
 from gradsurg.weightings.loop import after_step
@@ -148,6 +149,9 @@ def train(config: DigitsConfig, output_dir: Path | None = None) -> dict[str, Any
                       exclude=config.exclude, max_grad_norm=config.max_grad_norm,
                       data_parallel=parallel)
     groups = loss_groups(config)
+    learned = {id(p) for p in weighting.parameters()} if weighting is not None else set()
+    trained = [p for p in model.parameters() if p.requires_grad and id(p) not in learned]
+    progress = StageProgress(start_digest=weights_digest(trained))
     generator = torch.Generator().manual_seed(config.seed)
     log_lines, fired = [], []
     for epoch in range(config.epochs):
@@ -171,6 +175,8 @@ def train(config: DigitsConfig, output_dir: Path | None = None) -> dict[str, Any
             weighting.epoch_end()
         log_lines.append({"epoch": epoch + 1, **surgery.losses, **surgery.diagnostics,
                           **(weights if weighting is not None else {})})
+    progress.step = surgery.steps
+    check_trained("train", progress, surgery, trained)  # nothing trained: an error, no model
     if weighting is not None:
         del model.loss_weighting  # training only: not part of the saved model
     accuracies = exit_accuracies(model, x_test, y_test)
