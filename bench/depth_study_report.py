@@ -126,7 +126,8 @@ def commits(runs: Path) -> list[str]:
 
 def write_report(runs: Path, output: Path) -> Path:
     lines = ["# Depth study: tuned baselines, compute-matched sums and 12 layers (issue 29)", "",
-             f"Written by `python bench/depth_study_report.py` from the runs under `{runs}`; "
+             f"Written by `python bench/depth_study_report.py` from the runs under "
+             f"`{runs.relative_to(ROOT) if runs.is_relative_to(ROOT) else runs}`; "
              f"trained at commit(s) {', '.join(commits(runs)) or '-'} "
              "(each run's exact command is in its `command.txt`). Measurements of the "
              "12-layer backbone and ELBERT are in docs/depth_study_notes.md.", "",
