@@ -37,7 +37,10 @@ def pcd_reference(m: np.ndarray, taus: np.ndarray, eps: float, primary: int = 0)
     constraints = [scaled[j] @ d >= taus[j] * scaled[j] @ scaled[j]
                    for j in range(k) if j != primary]
     problem = cp.Problem(cp.Minimize(cp.sum_squares(d - scaled[primary])), constraints)
-    problem.solve(solver=cp.CLARABEL, tol_gap_abs=1e-14, tol_gap_rel=1e-14, tol_feas=1e-14)
+    try:
+        problem.solve(solver=cp.CLARABEL, tol_gap_abs=1e-14, tol_gap_rel=1e-14, tol_feas=1e-14)
+    except cp.error.SolverError:  # the reference itself failed: nothing to compare with
+        return None, None
     if problem.status == cp.INFEASIBLE:
         return k * m[primary], False
     if problem.status != cp.OPTIMAL:
@@ -80,7 +83,9 @@ def test_the_qp_meets_its_kkt_conditions(matrix, tau):
     size = np.linalg.norm(m, axis=1).max() * (np.linalg.norm(m[0]) + np.abs(mu.numpy())
                                              @ np.linalg.norm(m[1:], axis=1))
     assert (mu.numpy() >= 0).all()
-    assert (slack >= -1e-8 * size).all()
+    # below 1e-30 x ||g_j||^2: numerical dust, not a violation (hypothesis found tau = 1e-93
+    # and 1.4e-45 against a zero primary, where the solver keeps mu = 0)
+    assert (slack >= -1e-8 * size - 1e-30 * (m[1:] ** 2).sum(1)).all()
     assert (np.abs(mu.numpy() * slack) <= 1e-8 * size * (1 + mu.numpy())).all()
 
 
