@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import shlex
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from bench_modules import load_bench
 
 from gradsurg.multiexit import backbones
 from gradsurg.recipes import apply_overrides, read_recipe, validate_recipe
@@ -18,12 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def depth():
-    spec = importlib.util.spec_from_file_location("depth_study", ROOT / "bench" /
-                                                  "depth_study.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["depth_study"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("depth_study")
 
 
 def sets_of(command: list[str]) -> list[str]:
@@ -74,12 +69,7 @@ def test_list_shows_each_depth12_run_and_whether_it_finished(depth, monkeypatch,
 
 @pytest.fixture(scope="module")
 def report():
-    spec = importlib.util.spec_from_file_location("depth_study_report", ROOT / "bench" /
-                                                  "depth_study_report.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["depth_study_report"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("depth_study_report")
 
 
 def write_finished(folder: Path, right: torch.Tensor, task: str = "sst2") -> None:

@@ -150,3 +150,18 @@ def check_initial_weight(weight: float, *, name: str, key: str, value: float,
             f"{weight:.3g}, which float32 training {'rounds to 0' if weight < low else 'overflows'}"
             f" (no weight would move); allowed: a starting weight between {low:.3g} and "
             f"{high:.3g}")
+
+
+def check_preference(preference: object, *, name: str, groups: Sequence[str]) -> list[float]:
+    """A weighting's `preference`: one positive number per loss group (default all 1), or a
+    one-line ConfigError naming the weighting and the groups."""
+    k = len(groups)
+    if preference is None:
+        return [1.0] * k
+    if (not isinstance(preference, Sequence) or isinstance(preference, str)
+            or len(preference) != k):
+        raise ConfigError(f"weighting {name!r}: preference={preference!r} is invalid; "
+                          f"allowed: {k} positive numbers, one per loss group {list(groups)}")
+    for value in preference:
+        check_number(value, name=name, key="preference", low=0)
+    return list(preference)

@@ -8,7 +8,12 @@ import torch
 from torch import Tensor
 
 from gradsurg.errors import ConfigError
-from gradsurg.weightings.base import WEIGHTINGS, LossWeighting, check_number
+from gradsurg.weightings.base import (
+    WEIGHTINGS,
+    LossWeighting,
+    check_number,
+    check_preference,
+)
 
 #: Added under PBI's square root so its gradient stays finite on the preference ray (torchjd's).
 PBI_EPSILON = 1e-12
@@ -26,15 +31,7 @@ class PreferenceScalarization(LossWeighting):
     def __init__(self, groups: Sequence[str], *, preference: Sequence[float] | None = None,
                  resample: bool = False, concentration: float = 1.0, seed: int = 0) -> None:
         super().__init__(groups)
-        if preference is None:
-            preference = [1.0] * self.k
-        if (not isinstance(preference, Sequence) or isinstance(preference, str)
-                or len(preference) != self.k):
-            raise ConfigError(f"weighting {self.name!r}: preference={preference!r} is invalid; "
-                              f"allowed: {self.k} positive numbers, one per loss group "
-                              f"{self.groups}")
-        for value in preference:
-            check_number(value, name=self.name, key="preference", low=0)
+        preference = check_preference(preference, name=self.name, groups=self.groups)
         if not isinstance(resample, bool):
             raise ConfigError(f"weighting {self.name!r}: resample={resample!r} is invalid; "
                               "allowed: true or false")

@@ -7,8 +7,13 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from gradsurg.errors import ConfigError
-from gradsurg.weightings.base import WEIGHTINGS, LossWeighting, check_number, positive
+from gradsurg.weightings.base import (
+    WEIGHTINGS,
+    LossWeighting,
+    check_number,
+    check_preference,
+    positive,
+)
 
 
 @WEIGHTINGS.register
@@ -39,15 +44,7 @@ class STCH(LossWeighting):
         self.warmup_epochs = int(check_number(warmup_epochs, name=self.name,
                                               key="warmup_epochs", low=1, low_open=False,
                                               integer=True))
-        if preference is None:
-            preference = [1.0] * self.k
-        if (not isinstance(preference, Sequence) or isinstance(preference, str)
-                or len(preference) != self.k):
-            raise ConfigError(f"weighting 'stch': preference={preference!r} is invalid; "
-                              f"allowed: {self.k} positive numbers, one per loss group "
-                              f"{self.groups}")
-        for value in preference:
-            check_number(value, name=self.name, key="preference", low=0)
+        preference = check_preference(preference, name=self.name, groups=self.groups)
         k = self.k
         self.register_buffer("preference", torch.tensor(preference, dtype=torch.float64))
         self.register_buffer("epochs", torch.zeros((), dtype=torch.int64))
