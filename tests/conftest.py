@@ -7,6 +7,11 @@ from pathlib import Path
 
 import pytest
 
+# pytest-xdist gives its workers COLUMNS=80, and rich fixes a console's width when it is built
+# (at import), so the CLI's tables would wrap under `-n`; tests that read a table set COLUMNS
+# themselves, per invocation.
+os.environ.pop("COLUMNS", None)
+
 
 @pytest.fixture(scope="session")
 def shared_glue_dir() -> Path:
