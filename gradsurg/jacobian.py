@@ -60,7 +60,6 @@ class GradientMatrix:
             self.values = buffer.zero_()
         else:
             self.values = torch.zeros(shape, dtype=layout.dtype, device=layout.device)
-        self.micro_batches = 0
 
     def accumulate(
         self,
@@ -74,7 +73,6 @@ class GradientMatrix:
             self._accumulate_sequential(losses, outside)
         else:
             self._accumulate_batched(losses, outside)
-        self.micro_batches += 1
 
     def _accumulate_sequential(self, losses: Sequence[Tensor], outside: Sequence[nn.Parameter]):
         selected = self.layout.params

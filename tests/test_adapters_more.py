@@ -171,7 +171,7 @@ def test_rows_and_tail_can_be_dropped_between_layers(case: str) -> None:
         prepared = adapter.prepare_mask(mask, hidden)
         hidden = adapter.run_layer(0, hidden, prepared)
         hidden = hidden[keep]
-        prepared = prepared.select(adapter, keep, hidden)
+        prepared = adapter.prepare_mask(prepared.padding[keep], hidden)
         hidden = adapter.run_layer(1, hidden, prepared)
         hidden = hidden[:, :length]
         prepared = adapter.prepare_mask(prepared.padding[:, :length], hidden)

@@ -91,7 +91,6 @@ def test_two_micro_batches_add_up_to_one_batch(mode):
     halves = GradientMatrix(["a", "b"], layout)
     for part in (slice(0, 4), slice(4, 10)):
         halves.accumulate(list(group_losses(model, x[part], y[part]).values()), outside, mode=mode)
-    assert halves.micro_batches == 2
     torch.testing.assert_close(halves.values, whole.values, rtol=1e-5, atol=1e-6)
 
 

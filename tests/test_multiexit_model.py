@@ -96,7 +96,7 @@ def test_rows_can_be_dropped_between_layers() -> None:
         hidden = adapter.run_layer(0, hidden, prepared)
         keep = torch.tensor([0, 2])
         hidden = hidden[keep]
-        prepared = prepared.select(adapter, keep, hidden)
+        prepared = adapter.prepare_mask(prepared.padding[keep], hidden)
         for i in (1, 2):
             hidden = adapter.run_layer(i, hidden, prepared)
     real = mask[keep].bool()

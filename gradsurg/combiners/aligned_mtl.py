@@ -7,6 +7,7 @@ import torch
 from torch import Tensor
 
 from gradsurg.combiners.base import COMBINERS, DtypeAwareWeighting
+from gradsurg.combiners.gramian import rank_tolerance
 
 
 @COMBINERS.register
@@ -33,7 +34,7 @@ class AlignedMTL(DtypeAwareWeighting):
     name = "aligned_mtl"
 
     def weights_for(self, gram: Tensor, dtype: torch.dtype) -> tuple[Tensor, dict[str, float]]:
-        return aligned_weights(gram, rtol=32 * gram.shape[0] * torch.finfo(dtype).eps)
+        return aligned_weights(gram, rtol=rank_tolerance(gram.shape[0], dtype))
 
 
 def aligned_weights(gram: Tensor, *, rtol: float) -> tuple[Tensor, dict[str, float]]:

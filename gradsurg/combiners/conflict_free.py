@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from gradsurg.combiners.base import COMBINERS, DtypeAwareWeighting
+from gradsurg.combiners.gramian import rank_tolerance
 from gradsurg.combiners.imtlg import equal_projection_solution
 
 
@@ -32,7 +33,7 @@ class ConFIG(DtypeAwareWeighting):
     name = "config"
 
     def weights_for(self, gram: Tensor, dtype: torch.dtype) -> tuple[Tensor, dict[str, float]]:
-        return config_weights(gram, rtol=32 * gram.shape[0] * torch.finfo(dtype).eps)
+        return config_weights(gram, rtol=rank_tolerance(gram.shape[0], dtype))
 
 
 def config_weights(gram: Tensor, *, rtol: float) -> tuple[Tensor, dict[str, float]]:

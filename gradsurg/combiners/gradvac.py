@@ -8,14 +8,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gradsurg.combiners.base import COMBINERS, GramianWeighting
+from gradsurg.combiners.base import COMBINERS, GramianWeighting, SeededDraws
 from gradsurg.combiners.pcgrad import shuffled_pairs
 from gradsurg.combiners.qp import cosine_matrix
 from gradsurg.errors import ConfigError
 
 
 @COMBINERS.register
-class GradVac(GramianWeighting):
+class GradVac(SeededDraws, GramianWeighting):
     """PCGrad with adaptive targets: each pair of groups is pushed towards the cosine it has
     had on average, instead of only away from conflict.
 
@@ -52,11 +52,8 @@ class GradVac(GramianWeighting):
             or not 0.0 <= beta <= 1.0
         ):
             raise ConfigError(f"combiner 'gradvac': beta must be a number in [0, 1], got {beta!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ConfigError(f"combiner 'gradvac': seed must be an integer, got {seed!r}")
         self.beta = float(beta)
-        self.seed = seed
-        self.generator = torch.Generator().manual_seed(seed)
+        self._seed(seed)
         self.targets = torch.zeros(0, 0, dtype=torch.float64)
 
     def weights(self, gram: Tensor) -> tuple[Tensor, dict[str, float]]:
@@ -107,8 +104,7 @@ class GradVac(GramianWeighting):
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "seed": self.seed,
-            "generator": self.generator.get_state(),
+            **super().state_dict(),
             "names": list(self.names or []),
             "targets": self.targets.clone(),
         }
@@ -120,6 +116,5 @@ class GradVac(GramianWeighting):
             raise ValueError(
                 f"gradvac state: targets of shape {tuple(targets.shape)} for {len(names)} groups"
             )
-        self.seed = int(state["seed"])
-        self.generator.set_state(state["generator"])
+        super().load_state_dict(state)
         self.names, self.targets = names, targets.clone()

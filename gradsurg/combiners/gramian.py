@@ -16,6 +16,12 @@ from torch import Tensor
 CHUNK = 1 << 20
 
 
+def rank_tolerance(k: int, dtype: torch.dtype) -> float:
+    """Relative eigenvalue cut below which a k x k Gramian of rows held in `dtype` is rank
+    deficient: 32 k eps (the Gramian carries the rows' rounding even when held in float64)."""
+    return 32 * k * torch.finfo(dtype).eps
+
+
 def row_scales(matrix: Tensor) -> Tensor:
     """Largest absolute entry of each row, float64; 1 for all-zero rows (nothing to scale)."""
     if matrix.shape[1] == 0:

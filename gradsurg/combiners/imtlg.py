@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from gradsurg.combiners.base import COMBINERS, DtypeAwareWeighting
+from gradsurg.combiners.gramian import rank_tolerance
 from gradsurg.combiners.qp import cosine_matrix
 
 
@@ -41,7 +42,7 @@ class IMTLG(DtypeAwareWeighting):
 
     def weights_for(self, gram: Tensor, dtype: torch.dtype) -> tuple[Tensor, dict[str, float]]:
         # the Gramian carries the rounding of the input's dtype: eigenvalues below it are noise
-        return imtlg_weights(gram, rtol=32 * gram.shape[0] * torch.finfo(dtype).eps)
+        return imtlg_weights(gram, rtol=rank_tolerance(gram.shape[0], dtype))
 
 
 def imtlg_weights(gram: Tensor, *, rtol: float) -> tuple[Tensor, dict[str, float]]:

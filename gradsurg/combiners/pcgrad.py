@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import torch
 from torch import Tensor
 
-from gradsurg.combiners.base import COMBINERS, GramianWeighting
+from gradsurg.combiners.base import COMBINERS, GramianWeighting, SeededDraws
 
 
 @COMBINERS.register
-class PCGrad(GramianWeighting):
+class PCGrad(SeededDraws, GramianWeighting):
     """Each group's gradient is projected off every other group's *original* gradient it conflicts
     with, the others visited in a random order; the projected gradients are summed.
 
@@ -28,8 +27,7 @@ class PCGrad(GramianWeighting):
     name = "pcgrad"
 
     def __init__(self, *, seed: int = 0) -> None:
-        self.seed = seed
-        self.generator = torch.Generator().manual_seed(seed)
+        self._seed(seed)
 
     def weights(self, gram: Tensor) -> tuple[Tensor, dict[str, float]]:
         k = gram.shape[0]
@@ -43,13 +41,6 @@ class PCGrad(GramianWeighting):
                 coefficients[i, j] -= dot / norm_sq
                 conflicts += 1
         return coefficients.sum(dim=0), {"pcgrad/conflicts": float(conflicts)}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"seed": self.seed, "generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.seed = int(state["seed"])
-        self.generator.set_state(state["generator"])
 
 
 def shuffled_pairs(k: int, generator: torch.Generator) -> Iterator[tuple[int, int]]:

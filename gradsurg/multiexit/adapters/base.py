@@ -50,10 +50,6 @@ class LayerMask:
     padding: Tensor
     value: Any
 
-    def select(self, adapter: EncoderAdapter, rows: Tensor, hidden: Tensor) -> LayerMask:
-        """Keep only ``rows`` (index or boolean tensor); ``hidden`` is already row-selected."""
-        return adapter.prepare_mask(self.padding[rows], hidden)
-
 
 class EncoderAdapter(nn.Module, ABC):
     """Layer-by-layer access to an encoder; owns exactly the modules it runs.
