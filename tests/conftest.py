@@ -13,6 +13,29 @@ import pytest
 os.environ.pop("COLUMNS", None)
 
 
+def _share_the_cores_between_workers() -> None:
+    """Under `pytest -n N` each worker gets cores // N torch threads, and a recipe's
+    `threads` key cannot raise it: N workers each spinning up every core's worth of OpenMP
+    threads make each tiny op wait on the others (a 2-core machine ran slower with
+    `-n 2` than without). One process (no xdist) keeps torch's and the recipes' choice."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+    if workers < 2:
+        return
+    import torch
+
+    budget = max(1, (os.cpu_count() or 1) // workers)
+    chosen = torch.set_num_threads
+
+    def set_num_threads(threads: int) -> None:
+        chosen(min(int(threads), budget))
+
+    torch.set_num_threads = set_num_threads
+    chosen(budget)
+
+
+_share_the_cores_between_workers()
+
+
 @pytest.fixture(scope="session")
 def shared_glue_dir() -> Path:
     """`$GLUE_DIR`, else `../shared/glue_data` next to the repository (never copied in)."""
