@@ -112,3 +112,23 @@ def test_the_check_sees_an_upward_import() -> None:
         "gradsurg.multiexit.serving.loaded_model")
     assert internal("gradsurg.recipes.load_recipe") == "gradsurg.recipes"
     assert "gradsurg.strict_json" in imports("gradsurg.run_folder")
+
+
+PLUGINS = sorted((PACKAGE.parent / "plugins").glob("*/gradsurg_*/**/*.py"))
+
+
+@pytest.mark.parametrize("path", PLUGINS, ids=lambda path: str(path.relative_to(PACKAGE.parent)))
+def test_the_shipped_plugins_sit_at_the_program_layer(path: Path) -> None:
+    """A plugin is a program, combiner, weighting, ...: it may import gradsurg up to the
+    programs, never the entry layer (the recipe loader, the plugin listing, the CLI)."""
+    programs = [name for name, _ in LAYERS].index("programs")
+    upward = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        names = ([alias.name for alias in node.names] if isinstance(node, ast.Import) else
+                 [f"{node.module}.{alias.name}" for alias in node.names]
+                 if isinstance(node, ast.ImportFrom) and node.module else [])
+        for name in names:
+            target = internal(name) if name.startswith("gradsurg.") else None
+            if target is not None and layer_of(target) > programs:
+                upward.append(target)
+    assert PLUGINS and not upward, f"{path} imports {', '.join(sorted(set(upward)))}"
