@@ -30,7 +30,15 @@ from gradsurg.outputs import (
 )
 from gradsurg.programs import PROGRAMS
 from gradsurg.recipes import load_recipe
-from gradsurg.run_folder import check_run_folder, write_recipe, write_results
+from gradsurg.run_folder import (
+    CHECKPOINTS_DIR,
+    EXIT_LOGITS_FILE,
+    RECIPE_FILE,
+    RESULTS_FILE,
+    check_run_folder,
+    write_recipe,
+    write_results,
+)
 
 app = typer.Typer(
     name="gradsurg",
@@ -112,10 +120,10 @@ def fail(error: Exception) -> typer.Exit:
 
 
 RUN_EPILOG = (
-    "The output folder receives recipe.yaml (the resolved recipe), results.json, "
-    "exit_logits.safetensors (multiexit_glue: every exit's dev outputs, for gradsurg compare), "
+    f"The output folder receives {RECIPE_FILE} (the resolved recipe), {RESULTS_FILE}, "
+    f"{EXIT_LOGITS_FILE} (multiexit_glue: every exit's dev outputs, for gradsurg compare), "
     "train_log.jsonl (one line per logging step; tensorboard/ too with loggers: [jsonl, "
-    "tensorboard]), checkpoints/ (for --resume), plots/*.png and "
+    f"tensorboard]), {CHECKPOINTS_DIR}/ (for --resume), plots/*.png and "
     "model/ (reload with gradsurg predict / eval). `gradsurg keys PROGRAM` lists every recipe key."
 )
 
