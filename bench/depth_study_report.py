@@ -72,7 +72,7 @@ def tuned_rows(runs: Path, task: str) -> list[str]:
         held_out_best_over_settings,
         held_out_best_within,
     )
-    from gradsurg.report.compare import load_run
+    from gradsurg.run_folder import load_run
 
     planned = [run for run in depth_study.plan("tuned") if run.task == task]
     done = [run for run in finished(runs, "tuned") if run.task == task]

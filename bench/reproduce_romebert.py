@@ -24,15 +24,10 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from gradsurg.multiexit.evaluation.comparison import Comparison, compare_runs
 from gradsurg.recipes import apply_overrides, read_recipe, validate_recipe
-from gradsurg.report.compare import (
-    Comparison,
-    LoadedRun,
-    compare_runs,
-    load_run,
-    markdown_tables,
-    write_plots,
-)
+from gradsurg.report.compare import markdown_tables, write_plots
+from gradsurg.run_folder import LoadedRun, load_run
 
 ROOT = Path(__file__).resolve().parents[1]
 MODES = ["deebert", "deebert_sd", "romebert_sd", "romebert"]

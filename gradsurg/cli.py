@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import inspect
 import json
 from pathlib import Path
 from typing import Annotated, Any
@@ -30,7 +29,16 @@ from gradsurg.outputs import (
     os_error_message,
 )
 from gradsurg.programs import PROGRAMS
-from gradsurg.recipes import load_recipe, refuse_changed_recipe
+from gradsurg.recipes import load_recipe
+from gradsurg.run_folder import (
+    CHECKPOINTS_DIR,
+    EXIT_LOGITS_FILE,
+    RECIPE_FILE,
+    RESULTS_FILE,
+    check_run_folder,
+    write_recipe,
+    write_results,
+)
 
 app = typer.Typer(
     name="gradsurg",
@@ -98,9 +106,9 @@ def optional(module: str, *names: str) -> tuple[Any, ...]:
     return tuple(getattr(loaded, name) for name in names)
 
 
-#: What a command turns into one `error:` line and exit code 2: the user's input
-#: (GradsurgError) and every file-system failure (OSError: disk full, read-only folder, a
-#: name too long, ...), named by its path. This is the one place that does it.
+#: What every command turns into one `error:` line and exit code 2 (through `fail`): the
+#: user's input (GradsurgError) and every file-system failure (OSError: disk full, read-only
+#: folder, a name too long, ...), named by its path. Each command catches exactly these.
 USER_ERRORS = (GradsurgError, OSError)
 
 
@@ -112,10 +120,10 @@ def fail(error: Exception) -> typer.Exit:
 
 
 RUN_EPILOG = (
-    "The output folder receives recipe.yaml (the resolved recipe), results.json, "
-    "exit_logits.safetensors (multiexit_glue: every exit's dev outputs, for gradsurg compare), "
+    f"The output folder receives {RECIPE_FILE} (the resolved recipe), {RESULTS_FILE}, "
+    f"{EXIT_LOGITS_FILE} (multiexit_glue: every exit's dev outputs, for gradsurg compare), "
     "train_log.jsonl (one line per logging step; tensorboard/ too with loggers: [jsonl, "
-    "tensorboard]), checkpoints/ (for --resume), plots/*.png and "
+    f"tensorboard]), {CHECKPOINTS_DIR}/ (for --resume), plots/*.png and "
     "model/ (reload with gradsurg predict / eval). `gradsurg keys PROGRAM` lists every recipe key."
 )
 
@@ -142,7 +150,7 @@ def run(
         resolved = config.model_dump(mode="json")
         if resume and output is None:
             raise ConfigError("--resume needs --output DIR: the folder of the run to continue")
-        if resume and "resume" not in inspect.signature(program.run).parameters:
+        if resume and not program.resumable:
             raise ConfigError(f"program {program.name!r} cannot resume; run it without --resume")
         main = is_main_process()  # under torchrun only rank 0 writes files and prints
         if output is not None:
@@ -157,51 +165,17 @@ def run(
                          evaluation_keys=program.evaluation_keys)
         folder.mkdir(parents=True, exist_ok=True)
         if main:
-            atomic_write_text(folder / "recipe.yaml", yaml.safe_dump(resolved, sort_keys=False),
-                              own=True)
+            write_recipe(folder, resolved)
             console.print(f"[bold]{program.name}[/]: {program.summary} -> {folder}")
         extra = {"resume": True} if resume else {}
         results = program.run(config, folder, **extra)
         if main:
-            atomic_write_text(folder / "results.json",
-                              strict_json.dumps(results, indent=2) + "\n", own=True)
-            console.print(f"results: {folder / 'results.json'}")
+            console.print(f"results: {write_results(folder, results)}")
     except USER_ERRORS as error:
         raise fail(error) from None
     finally:
         if lock is not None:
             lock.release()
-
-
-def check_run_folder(folder: Path, resolved: dict[str, object], *, resume: bool,
-                     evaluation_keys: frozenset[str] = frozenset()) -> None:
-    """Refuse to overwrite a run that could be resumed or has finished, or to resume it with
-    another recipe (keys in `evaluation_keys` may change: the run is evaluated again)."""
-    has_checkpoints = any((folder / "checkpoints").glob("step-*"))
-    finished = (folder / "results.json").is_file()
-    if not resume and has_checkpoints:
-        raise ConfigError(
-            f"{folder} holds checkpoints of an earlier run; pass --resume to continue it, or "
-            "choose another --output")
-    if not resume and finished:
-        raise ConfigError(
-            f"{folder} holds a finished run ({folder / 'results.json'}); choose another "
-            "--output (nothing is overwritten)")
-    if resume and finished and not has_checkpoints:
-        raise ConfigError(
-            f"{folder} holds a finished run without checkpoints (checkpoints: false), so "
-            "--resume has nothing to continue or evaluate again; choose another --output")
-    saved_recipe = folder / "recipe.yaml"
-    if resume and saved_recipe.is_file():
-        try:
-            saved = strict_yaml.load(saved_recipe.read_text(encoding="utf-8")) or {}
-        except (yaml.YAMLError, UnicodeDecodeError) as error:
-            raise ConfigError(f"{saved_recipe}: cannot be read back ({str(error)[:200]})"
-                              ) from None
-        if not isinstance(saved, dict):
-            raise ConfigError(f"{saved_recipe}: not a recipe (a mapping of keys)")
-        refuse_changed_recipe(saved, resolved, ignore=evaluation_keys, saved_in=str(saved_recipe),
-                              advice="resume with the original recipe and --set overrides")
 
 
 @app.command()
@@ -358,7 +332,7 @@ def keys(
     """List a program's recipe keys with their types, defaults and meaning."""
     try:
         config_cls = PROGRAMS.get(program).config
-    except GradsurgError as error:
+    except USER_ERRORS as error:
         raise fail(error) from None
     table = Table(title=f"recipe keys of {program}")
     for column in ("key", "type", "default", "meaning"):
@@ -404,15 +378,15 @@ def compare(
 ) -> None:
     """Put finished multi-exit runs side by side: per-exit metrics, best metric within time
     budgets, area under the metric-vs-time curve, overlay plots."""
+    from gradsurg.multiexit.evaluation.comparison import compare_runs
     from gradsurg.report.compare import (
         budget_table,
-        compare_runs,
         held_out_table,
-        load_run,
         per_exit_table,
         summary_table,
         write_comparison,
     )
+    from gradsurg.run_folder import load_run
 
     try:
         if output is not None and output.exists() and not output.is_dir():
@@ -452,7 +426,7 @@ def plugins(
 
     try:
         listing = inventory()
-    except GradsurgError as error:  # e.g. two packages registering one name
+    except USER_ERRORS as error:  # e.g. two packages registering one name, an unreadable file
         raise fail(error) from None
     if json_output:
         typer.echo(json.dumps(as_json(listing), indent=2))

@@ -10,7 +10,7 @@ name, so a local file can never be shadowed by a plugin.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -140,40 +140,6 @@ def load_recipe(
     """Read the recipe a file path or registered name gives, apply overrides, validate it."""
     path = resolve_recipe(recipe)
     return validate_recipe(apply_overrides(read_recipe(path), overrides), source=str(path))
-
-
-def first_changed_key(saved: Mapping[str, Any], current: Mapping[str, Any], *,
-                      ignore: frozenset[str] = frozenset()) -> str | None:
-    """The alphabetically first key whose value differs between two resolved recipes, as a
-    dotted path into nested keys (`optimizer.lr`, not the whole `optimizer` mapping); keys in
-    `ignore`, e.g. evaluation-only settings, may differ."""
-    changed = sorted(k for k in saved.keys() | current.keys()
-                     if k not in ignore and saved.get(k) != current.get(k))
-    if not changed:
-        return None
-    key = changed[0]
-    inner_saved, inner_current = saved.get(key), current.get(key)
-    if isinstance(inner_saved, Mapping) and isinstance(inner_current, Mapping):
-        return f"{key}.{first_changed_key(inner_saved, inner_current)}"
-    return key
-
-
-def refuse_changed_recipe(saved: Mapping[str, Any], current: Mapping[str, Any], *,
-                          ignore: frozenset[str], saved_in: str, advice: str) -> None:
-    """`--resume` continues the recipe a run was started with: the first key that differs
-    (outside `ignore`) is one ConfigError naming both values and where the saved one is."""
-    key = first_changed_key(saved, current, ignore=ignore)
-    if key is not None:
-        raise ConfigError(f"--resume: key {key!r} is {quoted(value_at(current, key))} here "
-                          f"but {quoted(value_at(saved, key))} in {saved_in}; {advice}")
-
-
-def value_at(recipe: Mapping[str, Any], dotted: str) -> Any:
-    """The value a dotted key (`optimizer.lr`) names in a resolved recipe; None if absent."""
-    value: Any = recipe
-    for part in dotted.split("."):
-        value = value.get(part) if isinstance(value, Mapping) else None
-    return value
 
 
 def _first_problem(error: ValidationError) -> str:

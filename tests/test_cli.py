@@ -81,3 +81,22 @@ def test_every_command_has_help(command):
     result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
     assert "Usage" in result.output and len(result.output.splitlines()) > 5
+
+
+@pytest.mark.parametrize(("command", "target"), [
+    (["keys", "multiexit_glue"], "gradsurg.programs.PROGRAMS.get"),
+    (["plugins"], "gradsurg.plugins.inventory"),
+])
+def test_a_disk_error_in_keys_or_plugins_is_one_error_line(command, target, monkeypatch):
+    """Like `run` and `compare`, every command turns an OSError into one `error:` line naming
+    the path and exit code 2 (they used to catch only GradsurgError: a traceback)."""
+    def unreadable(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", "/nowhere/entry_points.txt")
+
+    monkeypatch.setattr(target, unreadable)
+    result = runner.invoke(app, command)
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit), result.exception
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+    assert "/nowhere/entry_points.txt" in lines[0], lines[0]

@@ -231,3 +231,18 @@ def test_real_runs_write_logits_and_compare(tiny_bert_dir, shared_glue_dir, tmp_
     assert stsb["dense_sweep"]["parameter"] == "tolerance"
     assert {"pearson", "spearman"} <= set(stsb["dense_sweep"]["points"][0])
     assert stsb["tradeoff"]["metric"] == "pearson"
+
+
+def test_a_disk_error_while_writing_is_one_error_line(tmp_path):
+    """An output folder that cannot be made (its parent is a file) is an OSError inside
+    write_comparison: one `error:` line naming the path and exit code 2, not a traceback."""
+    a = write_run(tmp_path / "a", "deebert", DEEBERT, [0.5, 1.0])
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file, where the output's parent folder should be")
+    out = blocker / "out"
+    result = invoke(a, "--output", out)
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit), result.exception  # not an OSError
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and str(blocker) in errors[0], result.output
+    assert blocker.read_text().startswith("a file") and not out.exists()

@@ -58,7 +58,8 @@ DENSE = (r"has nothing between that and " + NUMBER + r"% at " + NUMBER + r"% \(e
 
 
 def test_readme_quickstart_dense_numbers_match_compare_on_the_stored_run():
-    from gradsurg.report.compare import compare_runs, load_run
+    from gradsurg.multiexit.evaluation.comparison import compare_runs
+    from gradsurg.run_folder import load_run
 
     found = re.findall(DENSE, readme_text())
     assert len(found) == 1, "README's quickstart dense-sweep sentence not found once"

@@ -84,7 +84,7 @@ def test_config_errors_of_the_factory_get_the_key_once() -> None:
 
 
 def test_first_changed_key_names_the_nested_key_that_changed() -> None:
-    from gradsurg.recipes import first_changed_key, value_at
+    from gradsurg.run_folder import first_changed_key, value_at
 
     saved = {"optimizer": {"name": "adamw", "lr": 2e-5}, "seed": 1, "sweep": [0.1]}
     current = {"optimizer": {"name": "adamw", "lr": 0.5}, "seed": 1, "sweep": [0.2]}

@@ -297,8 +297,9 @@ def test_report_command_names_a_run_it_cannot_score_in_one_error_line(study, tmp
 
 
 def test_the_rule_is_checked_on_other_splits_of_the_dev_set(study, tmp_path):
+    from gradsurg.multiexit.evaluation.comparison import held_out_budgets
     from gradsurg.multiexit.evaluation.held_out import held_out_best_within
-    from gradsurg.report.compare import held_out_budgets, load_run
+    from gradsurg.run_folder import load_run
 
     runs = tmp_path / "runs"
     labels = [0, 1] * 6

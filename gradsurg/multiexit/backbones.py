@@ -1,4 +1,5 @@
-"""Backbone lookup: short names for packaged models, pass-through for everything else."""
+"""Backbone lookup: short names for packaged models, pass-through for everything else; and
+facts about a backbone every user of it needs (`max_positions`: tokens it can embed)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ __all__ = [
     "MPNET_BASE",
     "SHORT_NAMES",
     "check_backbone_installed",
+    "check_max_length",
     "load_backbone",
+    "max_positions",
     "minilm_vocab_size",
     "resolve_backbone",
     "tiny_bert_config",
@@ -32,6 +35,26 @@ MPNET_BASE = SplitZipModel(
 MPNET_NAMES = ("mpnet-base", "all-mpnet-base-v2")
 #: Short names that resolve to a model shipped as Python packages (works offline).
 SHORT_NAMES = (*MINILM_NAMES, *MPNET_NAMES)
+#: Model types whose position ids start after the padding index (fairseq's convention).
+_PADDING_OFFSET_TYPES = {"roberta": 2, "mpnet": 2, "xlm-roberta": 2, "camembert": 2}
+
+
+def max_positions(hf_config: Any) -> int | None:
+    """Tokens the backbone can embed (BERT: 512; RoBERTa/MPNet: 514 minus their offset 2)."""
+    limit = getattr(hf_config, "max_position_embeddings", None)
+    if not isinstance(limit, int):
+        return None
+    return limit - _PADDING_OFFSET_TYPES.get(getattr(hf_config, "model_type", ""), 0)
+
+
+def check_max_length(max_length: int, hf_config: Any, *, key: str = "key 'max_length'",
+                     model: str = "the model") -> None:
+    """Refuse a truncation length the position embeddings cannot hold (it would fail on the
+    first long input, possibly after hours of training)."""
+    limit = max_positions(hf_config)
+    if limit is not None and max_length > limit:
+        raise ConfigError(f"{key}: {max_length} is more than {model} can embed "
+                          f"({limit} positions); allowed: 2..{limit}")
 
 
 def _minilm_path() -> Path:

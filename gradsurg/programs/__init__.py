@@ -10,8 +10,7 @@ style). The YAML files that name programs are read by `gradsurg.recipes`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -29,12 +28,19 @@ class ProgramConfig(BaseModel):
 
 @dataclass(frozen=True)
 class Program:
-    """`run(config, output_dir)` trains and evaluates, writes its files, returns the results."""
+    """`run(config, output_dir)` trains and evaluates, writes its files, returns the results.
+
+    `resumable` is declared, never guessed: a program that can continue a run from its
+    checkpoints (`gradsurg run --resume`) says `resumable=True`, and its `run` then takes
+    `resume=True` as a keyword; one that cannot says `resumable=False`, and `--resume` is
+    refused before anything runs. The run folder's layout is `gradsurg.run_folder`'s.
+    """
 
     name: str
     config: type[ProgramConfig]
-    run: Callable[[Any, Path], dict[str, Any]]
+    run: Callable[..., dict[str, Any]]
     summary: str
+    resumable: bool = field(kw_only=True)
     #: Recipe keys that change evaluation only: `run --resume` accepts new values for them,
     #: so a finished run's last checkpoint can be evaluated again without training.
     evaluation_keys: frozenset[str] = frozenset()

@@ -1,318 +1,42 @@
-"""`gradsurg compare`: finished multi-exit runs side by side, on one task and one dev set.
-
-Each run folder holds ``results.json`` and, since dense sweeps exist,
-``exit_logits.safetensors`` (``logits`` ``[L, N, C]``, ``labels`` ``[N]``: every exit's dev
-outputs). From the logits every run gets a dense trade-off curve
-(:mod:`gradsurg.multiexit.evaluation.dense_sweeps`) under its own recipe's exit policy; a run
-without them (made before they were written) falls back to the fixed threshold list in its
-results.json, and the comparison says so. Summary numbers follow
-:mod:`gradsurg.multiexit.evaluation.tradeoff_summary`, with one reference for all runs: the
-best final exit among them.
+"""`gradsurg compare`'s output: the comparison's tables (rich for the screen, Markdown for
+compare.md), its overlay plots and its files, each written atomically (a temporary name, then
+a rename). Reading the run folders is `gradsurg.run_folder`'s; comparing them (curves, budgets,
+held-out scores) is `gradsurg.multiexit.evaluation.comparison`'s.
 """
 
 from __future__ import annotations
 
 import os
-from collections import Counter
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from rich.table import Table
 
 from gradsurg import strict_json
 from gradsurg.errors import ConfigError
-from gradsurg.multiexit.evaluation.tradeoff_summary import (
-    BUDGETS,
-    Point,
-    TradeoffSummary,
-    summarize,
-)
+from gradsurg.multiexit.evaluation.comparison import Comparison
 from gradsurg.outputs import atomic_write_text
 from gradsurg.report.plots import plot_exit_metrics, plot_tradeoff
 
 __all__ = [
-    "COMPARE_BUDGETS",
-    "Comparison",
-    "LoadedRun",
-    "RunReport",
+    "HELD_OUT_NOTE",
     "budget_table",
-    "compare_runs",
-    "held_out_budgets",
     "held_out_table",
-    "load_run",
+    "markdown_report",
     "markdown_tables",
     "per_exit_table",
     "summary_table",
     "write_comparison",
+    "write_plots",
 ]
 
-COMPARE_BUDGETS: tuple[float, ...] = (*BUDGETS, 100.0)
+
 HELD_OUT_NOTE = (
     "Held out: the budget table above picks the best of up to 200 settings on the examples it "
     "scores, which flatters a noisy curve; here the evaluation set is split in two at random "
     "(seed 0, the same split for every run), the setting best within the budget on one half is "
     "scored on the other, both ways round, and the two are averaged (its time may pass the "
     "budget a little). See `gradsurg.multiexit.evaluation.held_out`.")
-LOGITS_FILE = "exit_logits.safetensors"
-REQUIRED_KEYS = ("task", "mode", "primary_metric", "exit_metrics")
-
-
-@dataclass
-class LoadedRun:
-    """One finished run: its results.json and, when written, every exit's dev outputs."""
-
-    results: dict[str, Any]
-    folder: Path | None = None
-    logits: Any = None  # torch.Tensor [L, N, C] or None
-    labels: Any = None  # torch.Tensor [N] or None
-
-    @property
-    def name(self) -> str:
-        return str(self.folder) if self.folder is not None else str(self.results.get("mode"))
-
-
-def load_run(folder: str | os.PathLike[str]) -> LoadedRun:
-    """Read a run folder; a missing or corrupt results.json or logits file is a ConfigError
-    naming the file."""
-    folder = Path(folder)
-    path = folder / "results.json"
-    if not folder.is_dir():
-        raise ConfigError(f"{folder}: no such run folder")
-    if not path.is_file():
-        raise ConfigError(f"{path}: missing; is {folder} a finished run?")
-    results = strict_json.load_file(path)  # bounded; NaN / Infinity refused, file named
-    if not isinstance(results, dict):
-        raise ConfigError(f"{path}: expected a JSON object, got {type(results).__name__}")
-    missing = [key for key in REQUIRED_KEYS if key not in results]
-    if missing:
-        raise ConfigError(f"{path}: missing key {missing[0]!r}; not a multiexit_glue result")
-    metric = results["primary_metric"]
-    exits = results["exit_metrics"]
-    if (not isinstance(exits, list) or not exits
-            or not all(isinstance(m, dict) and isinstance(m.get(metric), int | float)
-                       for m in exits)):
-        raise ConfigError(f"{path}: 'exit_metrics' must list each exit's {metric!r}")
-    run = LoadedRun(results=results, folder=folder)
-    if (folder / LOGITS_FILE).is_file():
-        run.logits, run.labels = _read_logits(folder / LOGITS_FILE, len(exits))
-    return run
-
-
-def _read_logits(path: Path, num_exits: int) -> tuple[Any, Any]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        tensors = load_file(path)
-    except (SafetensorError, OSError, ValueError) as error:
-        raise ConfigError(f"{path}: cannot be read ({error})") from None
-    logits, labels = tensors.get("logits"), tensors.get("labels")
-    if logits is None or labels is None:
-        raise ConfigError(f"{path}: needs tensors 'logits' and 'labels', has {sorted(tensors)}")
-    if logits.ndim != 3 or labels.ndim != 1 or logits.shape[1] != labels.shape[0]:
-        raise ConfigError(f"{path}: expected logits [L, N, C] and labels [N], got "
-                          f"{tuple(logits.shape)} and {tuple(labels.shape)}")
-    if logits.shape[0] != num_exits:
-        raise ConfigError(f"{path}: {logits.shape[0]} exits, but results.json lists {num_exits}")
-    for name, tensor in (("logits", logits), ("labels", labels)):
-        # checked as the run checks its own outputs: NaN / inf scores nothing
-        if tensor.is_floating_point() and not bool(tensor.isfinite().all()):
-            bad = int((~tensor.isfinite()).sum())
-            raise ConfigError(f"{path}: {bad} of {tensor.numel()} {name} are NaN/inf, so no "
-                              "metric would mean anything; not compared")
-    return logits.float(), labels
-
-
-def run_labels(runs: Sequence[LoadedRun]) -> list[str]:
-    """Each run's mode; the folder name where modes repeat; the path where those do too."""
-    modes = [str(run.results.get("mode")) for run in runs]
-    names = [run.folder.name if run.folder is not None else mode
-             for run, mode in zip(runs, modes)]
-    labels = [mode if Counter(modes)[mode] == 1 else name for mode, name in zip(modes, names)]
-    if len(set(labels)) < len(labels):
-        labels = [label if Counter(labels)[label] == 1 else run.name
-                  for run, label in zip(runs, labels)]
-    repeated = [label for label, count in Counter(labels).items() if count > 1]
-    if repeated:
-        raise ConfigError(f"run {repeated[0]} is given more than once")
-    return labels
-
-
-def _eval_set(run: LoadedRun) -> dict[str, Any]:
-    """What is known of the run's evaluation set (older runs record less)."""
-    known: dict[str, Any] = {}
-    for key in ("eval_split", "eval_rows", "num_eval_examples"):
-        if key in run.results:
-            known[key] = run.results[key]
-    if run.labels is not None:
-        known.setdefault("num_eval_examples", int(run.labels.shape[0]))
-    return known
-
-
-def _describe(known: Mapping[str, Any]) -> str:
-    parts = [f"{key}={value}" for key, value in known.items()]
-    return ", ".join(parts) or "unknown evaluation set"
-
-
-def check_comparable(runs: Sequence[LoadedRun], labels: Sequence[str]) -> None:
-    """Refuse runs of different tasks or evaluation sets, naming two that differ."""
-    first = runs[0]
-    for run, label in zip(runs[1:], labels[1:]):
-        if run.results["task"] != first.results["task"]:
-            raise ConfigError(
-                f"runs of different tasks: {labels[0]} ({first.name}: "
-                f"{first.results['task']}) and {label} ({run.name}: {run.results['task']})")
-    sets = [_eval_set(run) for run in runs]
-    for index, (run, label) in enumerate(zip(runs, labels)):
-        for other in range(index):
-            a, b = sets[other], sets[index]
-            differ = [key for key in a.keys() & b.keys() if a[key] != b[key]]
-            same_labels = _same_labels(runs[other], run)
-            if differ or same_labels is False:
-                what = (", ".join(sorted(differ)) if differ else "dev labels")
-                raise ConfigError(
-                    f"runs on different evaluation sets ({what}): {labels[other]} "
-                    f"({runs[other].name}: {_describe(a)}) and {label} ({run.name}: "
-                    f"{_describe(b)})")
-
-
-def _same_labels(a: LoadedRun, b: LoadedRun) -> bool | None:
-    if a.labels is None or b.labels is None:
-        return None
-    if a.labels.shape != b.labels.shape:
-        return False
-    return bool((a.labels.double() == b.labels.double()).all())
-
-
-@dataclass
-class RunReport:
-    """One run's side of the comparison."""
-
-    label: str
-    folder: str | None
-    mode: str
-    curve: str  # where the points come from
-    exit_metrics: list[float]  # primary metric per exit
-    points: list[Point]  # (time %, metric) of the sweep, in sweep order
-    summary: TradeoffSummary
-    train_seconds: float | None
-    # best within each budget with the setting chosen on the other half of the evaluation set
-    # (held_out.py); None without logits to split
-    held_out: dict[str, dict[str, float] | None] | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {"label": self.label, "folder": self.folder, "mode": self.mode,
-                "curve": self.curve, "exit_metrics": self.exit_metrics,
-                "points": [list(p) for p in self.points], "summary": self.summary.to_json(),
-                "held_out_best_within": self.held_out, "train_seconds": self.train_seconds}
-
-
-@dataclass
-class Comparison:
-    task: str
-    metric: str
-    reference_label: str
-    reference: float
-    tolerance: float
-    budgets: tuple[float, ...]
-    runs: list[RunReport]
-    notes: list[str] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"task": self.task, "metric": self.metric,
-                "reference": {"label": self.reference_label, "value": self.reference,
-                              "what": "best final exit among the runs"},
-                "tolerance": self.tolerance, "budgets": list(self.budgets),
-                "runs": [run.to_json() for run in self.runs], "notes": self.notes}
-
-
-def _curve(run: LoadedRun, metric: str) -> tuple[list[Point], str, str | None]:
-    """(points, description, note): the dense sweep from the logits, else the one stored in
-    results.json, else the fixed list."""
-    results = run.results
-    if run.logits is not None:
-        # torch and the multi-exit stack, imported only when there are logits to sweep
-        from gradsurg.multiexit.evaluation.dense_sweeps import dense_sweep
-
-        name, spec = _policy(run)
-        sweep = dense_sweep(run.logits, run.labels, results["task"], name, spec)
-        if sweep is not None:
-            fixed = "".join(f", {k}={v}" for k, v in sweep.params.items())
-            return ([(p.time_percent, p.metric[metric]) for p in sweep.points],
-                    f"dense: {sweep.policy} {sweep.parameter}{fixed}", None)
-    stored = results.get("dense_sweep")
-    if run.logits is None and isinstance(stored, dict) and stored.get("points"):
-        spec = stored.get("policy") or {}
-        return ([(float(p["time_percent"]), float(p[metric])) for p in stored["points"]
-                 if metric in p and "time_percent" in p],
-                f"dense (results.json): {spec.get('name')} {stored.get('parameter')}", None)
-    points = [(float(p["time_percent"]), float(p[metric])) for p in results.get("sweep", [])
-              if metric in p and "time_percent" in p]
-    policy = (results.get("exit_policy") or {}).get("name", "entropy")
-    reason = (f"has no {LOGITS_FILE}" if run.logits is None
-              else f"its exit policy {policy!r} has no dense sweep")
-    if points:
-        return points, f"fixed list: {policy}", (
-            f"{run.name} {reason}: its curve is the fixed {policy} list from results.json "
-            "(coarser; budgets measure the list as well as the model)")
-    return [], "fixed exits only", (
-        f"{run.name} {reason} and no sweep in results.json: its curve is its fixed exits only")
-
-
-def held_out_budgets(run: LoadedRun, budgets: Sequence[float] = COMPARE_BUDGETS, *,
-                     seed: int | None = None) -> dict[str, dict[str, float] | None] | None:
-    """The run's held-out best within each budget (see held_out.py; `seed`: the split's, by
-    default SPLIT_SEED); None without logits."""
-    if run.logits is None or run.logits.shape[1] < 2:
-        return None
-    from gradsurg.multiexit.evaluation.held_out import SPLIT_SEED, held_out_best_within
-
-    name, spec = _policy(run)
-    return held_out_best_within(run.logits, run.labels, run.results["task"], name, spec, budgets,
-                                seed=SPLIT_SEED if seed is None else seed)
-
-
-def _policy(run: LoadedRun) -> tuple[str, dict[str, Any]]:
-    """The run's recipe exit policy: (name, its other parameters)."""
-    spec = dict(run.results.get("exit_policy") or {"name": "entropy"})
-    return spec.pop("name"), spec
-
-
-def compare_runs(runs: Sequence[LoadedRun], *, tolerance: float = 0.01,
-                 budgets: Sequence[float] = COMPARE_BUDGETS) -> Comparison:
-    """Check the runs are comparable, build each one's curve and summary numbers."""
-    if not runs:
-        raise ConfigError("compare needs at least one run folder")
-    labels = run_labels(runs)
-    check_comparable(runs, labels)
-    metric = runs[0].results["primary_metric"]
-    finals = [float(run.results["exit_metrics"][-1][metric]) for run in runs]
-    best = max(range(len(runs)), key=lambda i: finals[i])
-    reports, notes = [], []
-    for run, label in zip(runs, labels):
-        try:
-            points, curve, note = _curve(run, metric)
-            held_out = held_out_budgets(run, budgets)
-        except (KeyError, TypeError, ValueError) as error:
-            raise ConfigError(f"{run.name}: cannot build its trade-off curve ({error})") from None
-        if note:
-            notes.append(note)
-        exit_metric = [float(m[metric]) for m in run.results["exit_metrics"]]
-        train = run.results.get("train") or {}
-        seconds = (sum(float(stage.get("seconds", 0.0)) for stage in train.values())
-                   if train else None)
-        reports.append(RunReport(
-            label=label, folder=str(run.folder) if run.folder is not None else None,
-            mode=str(run.results["mode"]), curve=curve, exit_metrics=exit_metric, points=points,
-            summary=summarize(points, exit_metric, metric, reference=finals[best],
-                              tolerance=tolerance, budgets=budgets),
-            train_seconds=seconds, held_out=held_out,
-        ))
-    return Comparison(task=str(runs[0].results["task"]), metric=metric,
-                      reference_label=labels[best], reference=finals[best],
-                      tolerance=tolerance, budgets=tuple(budgets), runs=reports, notes=notes)
 
 
 # ---- tables: Markdown for files, rich for the screen; the same rows ----------------------

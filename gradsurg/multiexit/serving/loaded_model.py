@@ -17,6 +17,7 @@ from gradsurg.data.glue import TaskSpec, get_task
 from gradsurg.devices import resolve_device
 from gradsurg.errors import ConfigError, GradsurgError, NonFiniteError
 from gradsurg.finite_weights import first_non_finite
+from gradsurg.multiexit.backbones import check_max_length as check
 from gradsurg.multiexit.folders import check_tokenizer_fits, loading_errors
 from gradsurg.multiexit.model import MultiExitModel
 
@@ -98,8 +99,6 @@ def load_for_inference(model_dir: str | Path, *, device: str = "auto") -> Loaded
 def check_max_length(loaded: LoadedModel, max_length: int) -> None:
     """Refuse a --max-length the model's position embeddings cannot hold (it would fail on the
     first long input with an index error deep inside the backbone)."""
-    from gradsurg.programs.multiexit_glue.checks import check_max_length as check
-
     check(max_length, loaded.model.encoder.hf_config, key="--max-length", model="the model")
 
 

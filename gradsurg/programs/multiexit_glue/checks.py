@@ -16,17 +16,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from gradsurg.errors import ConfigError
+from gradsurg.multiexit.backbones import check_max_length
 from gradsurg.multiexit.evaluation.sweeps import default_sweep, sweep_rules
 from gradsurg.multiexit.policies import POLICIES, ExitPolicy
 
 __all__ = ["EVALUATION_KEYS", "ExitPolicySetting", "check_against_model",
-           "check_evaluation_settings", "max_positions", "resolve_exit_policy"]
+           "check_evaluation_settings", "resolve_exit_policy"]
 
 EVALUATION_KEYS = frozenset({"exit_policy", "sweep", "eval_rows", "eval_batch_size",
                              "eval_split", "save_model"})
-
-#: Model types whose position ids start after the padding index (fairseq's convention).
-_PADDING_OFFSET_TYPES = {"roberta": 2, "mpnet": 2, "xlm-roberta": 2, "camembert": 2}
 
 
 def sweep_policies(name: str, params: Mapping[str, Any], sweep: Sequence[float] | None, *,
@@ -55,24 +53,6 @@ def check_evaluation_settings(exit_policy: str | Mapping[str, Any],
     """Build the sweep's policies from the recipe alone (no model needed)."""
     name, params = POLICIES.split(exit_policy, where="key 'exit_policy'")
     sweep_policies(name, params, sweep)
-
-
-def max_positions(hf_config: Any) -> int | None:
-    """Tokens the backbone can embed (BERT: 512; RoBERTa/MPNet: 514 minus their offset 2)."""
-    limit = getattr(hf_config, "max_position_embeddings", None)
-    if not isinstance(limit, int):
-        return None
-    return limit - _PADDING_OFFSET_TYPES.get(getattr(hf_config, "model_type", ""), 0)
-
-
-def check_max_length(max_length: int, hf_config: Any, *, key: str = "key 'max_length'",
-                     model: str = "the model") -> None:
-    """Refuse a truncation length the position embeddings cannot hold (it would fail on the
-    first long input, possibly after hours of training)."""
-    limit = max_positions(hf_config)
-    if limit is not None and max_length > limit:
-        raise ConfigError(f"{key}: {max_length} is more than {model} can embed "
-                          f"({limit} positions); allowed: 2..{limit}")
 
 
 @dataclass(frozen=True)

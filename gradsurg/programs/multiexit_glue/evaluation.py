@@ -8,7 +8,6 @@ from typing import Any
 
 import torch
 from rich.console import Console
-from safetensors.torch import save
 from torch import Tensor
 from torch.utils.data import DataLoader
 
@@ -19,18 +18,15 @@ from gradsurg.multiexit.evaluation.dense_sweeps import dense_sweep
 from gradsurg.multiexit.evaluation.sweeps import per_exit_metrics, policy_sweep
 from gradsurg.multiexit.evaluation.tradeoff_summary import summarize
 from gradsurg.multiexit.model import MultiExitModel
-from gradsurg.outputs import atomic_write_bytes, check_own_folder
+from gradsurg.outputs import check_own_folder
 from gradsurg.programs.multiexit_glue.checks import ExitPolicySetting
 from gradsurg.programs.multiexit_glue.data import forward
 from gradsurg.programs.training import progress_bar
 from gradsurg.report.plots import plot_exit_distribution, plot_exit_metrics, plot_tradeoff
 from gradsurg.report.tables import exit_metrics_table, sweep_table, tradeoff_table
+from gradsurg.run_folder import write_exit_logits
 
 console = Console()
-
-#: A run folder's file with every exit's evaluation logits `[L, N, C]` and the labels `[N]`.
-EXIT_LOGITS_FILE = "exit_logits.safetensors"
-
 
 @torch.no_grad()
 def collect_exit_logits(model: MultiExitModel, loader: DataLoader, device: torch.device
@@ -50,9 +46,8 @@ def collect_exit_logits(model: MultiExitModel, loader: DataLoader, device: torch
 
 def save_exit_logits(all_logits: Tensor, labels: Tensor, output_dir: Path) -> None:
     """Every exit's evaluation outputs: `gradsurg compare` and later sweeps read them instead
-    of re-running the model. Written through gradsurg's one atomic path."""
-    data = save({"logits": all_logits.contiguous(), "labels": labels.contiguous()})
-    atomic_write_bytes(output_dir / EXIT_LOGITS_FILE, data)
+    of re-running the model (`gradsurg.run_folder.EXIT_LOGITS_FILE`), written atomically."""
+    write_exit_logits(output_dir, all_logits, labels)
 
 
 def evaluation_results(all_logits: Tensor, labels: Tensor, *, task: TaskSpec, mode: str,

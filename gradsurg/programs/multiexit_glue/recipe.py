@@ -69,7 +69,7 @@ from gradsurg.programs.multiexit_glue.stages import (
     set_trainable,
 )
 from gradsurg.programs.training import StageProgress, StageResult, progress_bar
-from gradsurg.recipes import refuse_changed_recipe
+from gradsurg.run_folder import CHECKPOINTS_DIR, refuse_changed_recipe
 from gradsurg.surgery import Surgery
 from gradsurg.weightings import LossWeighting
 
@@ -97,7 +97,7 @@ class MultiExitGlueRecipe:
         self.config = config
         self.output_dir = output_dir
         self.mode = config.mode_spec
-        self.checkpoints = Checkpoints(output_dir / "checkpoints", keep=config.keep_checkpoints)
+        self.checkpoints = Checkpoints(output_dir / CHECKPOINTS_DIR, keep=config.keep_checkpoints)
         #: The checkpoint resumed from (None: a fresh start) and the stages it had finished.
         self.restored: dict[str, Any] | None = None
         self.finished: list[StageResult] = []
@@ -463,4 +463,5 @@ PROGRAM = Program(
     summary="multi-exit encoders on GLUE (RomeBERT, RomeBERT-SD, DeeBERT, DeeBERT-SD, PABEE, "
     "ELBERT)",
     evaluation_keys=EVALUATION_KEYS,
+    resumable=True,
 )

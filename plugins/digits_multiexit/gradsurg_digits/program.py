@@ -213,4 +213,5 @@ PROGRAM = Program(
     config=DigitsConfig,
     run=run,
     summary="multi-exit MLP on scikit-learn digits with gradsurg loss groups and combiners",
+    resumable=False,  # no checkpoints: `gradsurg run --resume` is refused for it
 )
