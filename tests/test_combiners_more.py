@@ -10,18 +10,13 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import assume, given, settings
+from hypothesis import assume, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
-from strategies import ordinary_matrices
 
 from gradsurg.combiners import (
     COMBINERS,
-    IMTLG,
-    MGDA,
-    CAGrad,
     GradVac,
-    UPGrad,
     gramian,
 )
 from gradsurg.errors import ConfigError
@@ -261,78 +256,11 @@ def test_bad_options_are_config_errors_naming_the_option(spec, pattern):
 # ---- torchjd, when installed ---------------------------------------------------------------
 
 
-@SLOW
-@given(ordinary_matrices(min_rows=2, max_rows=5))
-def test_mgda_agrees_with_torchjd(matrix):
-    """torchjd's MGDA is Sener & Koltun's Frank-Wolfe (approximate, mean scale): ours is k times
-    a point at least as short, and close to theirs."""
-    aggregation = pytest.importorskip("torchjd.aggregation")
-    m = matrix.to(torch.float64)
-    theirs = aggregation.MGDA(epsilon=1e-9, max_iters=3000)(m).numpy()
-    ours = run(MGDA(), m) / matrix.shape[0]
-    scale = row_scale(as64(m))
-    assert np.linalg.norm(ours) <= np.linalg.norm(theirs) + 1e-9 * scale
-    assert np.abs(ours - theirs).max() <= 1e-2 * scale
 
 
-@FAST
-@given(spread_matrices(min_rows=2))
-def test_imtlg_agrees_with_torchjd(matrix):
-    """torchjd's IMTLG is pinv(G) d normalized to sum 1 (mean scale): ours is k times it when
-    its weights are non-negative. Its pseudo-inverse of the raw Gramian drops rows more than
-    ~1e8 shorter than the longest (their squares fall below eps); ours works on cosines, so
-    the comparison keeps row norms within 1e4 of each other."""
-    aggregation = pytest.importorskip("torchjd.aggregation")
-    m = matrix.to(torch.float64)
-    weights = aggregation.IMTLGWeighting()(m @ m.T)
-    assume(bool((weights >= 0).all()))
-    theirs = (weights @ m).numpy()
-    ours = run(IMTLG(), m)
-    assert np.abs(ours - m.shape[0] * theirs).max() <= 1e-6 * np.abs(ours).max()
 
 
-@SLOW
-@given(matrix_sequences(), st.integers(0, 2**31 - 1))
-def test_gradvac_agrees_with_torchjd(matrices, seed):
-    """torchjd's GradVac draws its orders from the global generator: seeded alike, and with
-    eps = 0, the two agree step after step (both sum the modified rows)."""
-    aggregation = pytest.importorskip("torchjd.aggregation")
-    theirs = aggregation.GradVac(beta=0.5, eps=0.0)
-    ours = GradVac(beta=0.5, seed=seed)
-    state = torch.random.get_rng_state()
-    try:
-        torch.manual_seed(seed)
-        for matrix in matrices:
-            expected = theirs(matrix).numpy()
-            out = run(ours, matrix)
-            assert np.abs(out - expected).max() <= 1e-8 * np.abs(as64(matrix)).sum(0).max() * 10
-    finally:
-        torch.random.set_rng_state(state)
 
 
-def test_upgrad_agrees_with_torchjd():
-    """torchjd's UPGrad averages the projections (ours sums them); it needs quadprog, and
-    regularizes the Gramian by 1e-4, hence the loose tolerance."""
-    pytest.importorskip("qpsolvers")
-    pytest.importorskip("quadprog")
-    aggregation = pytest.importorskip("torchjd.aggregation")
-    generator = torch.Generator().manual_seed(1)
-    for _ in range(20):
-        m = torch.randn(4, 6, generator=generator, dtype=torch.float64)
-        theirs = aggregation.UPGrad()(m).numpy()
-        ours = run(UPGrad(), m)
-        assert np.abs(ours - 4 * theirs).max() <= 1e-2 * np.abs(ours).max()
 
 
-def test_cagrad_agrees_with_torchjd():
-    """torchjd's CAGrad weights are 1/k + sqrt(phi)/||g_w|| w (mean scale): ours are k times
-    them. It needs cvxpy and clarabel."""
-    pytest.importorskip("cvxpy")
-    pytest.importorskip("clarabel")
-    aggregation = pytest.importorskip("torchjd.aggregation")
-    generator = torch.Generator().manual_seed(2)
-    for _ in range(20):
-        m = torch.randn(3, 6, generator=generator, dtype=torch.float64)
-        theirs = aggregation.CAGrad(c=0.5, norm_eps=0.0)(m).numpy()
-        ours = run(CAGrad(c=0.5), m)
-        assert np.abs(ours - 3 * theirs).max() <= 1e-4 * np.abs(ours).max()
