@@ -9,17 +9,9 @@ import math
 import numpy as np
 import pytest
 import torch
-from combiner_checks import (
-    STATEFUL,
-    TABLE,
-    assert_state_round_trips,
-)
+from combiner_checks import STATEFUL, TABLE, assert_state_round_trips
 
-from gradsurg.combiners import (
-    DBMTL,
-    GradVac,
-    NashMTL,
-)
+from gradsurg.combiners import DBMTL, GradVac, NashMTL
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
