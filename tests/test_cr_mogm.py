@@ -1,6 +1,7 @@
 """`cr_mogm` (CR-MOGM's moving average of another combiner's weights): a numpy rendering of
-the EMA over steps, torchjd 0.18's `CRMOGMWeighting` step by step, groups kept by name, state
-through a checkpoint (test_combiners_new.py), errors, and training runs."""
+the EMA over steps, torchjd 0.18's `CRMOGMWeighting` step by step, groups kept by name, errors
+and training runs; state through a checkpoint: test_combiner_state.py; bad options:
+test_combiner_options.py."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from gradsurg.combiners import COMBINERS, CRMOGM, MGDA, DualProj, Mean, UPGrad
+from gradsurg.combiners import CRMOGM, MGDA, DualProj, Mean, UPGrad
 from gradsurg.errors import ConfigError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -80,17 +81,6 @@ def test_averages_are_kept_by_group_name():
     out = combiner(torch.eye(3, dtype=torch.float64), ["c", "b", "a"])
     torch.testing.assert_close(out.gradient, torch.ones(3, dtype=torch.float64))
     assert out.info["cr_mogm/change"] == 0.0
-
-
-@pytest.mark.parametrize(("spec", "pattern"), [
-    ({"name": "cr_mogm", "inner": "graddrop"}, r"inner 'graddrop' does not pick row weights"),
-    ({"name": "cr_mogm", "alpha": 1.5}, r"'cr_mogm': alpha must be a number in \[0, 1\]"),
-    ({"name": "cr_mogm", "inner": "upgard"}, r"combiner\.inner: unknown combiner 'upgard'"),
-    ({"name": "cr_mogm", "initial": [1, 2]}, r"'cr_mogm': initial must be a \{group: weight\}"),
-])
-def test_bad_options_are_config_errors(spec, pattern):
-    with pytest.raises(ConfigError, match=pattern):
-        COMBINERS.build(spec, where="combiner")
 
 
 def test_initial_must_name_every_group():

@@ -1,7 +1,7 @@
 """`excess_mtl` (He et al., ICML 2024): a numpy rendering of eqs. 6, 7 and 9 over steps,
 torchjd 0.18's `ExcessMTL` step by step, groups kept by name, errors and training; the
-shared properties and the checkpoint round trip are in test_combiner_properties.py and
-test_combiners_new.py."""
+shared properties, the checkpoint round trip and bad options are in test_combiner_properties.py,
+test_combiner_state.py and test_combiner_options.py."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from gradsurg.combiners import COMBINERS, ExcessMTL
-from gradsurg.errors import ConfigError
+from gradsurg.combiners import ExcessMTL
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -91,15 +90,6 @@ def test_state_is_kept_by_group_name():
     torch.testing.assert_close(combiner.squares[1], torch.tensor([9.0, 0.0], dtype=torch.float64))
     with pytest.raises(ValueError, match="selected parameters changed"):
         combiner(torch.zeros(2, 5, dtype=torch.float64), ["b", "c"])
-
-
-@pytest.mark.parametrize(("spec", "pattern"), [
-    ({"name": "excess_mtl", "eta": 0}, r"'excess_mtl': eta must be a finite number > 0"),
-    ({"name": "excess_mtl", "warmup_steps": -1}, r"'excess_mtl': warmup_steps must be an integer"),
-])
-def test_bad_options_are_config_errors(spec, pattern):
-    with pytest.raises(ConfigError, match=pattern):
-        COMBINERS.build(spec, where="combiner")
 
 
 def test_trains_the_digits_recipe(tmp_path):

@@ -1,5 +1,6 @@
 """`pcd` (Priority-Constrained Descent): the paper's QP solved by cvxpy, torchjd 0.18's `PCD`
-step by step, the named primary, the special cases, and training runs."""
+step by step, the named primary, the special cases, groups checked when bound, and training
+runs (bad options: test_combiner_options.py)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,12 @@ import cvxpy as cp
 import numpy as np
 import pytest
 import torch
+from combiner_checks import as64, names_for, run
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from strategies import ordinary_matrices
-from test_combiners_more import as64, names_for, run
 
-from gradsurg.combiners import COMBINERS, PCD, Project
+from gradsurg.combiners import PCD, Project
 from gradsurg.combiners.pcd import priority_qp
 from gradsurg.errors import ConfigError
 
@@ -178,19 +179,6 @@ def test_pcd_keeps_its_averages_by_group_name():
                                             dtype=torch.float64))
     assert combiner.steps.tolist() == [1, 2, 2]
     assert combiner.row == 0  # no primary named: the first row
-
-
-@pytest.mark.parametrize(("spec", "pattern"), [
-    ({"name": "pcd", "tau": 1.5}, r"'pcd': tau must be a number in \[0, 1\]"),
-    ({"name": "pcd", "tau": {"sd": -0.1}}, r"'pcd': tau\['sd'\] must be a number in \[0, 1\]"),
-    ({"name": "pcd", "beta": 1.0}, r"'pcd': beta must be a number in \[0, 1\)"),
-    ({"name": "pcd", "eps": -1}, r"'pcd': eps must be a number >= 0"),
-    ({"name": "pcd", "primary": 3}, r"'pcd': primary must be a loss group name"),
-    ({"name": "pcd", "primary": "sd", "tau": {"sd": 0.1}}, r"tau names the primary group"),
-])
-def test_bad_options_are_config_errors(spec, pattern):
-    with pytest.raises(ConfigError, match=pattern):
-        COMBINERS.build(spec, where="combiner")
 
 
 def test_groups_are_checked_when_bound():

@@ -1,6 +1,6 @@
 """Robust aggregators: `krum` (Blanchard et al. 2017) and `trimmed_mean` (Yin et al. 2018)
 against numpy renderings of the papers' rules and torchjd 0.18, their robustness to outlying
-rows, and their limits on the number of groups."""
+rows, and their limits on the number of groups (bad options: test_combiner_options.py)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from combiner_checks import as64, run
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from strategies import ordinary_matrices
-from test_combiners_more import as64, run
 
-from gradsurg.combiners import COMBINERS, Krum, TrimmedMean
+from gradsurg.combiners import Krum, TrimmedMean
 from gradsurg.errors import ConfigError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -147,17 +147,6 @@ def test_float32_near_the_top_of_the_range():
     big = torch.full((3, 4), 3e38, dtype=torch.float32)
     assert torch.isinf(TrimmedMean(trim=1)(big).gradient).all()
     assert torch.isinf(big.sum(0)).all()
-
-
-@pytest.mark.parametrize(("spec", "pattern"), [
-    ({"name": "krum", "n_byzantine": -1}, r"'krum': n_byzantine must be an integer >= 0"),
-    ({"name": "krum", "n_selected": 0}, r"'krum': n_selected must be an integer >= 1"),
-    ({"name": "krum", "squared": "yes"}, r"'krum': squared must be true or false"),
-    ({"name": "trimmed_mean", "trim": 1.5}, r"'trimmed_mean': trim must be an integer >= 0"),
-])
-def test_bad_options_are_config_errors(spec, pattern):
-    with pytest.raises(ConfigError, match=pattern):
-        COMBINERS.build(spec, where="combiner")
 
 
 def test_too_few_groups_are_refused_when_bound():
