@@ -68,11 +68,6 @@ from gradsurg.combiners import (
 )
 from gradsurg.combiners.blockwise import Blockwise
 
-# Hypothesis tests without their own settings run 150 examples with no deadline (a profile
-# loaded when the combiner tests are collected, as it always was).
-settings.register_profile("gradsurg", deadline=None, max_examples=150)
-settings.load_profile("gradsurg")
-
 
 def examples(count: int) -> settings:
     """A hypothesis test's own budget: `count` examples, no deadline."""

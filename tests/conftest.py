@@ -6,6 +6,12 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# Hypothesis tests without settings of their own run 150 examples with no deadline (timings on
+# a shared 2-core machine are no property of the code).
+settings.register_profile("gradsurg", deadline=None, max_examples=150)
+settings.load_profile("gradsurg")
 
 # pytest-xdist gives its workers COLUMNS=80, and rich fixes a console's width when it is built
 # (at import), so the CLI's tables would wrap under `-n`; tests that read a table set COLUMNS
