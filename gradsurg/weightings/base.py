@@ -3,9 +3,10 @@
 A weighting acts on the groups' *losses*, before any gradient exists, so it needs no per-group
 gradients of its own and composes with every combiner: `Surgery(..., weighting=...)` weighs
 the raw losses in `backward`, so the combiner combines the weighted rows (with `sum`, one
-backward pass of one weighted loss). Weightings are `nn.Module`s: learned ones hold parameters the optimizer trains
-(`surgery.parameters()`), stateful ones keep their state in buffers, so `state_dict()` holds
-tensors only (safe for `torch.load(weights_only=True)`) and goes into `surgery.state_dict()`.
+backward pass of one weighted loss). Weightings are `nn.Module`s: learned ones hold
+parameters the optimizer trains (`surgery.parameters()`), stateful ones keep their state in
+buffers, so `state_dict()` holds tensors only (safe for `torch.load(weights_only=True)`) and
+goes into `surgery.state_dict()`.
 """
 
 from __future__ import annotations
