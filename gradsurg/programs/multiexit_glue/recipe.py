@@ -147,9 +147,9 @@ class MultiExitGlueRecipe:
         self.log = self._open_log()
 
     def _shard(self) -> None:
-        """FSDP2 over every encoder layer and the root (exits, loss terms). Rank 0 keeps a
-        whole copy of the same modules for checkpoints and evaluation, refreshed from the
-        shards whenever it writes."""
+        """FSDP2 over every encoder layer and the root (exits; the training parts stay whole
+        on every rank). Rank 0 keeps a whole copy of the model for checkpoints and evaluation,
+        refreshed from the shards whenever it writes."""
         learned = [name for name, p in self.parts.named_parameters() if p.requires_grad]
         if learned:
             raise ConfigError(
