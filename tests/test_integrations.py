@@ -83,6 +83,17 @@ def test_trainer_with_a_weighting_equals_the_hand_written_loop(tmp_path):
     assert {"loss/a", "weighted_loss/a", "weighting/weight/b"} <= set(logs[-1])
 
 
+def test_trainer_gives_a_learned_weighting_to_its_optimizer(tmp_path):
+    weighting = WEIGHTINGS.build("uncertainty", ["a", "b"], where="test")
+    start = next(weighting.parameters()).detach().clone()
+    trainer = make_trainer(GroupNet(), rows(8), tmp_path,
+                           surgery={"combiner": "sum", "weighting": weighting})
+    trainer.train()
+    held = [p for group in trainer.optimizer.param_groups for p in group["params"]]
+    assert any(p is next(weighting.parameters()) for p in held)
+    assert not torch.equal(next(weighting.parameters()).detach(), start)  # it learned
+
+
 def test_trainer_checkpoint_resume_restores_the_surgery(tmp_path):
     data = rows(16)
     whole = make_trainer(GroupNet(), data, tmp_path / "whole")
