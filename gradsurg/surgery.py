@@ -10,11 +10,16 @@ The step's last `backward` (the `accumulation_steps`-th, or the one called with
 non-finite rule. So everything that reads `.grad` before the step (your clipping,
 `GradScaler.unscale_`, Trainer, Lightning, Accelerate, a closure optimizer) sees the final
 gradient. An optimizer step taken while micro-batches wait uncombined is refused.
+
+With `weighting=...` the loss weighting belongs to the training, not to the model: `backward`
+weighs the raw losses before collecting them, the attached optimizer's step updates it (not on
+a skipped step), `surgery.epoch_end()` ends its epochs, and its state is in `state_dict()`.
+A learned weighting's parameters (`surgery.parameters()`) must be in the optimizer.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -30,11 +35,17 @@ from gradsurg.errors import ConfigError, GradsurgError, RanksError
 from gradsurg.gradients import GradientCollector
 from gradsurg.jacobian import MODES, Mode, resolve_mode
 from gradsurg.nonfinite import NonFinite, NonFiniteRule
+from gradsurg.params import trainable_parameters
 from gradsurg.pipeline import Pipeline, Stage
 from gradsurg.precision import LossScale, Unscale
 from gradsurg.registry import Spec
+from gradsurg.weightings import WEIGHTINGS, LossWeighting
+from gradsurg.weightings.loop import Recompute, WeightingStep
 
 Losses = Mapping[str, Tensor] | Sequence[tuple[str, Tensor]]
+
+#: The weighting's name among the training parts and in `Surgery.state_dict()`.
+WEIGHTING_KEY = "loss_weighting"
 
 
 class Surgery:
@@ -70,6 +81,15 @@ class Surgery:
             are refused.
         loss_scale: gradsurg's own fp16 loss scaling (scaled before backward, unscaled before
             combining, backed off on skipped steps).
+        weighting: a loss weighting (`gradsurg.weightings`), its registered name or a
+            `{name: ..., **options}` mapping, applied to the raw losses in `backward`. A name
+            is built at the first `backward`, once the groups are known; a weighting that
+            learns parameters must be built by you (`WEIGHTINGS.build(spec, groups)`) so its
+            parameters can reach the optimizer before the first step.
+        training_parts: `{name: module}` trained with the model but not part of it (e.g. loss
+            terms that learn): their parameters are collected, combined, clipped and reduced
+            like the model's, named `<name>.<parameter>`. The weighting joins them as
+            `loss_weighting`; `training_parts` reads them all back.
 
     After each combination `losses` holds every group's loss over the (global) batch and
     `diagnostics` the step's facts (README, "Diagnostics"); both stay readable until the next.
@@ -92,6 +112,8 @@ class Surgery:
         max_nonfinite_steps: int = 10,
         data_parallel: DataParallel | None = None,
         loss_scale: LossScale | None = None,
+        weighting: LossWeighting | Spec | None = None,
+        training_parts: Mapping[str, nn.Module] | None = None,
     ) -> None:
         if mode not in MODES:
             raise ConfigError(f"mode {mode!r} is not one of {list(MODES)}")
@@ -121,6 +143,26 @@ class Surgery:
         self.collector = GradientCollector(
             module, include=include, exclude=exclude, mode=mode, reuse_buffer=reuse_buffer,
             data_parallel=SINGLE_PROCESS, check_finite=nonfinite != "ignore")
+        #: Modules trained with the model but not part of it, the weighting as `loss_weighting`.
+        self.training_parts = nn.ModuleDict(dict(training_parts or {}))
+        if WEIGHTING_KEY in self.training_parts:
+            raise ConfigError(f"training_parts: {WEIGHTING_KEY!r} is the weighting's own name; "
+                              "pass the weighting as Surgery(..., weighting=...)")
+        self._add_trainable(self.training_parts)
+        self.weighting: LossWeighting | None = None
+        self._weighting_spec: Spec | None = None
+        self._weighting_step: WeightingStep | None = None
+        self._weighting_state: Mapping[str, Any] | None = None  # loaded before it was built
+        self._optimizers: list[Optimizer] = []  # attached: a learned part must be in one
+        if isinstance(weighting, LossWeighting):
+            self._use_weighting(weighting)
+        elif weighting is not None:
+            name, _ = WEIGHTINGS.split(weighting, where="weighting")
+            try:
+                WEIGHTINGS.get(name)  # an unknown name fails here, not at the first step
+            except ConfigError as error:
+                raise ConfigError(f"weighting: {error}") from None
+            self._weighting_spec = weighting
         if ddp is not None:
             self.use_ddp(ddp, data_parallel=data_parallel)
         else:
@@ -156,18 +198,31 @@ class Surgery:
         return self.collector.micro_batches
 
     def backward(self, losses: Losses, *, share: float | None = None,
-                 last_micro_batch: bool | None = None) -> None:
+                 last_micro_batch: bool | None = None, recompute: Recompute | None = None,
+                 scale: Callable[[Tensor], Tensor] | None = None) -> None:
         """Backward every group's loss for one micro-batch; the step's last one combines.
 
         `share`: with data parallelism, this rank's fraction of the global batch's rows (the
         losses are means over the local rows); default: an equal split. `last_micro_batch`:
         say whether this micro-batch ends the step (frameworks that know, e.g. a short last
-        accumulation window); default: after `accumulation_steps` calls.
+        accumulation window); default: after `accumulation_steps` calls. `recompute`: evaluates
+        this micro-batch's losses again, for a weighting that needs them after the step
+        (FAMO). `scale`: applied to each (weighted) loss just before the backward, e.g. a
+        framework's accumulation factor and GradScaler; the weighting sees the losses unscaled.
         """
         groups = _as_mapping(losses)
         weight = None
         if self.data_parallel.enabled:
             weight = 1 / self.data_parallel.world_size if share is None else share
+        if self._weighting_spec is not None and self.weighting is None:
+            self._build_weighting(list(groups))
+        if self._weighting_step is not None or self._optimizers:
+            self._check_optimizer()
+        if self._weighting_step is not None:
+            groups = self._weighting_step.weigh(groups, share=share, recompute=recompute,
+                                                parallel=self.data_parallel)
+        if scale is not None:
+            groups = {name: scale(loss) for name, loss in groups.items()}
         if list(groups) != self.combiner.names:  # the first step, or the groups changed
             self.combiner.bind(list(groups))
         weights = self.combiner.linear_weights()
@@ -178,6 +233,8 @@ class Surgery:
         except RanksError:
             raise  # every rank knows already
         except Exception as error:
+            if self._weighting_step is not None:
+                self._weighting_step.discard()
             self._tell_other_ranks(groups, error)
             raise
         if self._ddp is not None:
@@ -200,13 +257,42 @@ class Surgery:
         step.index = self.steps
         try:
             self.pipeline.run(step)
+        except BaseException:
+            if self._weighting_step is not None:
+                self._weighting_step.discard()
+            raise
         finally:
             self.losses = {name: float(value) for name, value in step.losses.items()}
             self.diagnostics = step.diagnostics
+        if self._weighting_step is not None:  # the pipeline's own decision, as Unscale reads it
+            self._weighting_step.close(self.data_parallel, skipped=step.skipped)
+
+    def epoch_end(self) -> None:
+        """The end of a training epoch: the weighting's `epoch_end` (DWA's epoch means)."""
+        if self.weighting is not None:
+            self.weighting.epoch_end()
+
+    def parameters(self) -> list[nn.Parameter]:
+        """The training parts' trainable parameters (a learned weighting's, learned loss
+        terms'): give them to the optimizer with the model's."""
+        return [p for _, p in trainable_parameters(self.training_parts)]
+
+    def log_values(self) -> dict[str, float]:
+        """The last step's losses as a training log holds them: `loss/<group>`; with a
+        weighting, `loss/<group>` are the raw losses, `weighted_loss/<group>` what the
+        combiner saw and `weighting/<fact>` the weighting's state after the step."""
+        values = {f"loss/{name}": value for name, value in self.losses.items()}
+        if self._weighting_step is None:
+            return values
+        values = {f"weighted_{key}": value for key, value in values.items()}
+        values.update(self._weighting_step.logged())
+        return values
 
     def discard(self) -> None:
         """Drop the micro-batches collected since the last combination."""
         self.collector.discard()
+        if self._weighting_step is not None:
+            self._weighting_step.discard()
 
     def use_engine(self, model: nn.Module) -> None:
         """What a framework's training step runs the forward through (Trainer, Lightning):
@@ -258,6 +344,7 @@ class Surgery:
             optimizer = inner
         self.nonfinite.extra_parameters = [p for group in optimizer.param_groups
                                            for p in group["params"]]
+        self._optimizers.append(optimizer)
         self._hooks.append(optimizer.register_step_pre_hook(self._before_step))
         self._hooks.append(optimizer.register_step_post_hook(self._after_step))
 
@@ -271,17 +358,73 @@ class Surgery:
             self._ddp = None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"steps": self.steps, **self.pipeline.state_dict()}
+        """Steps, the stages' state and the weighting's (buffers and learned parameters)."""
+        state = {"steps": self.steps, **self.pipeline.state_dict()}
+        if self.weighting is not None:
+            state[WEIGHTING_KEY] = self.weighting.state_dict()
+        elif self._weighting_state is not None:  # loaded, not yet built: kept as it came
+            state[WEIGHTING_KEY] = self._weighting_state
+        return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """A `state_dict()` of a Surgery with the same combiner; anything else is refused in
-        one line."""
+        """A `state_dict()` of a Surgery with the same combiner and weighting; anything else
+        is refused in one line."""
         if not isinstance(state, Mapping) or "steps" not in state:
             raise GradsurgError("surgery state: not a Surgery.state_dict() (no 'steps')")
+        wanted = self.weighting is not None or self._weighting_spec is not None
+        if wanted != (WEIGHTING_KEY in state):
+            raise GradsurgError(
+                "surgery state: written by a Surgery " + ("without" if wanted else "with")
+                + " a weighting, loaded into one " + ("with" if wanted else "without")
+                + "; build the Surgery as the one that wrote it")
         self.pipeline.load_state_dict(state)
         self.steps = int(state["steps"])
+        if self.weighting is not None:
+            self.weighting.load_state_dict(state[WEIGHTING_KEY])
+        elif wanted:
+            self._weighting_state = state[WEIGHTING_KEY]
 
     # ---- internals --------------------------------------------------------------------------
+
+    def _use_weighting(self, weighting: LossWeighting) -> None:
+        self.weighting = weighting
+        self._weighting_step = WeightingStep(weighting)
+        self.training_parts[WEIGHTING_KEY] = weighting
+        self._add_trainable(weighting, prefix=f"{WEIGHTING_KEY}.")
+        if self._weighting_state is not None:
+            weighting.load_state_dict(self._weighting_state)
+            self._weighting_state = None
+
+    def _build_weighting(self, groups: list[str]) -> None:
+        weighting = WEIGHTINGS.build(self._weighting_spec, groups, where="weighting")
+        device = next((p.device for _, p in self.collector.trainable), None)
+        self._use_weighting(weighting.to(device) if device is not None else weighting)
+
+    def _add_trainable(self, module: nn.Module, *, prefix: str = "") -> None:
+        """The module's trainable parameters join the model's (collected, clipped, reduced);
+        ones the model holds already (a weighting assigned to a LightningModule) once."""
+        known = {id(p) for _, p in self.collector.trainable}
+        self.collector.trainable.extend((prefix + name, p)
+                                        for name, p in trainable_parameters(module)
+                                        if id(p) not in known)
+
+    def _check_optimizer(self) -> None:
+        """A weighting updates after the attached optimizer's step, and its learned
+        parameters must be among that optimizer's: refused in one line otherwise."""
+        weighting = self.weighting
+        name = (weighting.name or type(weighting).__name__) if weighting else "training_parts"
+        if not self._optimizers:
+            raise ConfigError(f"weighting {name!r} updates after optimizer.step(): pass the "
+                              "optimizer to Surgery(model, optimizer, ...) or call "
+                              "surgery.attach(optimizer)")
+        held = {id(p) for optimizer in self._optimizers for group in optimizer.param_groups
+                for p in group["params"]}
+        if any(id(p) not in held for p in self.parameters()):
+            raise ConfigError(
+                f"{name!r}: the training parts learn parameters that no optimizer param group "
+                "holds, so they would never train; add them: "
+                "optimizer.add_param_group({'params': surgery.parameters()}) (a weighting given "
+                "by name: build it first, WEIGHTINGS.build(spec, groups))")
 
     def _tell_other_ranks(self, groups: Mapping[str, Tensor], error: Exception) -> None:
         """This rank's step failed: the other ranks learn it at their next agreement (the
@@ -337,6 +480,8 @@ class Surgery:
     def _after_step(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
         self.nonfinite.in_closure_step = False
         self._refuse_pending(optimizer, args, kwargs)
+        if self._weighting_step is not None:
+            self._weighting_step.update()  # after the step that was taken; none if skipped
 
     def _refuse_pending(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
         if self.collector.pending:

@@ -58,3 +58,31 @@ def plain_loop(model: nn.Module, data, *, batch_size: int, accumulation: int, lr
 def assert_same_weights(a: nn.Module, b: nn.Module, *, atol: float = 1e-6) -> None:
     for (name, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
         torch.testing.assert_close(p.detach(), q.detach(), rtol=0, atol=atol, msg=name)
+
+
+def weighted_loop(model: nn.Module, data, weighting, *, epochs: int, batch_size: int,
+                  accumulation: int, lr: float, combiner="pcgrad",
+                  max_grad_norm: float | None = None, optimizer_cls=torch.optim.AdamW
+                  ) -> nn.Module:
+    """The reference for a weighting, written by hand as loops did before
+    `Surgery(weighting=...)`: weigh each micro-batch, step, then `step_end` with the step's
+    mean raw losses (float64) unless it was skipped, `epoch_end` after each epoch."""
+    optimizer = optimizer_cls([*model.parameters(), *weighting.parameters()], lr=lr)
+    surgery = Surgery(model, optimizer, combiner, max_grad_norm=max_grad_norm)
+    batches = list(micro_batches(data, batch_size))
+    for _ in range(epochs):
+        for start in range(0, len(batches), accumulation):
+            window = batches[start:start + accumulation]
+            raw = []
+            for index, batch in enumerate(window):
+                losses = model(**batch)
+                raw.append(torch.stack([losses[g].detach().to(torch.float64)
+                                        for g in weighting.groups]))
+                surgery.backward({k: v / accumulation for k, v in weighting(losses).items()},
+                                 last_micro_batch=index == len(window) - 1)
+            optimizer.step()
+            optimizer.zero_grad()
+            if not surgery.diagnostics.get("nonfinite/skipped"):
+                weighting.step_end(sum(raw) / len(raw))
+        weighting.epoch_end()
+    return model

@@ -6,10 +6,18 @@ import json
 
 import pytest
 import torch
-from integration_models import GroupNet, assert_same_weights, micro_batches, plain_loop, rows
+from integration_models import (
+    GroupNet,
+    assert_same_weights,
+    micro_batches,
+    plain_loop,
+    rows,
+    weighted_loop,
+)
 
 from gradsurg import Surgery
 from gradsurg.precision import LossScale
+from gradsurg.weightings import WEIGHTINGS
 
 LR = 0.05
 
@@ -51,6 +59,39 @@ def test_trainer_equals_the_plain_loop_with_accumulation_clipping_and_logs(tmp_p
         assert {"loss/a", "loss/b", "grad_norm/a", "cosine/a/b", "pcgrad/conflicts",
                 "grad_norm/combined"} <= set(entry)
     assert max(entry["grad_norm"] for entry in logs) > 0.5  # so the clipping mattered
+
+
+def dwa_reference(data, *, epochs=3, **options):
+    """GroupNet trained with DWA by hand (its weights move from the third epoch on)."""
+    weighting = WEIGHTINGS.build("dwa", ["a", "b"], where="test")
+    model = weighted_loop(GroupNet(), data, weighting, epochs=epochs, batch_size=2,
+                          accumulation=2, lr=LR, **options)
+    return model, weighting
+
+
+def test_trainer_with_a_weighting_equals_the_hand_written_loop(tmp_path):
+    data = rows(16)
+    trainer = make_trainer(GroupNet(), data, tmp_path, num_train_epochs=3,
+                           surgery={"combiner": "pcgrad", "weighting": "dwa"})
+    trainer.train()
+    reference, weighting = dwa_reference(data, max_grad_norm=0.5,
+                                         optimizer_cls=torch.optim.SGD)
+    assert_same_weights(trainer.model, reference)
+    assert torch.equal(trainer.surgery.weighting.weights(), weighting.weights())
+    assert not torch.equal(weighting.weights(), torch.ones(2, dtype=torch.float64))
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert {"loss/a", "weighted_loss/a", "weighting/weight/b"} <= set(logs[-1])
+
+
+def test_trainer_gives_a_learned_weighting_to_its_optimizer(tmp_path):
+    weighting = WEIGHTINGS.build("uncertainty", ["a", "b"], where="test")
+    start = next(weighting.parameters()).detach().clone()
+    trainer = make_trainer(GroupNet(), rows(8), tmp_path,
+                           surgery={"combiner": "sum", "weighting": weighting})
+    trainer.train()
+    held = [p for group in trainer.optimizer.param_groups for p in group["params"]]
+    assert any(p is next(weighting.parameters()) for p in held)
+    assert not torch.equal(next(weighting.parameters()).detach(), start)  # it learned
 
 
 def test_trainer_checkpoint_resume_restores_the_surgery(tmp_path):
@@ -142,7 +183,7 @@ def test_trainer_refuses_a_model_that_returns_one_loss(tmp_path):
 
 # ---- Lightning ------------------------------------------------------------------------------
 
-def lightning_module(combiner="pcgrad"):
+def lightning_module(combiner="pcgrad", weighting=None):
     pytest.importorskip("lightning")
     from gradsurg.integrations.lightning import SurgeryModule
 
@@ -152,7 +193,7 @@ def lightning_module(combiner="pcgrad"):
             self.model = GroupNet()
 
         def configure_surgery(self):
-            return {"combiner": combiner}
+            return {"combiner": combiner, "weighting": weighting}
 
         def training_step(self, batch, batch_idx):
             return self.loss_groups(self.model(**batch))
@@ -195,6 +236,18 @@ def test_lightning_automatic_optimization_equals_the_plain_loop(size):
         optimizer.zero_grad()
     assert_same_weights(module.model, reference)
     assert module.surgery.steps == -(-len(batches) // 2)
+
+
+def test_lightning_with_a_weighting_equals_the_hand_written_loop():
+    from torch.utils.data import DataLoader
+
+    data = rows(16)
+    module = lightning_module(weighting="dwa")
+    lightning_trainer(max_epochs=3).fit(module, DataLoader(data, batch_size=2))
+    reference, weighting = dwa_reference(data, max_grad_norm=0.5)
+    assert_same_weights(module.model, reference)
+    assert torch.equal(module.surgery.weighting.weights(), weighting.weights())
+    assert not torch.equal(weighting.weights(), torch.ones(2, dtype=torch.float64))
 
 
 def test_lightning_checkpoints_carry_the_surgery_state(tmp_path):
@@ -240,6 +293,32 @@ def test_accelerate_backward_and_clipping_equal_the_plain_loop():
     reference = plain_loop(GroupNet(), data, batch_size=2, accumulation=2, lr=LR,
                            max_grad_norm=0.5)
     assert_same_weights(accelerator.unwrap_model(model), reference)
+
+
+def test_accelerate_with_a_weighting_equals_the_hand_written_loop():
+    accelerate = pytest.importorskip("accelerate")
+    from torch.utils.data import DataLoader
+
+    from gradsurg.integrations.accelerate import backward
+
+    data = rows(16)
+    accelerator = accelerate.Accelerator(gradient_accumulation_steps=2, cpu=True)
+    model = GroupNet()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LR)
+    model, optimizer, loader = accelerator.prepare(model, optimizer,
+                                                   DataLoader(data, batch_size=2))
+    surgery = Surgery(model, optimizer, "pcgrad", weighting="dwa")
+    for _ in range(3):
+        for batch in loader:
+            with accelerator.accumulate(model):
+                backward(accelerator, surgery, model(**batch))
+                optimizer.step()
+                optimizer.zero_grad()
+        surgery.epoch_end()
+    reference, weighting = dwa_reference(data)
+    assert_same_weights(accelerator.unwrap_model(model), reference)
+    assert torch.equal(surgery.weighting.weights(), weighting.weights())
+    assert not torch.equal(weighting.weights(), torch.ones(2, dtype=torch.float64))
 
 
 # ---- torch.amp.GradScaler and closure optimizers ---------------------------------------------

@@ -18,7 +18,6 @@ from torch import nn
 from gradsurg import Surgery
 from gradsurg.errors import ConfigError
 from gradsurg.weightings import WEIGHTINGS
-from gradsurg.weightings.loop import after_step
 
 GROUPS = ["final", "sd"]
 WHERE = "key 'weighting'"  # the recipe key a weighting's errors name
@@ -337,14 +336,14 @@ def test_pcgrad_receives_the_weighted_rows(name, monkeypatch):
     from gradsurg.combiners.pcgrad import PCGrad
 
     model = TwoHeads()
-    model.loss_weighting = WEIGHTINGS.build(name, GROUPS, where=WHERE)
+    weighting = WEIGHTINGS.build(name, GROUPS, where=WHERE)
     with torch.no_grad():  # learned weights away from 1, so the rows really differ
-        for p in model.loss_weighting.parameters():
+        for p in weighting.parameters():
             p.copy_(torch.tensor([0.4, -0.3]))
     if name in ("dwa", "stch"):  # move the state past the start
-        drive(model.loss_weighting, loss_stream(8, 9))
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    surgery = Surgery(model, optimizer, "pcgrad", include=["shared.*"])
+        drive(weighting, loss_stream(8, 9))
+    optimizer = torch.optim.SGD([*model.parameters(), *weighting.parameters()], lr=0.1)
+    surgery = Surgery(model, optimizer, "pcgrad", include=["shared.*"], weighting=weighting)
     seen = {}
     original = PCGrad.combine
 
@@ -355,14 +354,13 @@ def test_pcgrad_receives_the_weighted_rows(name, monkeypatch):
     monkeypatch.setattr(PCGrad, "combine", spy)
     x, y = torch.randn(16, 4, generator=torch.Generator().manual_seed(1)), torch.randn(16)
     raw = model.losses(x, y)
-    weighted = model.loss_weighting(raw)
     shared = list(model.shared.parameters())
     expected = []
     for group in GROUPS:
         grads = torch.autograd.grad(raw[group], shared, retain_graph=True)
         expected.append(torch.cat([g.reshape(-1) for g in grads]))
-    factors = model.loss_weighting.weights().to(torch.float32)
-    surgery.backward(weighted)
+    surgery.backward(raw, recompute=lambda: model.losses(x, y))  # weighs the raw losses
+    factors = weighting.weights().to(torch.float32)  # what the backward applied
     optimizer.step()
     rows = seen["matrix"]
     assert rows.shape == (2, sum(p.numel() for p in shared))
@@ -375,14 +373,15 @@ def test_pcgrad_receives_the_weighted_rows(name, monkeypatch):
 @pytest.mark.parametrize("combiner", ["sum", "pcgrad"])
 def test_learned_weights_get_gradients_and_are_stepped(name, combiner):
     model = TwoHeads()
-    model.loss_weighting = WEIGHTINGS.build(name, GROUPS, where=WHERE)
-    parameter = next(model.loss_weighting.parameters())
+    weighting = WEIGHTINGS.build(name, GROUPS, where=WHERE)
+    parameter = next(weighting.parameters())
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
-    surgery = Surgery(model, optimizer, combiner, include=["shared.*"])
+    surgery = Surgery(model, optimizer, combiner, include=["shared.*"], weighting=weighting)
+    optimizer.add_param_group({"params": surgery.parameters()})  # the learned weights
     x, y = torch.randn(16, 4, generator=torch.Generator().manual_seed(2)), torch.randn(16)
     raw = model.losses(x, y)
     values = torch.stack([raw[g].detach() for g in GROUPS])
-    surgery.backward(model.loss_weighting(raw))
+    surgery.backward(raw)
     optimizer.step()
     # s started at 0: d/ds of 0.5 (e^-s L + s) = 0.5 (1 - L); of e^s L - s: L - 1
     expected = 0.5 * (1 - values) if name == "uncertainty" else values - 1
@@ -391,15 +390,25 @@ def test_learned_weights_get_gradients_and_are_stepped(name, combiner):
         n.startswith("shared.") for n in surgery.selected_names)
 
 
-def test_after_step_logs_raw_losses_and_skips_a_skipped_step():
+def test_surgery_logs_raw_losses_and_a_skipped_step_updates_nothing():
+    model = TwoHeads()
     weighting = WEIGHTINGS.build("famo", GROUPS, where=WHERE)
-    raw = {"final": torch.tensor(0.8), "sd": torch.tensor(1.6)}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    surgery = Surgery(model, optimizer, "sum", weighting=weighting)
+    x, y = torch.randn(16, 4, generator=torch.Generator().manual_seed(2)), torch.randn(16)
     calls = []
-    logged = after_step(weighting, raw, recompute=lambda: calls.append(1) or raw, skipped=True)
-    assert calls == [] and int(weighting.updates) == 0
-    assert logged["loss/final"] == pytest.approx(0.8) and "weighting/z/sd" in logged
-    after_step(weighting, raw, recompute=lambda: calls.append(1) or
-               {"final": torch.tensor(0.4), "sd": torch.tensor(1.6)}, skipped=False)
+    raw = model.losses(x, y)
+    final = float(raw["final"].detach())
+    raw["sd"] = raw["sd"] * math.nan  # the pipeline skips the step
+    surgery.backward(raw, recompute=lambda: calls.append(1) or raw)
+    optimizer.step()
+    logged = surgery.log_values()
+    assert calls == [] and int(weighting.updates) == 0 and surgery.skipped_steps == 1
+    assert logged["loss/final"] == pytest.approx(final) and "weighting/z/sd" in logged
+    raw = model.losses(x, y)
+    after = {"final": raw["final"].detach() * 0.5, "sd": raw["sd"].detach()}
+    surgery.backward(raw, recompute=lambda: calls.append(1) or after)
+    optimizer.step()
     assert calls == [1] and int(weighting.updates) == 1
     assert weighting.describe()["z/sd"] > weighting.describe()["z/final"]
 

@@ -13,13 +13,19 @@ have treated the loss. The micro-batch Lightning steps on combines, so `gradient
 (which Lightning applies after the backward) and the optimizer see the final gradient.
 Surgery's state goes into Lightning checkpoints under `"gradsurg"`.
 
+A loss weighting: `configure_surgery` returns `{"weighting": ...}`; `on_train_epoch_end`
+ends its epochs (call `super()` when overriding it). A learned weighting is built by you and
+assigned to the module (`self.weighting = WEIGHTINGS.build(...)`) so that
+`configure_optimizers`' `self.parameters()` trains it; FAMO: `loss_groups(groups,
+recompute=...)`.
+
 Manual optimization needs no mixin: call `surgery.backward(groups)`, then
 `self.clip_gradients(...)`, `opt.step()`, `opt.zero_grad()` as with any loss.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from torch import Tensor, nn
@@ -44,10 +50,17 @@ class SurgeryModule(pl.LightningModule):
         the Trainer. Override it; the default sums the groups."""
         return {"combiner": "sum"}
 
-    def loss_groups(self, groups: Mapping[str, Tensor]) -> Tensor:
-        """Keep `{group: loss}` for the backward hook; return their sum for Lightning."""
+    def loss_groups(self, groups: Mapping[str, Tensor], *,
+                    recompute: Callable[[], Mapping[str, Tensor]] | None = None) -> Tensor:
+        """Keep `{group: loss}` for the backward hook; return their sum for Lightning.
+        `recompute`: the batch's losses again, for a weighting such as FAMO."""
         self._groups = as_loss_groups(groups, where="training_step")
+        self._recompute = recompute
         return total(self._groups)
+
+    def on_train_epoch_end(self) -> None:
+        if self.surgery is not None:
+            self.surgery.epoch_end()
 
     def on_train_start(self) -> None:
         if self.automatic_optimization:
@@ -62,12 +75,14 @@ class SurgeryModule(pl.LightningModule):
         trainer = self.trainer
         factor = 1.0 / trainer.accumulate_grad_batches
         scaler = getattr(trainer.precision_plugin, "scaler", None)
-        groups = {name: value * factor for name, value in groups.items()}
-        if scaler is not None:
-            groups = {name: scaler.scale(value) for name, value in groups.items()}
+
+        def scale(value: Tensor) -> Tensor:
+            return scaler.scale(value * factor) if scaler is not None else value * factor
+
         assert self.surgery is not None, "on_train_start builds the Surgery"
         last = not trainer.fit_loop.epoch_loop._should_accumulate()
-        self.surgery.backward(groups, last_micro_batch=last)
+        self.surgery.backward(groups, last_micro_batch=last, scale=scale,
+                              recompute=getattr(self, "_recompute", None))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.surgery is not None:

@@ -13,6 +13,11 @@ a non-finite step is left to it. gradsurg's per-group losses and diagnostics are
 between Trainer's log lines and added to them (keys as in train_log.jsonl); Surgery's state
 (e.g. PCGrad's generator) is saved in every checkpoint folder as `gradsurg_surgery.pt` and
 restored by `trainer.train(resume_from_checkpoint=...)`.
+
+A loss weighting: `surgery={"combiner": ..., "weighting": ...}` (a name, or a weighting you
+built; a learned one's parameters join the optimizer in a param group of their own, without
+weight decay). It weighs each micro-batch's raw losses, updates after each step (FAMO
+re-evaluates the batch through `compute_loss`) and ends each epoch with Trainer's.
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ class SurgeryTrainer(transformers.Trainer):
             raise ValueError(f"surgery options {taken} come from TrainingArguments "
                              "(gradient_accumulation_steps, max_grad_norm, fp16); remove them")
         super().__init__(*args, **kwargs)
+        self.add_callback(_EpochEnd(self))
         self.surgery_options = options
         self.surgery: Surgery | None = None
         self._surgery_state: dict[str, Any] | None = None
@@ -66,9 +72,13 @@ class SurgeryTrainer(transformers.Trainer):
         optimizer = super().create_optimizer(model)
         fp16 = bool(self.args.fp16)
         inner = getattr(optimizer, "optimizer", optimizer)
-        self.surgery = Surgery(self.accelerator.unwrap_model(self.model), inner,
+        self.surgery = Surgery(self.accelerator.unwrap_model(self.model), None,
                                nonfinite="scaler" if fp16 else "skip",
                                **self.surgery_options)
+        learned = self.surgery.parameters()  # a learned weighting's: before the LR schedule
+        if learned:
+            inner.add_param_group({"params": learned, "weight_decay": 0.0})
+        self.surgery.attach(inner)
         if self._surgery_state is not None:
             self.surgery.load_state_dict(self._surgery_state)
             self._surgery_state = None
@@ -92,16 +102,22 @@ class SurgeryTrainer(transformers.Trainer):
         with self.compute_loss_context_manager():
             result = self.compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
         groups = as_loss_groups(result, where="compute_loss")
-        groups = {name: loss / self.current_gradient_accumulation_steps
-                  for name, loss in groups.items()}
+        steps = self.current_gradient_accumulation_steps
         scaler = getattr(self.accelerator, "scaler", None)
-        scaled = ({name: scaler.scale(loss) for name, loss in groups.items()}
-                  if scaler is not None else groups)
-        self.surgery.backward(scaled, last_micro_batch=bool(self.accelerator.sync_gradients))
+
+        def scale(loss: torch.Tensor) -> torch.Tensor:
+            return scaler.scale(loss / steps) if scaler is not None else loss / steps
+
+        def recompute() -> Mapping[str, torch.Tensor]:
+            with self.compute_loss_context_manager():
+                return as_loss_groups(self.compute_loss(model, inputs), where="compute_loss")
+
+        self.surgery.backward(groups, last_micro_batch=bool(self.accelerator.sync_gradients),
+                              scale=scale, recompute=recompute)
         if self.surgery.pending_micro_batches == 0:  # combined: remember it for the logs
-            self._remember({f"loss/{k}": v for k, v in self.surgery.losses.items()})
+            self._remember(self.surgery.log_values())
             self._remember(self.surgery.diagnostics)
-        return total(groups).detach()
+        return total({name: loss / steps for name, loss in groups.items()}).detach()
 
     # ---- logs and checkpoints ---------------------------------------------------------------
 
@@ -135,3 +151,14 @@ class SurgeryTrainer(transformers.Trainer):
         for key, value in values.items():
             self._sums[key] += float(value)
             self._counts[key] += 1
+
+
+class _EpochEnd(transformers.TrainerCallback):
+    """Trainer's epoch end is the weighting's (`Surgery.epoch_end`)."""
+
+    def __init__(self, trainer: SurgeryTrainer) -> None:
+        self.trainer = trainer
+
+    def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.trainer.surgery is not None:
+            self.trainer.surgery.epoch_end()

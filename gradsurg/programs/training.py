@@ -24,9 +24,7 @@ from torch import Tensor, nn
 from gradsurg.engines import local
 from gradsurg.errors import TrainingError
 from gradsurg.loggers import TrainingLog
-from gradsurg.surgery import Surgery
-from gradsurg.weightings import LossWeighting
-from gradsurg.weightings.loop import after_step
+from gradsurg.surgery import WEIGHTING_KEY, Surgery
 
 LossFn = Callable[[Mapping[str, Tensor]], dict[str, Tensor]]
 
@@ -132,20 +130,18 @@ def train_stage(
     resume: StageProgress | None = None,
     save_checkpoint: SaveCheckpoint | None = None,
     checkpoint_every: int | None = None,
-    weighting: LossWeighting | None = None,
 ) -> StageResult:
     """Run `ceil(steps_per_epoch * epochs)` optimizer steps.
 
     `batches(epoch, skip)` yields an epoch's `(batch, share)` pairs from the `skip`-th on (the
     order depends on the epoch only, so a resumed stage sees exactly the batches it missed). With
-    `save_checkpoint`, it is called every `checkpoint_every` steps and after each epoch. A
-    `weighting` weighs the losses before surgery sees them; its step and epoch hooks run
+    `save_checkpoint`, it is called every `checkpoint_every` steps and after each epoch.
+    The surgery's weighting (if any) updates in the optimizer's step and ends its epochs here,
     before the log line and the checkpoint, so its state is saved with the step.
     """
     total = stage_steps(steps_per_epoch, epochs)
     state = resume or StageProgress()
-    learned = {id(p) for p in weighting.parameters()} if weighting is not None else set()
-    trained = [p for p in model.parameters() if p.requires_grad and id(p) not in learned]
+    trained = trained_parameters(model, surgery)
     if resume is None:
         state.start_digest = weights_digest(trained)
     task = progress.add_task(name, total=total, completed=state.step, status="", rate="")
@@ -157,22 +153,16 @@ def train_stage(
         if state.step >= total:
             break
         for batch, share in batches(epoch, state.step - epoch * steps_per_epoch):
-            losses = loss_fn(batch)
-            surgery.backward(losses if weighting is None else weighting(losses), share=share)
-            optimizer.step()
+            surgery.backward(loss_fn(batch), share=share,
+                             recompute=lambda batch=batch: loss_fn(batch))
+            optimizer.step()  # the weighting (if any) updates here, unless the step was skipped
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             state.step += 1
             step = state.step
-            values = {f"loss/{k}": v for k, v in surgery.losses.items()}  # global batch
-            if weighting is not None:  # surgery saw the weighted losses; log raw and weighted
-                values = {f"weighted_{k}": v for k, v in values.items()}
-                values.update(after_step(
-                    weighting, losses, recompute=lambda batch=batch: loss_fn(batch),
-                    skipped=surgery.diagnostics.get("nonfinite/skipped", 0.0) > 0,
-                    share=share, parallel=surgery.data_parallel))
-            values.update(surgery.diagnostics)
-            values.pop("nonfinite/skipped", None)  # counted in `skipped_steps` instead
+            values = surgery.log_values()  # global batch; raw and weighted with a weighting
+            values.update({key: value for key, value in surgery.diagnostics.items()
+                           if key != "nonfinite/skipped"})  # counted in `skipped_steps`
             state.interval.add(values)
             state.overall.add(values)
             rate = (step - resumed_at) / (time.perf_counter() - session_start)
@@ -184,8 +174,8 @@ def train_stage(
                            "skipped_steps": surgery.skipped_steps, **state.interval.means()})
                 state.interval = Interval()
             epoch_done = step % steps_per_epoch == 0 or step == total
-            if weighting is not None and epoch_done:
-                weighting.epoch_end()
+            if epoch_done:
+                surgery.epoch_end()
             due = checkpoint_every is not None and step % checkpoint_every == 0
             if save_checkpoint is not None and (epoch_done or due):
                 state.seconds = time.perf_counter() - start
@@ -194,6 +184,14 @@ def train_stage(
                 break
     check_trained(name, state, surgery, trained)
     return StageResult(name, state.step, time.perf_counter() - start, state.overall.means())
+
+
+def trained_parameters(model: nn.Module, surgery: Surgery) -> list[nn.Parameter]:
+    """What the stage trains: the model's and the training parts' trainable parameters
+    (learned loss terms), not the weighting's, which may move while the model does not."""
+    parts = [p for name, p in surgery.training_parts.named_parameters()
+             if p.requires_grad and not name.startswith(f"{WEIGHTING_KEY}.")]
+    return [p for p in model.parameters() if p.requires_grad] + parts
 
 
 def check_trained(name: str, state: StageProgress, surgery: Surgery,

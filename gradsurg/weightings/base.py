@@ -1,12 +1,12 @@
 """The loss-weighting contract: `{group: loss}` in, `{group: weighted loss}` out.
 
 A weighting acts on the groups' *losses*, before any gradient exists, so it needs no per-group
-gradients of its own and composes with every combiner: `surgery.backward(weighting(losses))`
-builds the weighted rows and the combiner combines them (with `sum`, one backward pass of one
-weighted loss). Weightings are `nn.Module`s: learned ones hold parameters that the model's
-optimizer trains, stateful ones keep their state in buffers, so `state_dict()` holds tensors
-only (safe for `torch.load(weights_only=True)`) and a model they are attached to carries them
-into its checkpoints.
+gradients of its own and composes with every combiner: `Surgery(..., weighting=...)` weighs
+the raw losses in `backward`, so the combiner combines the weighted rows (with `sum`, one
+backward pass of one weighted loss). Weightings are `nn.Module`s: learned ones hold
+parameters the optimizer trains (`surgery.parameters()`), stateful ones keep their state in
+buffers, so `state_dict()` holds tensors only (safe for `torch.load(weights_only=True)`) and
+goes into `surgery.state_dict()`.
 """
 
 from __future__ import annotations
@@ -28,13 +28,13 @@ TINY = 1e-20
 class LossWeighting(nn.Module):
     """Base class: `forward(losses)` returns the weighted losses, same keys, same order.
 
-    Subclasses implement `weigh` on the `[k]` vector of losses (in `groups` order). Hooks the
-    training loop calls, where a method needs them:
+    Subclasses implement `weigh` on the `[k]` vector of losses (in `groups` order). Hooks
+    `Surgery` calls (`gradsurg.weightings.loop.WeightingStep`), where a method needs them:
 
     - `step_end(losses, after)` after every optimizer step that was not skipped, with the
       step's losses over the global batch as a float64 `[k]` vector, and (only when
       `needs_losses_after_step`) the same batch's losses re-evaluated after the step;
-    - `epoch_end()` after every epoch.
+    - `epoch_end()` after every epoch (`surgery.epoch_end()`).
     """
 
     name: ClassVar[str] = ""

@@ -60,13 +60,14 @@ from gradsurg.programs.multiexit_glue.evaluation import (
 from gradsurg.programs.multiexit_glue.modes import Stage
 from gradsurg.programs.multiexit_glue.stages import (
     StageGroups,
-    attach_loss_groups,
-    attach_weighting,
+    TrainingParts,
+    build_loss_groups,
+    build_weighting,
     check_combiner_groups,
-    detach_training_parts,
     group_losses,
     learned_facts,
     set_trainable,
+    with_parts,
 )
 from gradsurg.programs.training import StageProgress, StageResult, progress_bar
 from gradsurg.run_folder import CHECKPOINTS_DIR, refuse_changed_recipe
@@ -87,6 +88,7 @@ class MultiExitGlueRecipe:
     combiner: Combiner
     loss_groups: StageGroups
     weighting: LossWeighting | None
+    parts: TrainingParts  # the loss terms and the weighting: trained, never saved as model
     # The stage being trained (`train_stage`): what `save_checkpoint` writes.
     stage_index: int
     optimizer: torch.optim.Optimizer
@@ -130,9 +132,11 @@ class MultiExitGlueRecipe:
         self.stages = self.mode.stages_with(joint)
         self.combiner = COMBINERS.build(config.combiner_spec(), where="combiner")
         check_combiner_groups(self.combiner, self.stages)
-        self.loss_groups = attach_loss_groups(self.model, self.stages, config)
-        self.weighting = attach_weighting(self.model, self.stages, config)
+        self.loss_groups = build_loss_groups(self.model.num_exits, self.stages, config)
+        self.weighting = build_weighting(self.stages, config)
+        self.parts = TrainingParts(self.loss_groups, self.weighting).to(self.device)
         self.parallel.broadcast_module_(self.model)
+        self.parallel.broadcast_module_(self.parts)
         if resume:
             self.load_checkpoint()
         if self.sharded:
@@ -143,11 +147,10 @@ class MultiExitGlueRecipe:
         self.log = self._open_log()
 
     def _shard(self) -> None:
-        """FSDP2 over every encoder layer and the root (exits, loss terms). Rank 0 keeps a
-        whole copy of the same modules for checkpoints and evaluation, refreshed from the
-        shards whenever it writes."""
-        learned = [name for name, p in self.model.named_parameters()
-                   if name.startswith(("loss_terms.", "loss_weighting.")) and p.requires_grad]
+        """FSDP2 over every encoder layer and the root (exits; the training parts stay whole
+        on every rank). Rank 0 keeps a whole copy of the model for checkpoints and evaluation,
+        refreshed from the shards whenever it writes."""
+        learned = [name for name, p in self.parts.named_parameters() if p.requires_grad]
         if learned:
             raise ConfigError(
                 "distributed.strategy fsdp does not yet shard learned loss weights (here "
@@ -210,7 +213,7 @@ class MultiExitGlueRecipe:
                                                 torch.optim.lr_scheduler.LRScheduler]:
         """A stage's optimizer and LR schedule over its trainable parameters; the loss terms'
         learned ones (ELBERT's exit weights) in a group of their own (see `param_groups`)."""
-        learned = {id(p) for p in self.model.loss_terms.parameters()}
+        learned = {id(p) for p in self.parts.loss_terms.parameters()}
         groups = param_groups(params, learned, lr=self.config.learned_terms_lr(),
                               optimizer=self.config.optimizer)
         optimizer = build_optimizer(self.config.optimizer, groups)
@@ -226,7 +229,8 @@ class MultiExitGlueRecipe:
         if latest is None:
             console.print(f"no checkpoint in {self.checkpoints.root}: starting from step 0")
             return
-        state = self.checkpoints.load(latest, model=self.model, device=self.device)
+        state = self.checkpoints.load(latest, model=with_parts(self.model, self.parts),
+                                      device=self.device)
         saved, current = state.get("recipe", {}), self.config.model_dump(mode="json")
         refuse_changed_recipe(saved, current, ignore=EVALUATION_KEYS, saved_in=str(latest),
                               advice="resume with the original recipe or use another --output")
@@ -250,7 +254,7 @@ class MultiExitGlueRecipe:
             return
         assert whole is not None
         global_step = sum(r.steps for r in self.finished) + progress.step
-        self.checkpoints.save(global_step, model=whole, state={
+        self.checkpoints.save(global_step, model=with_parts(whole, self.parts), state={
             "world_size": self.parallel.world_size,
             "recipe": self.config.model_dump(mode="json"),
             "stage": self.stage_index,
@@ -279,7 +283,11 @@ class MultiExitGlueRecipe:
                 f"--resume: the checkpoint's optimizer does not fit this run's ({error}); it "
                 "was written by another version of gradsurg: start the run again") from None
         self.scheduler.load_state_dict(state["scheduler"])
-        self.surgery.load_state_dict(state["surgery"])
+        surgery_state = state["surgery"]
+        if self.weighting is not None and "loss_weighting" not in surgery_state:
+            # written before issue 27: the weighting's state is in model.safetensors only
+            surgery_state = {**surgery_state, "loss_weighting": self.weighting.state_dict()}
+        self.surgery.load_state_dict(surgery_state)
         restore_rng(state["rng"][self.parallel.rank])
         return StageProgress.from_state(state["progress"])
 
@@ -300,13 +308,12 @@ class MultiExitGlueRecipe:
             self.model = whole
         self.parallel.barrier()
         self.parallel.close()
-        detach_training_parts(self.model)
         return self.finished
 
     def train_stage(self, index: int, stage: Stage, progress: Progress) -> StageResult:
         """One stage: its trainable parts, optimizer, schedule and surgery; the loop."""
         config = self.config
-        params = set_trainable(self.model, stage)
+        params = set_trainable(self.model, self.parts, stage)
         total = training.stage_steps(self.steps_per_epoch, config.epochs)
         self.optimizer, self.scheduler = self.build_optimizer_and_schedule(params, total)
         several = len(stage.groups) > 1  # one group: nothing to combine or select
@@ -320,6 +327,8 @@ class MultiExitGlueRecipe:
             max_nonfinite_steps=config.max_nonfinite_steps,
             data_parallel=self.parallel,
             loss_scale=loss_scale,
+            weighting=self.weighting,
+            training_parts={"loss_terms": self.parts.loss_terms},
         )
         self.stage_index = index
         resume = self._restore_stage()
@@ -331,11 +340,12 @@ class MultiExitGlueRecipe:
                 surgery=self.surgery, optimizer=self.optimizer, scheduler=self.scheduler,
                 log=self.log, log_every=config.log_every, progress=progress, resume=resume,
                 save_checkpoint=self.save_checkpoint if config.checkpoints else None,
-                checkpoint_every=config.checkpoint_every, weighting=self.weighting,
+                checkpoint_every=config.checkpoint_every,
             )
         finally:
             self.surgery.remove()
             self.model.requires_grad_(True)
+            self.parts.requires_grad_(True)
 
     def batches(self, epoch: int, skip: int) -> Iterator[tuple[dict[str, Tensor], float]]:
         """An epoch's `(batch, share)` pairs from the `skip`-th batch on, on the device."""

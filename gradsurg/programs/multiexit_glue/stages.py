@@ -1,10 +1,10 @@
 """What each stage of a multi-exit GLUE run trains: its loss groups and its parameters.
 
 A stage's groups are `LossGroup`s (the concept README teaches for one's own loop) whose part
-is a registered loss term over all exits' logits. The terms are attached to the model for the
-run, so a term that learns (ELBERT's exit weights) is trained, clipped, all-reduced and
-checkpointed with the model's own parameters; the program detaches them before the model is
-evaluated and saved for inference.
+is a registered loss term over all exits' logits. The terms and the weighting are the run's
+training parts (`TrainingParts`), never part of the model: they go to the optimizer, the
+Surgery (which trains, clips and all-reduces a learned term with the model) and the
+checkpoint explicitly, so the model is saved for inference as it is.
 """
 
 from __future__ import annotations
@@ -41,16 +41,24 @@ def build_group(group: str, spec: TermSpec, num_exits: int, config: MultiExitGlu
     return LossGroup(group, {name: term})
 
 
-def attach_loss_groups(model: MultiExitModel, stages: Sequence[Stage],
-                       config: MultiExitGlueConfig) -> StageGroups:
-    """Every stage's loss groups; their terms go to `model.loss_terms[stage][group]`."""
-    groups = {stage.name: {group: build_group(group, spec, model.num_exits, config)
-                           for group, spec in stage.groups.items()} for stage in stages}
-    terms = torch.nn.ModuleDict({
-        stage: torch.nn.ModuleDict({name: _term(group) for name, group in by_name.items()})
-        for stage, by_name in groups.items()})
-    model.loss_terms = terms.to(next(model.parameters()).device)  # moved in place
-    return groups
+class TrainingParts(torch.nn.Module):
+    """What trains with the model but is not part of it: `loss_terms[stage][group]` and the
+    recipe's `loss_weighting` (if any). Its state keys (`loss_terms.*`, `loss_weighting.*`)
+    are the ones checkpoints have always held next to the model's."""
+
+    def __init__(self, groups: StageGroups, weighting: LossWeighting | None) -> None:
+        super().__init__()
+        self.loss_terms = torch.nn.ModuleDict({
+            stage: torch.nn.ModuleDict({name: _term(group) for name, group in by_name.items()})
+            for stage, by_name in groups.items()})
+        self.loss_weighting = weighting
+
+
+def build_loss_groups(num_exits: int, stages: Sequence[Stage], config: MultiExitGlueConfig
+                      ) -> StageGroups:
+    """Every stage's loss groups (their terms become `TrainingParts.loss_terms`)."""
+    return {stage.name: {group: build_group(group, spec, num_exits, config)
+                         for group, spec in stage.groups.items()} for stage in stages}
 
 
 def _term(group: LossGroup) -> torch.nn.Module:
@@ -66,25 +74,14 @@ def learned_facts(groups: StageGroups) -> dict[str, float]:
             for key, value in _term(group).describe().items()}
 
 
-def attach_weighting(model: MultiExitModel, stages: Sequence[Stage],
-                     config: MultiExitGlueConfig) -> LossWeighting | None:
-    """The recipe's loss weighting over the (single) stage's groups, attached to the model as
-    `model.loss_weighting` like the loss terms: learned weights are trained by the same
-    optimizer, and every weighting's state goes into the checkpoints with the weights."""
+def build_weighting(stages: Sequence[Stage], config: MultiExitGlueConfig
+                    ) -> LossWeighting | None:
+    """The recipe's loss weighting over the (single) stage's groups: learned weights are
+    trained by the same optimizer, its state goes into the checkpoints (`TrainingParts`)."""
     if config.weighting is None:
         return None
     (stage,) = stages  # validation allows weightings on one-stage modes only
-    weighting = WEIGHTINGS.build(config.weighting, list(stage.groups),
-                                 where="key 'weighting'")
-    model.loss_weighting = weighting.to(next(model.parameters()).device)
-    return weighting
-
-
-def detach_training_parts(model: MultiExitModel) -> None:
-    """Remove the loss terms and the weighting: they are not part of the saved model."""
-    del model.loss_terms
-    if hasattr(model, "loss_weighting"):
-        del model.loss_weighting
+    return WEIGHTINGS.build(config.weighting, list(stage.groups), where="key 'weighting'")
 
 
 def check_combiner_groups(combiner: Combiner, stages: Sequence[Stage]) -> None:
@@ -104,10 +101,12 @@ def group_losses(logits: list[Tensor], labels: Tensor, groups: Mapping[str, Loss
     return {name: group(logits, labels) for name, group in groups.items()}
 
 
-def set_trainable(model: MultiExitModel, stage: Stage) -> list[torch.nn.Parameter]:
-    """Freeze what the stage does not train; the parameters it does."""
+def set_trainable(model: MultiExitModel, parts: TrainingParts, stage: Stage
+                  ) -> list[torch.nn.Parameter]:
+    """Freeze what the stage does not train; the parameters it does (the model's, then its
+    loss terms' and the weighting's)."""
     model.encoder.requires_grad_(stage.train_encoder)
-    for name, terms in model.loss_terms.items():
+    for name, terms in parts.loss_terms.items():
         terms.requires_grad_(name == stage.name)
     last = model.num_exits - 1
     for index, exit_head in enumerate(model.exits):
@@ -117,4 +116,20 @@ def set_trainable(model: MultiExitModel, stage: Stage) -> list[torch.nn.Paramete
             or (stage.trained_exits == "early" and index < last)
         )
         exit_head.requires_grad_(wanted)
-    return [p for p in model.parameters() if p.requires_grad]
+    return [p for module in (model, parts) for p in module.parameters() if p.requires_grad]
+
+
+def with_parts(model: torch.nn.Module, parts: TrainingParts) -> torch.nn.Module:
+    """A module holding the model's children and the training parts side by side (neither
+    changed): its state dict is the model's plus `loss_terms.*` / `loss_weighting.*`, the
+    keys a checkpoint's model.safetensors holds, so checkpoints save and resume both."""
+    view = torch.nn.Module()
+    for name, p in model.named_parameters(recurse=False):
+        view.register_parameter(name, p)
+    for name, b in model.named_buffers(recurse=False):
+        view.register_buffer(name, b, persistent=name not in model._non_persistent_buffers_set)
+    for module in (model, parts):
+        for name, child in module.named_children():
+            if child is not None:
+                view.add_module(name, child)
+    return view

@@ -29,10 +29,14 @@ from gradsurg.optimizers import (
 )
 from gradsurg.outputs import atomic_write_bytes, atomic_write_text
 from gradsurg.programs import Program, ProgramConfig
-from gradsurg.programs.training import StageProgress, check_trained, weights_digest
+from gradsurg.programs.training import (
+    StageProgress,
+    check_trained,
+    trained_parameters,
+    weights_digest,
+)
 from gradsurg.surgery import Surgery
 from gradsurg.weightings import WEIGHTINGS
-from gradsurg.weightings.loop import after_step
 from gradsurg_digits.model import MultiExitMLP, exit_accuracies
 
 
@@ -139,18 +143,19 @@ def train(config: DigitsConfig, output_dir: Path | None = None) -> dict[str, Any
                          classes=10)
     parallel = DataParallel.from_environment()  # torchrun: each rank a share of every batch
     weighting = None
-    if config.weighting is not None:  # attached: its learned weights train with the model
-        weighting = model.loss_weighting = WEIGHTINGS.build(
-            config.weighting, group_names(config), where="key 'weighting'")
+    if config.weighting is not None:  # a training part: its learned weights join the optimizer
+        weighting = WEIGHTINGS.build(config.weighting, group_names(config),
+                                     where="key 'weighting'")
+        parallel.broadcast_module_(weighting)
     parallel.broadcast_module_(model)
-    optimizer = build_optimizer(config.optimizer, model.parameters())
+    learned = list(weighting.parameters()) if weighting is not None else []
+    optimizer = build_optimizer(config.optimizer, [*model.parameters(), *learned])
     combiner = COMBINERS.build(config.combiner, where="key 'combiner'")
     surgery = Surgery(model, optimizer, combiner, include=config.include,
                       exclude=config.exclude, max_grad_norm=config.max_grad_norm,
-                      data_parallel=parallel)
+                      data_parallel=parallel, weighting=weighting)
     groups = loss_groups(config)
-    learned = {id(p) for p in weighting.parameters()} if weighting is not None else set()
-    trained = [p for p in model.parameters() if p.requires_grad and id(p) not in learned]
+    trained = trained_parameters(model, surgery)
     progress = StageProgress(start_digest=weights_digest(trained))
     generator = torch.Generator().manual_seed(config.seed)
     log_lines, fired = [], []
@@ -161,24 +166,18 @@ def train(config: DigitsConfig, output_dir: Path | None = None) -> dict[str, Any
             rows, share = parallel.shard(order[start : start + config.batch_size].tolist())
             logits = model(x_train[rows])
             losses = {group.name: group(logits, y_train[rows]) for group in groups}
-            surgery.backward(losses if weighting is None else weighting(losses), share=share)
-            optimizer.step()
+            surgery.backward(losses, share=share, recompute=lambda rows=rows: {
+                g.name: g(model(x_train[rows]), y_train[rows]) for g in groups})
+            optimizer.step()  # the weighting (if any) updates here, unless the step was skipped
             optimizer.zero_grad()
             fired.append(surgery.diagnostics.get("project/fired", 0.0))
-            if weighting is not None:
-                weights = after_step(
-                    weighting, losses, share=share, parallel=parallel,
-                    skipped=surgery.diagnostics.get("nonfinite/skipped", 0.0) > 0,
-                    recompute=lambda rows=rows: {g.name: g(model(x_train[rows]), y_train[rows])
-                                                 for g in groups})
-        if weighting is not None:
-            weighting.epoch_end()
+        weights = {k: v for k, v in surgery.log_values().items()  # raw losses, weights
+                   if weighting is not None and not k.startswith("weighted_")}
+        surgery.epoch_end()
         log_lines.append({"epoch": epoch + 1, **surgery.losses, **surgery.diagnostics,
-                          **(weights if weighting is not None else {})})
+                          **weights})
     progress.step = surgery.steps
     check_trained("train", progress, surgery, trained)  # nothing trained: an error, no model
-    if weighting is not None:
-        del model.loss_weighting  # training only: not part of the saved model
     accuracies = exit_accuracies(model, x_test, y_test)
     results = {
         "program": "digits_multiexit",
