@@ -95,3 +95,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def saved_model(tiny_bert_dir, tmp_path_factory) -> Path:
+    """A saved multi-exit model folder (3-layer random BERT, SST-2 labels), untrained: what
+    `predict` and `eval` read."""
+    import torch
+
+    from gradsurg.multiexit.model import MultiExitModel
+
+    torch.manual_seed(0)
+    model, tokenizer = MultiExitModel.from_backbone(str(tiny_bert_dir), num_labels=2)
+    model.config.task, model.config.labels = "sst2", ["0", "1"]
+    return model.save_pretrained(tmp_path_factory.mktemp("model"), tokenizer=tokenizer)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from gradsurg import Surgery
+from gradsurg.combiners import COMBINERS
+
 
 class TwoHeads(nn.Module):
     """trunk -> (head_a, head_b); `frozen` never trains; `only_b` is reached by group b only."""
@@ -37,3 +40,58 @@ def group_losses(model: TwoHeads, x: torch.Tensor, y: torch.Tensor) -> dict[str,
 def batch(n: int = 8, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     return torch.randn(n, 6, generator=generator), torch.randint(0, 3, (n,), generator=generator)
+
+
+# ---- three groups, one of whose rows can be poisoned (non-finite tests) ------------------
+
+#: Every registered combiner (plugins included) with options that fit ThreeGroupNet.
+ALL_SPECS = {name: name for name in COMBINERS.names()}
+ALL_SPECS["project"] = {"name": "project", "target": "a", "reference": "b"}
+ALL_SPECS["merge"] = {"name": "merge", "groups": ["a", "b"], "inner": "pcgrad", "into": "ab",
+                  "then": "sum"}  # then ab + c
+
+
+class Poison(torch.autograd.Function):
+    """Identity forward; the gradient flowing back is multiplied by `factor` (NaN, inf, or a
+    large number that overflows only once the loss is scaled)."""
+
+    @staticmethod
+    def forward(ctx, x, factor):
+        ctx.factor = factor
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * ctx.factor, None
+
+
+class ThreeGroupNet(nn.Module):
+    """A shared trunk and three heads (three groups: `krum` and `trimmed_mean` need them);
+    group b's path into the trunk can be poisoned, which leaves its loss, its head's gradient
+    and the other groups' rows finite."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.trunk = nn.Sequential(nn.Linear(6, 16), nn.Tanh())
+        self.a, self.b, self.c = nn.Linear(16, 3), nn.Linear(16, 3), nn.Linear(16, 3)
+
+    def losses(self, x, y, factor=None):
+        h = self.trunk(x)
+        ce = nn.functional.cross_entropy
+        into_b = h if factor is None else Poison.apply(h, factor)
+        return {"a": ce(self.a(h), y), "b": ce(self.b(into_b), (y + 1) % 3),
+                "c": ce(self.c(h), (y + 2) % 3)}
+
+
+def three_group_batch(seed):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(8, 6, generator=generator), torch.randint(0, 3, (8,), generator=generator)
+
+
+def poisonable_setup(name, **options):
+    """ThreeGroupNet, AdamW and a Surgery on its trunk with the combiner `ALL_SPECS[name]`."""
+    model = ThreeGroupNet()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.05, weight_decay=0.1)
+    surgery = Surgery(model, optimizer, ALL_SPECS[name], include=["trunk.*"], **options)
+    return model, optimizer, surgery

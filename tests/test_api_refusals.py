@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_nonfinite_rows import SPECS, Net, batch, setup
+from models import ALL_SPECS, ThreeGroupNet, poisonable_setup, three_group_batch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -18,34 +18,34 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_a_state_dict_of_another_combiner_is_refused_by_name():
-    names = sorted(SPECS)
-    states = {name: setup(name)[2].state_dict() for name in names}
+    names = sorted(ALL_SPECS)
+    states = {name: poisonable_setup(name)[2].state_dict() for name in names}
     for saved in names:
         for name in names:
             if saved == name:
                 continue
-            surgery = setup(name)[2]
+            surgery = poisonable_setup(name)[2]
             with pytest.raises(GradsurgError, match=f"saved by combiner '{saved}', cannot be "
                                                     f"loaded into combiner '{name}'"):
                 surgery.load_state_dict(states[saved])
 
 
 def test_a_state_dict_without_the_combiners_name_is_checked_by_its_keys():
-    saved = setup("gradvac")[2].state_dict()
+    saved = poisonable_setup("gradvac")[2].state_dict()
     del saved["combiner_name"]  # as a checkpoint written before the name was recorded
     with pytest.raises(GradsurgError, match=r"does not fit combiner 'dbmtl' \(KeyError"):
-        setup("dbmtl")[2].load_state_dict(saved)
+        poisonable_setup("dbmtl")[2].load_state_dict(saved)
     for wrong in ({}, {"weights": 1}, [1, 2]):
         with pytest.raises(GradsurgError, match=r"not a Surgery\.state_dict"):
-            setup("pcgrad")[2].load_state_dict(wrong)
-    same = setup("gradvac")[2]
+            poisonable_setup("pcgrad")[2].load_state_dict(wrong)
+    same = poisonable_setup("gradvac")[2]
     same.load_state_dict(saved)  # the right combiner still loads an old state
 
 
 def test_a_manual_accumulation_loop_is_told_to_set_accumulation_steps():
-    model, _, surgery = setup("pcgrad")
+    model, _, surgery = poisonable_setup("pcgrad")
     for seed in (0, 1):  # two micro-batches, one optimizer step, accumulation_steps unset
-        x, y = batch(seed)
+        x, y = three_group_batch(seed)
         if seed == 1:
             with pytest.raises(GradsurgError, match=r"Pass accumulation_steps=N to Surgery.*"
                                                     r"zero_grad\(\) between them would drop"):
@@ -54,8 +54,8 @@ def test_a_manual_accumulation_loop_is_told_to_set_accumulation_steps():
             surgery.backward(model.losses(x, y))
 
 
-class Checkpointed(Net):
-    """Net with its trunk under torch.utils.checkpoint (reentrant or not)."""
+class Checkpointed(ThreeGroupNet):
+    """ThreeGroupNet with its trunk under torch.utils.checkpoint (reentrant or not)."""
 
     def __init__(self, reentrant: bool) -> None:
         super().__init__()
@@ -73,7 +73,7 @@ def trained(reentrant: bool, combiner: str, **options) -> dict[str, torch.Tensor
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     surgery = Surgery(model, optimizer, combiner, **options)
     for seed in (0, 1):
-        x, y = batch(seed)
+        x, y = three_group_batch(seed)
         surgery.backward(model.losses(x, y))
         optimizer.step()
         optimizer.zero_grad()

@@ -4,56 +4,18 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
+from fake_runs import DEEBERT, LABELS, ROMEBERT, compare, write_run
 from safetensors.torch import save_file
-from typer.testing import CliRunner
-
-from gradsurg.cli import app
-
-runner = CliRunner()
-LABELS = [0, 0, 1, 1]
-
-# Two exits, four examples. deebert: exit 1 right on examples 0 and 2 (50%), exit 2 right on
-# all (100%). romebert: exit 1 wrong only on example 2 (75%), exit 2 wrong only on example 1
-# (75%). A logit margin m gives entropy e(m), falling with m, so each run's exit-1 margins
-# order its examples for the entropy sweep.
-DEEBERT = [[[4, 0], [0, 1], [0, 3], [2, 0]], [[5, 0], [5, 0], [0, 5], [0, 5]]]
-ROMEBERT = [[[3, 0], [4, 0], [1, 0], [0, 2]], [[5, 0], [0, 5], [0, 5], [0, 5]]]
-
-
-def write_run(folder: Path, mode: str, logits: list | None, exit_accuracy: list[float], *,
-              task: str = "sst2", labels: list[int] = LABELS, extra: dict | None = None) -> Path:
-    folder.mkdir(parents=True)
-    results = {
-        "program": "multiexit_glue", "mode": mode, "task": task, "model": "minilm",
-        "primary_metric": "accuracy",
-        "exit_metrics": [{"accuracy": a} for a in exit_accuracy],
-        "eval_split": "dev", "eval_rows": None, "num_eval_examples": len(labels),
-        "exit_policy": {"name": "entropy"},
-        "sweep": [{"threshold": 0.0, "accuracy": exit_accuracy[-1], "time_percent": 100.0,
-                   "exit_counts": [0, len(labels)]}],
-        "train": {"joint": {"steps": 3, "seconds": 12.0}},
-        **(extra or {}),
-    }
-    (folder / "results.json").write_text(json.dumps(results))
-    if logits is not None:
-        save_file({"logits": torch.tensor(logits, dtype=torch.float32),
-                   "labels": torch.tensor(labels)}, folder / "exit_logits.safetensors")
-    return folder
-
-
-def invoke(*args: str):
-    return runner.invoke(app, ["compare", *map(str, args)], env={"COLUMNS": "250"})
 
 
 def test_compare_writes_tables_plots_and_hand_computed_numbers(tmp_path):
     a = write_run(tmp_path / "a", "deebert", DEEBERT, [0.5, 1.0])
     b = write_run(tmp_path / "b", "romebert", ROMEBERT, [0.75, 0.75])
     out = tmp_path / "out"
-    result = invoke(a, b, "--output", out)
+    result = compare(a, b, "--output", out)
     assert result.exit_code == 0, result.output
     assert "area" in result.output and "deebert" in result.output
     data = json.loads((out / "compare.json").read_text())
@@ -102,7 +64,7 @@ def test_compare_writes_tables_plots_and_hand_computed_numbers(tmp_path):
 def test_without_output_only_prints(tmp_path):
     a = write_run(tmp_path / "a", "deebert", DEEBERT, [0.5, 1.0])
     before = sorted(p.name for p in tmp_path.rglob("*"))
-    result = invoke(a)
+    result = compare(a)
     assert result.exit_code == 0, result.output
     assert "81.25" in result.output  # the area, on screen
     assert sorted(p.name for p in tmp_path.rglob("*")) == before
@@ -118,7 +80,7 @@ def test_runs_without_logits_fall_back_to_the_fixed_list_and_say_so(tmp_path):
             {"threshold": 0.0, "accuracy": 0.8, "time_percent": 100.0},
             {"threshold": 0.3, "accuracy": 0.7, "time_percent": 60.0}]}})
     out = tmp_path / "out"
-    result = invoke(a, old, stored, "--output", out)
+    result = compare(a, old, stored, "--output", out)
     assert result.exit_code == 0, result.output
     data = json.loads((out / "compare.json").read_text())
     # Two are deebert: labelled by folder name.
@@ -178,10 +140,10 @@ def test_refusals_are_one_line_and_write_nothing(tmp_path):
         ((a, a), ("given more than once",)),
     ]
     for runs, fragments in cases:
-        one_error_line(invoke(*runs, "--output", out), *fragments)
+        one_error_line(compare(*runs, "--output", out), *fragments)
         assert not out.exists(), runs
     out.write_text("a file")
-    one_error_line(invoke(a, "--output", out), "is not a folder")
+    one_error_line(compare(a, "--output", out), "is not a folder")
 
 
 def test_real_runs_write_logits_and_compare(tiny_bert_dir, shared_glue_dir, tmp_path):
@@ -219,7 +181,7 @@ def test_real_runs_write_logits_and_compare(tiny_bert_dir, shared_glue_dir, tmp_
         assert results["tradeoff"]["final"] == results["exit_metrics"][-1]["accuracy"]
         assert "sweep" in results  # the fixed list stays
         assert (folder / "plots" / "metric_vs_time_dense.png").is_file()
-    result = invoke(*folders, "--output", tmp_path / "cmp")
+    result = compare(*folders, "--output", tmp_path / "cmp")
     assert result.exit_code == 0, result.output
     data = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     for run_data, folder in zip(data["runs"], folders):
@@ -240,7 +202,7 @@ def test_a_disk_error_while_writing_is_one_error_line(tmp_path):
     blocker = tmp_path / "blocker"
     blocker.write_text("a file, where the output's parent folder should be")
     out = blocker / "out"
-    result = invoke(a, "--output", out)
+    result = compare(a, "--output", out)
     assert result.exit_code == 2, result.output
     assert isinstance(result.exception, SystemExit), result.exception  # not an OSError
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]

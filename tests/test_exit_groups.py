@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from test_multiexit_glue import make_config
+from glue_configs import tiny_glue_config
 from typer.testing import CliRunner
 
 from gradsurg.cli import app
@@ -129,8 +129,8 @@ def test_sum_over_exit_groups_trains_the_same_model_as_romebert_sd(
     (the matrix path and the one-backward shortcut differ only in rounding)."""
     common = dict(mode="romebert_sd", train_rows=16, eval_rows=16, log_every=1,
                   save_model=False, checkpoints=False, threads=1)
-    plain = run(make_config(tiny_bert_dir, shared_glue_dir, **common), tmp_path / "plain")
-    per_exit = run(make_config(tiny_bert_dir, shared_glue_dir, exit_groups="sd",
+    plain = run(tiny_glue_config(tiny_bert_dir, shared_glue_dir, **common), tmp_path / "plain")
+    per_exit = run(tiny_glue_config(tiny_bert_dir, shared_glue_dir, exit_groups="sd",
                                combiner={"name": "sum"}, **common), tmp_path / "per_exit")
     for a, b in zip(plain["exit_metrics"], per_exit["exit_metrics"]):
         assert a["accuracy"] == pytest.approx(b["accuracy"])
@@ -145,7 +145,7 @@ def test_sum_over_exit_groups_trains_the_same_model_as_romebert_sd(
 @pytest.mark.parametrize("combiner", ["pcgrad", "upgrad", "imtlg"])
 def test_per_exit_groups_train_with_a_combiner(combiner, tiny_bert_dir, shared_glue_dir,
                                                tmp_path):
-    config = make_config(tiny_bert_dir, shared_glue_dir, mode="romebert", exit_groups="sd",
+    config = tiny_glue_config(tiny_bert_dir, shared_glue_dir, mode="romebert", exit_groups="sd",
                          combiner=combiner, train_rows=16, eval_rows=8, log_every=1,
                          save_model=False, checkpoints=False)
     results = run(config, tmp_path)
@@ -158,7 +158,7 @@ def test_per_exit_groups_train_with_a_combiner(combiner, tiny_bert_dir, shared_g
 
 def test_project_between_exits_is_checked_against_the_models_depth(
         tiny_bert_dir, shared_glue_dir, tmp_path):
-    config = make_config(tiny_bert_dir, shared_glue_dir, mode="romebert", exit_groups="sd",
+    config = tiny_glue_config(tiny_bert_dir, shared_glue_dir, mode="romebert", exit_groups="sd",
                          combiner={"name": "project", "target": "exit9", "reference": "exit1"})
     with pytest.raises(ConfigError, match=r"loss group 'exit9' does not exist.*exit1, exit2, "
                        r"exit3"):
@@ -178,9 +178,9 @@ runner = CliRunner()
     (["exit_groups=all"], "key 'exit_groups'"),
 ])
 def test_bad_exit_group_recipes_are_one_line_errors(overrides, message):
-    from test_bad_input import ROMEBERT
+    from cli_runs import ROMEBERT_RECIPE
 
-    args = ["validate", ROMEBERT]
+    args = ["validate", ROMEBERT_RECIPE]
     for item in overrides:
         args += ["--set", item]
     result = runner.invoke(app, args)

@@ -167,11 +167,11 @@ def test_bad_options_are_one_line_config_errors(spec, groups, message):
 def test_per_exit_weightings_train_a_tiny_romebert_recipe(spec, tiny_bert_dir, shared_glue_dir,
                                                           tmp_path):
     """Per-exit groups (exit_groups: sd) on the 3-layer tiny model, two epochs of two steps."""
-    from test_weightings import glue_config
+    from glue_configs import short_glue_config
 
     from gradsurg.programs.multiexit_glue import run
 
-    config = glue_config(tiny_bert_dir, shared_glue_dir, mode="romebert", epochs=2,
+    config = short_glue_config(tiny_bert_dir, shared_glue_dir, mode="romebert", epochs=2,
                          exit_groups="sd", combiner="sum", weighting=spec)
     results = run(config, tmp_path)
     assert results["train"]["joint"]["steps"] == 4
@@ -190,14 +190,14 @@ def test_per_exit_weightings_train_a_tiny_romebert_recipe(spec, tiny_bert_dir, s
 
 
 def test_recipe_checks_a_per_exit_weighting_when_read(tiny_bert_dir, shared_glue_dir):
+    from glue_configs import short_glue_config
     from pydantic import ValidationError
-    from test_weightings import glue_config
 
     with pytest.raises(ValidationError, match="key 'weighting': unknown loss weighting 'gls'"):
-        glue_config(tiny_bert_dir, shared_glue_dir, mode="romebert", exit_groups="sd",
+        short_glue_config(tiny_bert_dir, shared_glue_dir, mode="romebert", exit_groups="sd",
                     combiner="sum", weighting="gls")
     with pytest.raises(ValidationError, match=r"weighs per-exit loss groups exit1\.\.exitL"):
-        glue_config(tiny_bert_dir, shared_glue_dir, mode="romebert", weighting="layerskip")
+        short_glue_config(tiny_bert_dir, shared_glue_dir, mode="romebert", weighting="layerskip")
 
 
 def test_digits_exit_groups_share_the_sd_loss():

@@ -8,46 +8,18 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import resource
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
+from cli_runs import invoke, limited_run, one_line_error, tiny_recipe
 from safetensors.torch import load_file
-from typer.testing import CliRunner
 
 from gradsurg.checkpoint import Checkpoints
-from gradsurg.cli import app
 from gradsurg.errors import NonFiniteError
 from gradsurg.outputs import LOCK_FILE, OutputLock
-
-runner = CliRunner()
-
-
-def tiny_recipe(folder: Path, tiny_bert_dir: Path, glue_dir: Path, **overrides) -> Path:
-    recipe = dict(program="multiexit_glue", model=str(tiny_bert_dir), data_dir=str(glue_dir),
-                  train_rows=16, eval_rows=8, batch_size=8, eval_batch_size=8, epochs=1,
-                  max_length=32, optimizer={"lr": 1e-3}, log_every=1, threads=1, deterministic=True)
-    recipe.update(overrides)
-    path = folder / "tiny.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    return path
-
-
-def invoke(*args: object):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def one_line_error(args: list[object], message: str) -> None:
-    result = invoke(*args)
-    assert result.exit_code == 2, (args, result.output, result.exception)
-    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and message in errors[0], (args, result.output)
-    assert "Traceback" not in result.output
 
 
 def strict_lines(path: Path) -> list[dict]:
@@ -259,17 +231,6 @@ def test_what_needs_the_model_is_checked_before_the_first_step(overrides, messag
 
 
 # --- a full disk: one error line, nothing half-written ----------------------------------------
-
-def limited_run(args: list[str], max_bytes: int) -> subprocess.CompletedProcess[str]:
-    """The CLI in a process whose files cannot grow beyond `max_bytes` (EFBIG, as a full
-    disk gives ENOSPC: the same write failure, without needing a small file system)."""
-    def limit() -> None:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, max_bytes))
-
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", "gradsurg", *args], capture_output=True,
-                          text=True, timeout=300, preexec_fn=limit, env=env)
-
 
 @pytest.mark.parametrize(("checkpoints", "fraction", "failing"), [
     (True, 0.5, "checkpoints/step-00000002"),  # the first checkpoint's weights

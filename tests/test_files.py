@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_runs import invoke, limited_run, one_line_error, tiny_recipe
+from fake_runs import DEEBERT, ROMEBERT, compare, write_run
 from safetensors.torch import save_file
-from test_compare import DEEBERT, ROMEBERT, write_run
-from test_compare import invoke as compare
-from test_faults import invoke, limited_run, one_line_error, tiny_recipe
 
 from gradsurg.outputs import LOCK_FILE
 

@@ -123,7 +123,7 @@ def test_a_resumed_run_has_each_step_once_in_tensorboard(tiny_bert_dir, shared_g
                                                          tmp_path):
     """SIGKILL before step 5 (the checkpoint is at 3, step 4 was logged), resume: TensorBoard
     shows steps 1..N once each, with the values of the finished train_log.jsonl."""
-    from test_resume import SIGKILLED, gradsurg
+    from cli_runs import SIGKILLED, run_killed_at
 
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump(dict(
@@ -133,10 +133,10 @@ def test_a_resumed_run_has_each_step_once_in_tensorboard(tiny_bert_dir, shared_g
         threads=1, deterministic=True, checkpoint_every=3, save_model=False,
         loggers=["jsonl", "tensorboard"])))
     out = tmp_path / "run"
-    assert gradsurg("step", 5, "run", str(recipe), "--output", str(out)) == SIGKILLED
+    assert run_killed_at("step", 5, "run", str(recipe), "--output", str(out)) == SIGKILLED
     killed = scalars(out / "tensorboard" / "joint")
     assert [step for step, _ in killed["lr"]] == [1, 2, 3, 4]
-    assert gradsurg("none", 0, "run", str(recipe), "--output", str(out), "--resume") == 0
+    assert run_killed_at("none", 0, "run", str(recipe), "--output", str(out), "--resume") == 0
     assert_same_as_jsonl(out)
     assert [step for step, _ in scalars(out / "tensorboard" / "joint")["lr"]] == list(
         range(1, 7))

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_faults import tiny_recipe
-from test_refusals import one_line_error, saved_model  # noqa: F401 - a fixture
+from cli_runs import one_line_error, tiny_recipe
 
 DEEP = "[" * 3000 + "]" * 3000
 
@@ -107,7 +106,7 @@ def damaged(source: Path, tmp_path: Path, damage) -> Path:
 @pytest.mark.parametrize("case, damage, name, words", CASES + SAVED_ONLY,
                          ids=[c[0] for c in CASES + SAVED_ONLY])
 def test_a_bad_saved_model_folder_is_one_line_naming_the_file(
-        command, case, damage, name, words, saved_model, tmp_path):  # noqa: F811
+        command, case, damage, name, words, saved_model, tmp_path):
     folder = damaged(saved_model, tmp_path, damage)
     output = one_line_error([command, folder], words, stdin="a fine film\n")
     assert str(folder / name) in output, output
@@ -126,7 +125,7 @@ def test_a_bad_backbone_folder_is_one_line_naming_the_file(
     assert not (out / "train_log.jsonl").exists() and not (out / "results.json").exists()
 
 
-def test_a_saved_model_records_its_tokenizers_vocabulary(saved_model):  # noqa: F811
+def test_a_saved_model_records_its_tokenizers_vocabulary(saved_model):
     recorded = json.loads((saved_model / "gradsurg_config.json").read_text())
     assert len(recorded["tokenizer_vocabulary"]) == 64  # SHA-256, checked on every load
 
@@ -136,13 +135,13 @@ def test_a_saved_model_records_its_tokenizers_vocabulary(saved_model):  # noqa: 
     ('{"text": NaN}', "<stdin>:2: holds NaN"),
 ])
 def test_a_jsonl_input_line_is_read_by_the_same_bounded_reader(line, words,
-                                                               saved_model):  # noqa: F811
+                                                               saved_model):
     one_line_error(["predict", saved_model, "--input-format", "jsonl"], words,
                    stdin='{"text": "a fine film"}\n' + line + "\n")
 
 
 @pytest.mark.parametrize("command", ["predict", "eval"])
-def test_a_saved_model_with_non_finite_weights_is_refused(command, saved_model,  # noqa: F811
+def test_a_saved_model_with_non_finite_weights_is_refused(command, saved_model,
                                                           tmp_path):
     from safetensors.torch import load_file, save_file
 

@@ -5,27 +5,18 @@ from __future__ import annotations
 import json
 
 import pytest
+from glue_configs import tiny_glue_config
 
 from gradsurg.errors import ConfigError
 from gradsurg.multiexit.evaluation.sweeps import DEFAULT_THRESHOLDS
 from gradsurg.multiexit.model import MultiExitModel
 from gradsurg.programs.multiexit_glue import MODES, run
-from gradsurg.programs.multiexit_glue.config import MultiExitGlueConfig
 from gradsurg.recipes import load_recipe
-
-
-def make_config(tiny_bert_dir, shared_glue_dir, **overrides) -> MultiExitGlueConfig:
-    values = dict(program="multiexit_glue", model=str(tiny_bert_dir),
-                  data_dir=str(shared_glue_dir), train_rows=32, eval_rows=24, batch_size=8,
-                  eval_batch_size=16, epochs=1, max_length=32, optimizer={"lr": 1e-3}, log_every=2,
-                  threads=2)
-    values.update(overrides)
-    return MultiExitGlueConfig(**values)
 
 
 @pytest.mark.parametrize("mode", ["romebert", "romebert_sd", "deebert", "deebert_sd"])
 def test_every_mode_trains_evaluates_and_saves(mode, tiny_bert_dir, shared_glue_dir, tmp_path):
-    config = make_config(tiny_bert_dir, shared_glue_dir, mode=mode)
+    config = tiny_glue_config(tiny_bert_dir, shared_glue_dir, mode=mode)
     results = run(config, tmp_path)
     assert results["mode"] == mode and results["primary_metric"] == "accuracy"
     assert len(results["exit_metrics"]) == 3
@@ -56,7 +47,7 @@ def test_every_mode_trains_evaluates_and_saves(mode, tiny_bert_dir, shared_glue_
 def test_every_combiner_trains_a_romebert_recipe(combiner, tiny_bert_dir, shared_glue_dir,
                                                  tmp_path):
     """The combiners beyond the core ones plug into the recipe by name and log their facts."""
-    config = make_config(tiny_bert_dir, shared_glue_dir, mode="romebert", combiner=combiner,
+    config = tiny_glue_config(tiny_bert_dir, shared_glue_dir, mode="romebert", combiner=combiner,
                          train_rows=16, eval_rows=8, log_every=1, save_model=False,
                          checkpoints=False)
     results = run(config, tmp_path)
@@ -91,15 +82,16 @@ def test_deebert_stages_train_only_their_parts(
         return result
 
     monkeypatch.setattr(MultiExitGlueRecipe, "train_stage", spy)
-    run(make_config(tiny_bert_dir, shared_glue_dir, mode="deebert", save_model=False), tmp_path)
+    run(tiny_glue_config(tiny_bert_dir, shared_glue_dir, mode="deebert", save_model=False),
+        tmp_path)
     assert changed["stage1"] == {"encoder": True, "final": True, "early": False}
     assert changed["stage2"] == {"encoder": False, "final": False, "early": True}
 
 
 def test_pair_and_regression_tasks(tiny_bert_dir, shared_glue_dir, tmp_path):
-    mrpc = run(make_config(tiny_bert_dir, shared_glue_dir, task="mrpc"), tmp_path / "mrpc")
+    mrpc = run(tiny_glue_config(tiny_bert_dir, shared_glue_dir, task="mrpc"), tmp_path / "mrpc")
     assert {"f1", "accuracy"} <= set(mrpc["exit_metrics"][0])
-    stsb = run(make_config(tiny_bert_dir, shared_glue_dir, task="stsb", mode="romebert"),
+    stsb = run(tiny_glue_config(tiny_bert_dir, shared_glue_dir, task="stsb", mode="romebert"),
                tmp_path / "stsb")
     assert {"pearson", "spearman"} <= set(stsb["exit_metrics"][0])
     assert "sweep" not in stsb  # entropy exit needs class probabilities
@@ -143,13 +135,13 @@ def test_regression_exits_start_at_the_training_label_mean(tiny_bert_dir, shared
         starts.append([head.classifier.bias.item() for head in model.exits])
 
     monkeypatch.setattr(recipe, "start_at_label_mean", spy)
-    config = make_config(tiny_bert_dir, shared_glue_dir, task="stsb", mode="romebert_sd",
+    config = tiny_glue_config(tiny_bert_dir, shared_glue_dir, task="stsb", mode="romebert_sd",
                          train_rows=16, save_model=False, checkpoints=False)
     run(config, tmp_path)
     data = load_glue(get_task("stsb"), "train", data_dir=str(shared_glue_dir))
     expected = float(torch.tensor(data.shuffle(seed=42).select(range(16))["label"],
                                   dtype=torch.float64).mean())
     assert starts == [[pytest.approx(expected, rel=1e-6)] * 3]
-    run(make_config(tiny_bert_dir, shared_glue_dir, save_model=False, checkpoints=False),
+    run(tiny_glue_config(tiny_bert_dir, shared_glue_dir, save_model=False, checkpoints=False),
         tmp_path / "sst2")
     assert len(starts) == 1  # classification exits keep their zero bias

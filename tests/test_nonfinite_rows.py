@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
+from models import ALL_SPECS, poisonable_setup, three_group_batch
 
 from gradsurg import Surgery
 from gradsurg.combiners import COMBINERS
@@ -16,57 +16,7 @@ from gradsurg.precision import LossScale
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-SPECS = {name: name for name in COMBINERS.names()}
-SPECS["project"] = {"name": "project", "target": "a", "reference": "b"}
-SPECS["merge"] = {"name": "merge", "groups": ["a", "b"], "inner": "pcgrad", "into": "ab",
-                  "then": "sum"}  # then ab + c
-ALL = sorted(SPECS)
-
-
-class Poison(torch.autograd.Function):
-    """Identity forward; the gradient flowing back is multiplied by `factor` (NaN, inf, or a
-    large number that overflows only once the loss is scaled)."""
-
-    @staticmethod
-    def forward(ctx, x, factor):
-        ctx.factor = factor
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad * ctx.factor, None
-
-
-class Net(nn.Module):
-    """A shared trunk and three heads (three groups: `krum` and `trimmed_mean` need them);
-    group b's path into the trunk can be poisoned, which leaves its loss, its head's gradient
-    and the other groups' rows finite."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.trunk = nn.Sequential(nn.Linear(6, 16), nn.Tanh())
-        self.a, self.b, self.c = nn.Linear(16, 3), nn.Linear(16, 3), nn.Linear(16, 3)
-
-    def losses(self, x, y, factor=None):
-        h = self.trunk(x)
-        ce = nn.functional.cross_entropy
-        into_b = h if factor is None else Poison.apply(h, factor)
-        return {"a": ce(self.a(h), y), "b": ce(self.b(into_b), (y + 1) % 3),
-                "c": ce(self.c(h), (y + 2) % 3)}
-
-
-def batch(seed):
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randn(8, 6, generator=generator), torch.randint(0, 3, (8,), generator=generator)
-
-
-def setup(name, **options):
-    model = Net()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=0.05, weight_decay=0.1)
-    surgery = Surgery(model, optimizer, SPECS[name], include=["trunk.*"], **options)
-    return model, optimizer, surgery
-
+ALL = sorted(ALL_SPECS)
 
 def same(a, b) -> bool:
     """Deep equality of (state) dicts, lists and tensors."""
@@ -89,10 +39,10 @@ def test_every_registered_combiner_is_covered():
 def test_a_bad_row_with_a_finite_loss_is_skipped_by_every_combiner(name, poison):
     runs = []
     for bad in (False, True):
-        model, optimizer, surgery = setup(name)
+        model, optimizer, surgery = poisonable_setup(name)
         for seed, factor in ([(0, None), (99, poison), (1, None)] if bad
                              else [(0, None), (1, None)]):
-            x, y = batch(seed)
+            x, y = three_group_batch(seed)
             before = (optimizer.state_dict(), surgery.state_dict(),
                       {k: v.clone() for k, v in model.state_dict().items()})
             surgery.backward(model.losses(x, y, factor))
@@ -111,8 +61,8 @@ def test_a_bad_row_with_a_finite_loss_is_skipped_by_every_combiner(name, poison)
 
 @pytest.mark.parametrize("name", ALL)
 def test_raise_names_the_group_whose_row_is_bad(name):
-    model, _, surgery = setup(name, nonfinite="raise")
-    x, y = batch(0)
+    model, _, surgery = poisonable_setup(name, nonfinite="raise")
+    x, y = three_group_batch(0)
     with pytest.raises(NonFiniteError, match=r"step 1: (gradient of loss group\(s\) b|"
                                              r"gradient) not finite"):
         surgery.backward(model.losses(x, y, float("nan")))
@@ -120,10 +70,10 @@ def test_raise_names_the_group_whose_row_is_bad(name):
 
 @pytest.mark.parametrize("name", ALL)
 def test_a_gradscaler_the_user_drives_skips_and_backs_off(name):
-    model, optimizer, surgery = setup(name, nonfinite="scaler")
+    model, optimizer, surgery = poisonable_setup(name, nonfinite="scaler")
     scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    x, y = batch(0)
+    x, y = three_group_batch(0)
     losses = model.losses(x, y, float("inf"))
     surgery.backward({k: scaler.scale(v) for k, v in losses.items()})
     scaler.step(optimizer)
@@ -134,8 +84,8 @@ def test_a_gradscaler_the_user_drives_skips_and_backs_off(name):
 
 @pytest.mark.parametrize("name", ALL)
 def test_ignore_applies_nan_on_the_selected_parameters_for_every_combiner(name):
-    model, _, surgery = setup(name, nonfinite="ignore")
-    x, y = batch(0)
+    model, _, surgery = poisonable_setup(name, nonfinite="ignore")
+    x, y = three_group_batch(0)
     surgery.backward(model.losses(x, y, float("nan")))
     for p in model.trunk.parameters():  # what the plain sum gives, never a finite guess
         assert torch.isnan(p.grad).all()
@@ -144,9 +94,9 @@ def test_ignore_applies_nan_on_the_selected_parameters_for_every_combiner(name):
 @pytest.mark.parametrize("name", ALL)
 def test_a_row_that_overflows_only_when_scaled_backs_the_loss_scale_off(name):
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16, growth_interval=1000)
-    model, optimizer, surgery = setup(name, loss_scale=LossScale(scaler))
+    model, optimizer, surgery = poisonable_setup(name, loss_scale=LossScale(scaler))
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    x, y = batch(0)
+    x, y = three_group_batch(0)
     surgery.backward(model.losses(x, y, 1e36))  # ~1e35 unscaled: finite; x 65536: inf
     optimizer.step()
     optimizer.zero_grad()
@@ -162,10 +112,10 @@ def test_a_gradscaler_under_the_default_rule_skips_and_backs_off(name):
     """The default `skip` with a torch GradScaler the user drives: the overflow reaches the
     scaler (no "No inf checks were recorded for this optimizer" hours into a run), and a
     plain `optimizer.step()` after a skipped step moves nothing either."""
-    model, optimizer, surgery = setup(name)
+    model, optimizer, surgery = poisonable_setup(name)
     scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    x, y = batch(0)
+    x, y = three_group_batch(0)
     for factor, scale in ((float("inf"), 512.0), (float("nan"), 256.0)):
         losses = model.losses(x, y, factor)
         surgery.backward({k: scaler.scale(v) for k, v in losses.items()})
@@ -183,11 +133,11 @@ def test_a_gradscaler_under_the_default_rule_skips_and_backs_off(name):
 
 
 def test_a_closure_optimizer_sees_no_nan_on_a_skipped_step():
-    model, _, _ = setup("pcgrad")
+    model, _, _ = poisonable_setup("pcgrad")
     optimizer = torch.optim.LBFGS(model.parameters(), lr=0.1, max_iter=2)
     surgery = Surgery(model, optimizer, "pcgrad", include=["trunk.*"])
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    x, y = batch(0)
+    x, y = three_group_batch(0)
 
     def closure():
         optimizer.zero_grad()

@@ -7,7 +7,7 @@ import itertools
 import time
 
 import pytest
-from test_refusals import ROMEBERT, one_line_error
+from cli_runs import ROMEBERT_RECIPE, one_line_error
 
 from gradsurg import strict_yaml
 
@@ -67,7 +67,7 @@ def flow_bomb(levels: int, width: int = 9) -> str:
 
 
 def test_a_set_override_is_bounded_too():
-    check(["validate", ROMEBERT, "--set", f"sweep={flow_bomb(8)}"],
+    check(["validate", ROMEBERT_RECIPE, "--set", f"sweep={flow_bomb(8)}"],
           "more than the 100000 a recipe may hold")
-    output = check(["validate", ROMEBERT, "--set", f"seed={flow_bomb(4)}"], "key 'seed'")
+    output = check(["validate", ROMEBERT_RECIPE, "--set", f"seed={flow_bomb(4)}"], "key 'seed'")
     assert "characters)" in output

@@ -10,28 +10,10 @@ import typing
 from pathlib import Path
 
 import pytest
-import torch
+from cli_runs import ROMEBERT_RECIPE, invoke, one_line_error
 from pydantic import BaseModel
-from typer.testing import CliRunner
 
-from gradsurg.cli import app
-from gradsurg.multiexit.model import MultiExitModel
 from gradsurg.programs import PROGRAMS
-
-ROOT = Path(__file__).resolve().parents[1]
-ROMEBERT = str(ROOT / "recipes" / "romebert_glue.yaml")
-runner = CliRunner()
-
-
-def one_line_error(args: list[str], message: str, *, stdin: str | bytes | None = None) -> str:
-    """Run the CLI; assert exit 2, exactly one `error:` line holding `message`, no traceback."""
-    result = runner.invoke(app, [str(a) for a in args], input=stdin)
-    assert result.exit_code == 2, (args, result.output, result.exception)
-    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and message in errors[0], (args, result.output)
-    assert "Traceback" not in result.output
-    return result.output
-
 
 # --- every float key of every recipe schema refuses non-finite numbers -----------------------
 
@@ -50,7 +32,7 @@ def float_keys(config_cls: type, prefix: str = "") -> dict[str, object]:
 
 
 def schema_cases() -> list[tuple[str, str, str]]:
-    recipes = {"multiexit_glue": ROMEBERT, "digits_multiexit": "digits_project"}
+    recipes = {"multiexit_glue": ROMEBERT_RECIPE, "digits_multiexit": "digits_project"}
     cases = []
     for program in sorted(recipes):
         config_cls = PROGRAMS.get(program).config
@@ -94,7 +76,7 @@ def test_non_finite_numbers_are_refused_in_every_float_key(recipe, override, key
 
 @pytest.mark.parametrize(("override", "key"), NESTED_CASES, ids=[k for _, k in NESTED_CASES])
 def test_non_finite_numbers_are_refused_inside_nested_parameters(override, key):
-    one_line_error(["validate", ROMEBERT, "--set", override], f"'{key}'")
+    one_line_error(["validate", ROMEBERT_RECIPE, "--set", override], f"'{key}'")
 
 
 CLI_FLOAT_OPTIONS = [
@@ -115,9 +97,9 @@ VALUE_CASES = [
     (["seed=-1"], "key 'seed'"),
     (["seed=9223372036854775808"], "key 'seed'"),  # 2**63: outside 0..2**63-1
     (["seed=18446744073709551616"], "key 'seed'"),  # 2**64
-    (["combiner={name: pcgrad, seed: x}"], "combiner (combiner 'pcgrad')"),
-    (["combiner={name: pcgrad, seed: 1.5}"], "combiner (combiner 'pcgrad')"),
-    (["combiner={name: pcgrad, seed: [1]}"], "combiner (combiner 'pcgrad')"),
+    (["combiner={name: pcgrad, seed: x}"], "combiner 'pcgrad': seed must be an integer"),
+    (["combiner={name: pcgrad, seed: 1.5}"], "combiner 'pcgrad': seed must be an integer"),
+    (["combiner={name: pcgrad, seed: [1]}"], "combiner 'pcgrad': seed must be an integer"),
     (["combiner={name: pcgrad, seed: 18446744073709551616}"], "combiner (combiner 'pcgrad')"),
     (["combiner={name: gradvac, seed: x}"], "seed must be an integer"),
     (["sweep=[]"], "key 'sweep': an empty list"),
@@ -138,7 +120,7 @@ VALUE_CASES = [
 @pytest.mark.parametrize(("overrides", "message"), VALUE_CASES,
                          ids=[" ".join(o) for o, _ in VALUE_CASES])
 def test_bad_values_are_refused_at_validation(overrides, message, tmp_path):
-    args = ["run", ROMEBERT, "--output", tmp_path / "out"]
+    args = ["run", ROMEBERT_RECIPE, "--output", tmp_path / "out"]
     for item in overrides:
         args += ["--set", item]
     one_line_error(args, message)
@@ -204,19 +186,12 @@ def test_bad_output_folders_for_run(tmp_path, shared_glue_dir):
     for output, message in output_cases(tmp_path):
         if output.startswith("/sys/") and not Path("/sys/kernel").is_dir():
             continue  # no sysfs on this system
-        one_line_error(["run", ROMEBERT, "--output", output, "--set", "train_rows=8"], message)
+        one_line_error(["run", ROMEBERT_RECIPE, "--output", output, "--set", "train_rows=8"],
+                       message)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
 
 
 # --- predict and eval: model folders, inputs, outputs --------------------------------------
-
-@pytest.fixture(scope="module")
-def saved_model(tiny_bert_dir, tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    model, tokenizer = MultiExitModel.from_backbone(str(tiny_bert_dir), num_labels=2)
-    model.config.task, model.config.labels = "sst2", ["0", "1"]
-    return model.save_pretrained(tmp_path_factory.mktemp("model"), tokenizer=tokenizer)
-
 
 def model_files(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.is_file())
@@ -306,7 +281,7 @@ def test_a_failed_predict_leaves_the_output_file_as_it_was(saved_model, tmp_path
         assert sorted(p.name for p in tmp_path.iterdir()) == ["late.txt", "out.jsonl"]
     good = tmp_path / "good.txt"
     good.write_text("a fine film\nthe plot is a mess\n")
-    result = runner.invoke(app, ["predict", str(saved_model), "-i", str(good), "-o", str(target)])
+    result = invoke("predict", saved_model, "-i", good, "-o", target)
     assert result.exit_code == 0, result.output
     assert [json.loads(line)["line"] for line in target.read_text().splitlines()] == [1, 2]
 

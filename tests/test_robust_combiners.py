@@ -168,11 +168,11 @@ def test_both_train_a_tiny_romebert_recipe_with_per_exit_groups(combiner, tiny_b
     import json
     import math
 
-    from test_weightings import glue_config
+    from glue_configs import short_glue_config
 
     from gradsurg.programs.multiexit_glue import run as run_glue
 
-    config = glue_config(tiny_bert_dir, shared_glue_dir, mode="romebert", epochs=1,
+    config = short_glue_config(tiny_bert_dir, shared_glue_dir, mode="romebert", epochs=1,
                          exit_groups="sd", combiner=combiner)
     results = run_glue(config, tmp_path)
     assert results["train"]["joint"]["steps"] == 2

@@ -147,11 +147,11 @@ def test_both_train_the_digits_recipe(spec, tmp_path):
 @pytest.mark.parametrize("spec", [{"name": "pbi", "theta": 2.0},
                                   {"name": "cosmos", "resample": True}])
 def test_both_train_a_tiny_romebert_recipe(spec, tiny_bert_dir, shared_glue_dir, tmp_path):
-    from test_weightings import glue_config
+    from glue_configs import short_glue_config
 
     from gradsurg.programs.multiexit_glue import run
 
-    results = run(glue_config(tiny_bert_dir, shared_glue_dir, mode="romebert", epochs=1,
+    results = run(short_glue_config(tiny_bert_dir, shared_glue_dir, mode="romebert", epochs=1,
                               weighting=spec), tmp_path)
     assert results["train"]["joint"]["steps"] == 2 and results["weighting"]["name"] == spec["name"]
     log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_compare import DEEBERT, ROMEBERT, write_run
+from fake_runs import DEEBERT, ROMEBERT, write_run
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")  # held-out sweeps over a few examples

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_faults import one_line_error, tiny_recipe
+from cli_runs import one_line_error, tiny_recipe
 
 from gradsurg.combiners import COMBINERS, Combined, Combiner
 from gradsurg.optimizers import OPTIMIZERS
@@ -82,7 +82,7 @@ def test_a_warm_up_longer_than_the_stage_is_refused_before_training(tmp_path, ti
     recipe = tiny_recipe(tmp_path, tiny_bert_dir, shared_glue_dir,
                          scheduler={"warmup_steps": 2}, checkpoints=False)
     result_out = tmp_path / "exact"
-    from test_faults import invoke
+    from cli_runs import invoke
     assert invoke("run", recipe, "--output", result_out).exit_code == 0  # the whole stage: ok
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torchjd.scalarization as tjd
+from glue_configs import short_glue_config
 from torch import nn
 
 from gradsurg import Surgery
@@ -448,24 +449,13 @@ def test_params_may_be_nested_under_params():
 # ---- recipes ------------------------------------------------------------------------------
 
 
-def glue_config(tiny_bert_dir, shared_glue_dir, **overrides):
-    from gradsurg.programs.multiexit_glue.config import MultiExitGlueConfig
-
-    values = dict(program="multiexit_glue", model=str(tiny_bert_dir),
-                  data_dir=str(shared_glue_dir), train_rows=16, eval_rows=8, batch_size=8,
-                  eval_batch_size=8, epochs=3, max_length=32, optimizer={"lr": 1e-3}, log_every=1,
-                  threads=2, save_model=False, checkpoints=False)
-    values.update(overrides)
-    return MultiExitGlueConfig(**values)
-
-
 @pytest.mark.parametrize("name", METHODS)
 def test_every_weighting_trains_a_tiny_romebert_recipe(name, tiny_bert_dir, shared_glue_dir,
                                                       tmp_path):
     """Three epochs of two steps: DWA's weights move in epoch 3, STCH's nadir after epoch 1."""
     from gradsurg.programs.multiexit_glue import run
 
-    config = glue_config(tiny_bert_dir, shared_glue_dir, mode="romebert", weighting=name)
+    config = short_glue_config(tiny_bert_dir, shared_glue_dir, mode="romebert", weighting=name)
     results = run(config, tmp_path)
     assert results["train"]["joint"]["steps"] == 6
     final = results["weighting"]
@@ -493,8 +483,8 @@ def test_learned_weighting_is_not_in_the_saved_model(tiny_bert_dir, shared_glue_
 
     from gradsurg.programs.multiexit_glue import run
 
-    config = glue_config(tiny_bert_dir, shared_glue_dir, mode="romebert_sd", epochs=1,
-                         weighting="uncertainty", save_model=True, checkpoints=True)
+    config = short_glue_config(tiny_bert_dir, shared_glue_dir, mode="romebert_sd", epochs=1,
+                               weighting="uncertainty", save_model=True, checkpoints=True)
     run(config, tmp_path)
     saved = load_file(tmp_path / "model" / "model.safetensors")
     assert not any(key.startswith("loss_weighting") for key in saved)
@@ -567,18 +557,18 @@ def test_famo_run_killed_twice_resumes_bit_for_bit(tiny_bert_dir, shared_glue_di
     """FAMO's logits and Adam moments (buffers of the attached weighting) and the dropout
     stream of its extra forward pass go through the checkpoints: SIGKILL in epoch 1 and in
     epoch 2, resume, and end with the uninterrupted run's weights, results and log."""
-    from test_resume import SIGKILLED, assert_same_run, gradsurg, write_recipe
+    from cli_runs import SIGKILLED, assert_same_run, resumable_recipe, run_killed_at
 
-    recipe = write_recipe(tmp_path, tiny_bert_dir, shared_glue_dir, mode="romebert",
+    recipe = resumable_recipe(tmp_path, tiny_bert_dir, shared_glue_dir, mode="romebert",
                           weighting={"name": "famo", "lr": 0.1})
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
-    assert gradsurg("none", 0, "run", str(recipe), "--output", str(reference)) == 0
+    assert run_killed_at("none", 0, "run", str(recipe), "--output", str(reference)) == 0
     # two loss evaluations per step (before and after it): call 9 is step 5's, resumes at 3;
     # then step 8's (calls counted from step 4 on), resumes at 6
     run = ["run", str(recipe), "--output", str(resumed)]
-    assert gradsurg("step", 9, *run) == SIGKILLED
-    assert gradsurg("step", 9, *run, "--resume") == SIGKILLED
-    assert gradsurg("none", 0, *run, "--resume") == 0
+    assert run_killed_at("step", 9, *run) == SIGKILLED
+    assert run_killed_at("step", 9, *run, "--resume") == SIGKILLED
+    assert run_killed_at("none", 0, *run, "--resume") == 0
     assert_same_run(resumed, reference)
     results = json.loads((reference / "results.json").read_text())
     assert results["weighting"]["z/final"] != pytest.approx(0.5)  # the logits did move
