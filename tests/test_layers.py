@@ -132,3 +132,21 @@ def test_the_shipped_plugins_sit_at_the_program_layer(path: Path) -> None:
             if target is not None and layer_of(target) > programs:
                 upward.append(target)
     assert PLUGINS and not upward, f"{path} imports {', '.join(sorted(set(upward)))}"
+
+
+TEST_FILES = sorted((PACKAGE.parent / "tests").glob("test_*.py")) + sorted(
+    (PACKAGE.parent / "plugins").glob("*/tests/test_*.py"))
+
+
+@pytest.mark.parametrize("path", TEST_FILES, ids=lambda path: path.name)
+def test_no_test_file_imports_another(path: Path) -> None:
+    """What tests share lives in helper modules (cli_runs, glue_configs, combiner_checks,
+    ...), so a test file can be read, moved or deleted on its own."""
+    imported = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            imported.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            imported.add(node.module)
+    tests = sorted(name for name in imported if name.split(".")[-1].startswith("test_"))
+    assert len(TEST_FILES) > 50 and not tests, f"{path.name} imports {tests}"
