@@ -1,9 +1,10 @@
 """The gradient collector: which parameters get surgery, and one step's per-group rows.
 
-Micro-batches add up: every `add` backward-passes each group's loss into its row of a `[k, n]`
-matrix over the selected parameters (or, for a fixed-weight combiner, one backward pass of the
-summed loss), parameters outside the selection get the plain sum in `.grad`, and the losses'
-values and non-finite flags are summed alongside. `take` hands the step over to the pipeline.
+Micro-batches add up: every `add` backward-passes each group's loss into its row of the
+`[k, n]` `GradientMatrix` (gradsurg.gradient_matrix) over the selected parameters (or, for a
+fixed-weight combiner, one backward pass of the summed loss), parameters outside the selection
+get the plain sum in `.grad`, and the losses' values and non-finite flags are summed alongside.
+`take` hands the step over to the pipeline.
 
 Default selection (`gradsurg.selection`): every trainable parameter that more than one group
 can move, judged on the first micro-batch (all ranks together): a non-zero gradient from more
@@ -24,7 +25,7 @@ from torch import Tensor, nn
 from gradsurg.distributed import DataParallel
 from gradsurg.engines import has_nonzero, local, reducer_errors
 from gradsurg.errors import ConfigError, GradsurgError
-from gradsurg.jacobian import GradientMatrix, Mode, resolve_mode
+from gradsurg.gradient_matrix import BackwardMode, GradientMatrix, resolve_mode
 from gradsurg.params import (
     FlatLayout,
     NamedParameters,
@@ -40,14 +41,14 @@ class GradientCollector:
     """Selects parameters once, then collects each step's rows, plain gradients and losses."""
 
     def __init__(self, model: nn.Module, *, include: Sequence[str] | None,
-                 exclude: Sequence[str] | None, mode: Mode, reuse_buffer: bool,
+                 exclude: Sequence[str] | None, mode: BackwardMode, reuse_buffer: bool,
                  data_parallel: DataParallel, check_finite: bool) -> None:
         self.trainable: NamedParameters = trainable_parameters(model)
         if not self.trainable:
             raise ConfigError("the model has no trainable parameters")
         self.include = list(include) if include is not None else None
         self.exclude = list(exclude or [])
-        self.mode: Mode = mode
+        self.mode: BackwardMode = mode
         self.reuse_buffer = reuse_buffer
         self.data_parallel = data_parallel
         self.check_finite = check_finite

@@ -32,8 +32,8 @@ from gradsurg.combiners.stage import Combine
 from gradsurg.distributed import SINGLE_PROCESS, AllReduce, DataParallel
 from gradsurg.engines import DDPTakeover, fsdp_mesh, refuse_fsdp1, unwrap_ddp
 from gradsurg.errors import ConfigError, GradsurgError, RanksError
+from gradsurg.gradient_matrix import BACKWARD_MODES, BackwardMode, resolve_mode
 from gradsurg.gradients import GradientCollector
-from gradsurg.jacobian import MODES, Mode, resolve_mode
 from gradsurg.nonfinite import NonFinite, NonFiniteRule
 from gradsurg.params import trainable_parameters
 from gradsurg.pipeline import Pipeline, Stage
@@ -103,7 +103,7 @@ class Surgery:
         *,
         include: Sequence[str] | None = None,
         exclude: Sequence[str] | None = None,
-        mode: Mode = "auto",
+        mode: BackwardMode = "auto",
         accumulation_steps: int = 1,
         max_grad_norm: float | None = None,
         diagnostics_every: int | None = None,
@@ -115,8 +115,8 @@ class Surgery:
         weighting: LossWeighting | Spec | None = None,
         training_parts: Mapping[str, nn.Module] | None = None,
     ) -> None:
-        if mode not in MODES:
-            raise ConfigError(f"mode {mode!r} is not one of {list(MODES)}")
+        if mode not in BACKWARD_MODES:
+            raise ConfigError(f"mode {mode!r} is not one of {list(BACKWARD_MODES)}")
         if isinstance(accumulation_steps, bool) or not isinstance(accumulation_steps, int) \
                 or accumulation_steps < 1:
             raise ConfigError(f"accumulation_steps must be an integer >= 1, got "
@@ -138,7 +138,7 @@ class Surgery:
         self.diagnostics_every = diagnostics_every
         self.loss_scale = loss_scale
         self.max_grad_norm = max_grad_norm
-        self.mode: Mode = mode
+        self.mode: BackwardMode = mode
         self.nonfinite = NonFiniteRule(nonfinite, max_in_a_row=max_nonfinite_steps)
         self.collector = GradientCollector(
             module, include=include, exclude=exclude, mode=mode, reuse_buffer=reuse_buffer,

@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "gradsurg"
 #: From the bottom up; a module's layer is the first whose prefix names it (the longest
 #: prefix wins). Everything not named here is in the core.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("core", ("gradsurg",)),  # errors, registry, params, gradients, jacobian, combiners,
+    ("core", ("gradsurg",)),  # errors, registry, params, gradients, gradient_matrix, combiners,
     # weightings, pipeline stages, surgery, engines, distributed, optimizers, outputs,
     # checkpoint, loggers, run_folder
     ("data", ("gradsurg.data",)),

@@ -21,11 +21,11 @@ from gradsurg.engines import local, sharded_grad
 from gradsurg.errors import ConfigError
 from gradsurg.params import FlatLayout
 
-Mode = Literal["auto", "sequential", "batched"]
-MODES = ("auto", "sequential", "batched")
+BackwardMode = Literal["auto", "sequential", "batched"]
+BACKWARD_MODES = ("auto", "sequential", "batched")
 
 
-def resolve_mode(mode: Mode, device: torch.device, *,
+def resolve_mode(mode: BackwardMode, device: torch.device, *,
                  sharded: bool = False) -> Literal["sequential", "batched"]:
     """`auto` picks the batched path on accelerators and the sequential one on CPUs.
 

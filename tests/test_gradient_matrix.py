@@ -6,10 +6,10 @@ import pytest
 import torch
 from models import TwoHeads, batch, group_losses
 
-from gradsurg.jacobian import GradientMatrix, resolve_mode
+from gradsurg.gradient_matrix import GradientMatrix, resolve_mode
 from gradsurg.params import FlatLayout, match_patterns, trainable_parameters
 
-MODES = ["sequential", "batched"]
+BACKWARD_MODES = ["sequential", "batched"]
 
 
 def manual_rows(model, x, y, names):
@@ -36,7 +36,7 @@ def build(model, include):
     return FlatLayout.of(selected), outside
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", BACKWARD_MODES)
 def test_matrix_rows_equal_separate_backward_calls(mode):
     model = TwoHeads()
     x, y = batch()
@@ -53,7 +53,7 @@ def test_matrix_rows_equal_separate_backward_calls(mode):
         assert name in layout.names or p.grad is not None or not p.requires_grad
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", BACKWARD_MODES)
 def test_outside_parameters_get_the_plain_sum(mode):
     model = TwoHeads()
     x, y = batch()
@@ -72,7 +72,7 @@ def test_sequential_and_batched_paths_agree():
     x, y = batch(16)
     layout, outside = build(model, ["trunk.*", "head_*"])
     results = []
-    for mode in MODES:
+    for mode in BACKWARD_MODES:
         matrix = GradientMatrix(["a", "b"], layout)
         matrix.accumulate(list(group_losses(model, x, y).values()), outside, mode=mode)
         results.append(matrix.values.clone())
@@ -80,7 +80,7 @@ def test_sequential_and_batched_paths_agree():
     torch.testing.assert_close(results[0], results[1], rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", BACKWARD_MODES)
 def test_two_micro_batches_add_up_to_one_batch(mode):
     model = TwoHeads()
     x, y = batch(10)
@@ -98,7 +98,7 @@ def test_a_loss_without_graph_gives_a_zero_row():
     model = TwoHeads()
     x, y = batch()
     layout, outside = build(model, ["trunk.*"])
-    for mode in MODES:
+    for mode in BACKWARD_MODES:
         matrix = GradientMatrix(["a", "none"], layout)
         loss = group_losses(model, x, y)["a"]
         matrix.accumulate([loss, torch.tensor(0.0)], outside, mode=mode)
