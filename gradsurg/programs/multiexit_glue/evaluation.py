@@ -59,7 +59,7 @@ def evaluation_results(all_logits: Tensor, labels: Tensor, *, task: TaskSpec, mo
                        model: str, split: str, rows: int | None, policy: ExitPolicySetting,
                        output_dir: Path) -> dict[str, Any]:
     """Per-exit metrics, the exit-policy sweep, their tables and the paper-style plots."""
-    primary = primary_metric(task.name)
+    primary = primary_metric(task)
     per_exit = per_exit_metrics(all_logits, labels, task)
     console.print(exit_metrics_table(per_exit, title=f"{task.name} {split}, per exit"))
     results: dict[str, Any] = {
@@ -75,8 +75,7 @@ def evaluation_results(all_logits: Tensor, labels: Tensor, *, task: TaskSpec, mo
                                     policy=policy, per_exit=per_exit, plots=plots))
     if task.is_regression and policy.cls.classification_only:
         return results  # e.g. entropy: undefined for a single regression output
-    sweep = policy_sweep(all_logits, labels, task, policy.name, policy.sweep,
-                         dict(policy.params))
+    sweep = policy_sweep(all_logits, labels, task, policy.rule, policy.sweep)
     swept = policy.cls.sweep_parameter or "value"
     console.print(sweep_table(sweep, primary, parameter=swept, title=(
         f"{task.name} {split}, early exit by {policy.name}")))
@@ -98,9 +97,12 @@ def tradeoff_results(all_logits: Tensor, labels: Tensor, task: TaskSpec, *, mode
                      plots: Path) -> dict[str, Any]:
     """The dense sweep of the recipe's exit policy (thresholds from the model's own outputs;
     regression: patience with swept tolerance) and its summary numbers, for results.json."""
-    primary = primary_metric(task.name)
-    dense = dense_sweep(all_logits, labels, task, policy.name, dict(policy.params))
-    if dense is None:  # a plugin's policy: its fixed list (`sweep`) is all there is
+    primary = primary_metric(task)
+    dense = dense_sweep(all_logits, labels, task, policy.cls, dict(policy.params))
+    if dense is None:  # a plugin's policy without a dense family: its fixed list is all
+        console.print(f"exit policy {policy.name!r} defines no dense sweep (its class's "
+                      "dense_family is None): no dense_sweep or tradeoff in results.json, only "
+                      "the fixed sweep")
         return {}
     points = [(p.time_percent, p.metric[primary]) for p in dense.points]
     summary = summarize(points, [m[primary] for m in per_exit], primary)
