@@ -23,7 +23,7 @@ from gradsurg.multiexit.exit_loop import check_all_logits, simulate_exits
 from gradsurg.multiexit.policies import DEFAULT_THRESHOLDS, ExitPolicy
 
 __all__ = ["DEFAULT_THRESHOLDS", "ExitSweepPoint", "operating_point", "per_exit_metrics",
-           "policy_sweep", "sweep_rules"]
+           "policy_sweep", "sweep_points", "sweep_rules"]
 
 
 @dataclass(frozen=True)
@@ -54,8 +54,19 @@ def policy_sweep(all_logits: torch.Tensor, labels: Any, task: TaskSpec, policy: 
     check_all_logits(all_logits)
     _check_width(task, all_logits.shape[-1])
     values = (policy.default_sweep(all_logits.shape[0]) if values is None else list(values))
-    return [operating_point(swept, value, all_logits, labels, task)
-            for value, swept in zip(values, sweep_rules(policy, values))]
+    return sweep_points(all_logits, labels, task, sweep_rules(policy, values), values)
+
+
+def sweep_points(all_logits: torch.Tensor, labels: Any, task: TaskSpec,
+                 rules: Sequence[ExitPolicy], values: Sequence[float]) -> list[ExitSweepPoint]:
+    """:func:`policy_sweep` with the rules built already: ``rules[i]`` is the policy at
+    ``values[i]``, as :func:`sweep_rules` gives them (a run builds them before training)."""
+    check_all_logits(all_logits)
+    _check_width(task, all_logits.shape[-1])
+    if len(rules) != len(values):
+        raise ValueError(f"{len(rules)} rules for {len(values)} sweep values")
+    return [operating_point(rule, value, all_logits, labels, task)
+            for rule, value in zip(rules, values, strict=True)]
 
 
 def sweep_rules(rule: ExitPolicy, values: Sequence[float]) -> list[ExitPolicy]:

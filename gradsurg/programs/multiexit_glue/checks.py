@@ -75,23 +75,26 @@ class ExitPolicySetting:
     def cls(self) -> type[ExitPolicy]:
         return type(self.rule)
 
+    def sweep_values(self, num_layers: int) -> list[float]:
+        """The values the sweep tries on a model with `num_layers` exits."""
+        return list(self.sweep) if self.sweep is not None else self.rule.default_sweep(num_layers)
+
     def sweep_policies(self, *, num_layers: int | None = None) -> list[ExitPolicy]:
-        """Every policy the sweep will use, built now (none for the default sweep until the
-        model's depth is known); errors name the key and the value."""
+        """The policy at each value of the sweep (`sweep_values`), built now (none for the
+        default sweep until the model's depth is known); errors name the key and the value."""
         swept = self.rule.sweep_parameter
         if self.sweep is not None and not self.sweep:
             raise ConfigError("key 'sweep': an empty list sweeps nothing; give values of "
                               f"{self.name}'s {swept or 'parameter'}, or null for the default "
                               "list")
-        sweep = self.sweep
-        if sweep is None:
-            if num_layers is None:
-                return []
-            sweep = self.rule.default_sweep(num_layers)
-        if swept is None:
-            return [self.rule]
+        if self.sweep is not None:
+            values = self.sweep
+        elif num_layers is None:
+            return []
+        else:
+            values = self.rule.default_sweep(num_layers)
         try:
-            return sweep_rules(self.rule, sweep)
+            return sweep_rules(self.rule, values)
         except ConfigError as error:
             raise ConfigError(f"key 'sweep': {error}") from None
 
@@ -106,13 +109,17 @@ def resolve_exit_policy(exit_policy: str | Mapping[str, Any],
 
 
 def check_against_model(config: Any, policy: ExitPolicySetting, *, num_layers: int,
-                        num_outputs: int, hf_config: Any) -> None:
-    """What the recipe asks of this model: sweep policies that fit it, a max_length it holds."""
+                        num_outputs: int, hf_config: Any) -> list[ExitPolicy]:
+    """What the recipe asks of this model: sweep policies that fit it, a max_length it holds.
+    Returns the sweep's policies, built and checked (the run's evaluation uses them); none
+    when the run makes no sweep."""
     check_max_length(config.max_length, hf_config, model=f"model {config.model!r}")
     if num_outputs < 2 and policy.cls.classification_only:
-        return  # the run skips the sweep for a regression task (see evaluation.py)
-    for built in policy.sweep_policies(num_layers=num_layers):
+        return []  # the run skips the sweep for a regression task (see evaluation.py)
+    rules = policy.sweep_policies(num_layers=num_layers)
+    for built in rules:
         try:
             built.check_model(num_outputs, num_layers)
         except ConfigError as error:
             raise ConfigError(f"key 'sweep' / 'exit_policy': {error}") from None
+    return rules

@@ -41,6 +41,7 @@ from gradsurg.errors import ConfigError
 from gradsurg.finite_weights import check_finite_outputs, check_finite_weights
 from gradsurg.loggers import Loggers, open_loggers
 from gradsurg.multiexit.model import MultiExitModel
+from gradsurg.multiexit.policies import ExitPolicy
 from gradsurg.optimizers import OptimizerSettings, build_optimizer, build_scheduler
 from gradsurg.outputs import replace_folder
 from gradsurg.precision import LossScale, autocast_factory
@@ -79,12 +80,14 @@ console = Console()
 @dataclass(frozen=True)
 class RecipePlan:
     """What `setup` resolved from the recipe's names, each built once and handed down as
-    objects: the task, the exit policy (with its sweep), the stages with their built loss
-    groups, the combiner and the loss weighting. Training, evaluation and the sweeps take
-    these, never the recipe's strings."""
+    objects: the task, the exit policy (with its sweep values) and the policy at each of
+    them (`sweep`, checked against the model; empty where the run makes no sweep), the
+    stages with their built loss groups, the combiner and the loss weighting. Training,
+    evaluation and the sweeps take these, never the recipe's strings."""
 
     task: TaskSpec
     exit_policy: ExitPolicySetting
+    sweep: tuple[ExitPolicy, ...]
     stages: tuple[Stage, ...]
     combiner: Combiner
     loss_groups: StageGroups
@@ -155,13 +158,13 @@ class MultiExitGlueRecipe:
         self.device = resolve_device(config.device, local_rank=self.parallel.local_rank)
         self.autocast = autocast_factory(config.precision, self.device)  # fp16 on a CPU: here
         task, policy = config.task_spec, config.exit_policy_setting  # resolved in validation
-        self.model, self.tokenizer = self._setup_model(task, policy)
+        self.model, self.tokenizer, sweep = self._setup_model(task, policy)
         joint = config.joint_groups(self.model.num_exits) if self.mode.one_stage else None
         stages = self.mode.stages_with(joint)
         combiner = COMBINERS.build(config.combiner_spec(), where="combiner")
         check_combiner_groups(combiner, stages)
         self.plan = RecipePlan(
-            task=task, exit_policy=policy, stages=stages, combiner=combiner,
+            task=task, exit_policy=policy, sweep=tuple(sweep), stages=stages, combiner=combiner,
             loss_groups=attach_loss_groups(self.model, stages, config),
             weighting=attach_weighting(self.model, stages, config))
         self.parallel.broadcast_module_(self.model)
@@ -199,7 +202,9 @@ class MultiExitGlueRecipe:
         return self.whole
 
     def _setup_model(self, task: TaskSpec, policy: ExitPolicySetting
-                     ) -> tuple[MultiExitModel, Any]:
+                     ) -> tuple[MultiExitModel, Any, list[ExitPolicy]]:
+        """The model and tokenizer, checked against the recipe before any step, and the
+        sweep's policies that check built."""
         config = self.config
         model, tokenizer = MultiExitModel.from_backbone(
             config.model, num_labels=task.num_labels, pooling=config.pooling,
@@ -209,10 +214,10 @@ class MultiExitGlueRecipe:
         # Recorded in the checkpoint so `gradsurg predict/eval` know the classes and the task.
         model.config = dataclasses.replace(
             model.config, task=task.name, labels=list(task.labels) if task.labels else None)
-        check_against_model(config, policy, num_layers=model.num_exits,
-                            num_outputs=task.num_labels,
-                            hf_config=model.encoder.hf_config)  # before any step, not after
-        return model.to(self.device), tokenizer
+        sweep = check_against_model(config, policy, num_layers=model.num_exits,
+                                    num_outputs=task.num_labels,
+                                    hf_config=model.encoder.hf_config)  # before any step
+        return model.to(self.device), tokenizer, sweep
 
     def _setup_data(self) -> None:
         config, task = self.config, self.task
@@ -404,6 +409,7 @@ class MultiExitGlueRecipe:
         return evaluation_results(
             all_logits, labels, task=self.task, mode=config.mode, model=config.model,
             split=config.eval_split, rows=config.eval_rows, policy=self.plan.exit_policy,
+            sweep_policies=self.plan.sweep,
             output_dir=self.output_dir)
 
     def training_summary(self) -> dict[str, Any]:
