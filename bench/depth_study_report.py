@@ -68,10 +68,12 @@ def is_first_study_setting(run: Any) -> bool:
 
 def tuned_rows(runs: Path, task: str) -> list[str]:
     """One task's table: each configuration untuned and tuned, held out, at every budget."""
+    from gradsurg.data.glue import get_task
     from gradsurg.multiexit.evaluation.held_out import (
         held_out_best_over_settings,
         held_out_best_within,
     )
+    from gradsurg.multiexit.policies import POLICIES
     from gradsurg.run_folder import load_run
 
     planned = [run for run in depth_study.plan("tuned") if run.task == task]
@@ -92,15 +94,16 @@ def tuned_rows(runs: Path, task: str) -> list[str]:
         metric = first.results["primary_metric"]
         policy = dict(first.results.get("exit_policy") or {"name": "entropy"})
         name, params = policy.pop("name"), policy
+        spec, rule = get_task(task), POLICIES.get(name)  # resolved once for the table
         untuned = next((slug for slug, run in zip(loaded, mine) if is_first_study_setting(run)),
                        None)
         if untuned is not None:
-            plain = held_out_best_within(loaded[untuned].logits, loaded[untuned].labels, task,
-                                         name, params, BUDGETS)
+            plain = held_out_best_within(loaded[untuned].logits, loaded[untuned].labels, spec,
+                                         rule, params, BUDGETS)
             lines.append(f"| {config} | 1 | {untuned} (first study) | "
                          + " | ".join(_cell(plain, b, metric) for b in BUDGETS) + " | - |")
         tuned = held_out_best_over_settings({slug: run.logits for slug, run in loaded.items()},
-                                            first.labels, task, name, params, BUDGETS)
+                                            first.labels, spec, rule, params, BUDGETS)
         chosen = " / ".join(_chosen(tuned, b) for b in (100.0, 40.0))
         lines.append(f"| {config} | {count} | tuned over {len(loaded)} | "
                      + " | ".join(_cell(tuned, b, metric) for b in BUDGETS) + f" | {chosen} |")

@@ -30,7 +30,7 @@ from rich.table import Table
 from torch.utils.data import DataLoader
 
 from gradsurg.data.collate import GlueCollator, tokenize_dataset
-from gradsurg.data.glue import load_glue
+from gradsurg.data.glue import get_task, load_glue
 from gradsurg.metrics import compute_metrics
 from gradsurg.multiexit.evaluation.outcomes import expected_time_percent
 from gradsurg.multiexit.exit_loop import EarlyExitRunner
@@ -82,7 +82,7 @@ def main() -> None:
                          "`gradsurg run recipes/quickstart.yaml --output runs/quickstart`")
 
     loaded = load_for_inference(args.model, device="cpu")
-    task = args.task or loaded.model.config.task
+    task = get_task(args.task or loaded.model.config.task)
     data = tokenize_dataset(load_glue(task, "dev", data_dir=args.data_dir, max_rows=args.max_rows),
                             loaded.tokenizer, max_length=128)
     num_layers = loaded.model.num_exits
@@ -118,7 +118,7 @@ def main() -> None:
             })
         console.print(f"batch {batch_size}: done")
 
-    table = Table(title=f"Early exit on {task} dev ({len(data)} examples), "
+    table = Table(title=f"Early exit on {task.name} dev ({len(data)} examples), "
                         f"{torch.get_num_threads()} CPU threads, median of {args.repeats}")
     for column in ("batch", "variant", "acc %", "time %", "ex/s", "speed-up measured",
                    "predicted", "measured / predicted"):
@@ -136,7 +136,7 @@ def main() -> None:
                   f"{'met' if met else 'NOT met'}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
-        "model": str(args.model), "task": task, "examples": len(data),
+        "model": str(args.model), "task": task.name, "examples": len(data),
         "threads": torch.get_num_threads(), "torch": torch.__version__,
         "machine": platform.processor() or platform.machine(), "repeats": args.repeats,
         "target": TARGET, "target_met": met, "rows": rows,

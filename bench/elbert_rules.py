@@ -18,7 +18,9 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
+from gradsurg.data.glue import get_task
 from gradsurg.multiexit.evaluation.dense_sweeps import dense_sweep
+from gradsurg.multiexit.policies import POLICIES
 from gradsurg.programs.multiexit_glue.config import DEFAULT_EXIT_WEIGHTS_LR
 
 HERE = Path(__file__).resolve().parent
@@ -32,7 +34,9 @@ def summarize(folder: Path) -> dict:
     final = float((logits[-1].argmax(-1) == labels).float().mean())
     rules = {}
     for name, params in RULES.items():
-        points = dense_sweep(logits, labels, "sst2", name, params).points
+        sweep = dense_sweep(logits, labels, get_task("sst2"), POLICIES.get(name), params)
+        assert sweep is not None, f"{name} has a dense sweep"
+        points = sweep.points
         within = [p for p in points if p.metric["accuracy"] >= final - 0.01]
         first = min(points, key=lambda p: p.value)  # the lowest threshold
         rules[name] = {

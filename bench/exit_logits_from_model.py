@@ -45,7 +45,7 @@ def main() -> None:
     loader = DataLoader(data, batch_size=config.eval_batch_size,
                         collate_fn=GlueCollator(loaded.tokenizer))
     logits, labels = collect_exit_logits(loaded.model, loader, loaded.device)
-    again = per_exit_metrics(logits, labels, task.name)
+    again = per_exit_metrics(logits, labels, task)
     if any(not math.isclose(a[k], b[k], abs_tol=1e-12)
            for a, b in zip(again, results["exit_metrics"], strict=True) for k in a):
         sys.exit(f"error: {folder}: the saved model's per-exit metrics {again} differ from "

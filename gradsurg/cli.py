@@ -297,7 +297,10 @@ def evaluate(
             check_output_file(json_out, option="--json")
         loaded = load_for_inference(model_dir, device=device)
         check_max_length(loaded, max_length)
-        report = evaluate_split(loaded, rule, task=task, split=split, data_dir=data_dir,
+        from gradsurg.data.glue import get_task  # --task resolved once, here
+
+        report = evaluate_split(loaded, rule, task=None if task is None else get_task(task),
+                                split=split, data_dir=data_dir,
                                 batch_size=batch_size, max_length=max_length,
                                 max_rows=max_rows, full_depth=full_depth)
     except USER_ERRORS as error:

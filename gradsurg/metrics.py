@@ -24,13 +24,14 @@ from torchmetrics.functional.classification import (
     multiclass_matthews_corrcoef,
 )
 
-from gradsurg.data.glue import TaskSpec, get_task
+from gradsurg.data.glue import TaskSpec
 
 
-def primary_metric(task: str | TaskSpec) -> str:
+def primary_metric(task: TaskSpec) -> str:
     """The single number used to pick checkpoints: accuracy; f1 for mrpc/qqp; mcc for cola;
-    pearson for stsb."""
-    return get_task(task).primary_metric
+    pearson for stsb (``task.primary_metric``; a name is resolved once, by
+    :func:`gradsurg.data.glue.get_task`, where it enters)."""
+    return task.primary_metric
 
 
 def _as_1d(values: Any, what: str) -> torch.Tensor:
@@ -106,7 +107,7 @@ def _check_lengths(preds: torch.Tensor, target: torch.Tensor) -> None:
         raise ValueError("cannot compute metrics on zero examples")
 
 
-def compute_metrics(task: str | TaskSpec, predictions: Any, labels: Any
+def compute_metrics(task: TaskSpec, predictions: Any, labels: Any
                     ) -> dict[str, float | None]:
     """GLUE metrics for one task as python floats, keyed ``accuracy``/``f1``/``mcc``/
     ``pearson``/``spearman`` (the task's ``TaskSpec.metrics``).
@@ -114,7 +115,6 @@ def compute_metrics(task: str | TaskSpec, predictions: Any, labels: Any
     ``predictions`` are class ids (or (N, C) scores, reduced with argmax) for classification
     and floats (shape (N,) or (N, 1)) for regression; lists, numpy arrays and tensors work.
     """
-    spec = get_task(task)
-    if spec.is_regression:
+    if task.is_regression:
         return _regression(predictions, labels)
-    return _classification(spec, predictions, labels)
+    return _classification(task, predictions, labels)

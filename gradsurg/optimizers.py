@@ -23,7 +23,7 @@ from functools import partial
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
@@ -55,6 +55,7 @@ class OptimizerSettings(BaseModel):
     lr: float = Field(2e-5, gt=0, description="peak learning rate")
     weight_decay: float = Field(0.0, ge=0, description="weight decay (decoupled for adamw); "
                                 "0: none")
+    _factory: Any = PrivateAttr(None)  # the registry's entry, looked up once (`factory`)
 
     @model_validator(mode="before")
     @classmethod
@@ -78,11 +79,19 @@ class OptimizerSettings(BaseModel):
                              f"{', '.join(OPTIMIZERS.names())}")
         return value
 
+    def factory(self) -> Callable[..., Optimizer]:
+        """The optimizer `name` registers, looked up on first use and kept: the recipe check
+        and every stage's optimizer are built from it."""
+        if self._factory is None:
+            self._factory = OPTIMIZERS.lookup(self.name, where=WHERE)
+        factory: Callable[..., Optimizer] = self._factory
+        return factory
+
     def options(self) -> dict[str, Any]:
         """Constructor options: `lr`, the extra keys, and `weight_decay` unless it is 0 for an
         optimizer without that option (e.g. rprop), where 0 means what leaving it out means."""
         options: dict[str, Any] = {"lr": self.lr, **(self.model_extra or {})}
-        if self.weight_decay != 0 or _accepts(OPTIMIZERS.get(self.name), "weight_decay"):
+        if self.weight_decay != 0 or _accepts(self.factory(), "weight_decay"):
             options["weight_decay"] = self.weight_decay
         return options
 
@@ -131,8 +140,8 @@ def build_optimizer(settings: OptimizerSettings,
     params = list(params)
     given = [p for item in params
              for p in (item["params"] if isinstance(item, Mapping) else [item])]
-    optimizer = OPTIMIZERS.build({"name": settings.name, **settings.options()}, params,
-                                 where=WHERE)
+    optimizer = OPTIMIZERS.call(settings.factory(), settings.name, settings.options(), params,
+                                where=WHERE)
     held = {id(p) for group in getattr(optimizer, "param_groups", [])
             for p in group["params"]}
     missing = [p for p in given if id(p) not in held]
@@ -153,7 +162,7 @@ def check_optimizer(settings: OptimizerSettings) -> None:
     bias = torch.nn.Parameter(torch.zeros(2))
     build_optimizer(settings, [weight])  # an unknown or misspelt option, named by the registry
     try:
-        optimizer = OPTIMIZERS.get(settings.name)([weight, bias], **settings.options())
+        optimizer = settings.factory()([weight, bias], **settings.options())
         for parameter in (weight, bias):
             parameter.grad = torch.zeros_like(parameter)
         optimizer.step()

@@ -111,10 +111,21 @@ class Registry(Generic[T]):
         if self.base is not None and isinstance(spec, self.base):
             return spec
         name, options = self.split(spec, where=where)
+        return self.call(self.lookup(name, where=where), name, options, *args, where=where,
+                         **context)
+
+    def lookup(self, name: str, *, where: str) -> Any:
+        """:meth:`get`, its unknown-name error naming the recipe key ``where``."""
         try:
-            factory: Any = self.get(name)
+            return self.get(name)
         except ConfigError as error:
             raise ConfigError(f"{where}: {error}") from None
+
+    def call(self, factory: Any, name: str, options: Mapping[str, Any], *args: Any,
+             where: str, **context: Any) -> Any:
+        """``factory(*args, **context, **options)`` for the entry ``name`` that
+        :meth:`lookup` gave, with :meth:`build`'s checks and messages; for a caller that has
+        the factory already (a name is looked up once)."""
         try:
             signature = inspect.signature(factory)
         except (TypeError, ValueError):  # some builtins have none; let the call decide

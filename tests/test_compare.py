@@ -151,6 +151,7 @@ def test_real_runs_write_logits_and_compare(tiny_bert_dir, shared_glue_dir, tmp_
     results.json, then compare on them; STS-B gets a regression curve (patience, tolerance)."""
     from safetensors.torch import load_file
 
+    from gradsurg.data.glue import get_task
     from gradsurg.multiexit.evaluation.sweeps import per_exit_metrics
     from gradsurg.programs.multiexit_glue import run
     from gradsurg.programs.multiexit_glue.config import MultiExitGlueConfig
@@ -170,7 +171,7 @@ def test_real_runs_write_logits_and_compare(tiny_bert_dir, shared_glue_dir, tmp_
         folders.append(folder)
         saved = load_file(folder / "exit_logits.safetensors")
         assert saved["logits"].shape == (3, 20, 2) and saved["labels"].shape == (20,)
-        assert per_exit_metrics(saved["logits"], saved["labels"], "sst2") == \
+        assert per_exit_metrics(saved["logits"], saved["labels"], get_task("sst2")) == \
             results["exit_metrics"]
         assert (results["eval_split"], results["eval_rows"], results["num_eval_examples"]) == (
             "dev", 20, 20)

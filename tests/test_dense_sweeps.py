@@ -9,15 +9,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from gradsurg.data.glue import get_task
 from gradsurg.multiexit.evaluation.dense_sweeps import (
     change_thresholds,
-    dense_policy,
     dense_sweep,
     dense_values,
     thin,
 )
 from gradsurg.multiexit.exit_loop import simulate_exits
-from gradsurg.multiexit.policies import POLICIES
+from gradsurg.multiexit.policies import (
+    POLICIES,
+    EntropyPolicy,
+    ExitPolicy,
+    FixedPolicy,
+    PatiencePolicy,
+)
 
 
 def exits_of(policy: str, params: dict, all_logits: torch.Tensor) -> tuple[int, ...]:
@@ -78,7 +84,9 @@ def test_dense_thresholds_reach_every_exit_vector_once(policy, logits):
     scores, scored independently in float64) is one of the dense sweep's, and each dense
     threshold gives a different one (no wasted points)."""
     all_logits = torch.from_numpy(logits)
-    values = dense_values(all_logits, policy, {}, "threshold", max_points=10_000)
+    family = POLICIES.get(policy).dense_family({}, regression=False)
+    assert family is not None and family.parameter == "threshold"
+    values = dense_values(all_logits, family, max_points=10_000)
     dense = [exits_of(policy, {"threshold": v}, all_logits) for v in values]
     assert len(set(dense)) == len(dense)
     scores = np.unique(numpy_scores(logits[:-1].astype(np.float64), policy))
@@ -96,8 +104,8 @@ def test_dense_thresholds_reach_every_exit_vector_once(policy, logits):
 def test_regression_tolerances_reach_every_exit_vector(logits, patience):
     all_logits = torch.from_numpy(logits)
     labels = torch.linspace(0, 5, logits.shape[1])
-    sweep = dense_sweep(all_logits, labels, "stsb", "patience", {"patience": patience},
-                        max_points=10_000)
+    sweep = dense_sweep(all_logits, labels, get_task("stsb"), PatiencePolicy,
+                        {"patience": patience}, max_points=10_000)
     assert (sweep.policy, sweep.parameter, sweep.params) == (
         "patience", "tolerance", {"patience": patience})
     dense = {exits_of("patience", {"patience": patience, "tolerance": p.value}, all_logits)
@@ -114,7 +122,7 @@ def test_sweep_spans_full_depth_to_first_exit_in_order():
     generator = torch.Generator().manual_seed(0)
     all_logits = torch.randn(4, 50, 2, generator=generator) * 3
     labels = torch.randint(0, 2, (50,), generator=generator)
-    sweep = dense_sweep(all_logits, labels, "sst2", "entropy", max_points=20)
+    sweep = dense_sweep(all_logits, labels, get_task("sst2"), EntropyPolicy, max_points=20)
     times = [p.time_percent for p in sweep.points]
     assert len(times) == 20
     assert times[0] == 100.0 and times[-1] == 25.0  # never early ... all at exit 1
@@ -126,26 +134,44 @@ def test_sweep_spans_full_depth_to_first_exit_in_order():
 def test_integer_policies_sweep_every_value():
     all_logits = torch.randn(4, 10, 2)
     labels = torch.zeros(10, dtype=torch.long)
-    fixed = dense_sweep(all_logits, labels, "sst2", "fixed")
+    fixed = dense_sweep(all_logits, labels, get_task("sst2"), FixedPolicy)
     assert [p.value for p in fixed.points] == [4.0, 3.0, 2.0, 1.0]
     assert [p.time_percent for p in fixed.points] == [100.0, 75.0, 50.0, 25.0]
-    patience = dense_sweep(all_logits, labels, "sst2", "patience", {"tolerance": 0.5})
+    patience = dense_sweep(all_logits, labels, get_task("sst2"), PatiencePolicy,
+                           {"tolerance": 0.5})
     assert [p.value for p in patience.points] == [3.0, 2.0, 1.0]
     assert patience.params == {"tolerance": 0.5}
 
 
+def family_of(policy: str, params: dict, *, regression: bool) -> tuple | None:
+    """(rule name, fixed parameters, swept parameter) of the policy's own dense family."""
+    family = POLICIES.get(policy).dense_family(params, regression=regression)
+    return None if family is None else (family.rule.name, family.params, family.parameter)
+
+
 def test_dense_policy_choices():
-    assert dense_policy("entropy", {"threshold": 0.3}, regression=False) == (
+    assert family_of("entropy", {"threshold": 0.3}, regression=False) == (
         "entropy", {}, "threshold")
-    assert dense_policy("confidence_window", {"window": 3}, regression=False) == (
+    assert family_of("confidence_window", {"window": 3}, regression=False) == (
         "confidence_window", {"window": 3}, "threshold")
     # Regression: entropy is undefined, so PABEE's rule with its tolerance swept.
-    assert dense_policy("entropy", {}, regression=True) == (
+    assert family_of("entropy", {}, regression=True) == (
         "patience", {"patience": 1}, "tolerance")
-    assert dense_policy("patience", {"patience": 2}, regression=True) == (
+    assert family_of("patience", {"patience": 2}, regression=True) == (
         "patience", {"patience": 2}, "tolerance")
-    assert dense_policy("fixed", {"layer": 2}, regression=True) == ("fixed", {}, "layer")
-    assert dense_policy("someone_elses_rule", {}, regression=False) is None
+    assert family_of("fixed", {"layer": 2}, regression=True) == ("fixed", {}, "layer")
+
+    class SomeoneElsesRule(ExitPolicy):  # a plugin's rule that defines no dense score
+        name = "someone_elses_rule"
+
+        def decide(self, layer, outputs, state):
+            return torch.zeros(0, dtype=torch.bool)
+
+    assert SomeoneElsesRule.dense_family({}, regression=False) is None
+    all_logits = torch.randn(3, 4, 2)
+    assert dense_sweep(all_logits, torch.zeros(4, dtype=torch.long), get_task("sst2"),
+                       SomeoneElsesRule) is None
+
 
 
 @settings(max_examples=50, deadline=None)
@@ -158,3 +184,55 @@ def test_thin_keeps_ends_order_and_limit(count, max_points):
     assert kept == sorted(set(kept))  # a subsequence, no repeats
     gaps = np.diff(kept) if len(kept) > 1 else np.array([1.0])
     assert gaps.max() <= np.ceil((count - 1) / max(len(kept) - 1, 1)) + 1  # evenly spread
+
+
+def test_a_plugin_policy_with_a_dense_score_gets_a_dense_sweep():
+    """A policy owns its dense sweep: a rule no module here knows by name, with a score and the
+    side it leaves on, sweeps densely like the built-ins (here: max_prob's score again, so its
+    points must be max_prob's)."""
+    from dataclasses import dataclass
+    from typing import ClassVar
+
+    from gradsurg.multiexit.policies import MaxProbPolicy, max_probability
+
+    @dataclass
+    class Confident(ExitPolicy):
+        name: ClassVar[str] = "test_confident"
+        sweep_parameter: ClassVar[str] = "level"
+        dense_score = staticmethod(max_probability)
+        leaves_below: ClassVar[bool] = False
+        threshold_upper: ClassVar[float] = 1.0
+        level: float = 0.9
+
+        def decide(self, layer, outputs, state):
+            return max_probability(outputs) > self.level
+
+    generator = torch.Generator().manual_seed(1)
+    all_logits = torch.randn(4, 30, 2, generator=generator) * 3
+    labels = torch.randint(0, 2, (30,), generator=generator)
+    mine = dense_sweep(all_logits, labels, get_task("sst2"), Confident)
+    theirs = dense_sweep(all_logits, labels, get_task("sst2"), MaxProbPolicy)
+    assert mine is not None and theirs is not None
+    assert (mine.policy, mine.parameter) == ("test_confident", "level")
+    assert [(p.value, p.time_percent, p.metric) for p in mine.points] == [
+        (p.value, p.time_percent, p.metric) for p in theirs.points]
+
+
+def test_a_run_names_a_policy_without_a_dense_sweep(tmp_path, capsys):
+    """No silent skip: the evaluation says the policy has no dense sweep."""
+    from gradsurg.programs.multiexit_glue.checks import ExitPolicySetting
+    from gradsurg.programs.multiexit_glue.evaluation import tradeoff_results
+
+    class NoDense(ExitPolicy):
+        name = "test_no_dense"
+
+        def decide(self, layer, outputs, state):
+            return torch.zeros(outputs.shape[0], dtype=torch.bool)
+
+    all_logits = torch.randn(3, 6, 2)
+    labels = torch.zeros(6, dtype=torch.long)
+    got = tradeoff_results(all_logits, labels, get_task("sst2"), mode="romebert", split="dev",
+                           policy=ExitPolicySetting(NoDense(), {}, None),
+                           per_exit=[{"accuracy": 0.5}] * 3, plots=tmp_path)
+    assert got == {}
+    assert "'test_no_dense' defines no dense sweep" in " ".join(capsys.readouterr().out.split())

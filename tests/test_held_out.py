@@ -9,8 +9,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gradsurg.data.glue import get_task
 from gradsurg.multiexit.evaluation.held_out import held_out_best_within, split_halves
-from gradsurg.multiexit.policies import prediction_entropy
+from gradsurg.multiexit.policies import EntropyPolicy, ExitPolicy, prediction_entropy
 
 
 def reference(logits: np.ndarray, labels: np.ndarray, budget: float, halves
@@ -62,8 +63,8 @@ def test_held_out_budget_equals_the_numpy_rendering(seed, layers, examples, budg
     logits = generator.normal(0, 2, size=(layers, examples, 2)).astype(np.float32)
     labels = generator.integers(0, 2, size=examples)
     halves = tuple(h.numpy() for h in split_halves(examples))
-    found = held_out_best_within(torch.from_numpy(logits), torch.from_numpy(labels), "sst2",
-                                 "entropy", {}, [budget])[f"{budget:g}"]
+    found = held_out_best_within(torch.from_numpy(logits), torch.from_numpy(labels),
+                                 get_task("sst2"), EntropyPolicy, {}, [budget])[f"{budget:g}"]
     expected = reference(logits, labels, budget, halves)
     if expected is None:
         assert found is None
@@ -84,7 +85,7 @@ def test_a_setting_that_only_fits_the_noise_of_one_half_is_not_rewarded():
     first[halves[1], 1] = 9.0  # confident and wrong on the second
     final = torch.tensor([[5.0, 0.0]]).repeat(examples, 1)  # the last exit is always right
     logits = torch.stack([first, final])
-    within = held_out_best_within(logits, labels, "sst2", "entropy", {}, [50, 100])
+    within = held_out_best_within(logits, labels, get_task("sst2"), EntropyPolicy, {}, [50, 100])
     # Chosen on the first half, leaving at exit 1 is perfect (100% accuracy at 50% time) and
     # scores 0 on the second; chosen on the second, exit 1 is all wrong, so within 100% it
     # never leaves early (100 at 100% time on the first), within 50% it must (100 at 50%).
@@ -94,9 +95,15 @@ def test_a_setting_that_only_fits_the_noise_of_one_half_is_not_rewarded():
 
 
 def test_a_policy_without_a_dense_sweep_gives_none():
+    class Nope(ExitPolicy):  # a plugin's rule that defines no dense score
+        name = "nope"
+
+        def decide(self, layer, outputs, state):
+            return torch.zeros(0, dtype=torch.bool)
+
     logits = torch.randn(2, 6, 2)
-    assert held_out_best_within(logits, torch.zeros(6, dtype=torch.long), "sst2", "nope", {},
-                                [50]) is None
+    assert held_out_best_within(logits, torch.zeros(6, dtype=torch.long), get_task("sst2"),
+                                Nope, {}, [50]) is None
 
 
 def test_the_training_setting_is_chosen_on_one_half_and_scored_on_the_other():
@@ -120,15 +127,17 @@ def test_the_training_setting_is_chosen_on_one_half_and_scored_on_the_other():
     steady[first[::4]] = False
     steady[second[::4]] = False
     candidates = {"lucky": logits_right_on(lucky), "steady": logits_right_on(steady)}
-    found = held_out_best_over_settings(candidates, labels, "sst2", "entropy", {}, [100])
+    found = held_out_best_over_settings(candidates, labels, get_task("sst2"), EntropyPolicy, {},
+                                        [100])
     best = found["100"]
     assert best["chosen"] == ["lucky", "steady"]
     expected_steady = float(steady[first].float().mean())
     assert best["accuracy"] == pytest.approx((0.0 + expected_steady) / 2)
-    one = held_out_best_over_settings({"only": candidates["steady"]}, labels, "sst2",
-                                      "entropy", {}, [100])
-    plain = held_out_best_within(candidates["steady"], labels, "sst2", "entropy", {}, [100])
+    one = held_out_best_over_settings({"only": candidates["steady"]}, labels, get_task("sst2"),
+                                      EntropyPolicy, {}, [100])
+    plain = held_out_best_within(candidates["steady"], labels, get_task("sst2"), EntropyPolicy,
+                                 {}, [100])
     assert {k: v for k, v in one["100"].items() if k != "chosen"} == plain["100"]
     with pytest.raises(ValueError, match="different numbers of examples"):
         held_out_best_over_settings({"a": candidates["lucky"], "b": candidates["lucky"][:, :8]},
-                                    labels, "sst2", "entropy", {}, [100])
+                                    labels, get_task("sst2"), EntropyPolicy, {}, [100])

@@ -44,7 +44,8 @@ def test_score_exits_by_hand() -> None:
     outcome = score_exits(select_exit_outputs(LOGITS, exits), exits, LABELS, get_task("sst2"),
                           num_layers=3)
     # answers: example 0 at exit 0 -> 0, 1 at exit 1 -> 1, 2 and 3 at exit 2 -> 1 and 0
-    assert outcome.metric == compute_metrics("sst2", torch.tensor([0, 1, 1, 0]), LABELS)
+    assert outcome.metric == compute_metrics(get_task("sst2"), torch.tensor([0, 1, 1, 0]),
+                                             LABELS)
     assert outcome.metric["accuracy"] == pytest.approx(0.75)
     assert outcome.time_percent == pytest.approx(100 * (1 + 2 + 3 + 3) / 12)
     assert outcome.exit_counts == [1, 1, 2]

@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from gradsurg.data.glue import get_task
 from gradsurg.errors import ConfigError
 from gradsurg.multiexit.evaluation.sweeps import policy_sweep
 from gradsurg.multiexit.exit_loop import simulate_exits
@@ -229,7 +230,8 @@ def test_a_registered_plugin_policy_is_usable_by_name() -> None:
     try:
         all_logits = torch.randn(4, 3, 2)
         labels = torch.tensor([0, 1, 0])
-        points = policy_sweep(all_logits, labels, "sst2", "test_every_other", values=[0.0])
+        rule = POLICIES.build("test_every_other", where="exit_policy")
+        points = policy_sweep(all_logits, labels, get_task("sst2"), rule, values=[0.0])
         assert points[0].exit_counts == [0, 3, 0, 0]
         assert points[0].time_percent == pytest.approx(50.0)
     finally:
@@ -240,7 +242,7 @@ def test_patience_sweep_trades_time_for_depth() -> None:
     gen = torch.Generator().manual_seed(0)
     all_logits = torch.randn(6, 50, 2, generator=gen)
     labels = torch.randint(0, 2, (50,), generator=gen)
-    points = policy_sweep(all_logits, labels, "sst2", "patience")
+    points = policy_sweep(all_logits, labels, get_task("sst2"), PatiencePolicy())
     assert [p.value for p in points] == [5, 4, 3, 2, 1]
     times = [p.time_percent for p in points]
     assert times == sorted(times, reverse=True)  # less patience never takes longer
@@ -264,11 +266,12 @@ def test_a_sweep_builds_its_policy_once(monkeypatch) -> None:
     monkeypatch.setattr(POLICIES, "get", lambda name: lookups.append(name) or real_get(name))
     all_logits = torch.randn(4, 6, 2, generator=torch.Generator().manual_seed(0))
     labels = torch.tensor([0, 1, 0, 1, 1, 0])
-    points = policy_sweep(all_logits, labels, "sst2", {"name": "confidence_window", "window": 3},
+    rule = POLICIES.build({"name": "confidence_window", "window": 3}, where="exit_policy")
+    points = policy_sweep(all_logits, labels, get_task("sst2"), rule,
                           values=[0.0, 0.1, 0.5, 1.0])
-    assert lookups == ["confidence_window"]
+    assert lookups == ["confidence_window"]  # the build; no lookup per swept value
     assert [p.value for p in points] == [0.0, 0.1, 0.5, 1.0]
     built = ConfidenceWindowPolicy(window=3)
     assert [p.exit_counts for p in points] == [
-        p.exit_counts for p in policy_sweep(all_logits, labels, "sst2", built,
+        p.exit_counts for p in policy_sweep(all_logits, labels, get_task("sst2"), built,
                                             values=[0.0, 0.1, 0.5, 1.0])]

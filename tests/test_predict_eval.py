@@ -11,11 +11,11 @@ from typer.testing import CliRunner
 
 from gradsurg.cli import app
 from gradsurg.data.collate import GlueCollator, tokenize_dataset
-from gradsurg.data.glue import load_glue
+from gradsurg.data.glue import get_task, load_glue
 from gradsurg.errors import ConfigError, DataError
 from gradsurg.multiexit.evaluation.sweeps import policy_sweep
 from gradsurg.multiexit.model import MultiExitModel
-from gradsurg.multiexit.policies import prediction_entropy
+from gradsurg.multiexit.policies import EntropyPolicy, prediction_entropy
 from gradsurg.multiexit.serving.textio import read_texts
 
 cli = CliRunner()
@@ -164,7 +164,8 @@ def test_eval_matches_the_simulated_policy_on_real_dev_rows(sst2_model, shared_g
     with torch.no_grad():
         all_logits = torch.stack(model(batch["input_ids"], batch["attention_mask"],
                                        batch["token_type_ids"]))
-    point = policy_sweep(all_logits, batch["labels"], "sst2", "entropy", [0.3])[0]
+    point = policy_sweep(all_logits, batch["labels"], get_task("sst2"), EntropyPolicy(),
+                         [0.3])[0]
     assert report["accuracy"] == pytest.approx(point.metric["accuracy"])
     assert report["time_percent"] == pytest.approx(point.time_percent)
     assert report["exit_counts"] == point.exit_counts

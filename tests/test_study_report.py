@@ -202,7 +202,9 @@ METRIC = {"mrpc": "f1", "rte": "accuracy"}
 
 
 def test_recommendation_scores_average_held_out_budgets_over_both_tasks(study, tmp_path):
+    from gradsurg.data.glue import get_task
     from gradsurg.multiexit.evaluation.held_out import held_out_best_within
+    from gradsurg.multiexit.policies import EntropyPolicy
 
     runs = tmp_path / "runs"
     assert study.recommendation_scores(runs) is None  # nothing finished
@@ -233,8 +235,9 @@ def test_recommendation_scores_average_held_out_budgets_over_both_tasks(study, t
         for seed, score in zip(study.SEEDS, per_seed):
             expected = []
             for task, metric in METRIC.items():
-                found = held_out_best_within(logits[config, seed], torch.tensor(labels), task,
-                                             "entropy", {}, [25, 30, 40, 50, 60, 100])
+                found = held_out_best_within(logits[config, seed], torch.tensor(labels),
+                                             get_task(task), EntropyPolicy, {},
+                                             [25, 30, 40, 50, 60, 100])
                 expected += [100 * found[b][metric] for b in study.RECOMMEND_BUDGETS]
             assert score == pytest.approx(sum(expected) / len(expected))
     # the report prints the rule's table, each task's part, and the rule's pick
@@ -297,8 +300,10 @@ def test_report_command_names_a_run_it_cannot_score_in_one_error_line(study, tmp
 
 
 def test_the_rule_is_checked_on_other_splits_of_the_dev_set(study, tmp_path):
+    from gradsurg.data.glue import get_task
     from gradsurg.multiexit.evaluation.comparison import held_out_budgets
     from gradsurg.multiexit.evaluation.held_out import held_out_best_within
+    from gradsurg.multiexit.policies import EntropyPolicy
     from gradsurg.run_folder import load_run
 
     runs = tmp_path / "runs"
@@ -315,8 +320,8 @@ def test_the_rule_is_checked_on_other_splits_of_the_dev_set(study, tmp_path):
     # the split seed reaches the held-out numbers
     noisy = load_run(study.Run("paper", "mrpc", "deebert", 43).folder(runs))
     other = held_out_budgets(noisy, seed=5)
-    assert other == held_out_best_within(noisy.logits, noisy.labels, "mrpc", "entropy", {},
-                                         [25, 30, 40, 50, 60, 100], seed=5)
+    assert other == held_out_best_within(noisy.logits, noisy.labels, get_task("mrpc"),
+                                         EntropyPolicy, {}, [25, 30, 40, 50, 60, 100], seed=5)
     assert other != held_out_budgets(noisy)
     # a configuration right on every example is picked on every split
     assert study.picks_over_splits(runs, {}, study.OTHER_SPLITS) == {

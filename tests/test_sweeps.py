@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from gradsurg.data.glue import get_task
 from gradsurg.errors import ConfigError
 from gradsurg.metrics import compute_metrics
 from gradsurg.multiexit.evaluation.outcomes import expected_time_percent, select_exit_outputs
@@ -29,7 +30,7 @@ def entropy_exit_layers(all_logits: torch.Tensor, threshold: float) -> torch.Ten
 
 
 def entropy_sweep(all_logits, labels, task, thresholds=None):
-    return policy_sweep(all_logits, labels, task, "entropy", thresholds)
+    return policy_sweep(all_logits, labels, get_task(task), EntropyPolicy(), thresholds)
 
 
 def first_exit(confident: torch.Tensor) -> torch.Tensor:
@@ -169,7 +170,7 @@ def test_sweep_metric_equals_metrics_of_hand_selected_predictions() -> None:
              10.0: 100 / 3}
     counts = {0.0: [0, 0, 4], 0.01: [1, 0, 3], 0.4: [1, 1, 2], 10.0: [4, 0, 0]}
     for point in points:
-        expected = compute_metrics("mrpc", hand[point.value], HAND_LABELS.tolist())
+        expected = compute_metrics(get_task("mrpc"), hand[point.value], HAND_LABELS.tolist())
         assert point.metric == pytest.approx(expected)
         assert point.time_percent == pytest.approx(times[point.value])
         assert point.exit_counts == counts[point.value]
@@ -184,7 +185,7 @@ def test_default_sweep_starts_with_the_full_model() -> None:
     assert [p.value for p in points] == list(DEFAULT_THRESHOLDS)
     assert points[0].time_percent == 100.0
     assert points[0].exit_counts == [0, 0, 0, 20]
-    assert points[0].metric == compute_metrics("sst2", logits[-1].argmax(-1), labels)
+    assert points[0].metric == compute_metrics(get_task("sst2"), logits[-1].argmax(-1), labels)
     assert all(sum(p.exit_counts) == 20 for p in points)
 
 
@@ -218,10 +219,11 @@ def test_exits_are_monotone_in_the_threshold(logits: np.ndarray,
 
 
 def test_per_exit_metrics_for_classification() -> None:
-    got = per_exit_metrics(HAND_LOGITS, HAND_LABELS, "sst2")
+    got = per_exit_metrics(HAND_LOGITS, HAND_LABELS, get_task("sst2"))
     assert len(got) == 3
     for layer, metrics in enumerate(got):
-        assert metrics == compute_metrics("sst2", HAND_LOGITS[layer].argmax(-1), HAND_LABELS)
+        assert metrics == compute_metrics(get_task("sst2"), HAND_LOGITS[layer].argmax(-1),
+                                          HAND_LABELS)
     assert got[2] == {"accuracy": pytest.approx(0.5)}  # predictions [1, 0, 0, 1]
 
 
@@ -232,9 +234,9 @@ def test_per_exit_metrics_for_regression() -> None:
         (-labels)[:, None],               # perfectly reversed
         torch.full((5, 1), 3.0),          # constant: correlations undefined -> None
     ])
-    got = per_exit_metrics(all_logits, labels, "stsb")
+    got = per_exit_metrics(all_logits, labels, get_task("stsb"))
     assert got[0] == {"pearson": pytest.approx(1.0), "spearman": pytest.approx(1.0)}
     assert got[1] == {"pearson": pytest.approx(-1.0), "spearman": pytest.approx(-1.0)}
     assert got[2] == {"pearson": None, "spearman": None}
     with pytest.raises(ValueError, match="1 outputs"):
-        per_exit_metrics(torch.zeros(2, 5, 2), labels, "stsb")
+        per_exit_metrics(torch.zeros(2, 5, 2), labels, get_task("stsb"))

@@ -109,8 +109,8 @@ def majority_baseline(run: Any, metric: str) -> list[str]:
     from gradsurg.data.glue import get_task
     from gradsurg.metrics import compute_metrics
 
-    task = run.results["task"]
-    if run.labels is None or get_task(task).is_regression:
+    task = get_task(run.results["task"])
+    if run.labels is None or task.is_regression:
         return []
     majority = int(run.labels.bincount().argmax())
     score = compute_metrics(task, [majority] * len(run.labels), run.labels)[metric]

@@ -4,7 +4,7 @@ binding of rows to group names, and the `COMBINERS` registry."""
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, ClassVar, NamedTuple, TypeVar
 
 import torch
@@ -133,12 +133,14 @@ class CombinerRegistry(Registry[type[Combiner]]):
     themselves (a class's `nested`), so their errors name their own key path."""
 
     def build(self, spec: Any, *args: Any, where: str, **context: Any) -> Any:
-        if isinstance(spec, Mapping) and isinstance(spec.get("name"), str) \
-                and spec["name"] in self:
-            nested = getattr(self.get(spec["name"]), "nested", ())
-            spec = {key: self.build(value, where=f"{where}.{key}") if key in nested else value
-                    for key, value in spec.items()}
-        return super().build(spec, *args, where=where, **context)
+        if self.base is not None and isinstance(spec, self.base):
+            return spec
+        name, options = self.split(spec, where=where)
+        factory = self.lookup(name, where=where)  # once: the nested check and the call
+        nested = getattr(factory, "nested", ())
+        options = {key: self.build(value, where=f"{where}.{key}") if key in nested else value
+                   for key, value in options.items()}
+        return self.call(factory, name, options, *args, where=where, **context)
 
 
 COMBINERS = CombinerRegistry("combiner", "gradsurg.combiners", base=Combiner)

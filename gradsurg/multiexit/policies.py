@@ -13,6 +13,10 @@ New policies subclass :class:`ExitPolicy` and register with bare ``@POLICIES.reg
 their ``name`` (or through the ``gradsurg.policies`` entry point group); a recipe's
 ``exit_policy`` becomes an object once, with ``POLICIES.build(spec, where=...)``, and a sweep
 varies that object with :meth:`ExitPolicy.with_param`.
+
+A policy also owns its sweeps: :meth:`ExitPolicy.default_sweep` (the fixed list a trade-off
+sweep tries) and :meth:`ExitPolicy.dense_family` (what the budget-fair dense sweep varies and
+the per-exit score its values come from), so a plugin's policy gets both by defining them.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ from __future__ import annotations
 import dataclasses
 import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -30,8 +35,10 @@ from gradsurg.errors import ConfigError
 from gradsurg.registry import Registry
 
 __all__ = [
+    "DEFAULT_THRESHOLDS",
     "POLICIES",
     "ConfidenceWindowPolicy",
+    "DenseFamily",
     "EntropyPolicy",
     "ExitPolicy",
     "FixedPolicy",
@@ -39,7 +46,9 @@ __all__ = [
     "NormalizedEntropyPolicy",
     "PatiencePolicy",
     "PolicyState",
+    "max_probability",
     "normalized_entropy",
+    "patience_scores",
     "prediction_entropy",
 ]
 
@@ -81,6 +90,32 @@ def _at_least_float32(x: Tensor) -> Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
+DEFAULT_THRESHOLDS: tuple[float, ...] = (
+    0.0, 0.001, 0.005, 0.01, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+"""Entropy thresholds of the sweep, from "never exit early" (0) upwards."""
+
+
+@dataclass(frozen=True)
+class DenseFamily:
+    """What the dense sweep of a recipe's policy varies (see
+    :mod:`gradsurg.multiexit.evaluation.dense_sweeps`).
+
+    ``rule`` carries the parameters kept fixed (``params``, as results.json reports them) and
+    ``parameter`` is the one swept. With a ``score`` (``[L, N, C]`` logits -> ``[L-1, N]``;
+    the last exit is always taken) the values are the points where some example's exit
+    changes: the rule leaves at the first exit whose score is below the value
+    (``leaves_below``) or above it, for values up to ``upper``. Without one the parameter is
+    an integer and every value of ``rule.default_sweep`` is tried.
+    """
+
+    rule: ExitPolicy
+    params: dict[str, Any]
+    parameter: str
+    score: Callable[[Tensor], Tensor] | None = field(default=None, compare=False)
+    leaves_below: bool = True
+    upper: float = math.inf
+
+
 class ExitPolicy(ABC):
     """One exit rule. Subclasses are dataclasses whose fields are the rule's parameters."""
 
@@ -88,6 +123,45 @@ class ExitPolicy(ABC):
     classification_only: ClassVar[bool] = True
     sweep_parameter: ClassVar[str | None] = None
     """The parameter a trade-off sweep varies (``threshold``, ``patience``, ...)."""
+    default_values: ClassVar[tuple[float, ...] | None] = None
+    """The fixed list of :meth:`default_sweep`; None: the layers L..1."""
+    dense_score: ClassVar[Callable[[Tensor], Tensor] | None] = None
+    """A threshold rule's score of one exit's ``[..., C]`` logits (``[...]``), compared with
+    its ``sweep_parameter``: what :meth:`dense_family` derives the dense sweep's values from.
+    None (and no :meth:`dense_family` of its own): the rule has no dense sweep."""
+    leaves_below: ClassVar[bool] = True
+    """Whether the rule leaves when ``dense_score`` is below its threshold (else above)."""
+    threshold_upper: ClassVar[float] = math.inf
+    """The largest threshold the rule accepts."""
+
+    def default_sweep(self, num_layers: int) -> list[float]:
+        """The values of ``sweep_parameter`` a trade-off sweep tries when the recipe gives
+        none, on a model with ``num_layers`` exits."""
+        if self.default_values is not None:
+            return list(self.default_values)
+        return [float(layer) for layer in range(num_layers, 0, -1)]
+
+    @classmethod
+    def dense_family(cls, params: Mapping[str, Any] | None = None, *, regression: bool
+                     ) -> DenseFamily | None:
+        """What the dense sweep varies for a recipe asking for this rule with ``params`` (the
+        parameters the recipe set); None: this rule has no dense sweep (its fixed list is all
+        there is, and the evaluation says so).
+
+        Regression (one output): PABEE's rule, ``patience`` with ``tolerance`` swept, for any
+        rule but ``fixed``. A threshold rule (``dense_score``): its threshold, the other
+        parameters as the recipe set them.
+        """
+        params = dict(params or {})
+        if regression:
+            return PatiencePolicy.tolerance_family(int(params.get("patience", 1)))
+        score, swept = cls.dense_score, cls.sweep_parameter
+        if score is None or swept is None:
+            return None
+        fixed = {k: v for k, v in params.items() if k != swept}
+        return DenseFamily(cls(**fixed), fixed, swept,  # type: ignore[abstract]
+                           score=lambda logits: score(logits[:-1].float()),
+                           leaves_below=cls.leaves_below, upper=cls.threshold_upper)
 
     def check_model(self, num_outputs: int, num_layers: int) -> None:
         """Refuse a model this rule cannot judge (e.g. entropy of a regression output)."""
@@ -170,6 +244,8 @@ class EntropyPolicy(ExitPolicy):
 
     name: ClassVar[str] = "entropy"
     sweep_parameter: ClassVar[str] = "threshold"
+    default_values: ClassVar[tuple[float, ...]] = DEFAULT_THRESHOLDS
+    dense_score = staticmethod(prediction_entropy)
     threshold: float = 0.1
 
     def __post_init__(self) -> None:
@@ -180,6 +256,11 @@ class EntropyPolicy(ExitPolicy):
         return _entropy(outputs) < self.threshold
 
 
+def normalized_entropy(logits: Tensor) -> Tensor:
+    """Entropy divided by its maximum, log(C): in [0, 1] for any number of classes."""
+    return _entropy(_check_classes(logits)) / math.log(logits.shape[-1])
+
+
 @POLICIES.register
 @dataclass
 class NormalizedEntropyPolicy(ExitPolicy):
@@ -187,6 +268,10 @@ class NormalizedEntropyPolicy(ExitPolicy):
 
     name: ClassVar[str] = "normalized_entropy"
     sweep_parameter: ClassVar[str] = "threshold"
+    default_values: ClassVar[tuple[float, ...]] = (
+        0.0, 0.001, 0.005, 0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8)
+    dense_score = staticmethod(normalized_entropy)
+    threshold_upper: ClassVar[float] = 1.0
     threshold: float = 0.1
 
     def __post_init__(self) -> None:
@@ -197,9 +282,9 @@ class NormalizedEntropyPolicy(ExitPolicy):
         return normalized_entropy(outputs) < self.threshold
 
 
-def normalized_entropy(logits: Tensor) -> Tensor:
-    """Entropy divided by its maximum, log(C): in [0, 1] for any number of classes."""
-    return _entropy(_check_classes(logits)) / math.log(logits.shape[-1])
+def max_probability(logits: Tensor) -> Tensor:
+    """The highest class probability of ``softmax(logits)``, in float32."""
+    return torch.softmax(logits.float(), dim=-1).amax(dim=-1)
 
 
 @POLICIES.register
@@ -209,6 +294,11 @@ class MaxProbPolicy(ExitPolicy):
 
     name: ClassVar[str] = "max_prob"
     sweep_parameter: ClassVar[str] = "threshold"
+    default_values: ClassVar[tuple[float, ...]] = (
+        1.0, 0.999, 0.99, 0.98, 0.95, 0.9, 0.85, 0.8, 0.7, 0.6)
+    dense_score = staticmethod(max_probability)
+    leaves_below: ClassVar[bool] = False
+    threshold_upper: ClassVar[float] = 1.0
     threshold: float = 0.9
 
     def __post_init__(self) -> None:
@@ -240,6 +330,28 @@ class PatiencePolicy(ExitPolicy):
         self.patience = _count("patience", self.patience)
         self.tolerance = _threshold("tolerance", self.tolerance)
 
+    def default_sweep(self, num_layers: int) -> list[float]:
+        return [float(p) for p in range(num_layers - 1, 0, -1)]
+
+    @classmethod
+    def dense_family(cls, params: Mapping[str, Any] | None = None, *, regression: bool
+                     ) -> DenseFamily | None:
+        """Classification: every patience 1..L-1, the other parameters as the recipe set
+        them; regression: ``tolerance`` swept at the recipe's patience (else 1)."""
+        params = dict(params or {})
+        if regression:
+            return cls.tolerance_family(int(params.get("patience", 1)))
+        fixed = {k: v for k, v in params.items() if k != "patience"}
+        return DenseFamily(cls(**fixed), fixed, "patience")
+
+    @classmethod
+    def tolerance_family(cls, patience: int) -> DenseFamily:
+        """PABEE's regression rule with ``tolerance`` swept: an example leaves at exit l when
+        the last ``patience`` changes |y_l - y_(l-1)| are all below it, so the score at l is
+        the largest of those changes and the values are its running minima."""
+        return DenseFamily(cls(patience=patience), {"patience": patience}, "tolerance",
+                           score=lambda logits: patience_scores(logits, patience))
+
     def start(self, num_rows: int, device: torch.device) -> PolicyState:
         return {"streak": torch.zeros(num_rows, dtype=torch.long, device=device)}
 
@@ -259,6 +371,19 @@ class PatiencePolicy(ExitPolicy):
         return state["streak"] >= self.patience
 
 
+def patience_scores(all_logits: Tensor, patience: int) -> Tensor:
+    """Regression: at exit l, the largest of the last ``patience`` changes |y_l - y_(l-1)|
+    (inf where fewer than ``patience`` changes exist yet): it leaves when that is < tolerance.
+    ``[L, N, 1]`` -> ``[L-1, N]``."""
+    outputs = all_logits[..., 0].float()
+    changes = (outputs[1:] - outputs[:-1]).abs()  # change at exit l is row l-1
+    num_layers = all_logits.shape[0]
+    scores = torch.full((num_layers - 1, outputs.shape[1]), float("inf"))
+    for layer in range(patience, num_layers - 1):
+        scores[layer] = changes[layer - patience:layer].amax(dim=0)
+    return scores
+
+
 @POLICIES.register
 @dataclass
 class ConfidenceWindowPolicy(ExitPolicy):
@@ -272,6 +397,10 @@ class ConfidenceWindowPolicy(ExitPolicy):
 
     name: ClassVar[str] = "confidence_window"
     sweep_parameter: ClassVar[str] = "threshold"
+    default_values: ClassVar[tuple[float, ...]] = (
+        0.0, 0.001, 0.005, 0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8)
+    dense_score = staticmethod(normalized_entropy)
+    threshold_upper: ClassVar[float] = 1.0
     threshold: float = 0.1
     window: int = 2
     margin: float = 0.1
@@ -314,6 +443,12 @@ class FixedPolicy(ExitPolicy):
 
     def needs_outputs(self, layer: int) -> bool:
         return layer == self.layer - 1
+
+    @classmethod
+    def dense_family(cls, params: Mapping[str, Any] | None = None, *, regression: bool
+                     ) -> DenseFamily:
+        """Every layer L..1, for classification and regression alike."""
+        return DenseFamily(cls(), {}, "layer")
 
     def check_model(self, num_outputs: int, num_layers: int) -> None:
         if self.layer > num_layers:

@@ -17,23 +17,19 @@ from gradsurg.multiexit.evaluation.outcomes import (
     select_exit_outputs,
 )
 from gradsurg.multiexit.evaluation.sweeps import (
-    DEFAULT_SWEEPS,
     DEFAULT_THRESHOLDS,
     ExitSweepPoint,
-    default_sweep,
     per_exit_metrics,
     policy_sweep,
 )
 from gradsurg.multiexit.evaluation.tradeoff_summary import TradeoffSummary, summarize
 
 __all__ = [
-    "DEFAULT_SWEEPS",
     "DEFAULT_THRESHOLDS",
     "DenseSweep",
     "ExitOutcome",
     "ExitSweepPoint",
     "TradeoffSummary",
-    "default_sweep",
     "dense_sweep",
     "exit_histogram",
     "expected_time_percent",

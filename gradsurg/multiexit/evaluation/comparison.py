@@ -152,8 +152,9 @@ def _curve(run: LoadedRun, metric: str) -> tuple[list[Point], str, str | None]:
         # torch and the multi-exit stack, imported only when there are logits to sweep
         from gradsurg.multiexit.evaluation.dense_sweeps import dense_sweep
 
-        name, spec = _policy(run)
-        sweep = dense_sweep(run.logits, run.labels, results["task"], name, spec)
+        task, policy, spec = _resolved_policy(run)
+        sweep = (None if policy is None
+                 else dense_sweep(run.logits, run.labels, task, policy, spec))
         if sweep is not None:
             fixed = "".join(f", {k}={v}" for k, v in sweep.params.items())
             return ([(p.time_percent, p.metric[metric]) for p in sweep.points],
@@ -185,9 +186,23 @@ def held_out_budgets(run: LoadedRun, budgets: Sequence[float] = COMPARE_BUDGETS,
         return None
     from gradsurg.multiexit.evaluation.held_out import SPLIT_SEED, held_out_best_within
 
-    name, spec = _policy(run)
-    return held_out_best_within(run.logits, run.labels, run.results["task"], name, spec, budgets,
+    task, policy, spec = _resolved_policy(run)
+    if policy is None:
+        return None
+    return held_out_best_within(run.logits, run.labels, task, policy, spec, budgets,
                                 seed=SPLIT_SEED if seed is None else seed)
+
+
+def _resolved_policy(run: LoadedRun) -> tuple[Any, Any, dict[str, Any]]:
+    """The run's task (a TaskSpec) and exit policy class, resolved from results.json once
+    (None for a policy not installed here: it has no dense sweep), and its other parameters.
+    Imported here: torch and the multi-exit stack only load when there are logits."""
+    from gradsurg.data.glue import get_task
+    from gradsurg.multiexit.policies import POLICIES
+
+    name, spec = _policy(run)
+    return (get_task(run.results["task"]), POLICIES.get(name) if name in POLICIES else None,
+            spec)
 
 
 def _policy(run: LoadedRun) -> tuple[str, dict[str, Any]]:

@@ -5,7 +5,9 @@ entropy threshold below 0.6 gives 57-100% time and the next, 0.7, gives 17%). He
 values are the points where some example's exit changes, so the curve has every operating
 point the policy can reach (thinned to at most ``max_points``), from 100/L % to 100 % time.
 
-Which rule is swept (the *dense policy*):
+Which rule is swept, and where its values come from, is the recipe's policy's own
+:meth:`~gradsurg.multiexit.policies.ExitPolicy.dense_family` (a plugin's policy defines its
+own, or has none); the built-in ones:
 
 - ``entropy``, ``normalized_entropy``, ``confidence_window``: ``threshold``; an example leaves
   at the first exit whose score is below it, so its exit changes exactly where the threshold
@@ -21,24 +23,23 @@ Which rule is swept (the *dense policy*):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from gradsurg.data.glue import TaskSpec, get_task
+from gradsurg.data.glue import TaskSpec
 from gradsurg.multiexit.evaluation.sweeps import ExitSweepPoint, operating_point
 from gradsurg.multiexit.exit_loop import check_all_logits
-from gradsurg.multiexit.policies import POLICIES, normalized_entropy, prediction_entropy
+from gradsurg.multiexit.policies import DenseFamily, ExitPolicy, FixedPolicy
 
 __all__ = [
     "DEFAULT_MAX_POINTS",
     "DenseSweep",
     "change_thresholds",
-    "dense_policy",
     "dense_sweep",
     "dense_values",
     "thin",
@@ -49,34 +50,15 @@ DEFAULT_MAX_POINTS = 200
 
 
 @dataclass(frozen=True)
-class _ScoreRule:
-    """How a threshold policy scores one exit's outputs, and on which side it leaves."""
-
-    score: Callable[[Tensor], Tensor]  # [..., C] logits -> [...] scores, float32
-    leaves_below: bool  # True: leaves when score < threshold; False: when score > threshold
-    upper: float  # the largest threshold the policy accepts
-
-
-def _max_prob(logits: Tensor) -> Tensor:
-    return torch.softmax(logits.float(), dim=-1).amax(dim=-1)
-
-
-_SCORES: dict[str, _ScoreRule] = {
-    "entropy": _ScoreRule(prediction_entropy, leaves_below=True, upper=float("inf")),
-    "normalized_entropy": _ScoreRule(normalized_entropy, leaves_below=True, upper=1.0),
-    "confidence_window": _ScoreRule(normalized_entropy, leaves_below=True, upper=1.0),
-    "max_prob": _ScoreRule(_max_prob, leaves_below=False, upper=1.0),
-}
-
-
-@dataclass(frozen=True)
 class DenseSweep:
-    """A policy (name and fixed parameters), the parameter swept, and its operating points."""
+    """A policy (name and fixed parameters), the parameter swept, and its operating points;
+    ``rule`` is that policy, built (each point is ``rule.with_param(parameter, value)``)."""
 
     policy: str
     params: dict[str, Any]
     parameter: str
     points: list[ExitSweepPoint]
+    rule: ExitPolicy = field(repr=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         """The form results.json stores: ``{policy, parameter, points: [...]}``."""
@@ -86,22 +68,6 @@ class DenseSweep:
             "points": [{self.parameter: p.value, **p.metric, "time_percent": p.time_percent,
                         "exit_counts": p.exit_counts} for p in self.points],
         }
-
-
-def dense_policy(name: str, params: Mapping[str, Any] | None, *, regression: bool
-                 ) -> tuple[str, dict[str, Any], str] | None:
-    """(policy, fixed parameters, swept parameter) of the dense sweep for a recipe's policy;
-    None for a policy this module cannot sweep densely (a plugin's: use its fixed list)."""
-    params = dict(params or {})
-    if name == "fixed":
-        return "fixed", {}, "layer"
-    if regression:
-        return "patience", {"patience": int(params.get("patience", 1))}, "tolerance"
-    if name == "patience":
-        return "patience", {k: v for k, v in params.items() if k != "patience"}, "patience"
-    if name in _SCORES:
-        return name, {k: v for k, v in params.items() if k != "threshold"}, "threshold"
-    return None
 
 
 def change_thresholds(scores: Tensor, *, leaves_below: bool, upper: float = float("inf")
@@ -159,51 +125,34 @@ def thin(values: list[float], max_points: int) -> list[float]:
     return [values[i] for i in index]
 
 
-def _patience_scores(all_logits: Tensor, patience: int) -> Tensor:
-    """Regression: at exit l, the largest of the last ``patience`` changes |y_l - y_(l-1)|
-    (inf where fewer than ``patience`` changes exist yet): it leaves when that is < tolerance."""
-    outputs = all_logits[..., 0].float()
-    changes = (outputs[1:] - outputs[:-1]).abs()  # change at exit l is row l-1
-    num_layers = all_logits.shape[0]
-    scores = torch.full((num_layers - 1, outputs.shape[1]), float("inf"))
-    for layer in range(patience, num_layers - 1):
-        scores[layer] = changes[layer - patience:layer].amax(dim=0)
-    return scores
-
-
-def dense_values(all_logits: Tensor, policy: str, params: Mapping[str, Any], parameter: str, *,
+def dense_values(all_logits: Tensor, family: DenseFamily, *,
                  max_points: int = DEFAULT_MAX_POINTS) -> list[float]:
-    """The values of ``parameter`` the dense sweep tries, from full depth to earliest exits."""
+    """The values of ``family.parameter`` the dense sweep tries, from full depth to earliest
+    exits: where some example's exit changes (a family with a score), else every value of the
+    rule's default sweep."""
     check_all_logits(all_logits)
-    num_layers = all_logits.shape[0]
-    if parameter == "layer":
-        return [float(layer) for layer in range(num_layers, 0, -1)]
-    if parameter == "patience":
-        return [float(p) for p in range(max(num_layers - 1, 1), 0, -1)]
-    if parameter == "tolerance":
-        scores = _patience_scores(all_logits, int(params.get("patience", 1)))
-        return thin(change_thresholds(scores, leaves_below=True), max_points)
-    rule = _SCORES[policy]
-    scores = rule.score(all_logits[:-1].float())
-    return thin(change_thresholds(scores, leaves_below=rule.leaves_below, upper=rule.upper),
-                max_points)
+    if family.score is None:
+        return family.rule.default_sweep(all_logits.shape[0])
+    scores = family.score(all_logits)
+    return thin(change_thresholds(scores, leaves_below=family.leaves_below,
+                                  upper=family.upper), max_points)
 
 
-def dense_sweep(all_logits: Tensor, labels: Any, task: str | TaskSpec, policy: str,
+def dense_sweep(all_logits: Tensor, labels: Any, task: TaskSpec, policy: type[ExitPolicy],
                 params: Mapping[str, Any] | None = None, *,
                 max_points: int = DEFAULT_MAX_POINTS) -> DenseSweep | None:
-    """Every operating point of the recipe's policy family (see the module docstring); None
-    for a policy that cannot be swept densely."""
+    """Every operating point of the family of ``policy`` (the recipe's policy class, with the
+    parameters ``params`` the recipe set; see the module docstring); None for a policy that
+    has no dense sweep (its ``dense_family`` is None): callers say so."""
     check_all_logits(all_logits)
-    spec = get_task(task)
-    chosen = dense_policy(policy, params, regression=spec.is_regression)
-    if chosen is None:
+    family = policy.dense_family(params, regression=task.is_regression)
+    if family is None:
         return None
-    name, fixed, parameter = chosen
-    if all_logits.shape[0] == 1 and parameter != "layer":  # one exit: nothing to decide
-        name, fixed, parameter = "fixed", {}, "layer"
-    values = dense_values(all_logits, name, fixed, parameter, max_points=max_points)
-    rule = POLICIES.build({"name": name, **fixed}, where="exit_policy")
-    points = [operating_point(rule.with_param(parameter, v), v, all_logits, labels, spec)
+    if all_logits.shape[0] == 1 and family.parameter != "layer":  # one exit: nothing to decide
+        family = FixedPolicy.dense_family(regression=task.is_regression)
+    values = dense_values(all_logits, family, max_points=max_points)
+    rule, parameter = family.rule, family.parameter
+    points = [operating_point(rule.with_param(parameter, v), v, all_logits, labels, task)
               for v in values]
-    return DenseSweep(policy=name, params=fixed, parameter=parameter, points=points)
+    return DenseSweep(policy=rule.name, params=dict(family.params), parameter=parameter,
+                      points=points, rule=rule)

@@ -18,12 +18,12 @@ from typing import Any
 
 import torch
 
-from gradsurg.data.glue import TaskSpec, get_task
+from gradsurg.data.glue import TaskSpec
 from gradsurg.multiexit.evaluation.dense_sweeps import dense_sweep
 from gradsurg.multiexit.evaluation.sweeps import operating_point
 from gradsurg.multiexit.evaluation.tradeoff_summary import best_within
 from gradsurg.multiexit.exit_loop import check_all_logits
-from gradsurg.multiexit.policies import POLICIES
+from gradsurg.multiexit.policies import ExitPolicy
 
 __all__ = ["SPLIT_SEED", "held_out_best_over_settings", "held_out_best_within", "split_halves"]
 
@@ -40,8 +40,8 @@ def split_halves(num_examples: int, seed: int = SPLIT_SEED) -> tuple[torch.Tenso
     return order[:half].sort().values, order[half:].sort().values
 
 
-def held_out_best_within(all_logits: torch.Tensor, labels: Any, task: str | TaskSpec,
-                         policy: str, params: Mapping[str, Any] | None,
+def held_out_best_within(all_logits: torch.Tensor, labels: Any, task: TaskSpec,
+                         policy: type[ExitPolicy], params: Mapping[str, Any] | None,
                          budgets: Sequence[float], *, seed: int = SPLIT_SEED
                          ) -> dict[str, dict[str, float] | None] | None:
     """budget ("30") -> ``{metric: mean score, "time_percent": mean time}`` over the two ways
@@ -56,7 +56,7 @@ def held_out_best_within(all_logits: torch.Tensor, labels: Any, task: str | Task
 
 
 def held_out_best_over_settings(candidates: Mapping[str, torch.Tensor], labels: Any,
-                                task: str | TaskSpec, policy: str,
+                                task: TaskSpec, policy: type[ExitPolicy],
                                 params: Mapping[str, Any] | None, budgets: Sequence[float], *,
                                 seed: int = SPLIT_SEED) -> dict[str, dict[str, Any] | None] | None:
     """`held_out_best_within` with the training setting chosen as well.
@@ -67,8 +67,7 @@ def held_out_best_over_settings(candidates: Mapping[str, torch.Tensor], labels: 
     first setting among equal points), then scored on the other half with that setting's
     logits; both ways round are averaged, and `chosen` names the setting picked each way. So
     a baseline tuned over a grid is scored on examples its tuning never saw."""
-    spec = get_task(task)
-    metric = spec.primary_metric
+    metric = task.primary_metric
     labels = torch.as_tensor(labels)
     for logits in candidates.values():
         check_all_logits(logits)
@@ -81,10 +80,10 @@ def held_out_best_over_settings(candidates: Mapping[str, torch.Tensor], labels: 
     for chosen_on, scored_on in (halves, halves[::-1]):
         options = []  # (time, metric, setting name, rule, parameter value)
         for name, logits in candidates.items():
-            sweep = dense_sweep(logits[:, chosen_on], labels[chosen_on], spec, policy, params)
+            sweep = dense_sweep(logits[:, chosen_on], labels[chosen_on], task, policy, params)
             if sweep is None:
                 return None
-            rule = POLICIES.build({"name": sweep.policy, **sweep.params}, where="exit_policy")
+            rule = sweep.rule
             # an undefined metric on a half (e.g. Pearson of constant outputs) cannot be chosen
             options += [(p.time_percent, float(p.metric[metric]), name, rule, sweep.parameter,
                          p.value) for p in sweep.points if _defined(p.metric.get(metric))]
@@ -96,7 +95,7 @@ def held_out_best_over_settings(candidates: Mapping[str, torch.Tensor], labels: 
                 continue
             _, _, name, rule, parameter, setting = options[points.index(best)]
             scored = operating_point(rule.with_param(parameter, setting), setting,
-                                     candidates[name][:, scored_on], labels[scored_on], spec)
+                                     candidates[name][:, scored_on], labels[scored_on], task)
             found[f"{budget:g}"].append(
                 {metric: scored.metric[metric], "time_percent": scored.time_percent,
                  "chosen": name}

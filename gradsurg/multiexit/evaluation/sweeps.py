@@ -9,41 +9,21 @@ The policy is built once; each swept value is a copy with one parameter changed.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from gradsurg.data.glue import TaskSpec, get_task
+from gradsurg.data.glue import TaskSpec
 from gradsurg.errors import ConfigError
 from gradsurg.metrics import compute_metrics
 from gradsurg.multiexit.evaluation.outcomes import predictions, score_exits, select_exit_outputs
 from gradsurg.multiexit.exit_loop import check_all_logits, simulate_exits
-from gradsurg.multiexit.policies import POLICIES, ExitPolicy
+from gradsurg.multiexit.policies import DEFAULT_THRESHOLDS, ExitPolicy
 
-DEFAULT_THRESHOLDS: tuple[float, ...] = (
-    0.0, 0.001, 0.005, 0.01, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
-"""Entropy thresholds of the sweep, from "never exit early" (0) upwards."""
-
-DEFAULT_SWEEPS: dict[str, tuple[float, ...]] = {
-    "entropy": DEFAULT_THRESHOLDS,
-    "normalized_entropy": (0.0, 0.001, 0.005, 0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8),
-    "max_prob": (1.0, 0.999, 0.99, 0.98, 0.95, 0.9, 0.85, 0.8, 0.7, 0.6),
-    "confidence_window": (0.0, 0.001, 0.005, 0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8),
-}
-"""Sweeps for policies whose swept parameter does not depend on the depth; ``patience``
-and ``fixed`` sweep 1..L-1 and 1..L."""
-
-
-def default_sweep(policy: str, num_layers: int) -> list[float]:
-    """The values a trade-off sweep tries for the policy named ``policy`` on a model with
-    ``num_layers``."""
-    if policy in DEFAULT_SWEEPS:
-        return list(DEFAULT_SWEEPS[policy])
-    if policy == "patience":
-        return [float(p) for p in range(num_layers - 1, 0, -1)]
-    return [float(layer) for layer in range(num_layers, 0, -1)]
+__all__ = ["DEFAULT_THRESHOLDS", "ExitSweepPoint", "operating_point", "per_exit_metrics",
+           "policy_sweep", "sweep_points", "sweep_rules"]
 
 
 @dataclass(frozen=True)
@@ -62,36 +42,31 @@ def _check_width(spec: TaskSpec, num_outputs: int) -> None:
                          f"{num_outputs}")
 
 
-def policy_sweep(all_logits: torch.Tensor, labels: Any, task: str | TaskSpec,
-                 policy: str | Mapping[str, Any] | ExitPolicy,
-                 values: Sequence[float] | None = None,
-                 params: Mapping[str, Any] | None = None) -> list[ExitSweepPoint]:
+def policy_sweep(all_logits: torch.Tensor, labels: Any, task: TaskSpec, policy: ExitPolicy,
+                 values: Sequence[float] | None = None) -> list[ExitSweepPoint]:
     """Metric, expected time % and exit histogram for each value of the policy's swept
     parameter (``threshold`` for entropy, ``patience`` for patience, ...), in the given order.
 
-    ``policy`` is a recipe's ``exit_policy`` (a name or ``{name, **parameters}``) or a built
-    rule; ``params`` adds parameters to a name. ``values`` defaults to :func:`default_sweep`.
-    Every value's rule is built before any work, so a bad value fails fast.
+    ``policy`` is the built rule (the recipe's ``exit_policy``, built once); ``values``
+    defaults to its :meth:`~gradsurg.multiexit.policies.ExitPolicy.default_sweep`. Every
+    value's rule is built before any work, so a bad value fails fast.
     """
     check_all_logits(all_logits)
-    spec = get_task(task)
-    _check_width(spec, all_logits.shape[-1])
-    rule = _build_policy(policy, params)
-    values = default_sweep(rule.name, all_logits.shape[0]) if values is None else list(values)
-    return [operating_point(swept, value, all_logits, labels, spec)
-            for value, swept in zip(values, sweep_rules(rule, values))]
+    _check_width(task, all_logits.shape[-1])
+    values = (policy.default_sweep(all_logits.shape[0]) if values is None else list(values))
+    return sweep_points(all_logits, labels, task, sweep_rules(policy, values), values)
 
 
-def _build_policy(policy: str | Mapping[str, Any] | ExitPolicy,
-                  params: Mapping[str, Any] | None = None, *,
-                  where: str = "exit_policy") -> ExitPolicy:
-    """The rule a recipe's ``exit_policy`` names, with ``params`` merged into its spec."""
-    if params:
-        if isinstance(policy, ExitPolicy):
-            raise ValueError("params apply to a policy name or spec, not to a built policy")
-        policy = {"name": policy, **params} if isinstance(policy, str) else {**policy, **params}
-    built: ExitPolicy = POLICIES.build(policy, where=where)
-    return built
+def sweep_points(all_logits: torch.Tensor, labels: Any, task: TaskSpec,
+                 rules: Sequence[ExitPolicy], values: Sequence[float]) -> list[ExitSweepPoint]:
+    """:func:`policy_sweep` with the rules built already: ``rules[i]`` is the policy at
+    ``values[i]``, as :func:`sweep_rules` gives them (a run builds them before training)."""
+    check_all_logits(all_logits)
+    _check_width(task, all_logits.shape[-1])
+    if len(rules) != len(values):
+        raise ValueError(f"{len(rules)} rules for {len(values)} sweep values")
+    return [operating_point(rule, value, all_logits, labels, task)
+            for rule, value in zip(rules, values, strict=True)]
 
 
 def sweep_rules(rule: ExitPolicy, values: Sequence[float]) -> list[ExitPolicy]:
@@ -123,13 +98,12 @@ def operating_point(rule: ExitPolicy, value: float, all_logits: torch.Tensor, la
 
 
 def per_exit_metrics(all_logits: torch.Tensor, labels: Any,
-                     task: str | TaskSpec) -> list[dict[str, float]]:
+                     task: TaskSpec) -> list[dict[str, float]]:
     """Metrics at each exit as if every example left there (index 0 = first layer).
 
     Predictions are the argmax for classification and ``logits[..., 0]`` for regression.
     """
     check_all_logits(all_logits)
-    spec = get_task(task)
-    _check_width(spec, all_logits.shape[-1])
-    return [compute_metrics(spec, answers, labels)
-            for answers in predictions(all_logits, spec)]
+    _check_width(task, all_logits.shape[-1])
+    return [compute_metrics(task, answers, labels)
+            for answers in predictions(all_logits, task)]

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gradsurg.data.glue import TaskSpec, get_task
+from gradsurg.data.glue import TaskSpec
 from gradsurg.devices import to_device
 from gradsurg.errors import ConfigError
 from gradsurg.multiexit.evaluation.outcomes import score_exits
@@ -73,7 +73,7 @@ def _timed_pass(loaded: LoadedModel, policy: ExitPolicy, loader: Iterable[Mappin
     return torch.cat(logits), torch.cat(exits), torch.cat(labels), timer.seconds
 
 
-def evaluate_split(loaded: LoadedModel, policy: ExitPolicy, *, task: str | TaskSpec | None = None,
+def evaluate_split(loaded: LoadedModel, policy: ExitPolicy, *, task: TaskSpec | None = None,
                    split: str = "dev", data_dir: str | None = None, batch_size: int = 32,
                    max_length: int = 128, max_rows: int | None = None,
                    full_depth: bool = False) -> EvalReport:
@@ -105,14 +105,13 @@ def evaluate_split(loaded: LoadedModel, policy: ExitPolicy, *, task: str | TaskS
     return report
 
 
-def _task_for(loaded: LoadedModel, task: str | TaskSpec | None) -> TaskSpec:
+def _task_for(loaded: LoadedModel, task: TaskSpec | None) -> TaskSpec:
     saved = loaded.task
     if task is None:
         if saved is None:
             raise ConfigError("the model folder does not record its task; pass --task")
         return saved
-    spec = get_task(task)
-    if spec.num_labels != loaded.model.config.num_labels:
-        raise ConfigError(f"task {spec.name!r} has {spec.num_labels} output(s) but the model has "
+    if task.num_labels != loaded.model.config.num_labels:
+        raise ConfigError(f"task {task.name!r} has {task.num_labels} output(s) but the model has "
                           f"{loaded.model.config.num_labels}")
-    return spec
+    return task

@@ -4,12 +4,12 @@ ELBERT)."""
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from gradsurg.combiners import COMBINERS
-from gradsurg.data.glue import get_task
+from gradsurg.data.glue import GLUE_TASKS, TaskSpec, get_task
 from gradsurg.errors import ConfigError
 from gradsurg.loggers import LoggerNames
 from gradsurg.multiexit.backbones import check_backbone_installed
@@ -25,6 +25,9 @@ from gradsurg.programs import ProgramConfig
 from gradsurg.programs.multiexit_glue.modes import MODES, Mode, ModeSpec
 from gradsurg.registry import Registry
 from gradsurg.weightings import WEIGHTINGS
+
+if TYPE_CHECKING:
+    from gradsurg.programs.multiexit_glue.checks import ExitPolicySetting
 
 #: The learning rate of ELBERT's exit weights in its authors' code (`w_lr`).
 DEFAULT_EXIT_WEIGHTS_LR = 1e-2
@@ -127,6 +130,9 @@ class MultiExitGlueConfig(ProgramConfig):
         "fsdp}; default ddp")
 
     _moved_keys = model_validator(mode="before")(refuse_moved_keys)
+    # Resolved once, by the validators below, and handed to the run (see `task_spec`).
+    _task_spec: Any = PrivateAttr(None)
+    _exit_policy_setting: Any = PrivateAttr(None)
 
     @model_validator(mode="after")
     def _optimizer_builds(self) -> MultiExitGlueConfig:
@@ -140,6 +146,11 @@ class MultiExitGlueConfig(ProgramConfig):
             return get_task(value).name
         except ConfigError as error:
             raise ValueError(str(error)) from None
+
+    @model_validator(mode="after")
+    def _keep_task_spec(self) -> MultiExitGlueConfig:
+        self._task_spec = GLUE_TASKS[self.task]  # the canonical name `_known_task` resolved
+        return self
 
     @field_validator("model")
     @classmethod
@@ -246,7 +257,7 @@ class MultiExitGlueConfig(ProgramConfig):
             raise ValueError("key 'include': an empty list selects no parameter, so surgery "
                              "would do nothing; use null for the default selection")
         try:
-            check_evaluation_settings(self.exit_policy, self.sweep)
+            self._exit_policy_setting = check_evaluation_settings(self.exit_policy, self.sweep)
         except ConfigError as error:
             raise ValueError(str(error)) from None
         return self
@@ -303,6 +314,18 @@ class MultiExitGlueConfig(ProgramConfig):
         """`exit_weights_lr`, else ELBERT's own: its code trains W at 1e-2 in a group of its
         own (the model's lr, 2e-5 to 5e-5, leaves sigmoid(W) at 0.5 +- 0.002 after an epoch)."""
         return DEFAULT_EXIT_WEIGHTS_LR if self.exit_weights_lr is None else self.exit_weights_lr
+
+    @property
+    def task_spec(self) -> TaskSpec:
+        """The recipe's task, resolved once when the recipe was validated."""
+        spec: TaskSpec = self._task_spec
+        return spec
+
+    @property
+    def exit_policy_setting(self) -> ExitPolicySetting:
+        """The recipe's `exit_policy` (built once, when the recipe was validated) and `sweep`."""
+        setting: ExitPolicySetting = self._exit_policy_setting
+        return setting
 
     @property
     def mode_spec(self) -> ModeSpec:

@@ -3,6 +3,7 @@ exit-policy sweeps, their tables and the paper-style plots."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,10 @@ from gradsurg.data.glue import TaskSpec
 from gradsurg.devices import to_device
 from gradsurg.metrics import primary_metric
 from gradsurg.multiexit.evaluation.dense_sweeps import dense_sweep
-from gradsurg.multiexit.evaluation.sweeps import per_exit_metrics, policy_sweep
+from gradsurg.multiexit.evaluation.sweeps import per_exit_metrics, sweep_points
 from gradsurg.multiexit.evaluation.tradeoff_summary import summarize
 from gradsurg.multiexit.model import MultiExitModel
+from gradsurg.multiexit.policies import ExitPolicy
 from gradsurg.outputs import check_own_folder
 from gradsurg.programs.multiexit_glue.checks import ExitPolicySetting
 from gradsurg.programs.multiexit_glue.data import forward
@@ -52,9 +54,10 @@ def save_exit_logits(all_logits: Tensor, labels: Tensor, output_dir: Path) -> No
 
 def evaluation_results(all_logits: Tensor, labels: Tensor, *, task: TaskSpec, mode: str,
                        model: str, split: str, rows: int | None, policy: ExitPolicySetting,
-                       output_dir: Path) -> dict[str, Any]:
-    """Per-exit metrics, the exit-policy sweep, their tables and the paper-style plots."""
-    primary = primary_metric(task.name)
+                       sweep_policies: Sequence[ExitPolicy], output_dir: Path) -> dict[str, Any]:
+    """Per-exit metrics, the exit-policy sweep (`sweep_policies`: the policy at each of
+    `policy.sweep_values`, built before training), their tables and the paper-style plots."""
+    primary = primary_metric(task)
     per_exit = per_exit_metrics(all_logits, labels, task)
     console.print(exit_metrics_table(per_exit, title=f"{task.name} {split}, per exit"))
     results: dict[str, Any] = {
@@ -70,8 +73,8 @@ def evaluation_results(all_logits: Tensor, labels: Tensor, *, task: TaskSpec, mo
                                     policy=policy, per_exit=per_exit, plots=plots))
     if task.is_regression and policy.cls.classification_only:
         return results  # e.g. entropy: undefined for a single regression output
-    sweep = policy_sweep(all_logits, labels, task, policy.name, policy.sweep,
-                         dict(policy.params))
+    sweep = sweep_points(all_logits, labels, task, sweep_policies,
+                         policy.sweep_values(all_logits.shape[0]))
     swept = policy.cls.sweep_parameter or "value"
     console.print(sweep_table(sweep, primary, parameter=swept, title=(
         f"{task.name} {split}, early exit by {policy.name}")))
@@ -93,9 +96,12 @@ def tradeoff_results(all_logits: Tensor, labels: Tensor, task: TaskSpec, *, mode
                      plots: Path) -> dict[str, Any]:
     """The dense sweep of the recipe's exit policy (thresholds from the model's own outputs;
     regression: patience with swept tolerance) and its summary numbers, for results.json."""
-    primary = primary_metric(task.name)
-    dense = dense_sweep(all_logits, labels, task, policy.name, dict(policy.params))
-    if dense is None:  # a plugin's policy: its fixed list (`sweep`) is all there is
+    primary = primary_metric(task)
+    dense = dense_sweep(all_logits, labels, task, policy.cls, dict(policy.params))
+    if dense is None:  # a plugin's policy without a dense family: its fixed list is all
+        console.print(f"exit policy {policy.name!r} defines no dense sweep (its class's "
+                      "dense_family is None): no dense_sweep or tradeoff in results.json, only "
+                      "the fixed sweep")
         return {}
     points = [(p.time_percent, p.metric[primary]) for p in dense.points]
     summary = summarize(points, [m[primary] for m in per_exit], primary)

@@ -15,6 +15,7 @@ import dataclasses
 import os
 import random
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from torch.utils.data import DataLoader
 from gradsurg.checkpoint import Checkpoints, capture_rng, restore_rng
 from gradsurg.combiners import COMBINERS, Combiner
 from gradsurg.data.collate import GlueCollator, tokenize_dataset
-from gradsurg.data.glue import TaskSpec, get_task
+from gradsurg.data.glue import TaskSpec
 from gradsurg.devices import resolve_device, to_device
 from gradsurg.distributed import DataParallel
 from gradsurg.engines import (
@@ -40,6 +41,7 @@ from gradsurg.errors import ConfigError
 from gradsurg.finite_weights import check_finite_outputs, check_finite_weights
 from gradsurg.loggers import Loggers, open_loggers
 from gradsurg.multiexit.model import MultiExitModel
+from gradsurg.multiexit.policies import ExitPolicy
 from gradsurg.optimizers import OptimizerSettings, build_optimizer, build_scheduler
 from gradsurg.outputs import replace_folder
 from gradsurg.precision import LossScale, autocast_factory
@@ -48,7 +50,6 @@ from gradsurg.programs.multiexit_glue.checks import (
     EVALUATION_KEYS,
     ExitPolicySetting,
     check_against_model,
-    resolve_exit_policy,
 )
 from gradsurg.programs.multiexit_glue.config import MultiExitGlueConfig
 from gradsurg.programs.multiexit_glue.data import epoch_order, forward, load_split
@@ -77,17 +78,29 @@ from gradsurg.weightings import LossWeighting
 console = Console()
 
 
-class MultiExitGlueRecipe:
-    """One multi-exit GLUE run into `output_dir`: setup, train, evaluate, save."""
+@dataclass(frozen=True)
+class RecipePlan:
+    """What `setup` resolved from the recipe's names, each built once and handed down as
+    objects: the task, the exit policy (with its sweep values) and the policy at each of
+    them (`sweep`, checked against the model; empty where the run makes no sweep), the
+    stages with their built loss groups, the combiner and the loss weighting. Training,
+    evaluation and the sweeps take these, never the recipe's strings."""
 
-    # Built by `setup`, from the recipe's names, once.
     task: TaskSpec
-    policy: ExitPolicySetting
-    model: MultiExitModel
+    exit_policy: ExitPolicySetting
+    sweep: tuple[ExitPolicy, ...]
     stages: tuple[Stage, ...]
     combiner: Combiner
     loss_groups: StageGroups
     weighting: LossWeighting | None
+
+
+class MultiExitGlueRecipe:
+    """One multi-exit GLUE run into `output_dir`: setup, train, evaluate, save."""
+
+    # Built by `setup`: the plan (every name resolved once) and the model.
+    plan: RecipePlan
+    model: MultiExitModel
     parts: TrainingParts  # the loss terms and the weighting: trained, never saved as model
     # The stage being trained (`train_stage`): what `save_checkpoint` writes.
     stage_index: int
@@ -107,6 +120,27 @@ class MultiExitGlueRecipe:
         self.sharded = False
         self.whole: MultiExitModel | None = None
 
+    # The plan's parts, as the training and evaluation below read them.
+    @property
+    def task(self) -> TaskSpec:
+        return self.plan.task
+
+    @property
+    def stages(self) -> tuple[Stage, ...]:
+        return self.plan.stages
+
+    @property
+    def combiner(self) -> Combiner:
+        return self.plan.combiner
+
+    @property
+    def loss_groups(self) -> StageGroups:
+        return self.plan.loss_groups
+
+    @property
+    def weighting(self) -> LossWeighting | None:
+        return self.plan.weighting
+
     # -- setup ---------------------------------------------------------------------------
 
     def setup(self, *, resume: bool = False) -> None:
@@ -125,16 +159,17 @@ class MultiExitGlueRecipe:
                               "--nproc_per_node=N (N > 1), or use strategy ddp")
         self.device = resolve_device(config.device, local_rank=self.parallel.local_rank)
         self.autocast = autocast_factory(config.precision, self.device)  # fp16 on a CPU: here
-        self.task = get_task(config.task)
-        self.policy = resolve_exit_policy(config.exit_policy, config.sweep)
-        self.model, self.tokenizer = self._setup_model()
+        task, policy = config.task_spec, config.exit_policy_setting  # resolved in validation
+        self.model, self.tokenizer, sweep = self._setup_model(task, policy)
         joint = config.joint_groups(self.model.num_exits) if self.mode.one_stage else None
-        self.stages = self.mode.stages_with(joint)
-        self.combiner = COMBINERS.build(config.combiner_spec(), where="combiner")
-        check_combiner_groups(self.combiner, self.stages)
-        self.loss_groups = build_loss_groups(self.model.num_exits, self.stages, config)
-        self.weighting = build_weighting(self.stages, config)
-        self.parts = TrainingParts(self.loss_groups, self.weighting).to(self.device)
+        stages = self.mode.stages_with(joint)
+        combiner = COMBINERS.build(config.combiner_spec(), where="combiner")
+        check_combiner_groups(combiner, stages)
+        self.plan = RecipePlan(
+            task=task, exit_policy=policy, sweep=tuple(sweep), stages=stages, combiner=combiner,
+            loss_groups=build_loss_groups(self.model.num_exits, stages, config),
+            weighting=build_weighting(stages, config))
+        self.parts = TrainingParts(self.plan.loss_groups, self.plan.weighting).to(self.device)
         self.parallel.broadcast_module_(self.model)
         self.parallel.broadcast_module_(self.parts)
         if resume:
@@ -169,8 +204,11 @@ class MultiExitGlueRecipe:
             self.whole.load_state_dict(state)
         return self.whole
 
-    def _setup_model(self) -> tuple[MultiExitModel, Any]:
-        config, task = self.config, self.task
+    def _setup_model(self, task: TaskSpec, policy: ExitPolicySetting
+                     ) -> tuple[MultiExitModel, Any, list[ExitPolicy]]:
+        """The model and tokenizer, checked against the recipe before any step, and the
+        sweep's policies that check built."""
+        config = self.config
         model, tokenizer = MultiExitModel.from_backbone(
             config.model, num_labels=task.num_labels, pooling=config.pooling,
             dropout=config.dropout, backbone_dropout=config.backbone_dropout,
@@ -179,10 +217,10 @@ class MultiExitGlueRecipe:
         # Recorded in the checkpoint so `gradsurg predict/eval` know the classes and the task.
         model.config = dataclasses.replace(
             model.config, task=task.name, labels=list(task.labels) if task.labels else None)
-        check_against_model(config, self.policy, num_layers=model.num_exits,
-                            num_outputs=task.num_labels,
-                            hf_config=model.encoder.hf_config)  # before any step, not after
-        return model.to(self.device), tokenizer
+        sweep = check_against_model(config, policy, num_layers=model.num_exits,
+                                    num_outputs=task.num_labels,
+                                    hf_config=model.encoder.hf_config)  # before any step
+        return model.to(self.device), tokenizer, sweep
 
     def _setup_data(self) -> None:
         config, task = self.config, self.task
@@ -380,7 +418,8 @@ class MultiExitGlueRecipe:
         save_exit_logits(all_logits, labels, self.output_dir)
         return evaluation_results(
             all_logits, labels, task=self.task, mode=config.mode, model=config.model,
-            split=config.eval_split, rows=config.eval_rows, policy=self.policy,
+            split=config.eval_split, rows=config.eval_rows, policy=self.plan.exit_policy,
+            sweep_policies=self.plan.sweep,
             output_dir=self.output_dir)
 
     def training_summary(self) -> dict[str, Any]:
