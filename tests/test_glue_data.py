@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import datasets
@@ -281,3 +282,21 @@ def test_tokenize_rejects_bad_max_length(glue_dir: Path, tokenizer) -> None:
     data = load_glue("sst2", "dev", data_dir=glue_dir, max_rows=2)
     with pytest.raises(ConfigError, match="max_length"):
         tokenize_dataset(data, tokenizer, max_length=0)
+
+
+def test_the_tokenized_cache_key_follows_everything_that_decides_the_output(
+        glue_dir: Path, tokenizer) -> None:
+    """The key is computed, not pickled: equal for equal inputs, different when the data,
+    the truncation or the tokenizer's definition differ (a stale cache can never be reused)."""
+    data = load_glue("sst2", "dev", data_dir=glue_dir, max_rows=8)
+    key = tokenize_dataset(data, tokenizer, max_length=16)._fingerprint
+    assert tokenize_dataset(data, tokenizer, max_length=16)._fingerprint == key
+    assert tokenize_dataset(data, tokenizer, max_length=17)._fingerprint != key
+    other_rows = load_glue("sst2", "dev", data_dir=glue_dir, max_rows=7)
+    assert tokenize_dataset(other_rows, tokenizer, max_length=16)._fingerprint != key
+    grown = copy.deepcopy(tokenizer)
+    grown.add_tokens(["gradsurgtoken"])
+    assert tokenize_dataset(data, grown, max_length=16)._fingerprint != key
+    left = copy.deepcopy(tokenizer)
+    left.truncation_side = "left"
+    assert tokenize_dataset(data, left, max_length=16)._fingerprint != key

@@ -559,15 +559,19 @@ def test_famo_run_killed_twice_resumes_bit_for_bit(tiny_bert_dir, shared_glue_di
     epoch 2, resume, and end with the uninterrupted run's weights, results and log."""
     from cli_runs import SIGKILLED, assert_same_run, resumable_recipe, run_killed_at
 
+    # 3 steps an epoch, 6 in all, checkpoints at steps 2, 3 (epoch end), 4 and 6
     recipe = resumable_recipe(tmp_path, tiny_bert_dir, shared_glue_dir, mode="romebert",
-                          weighting={"name": "famo", "lr": 0.1})
+                              weighting={"name": "famo", "lr": 0.1}, train_rows=24,
+                              eval_rows=8, checkpoint_every=2)
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
     assert run_killed_at("none", 0, "run", str(recipe), "--output", str(reference)) == 0
-    # two loss evaluations per step (before and after it): call 9 is step 5's, resumes at 3;
-    # then step 8's (calls counted from step 4 on), resumes at 6
+    # two loss evaluations per step (before and after it): call 5 is step 3's (epoch 1),
+    # resumes at 2; then step 5's (epoch 2; calls counted from step 3 on), resumes at 4
     run = ["run", str(recipe), "--output", str(resumed)]
-    assert run_killed_at("step", 9, *run) == SIGKILLED
-    assert run_killed_at("step", 9, *run, "--resume") == SIGKILLED
+    assert run_killed_at("step", 5, *run) == SIGKILLED
+    assert (resumed / "checkpoints" / "step-00000002").is_dir()
+    assert run_killed_at("step", 5, *run, "--resume") == SIGKILLED
+    assert (resumed / "checkpoints" / "step-00000004").is_dir()
     assert run_killed_at("none", 0, *run, "--resume") == 0
     assert_same_run(resumed, reference)
     results = json.loads((reference / "results.json").read_text())

@@ -6,6 +6,8 @@ tasks like SST-2 cheap; the tokenizer's own ``pad`` handles padding side and tok
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -47,7 +49,29 @@ def tokenize_dataset(dataset: Any, tokenizer: Any, *, max_length: int) -> Any:
                          max_length=max_length, padding=False)
 
     drop = [c for c in TEXT_COLUMNS if c in dataset.column_names]
-    return dataset.map(encode, batched=True, remove_columns=drop, desc="tokenize")
+    return dataset.map(encode, batched=True, remove_columns=drop, desc="tokenize",
+                       new_fingerprint=_tokenized_fingerprint(dataset, tokenizer, max_length))
+
+
+def _tokenized_fingerprint(dataset: Any, tokenizer: Any, max_length: int) -> str | None:
+    """The tokenized dataset's cache key, from what decides it: the input's fingerprint, the
+    tokenizer's whole definition (vocabulary, normalizer, special tokens) and the truncation.
+    Left to itself `datasets` pickles the tokenizer to hash it, about a second per call and
+    two calls per run. None (`datasets` hashes) for a tokenizer without a fast backend."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    source = getattr(dataset, "_fingerprint", None)
+    if backend is None or source is None:
+        return None
+    definition = json.loads(backend.to_str())
+    for state in ("truncation", "padding"):  # what the last call left set, not a definition
+        definition.pop(state, None)
+    digest = hashlib.blake2b(digest_size=16)
+    for part in (source, type(tokenizer).__qualname__, json.dumps(definition, sort_keys=True),
+                 repr(getattr(tokenizer, "truncation_side", None)), str(max_length),
+                 repr(sorted(map(str, tokenizer.all_special_tokens)))):
+        digest.update(part.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()
 
 
 def _labels_tensor(values: Sequence[Any]) -> torch.Tensor:
