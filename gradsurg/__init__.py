@@ -1,4 +1,4 @@
-"""gradsurg: per-group gradients and gradient combiners as optimizer hooks."""
+"""gradsurg: per-group gradients, combined into `.grad` by the step's last backward (`Surgery`)."""
 
 from gradsurg.combiners import COMBINERS
 from gradsurg.errors import ConfigError, DataError, GradsurgError

@@ -422,9 +422,9 @@ def plugins(
         "--json", help="Print the listing as JSON: {kind: {group, entries: [{name, source, "
         "error, tested_against}]}}.")] = False,
 ) -> None:
-    """List combiners, loss terms, exit policies, backbone adapters, optimizers, programs and
-    recipes, each with the package it comes from (gradsurg for built-ins); every entry is
-    loaded."""
+    """List combiners, loss terms, loss weightings, exit policies, backbone adapters,
+    optimizers, programs and recipes, each with the package it comes from (gradsurg for
+    built-ins); every entry is loaded."""
     from gradsurg.plugins import REGISTRIES, as_json, inventory
 
     try:

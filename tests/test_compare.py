@@ -146,6 +146,7 @@ def test_refusals_are_one_line_and_write_nothing(tmp_path):
     one_error_line(compare(a, "--output", out), "is not a folder")
 
 
+@pytest.mark.slow
 def test_real_runs_write_logits_and_compare(tiny_bert_dir, shared_glue_dir, tmp_path):
     """Two tiny training runs: exit_logits.safetensors, the dense sweep and the summary in
     results.json, then compare on them; STS-B gets a regression curve (patience, tolerance)."""

@@ -81,6 +81,7 @@ def two_process_records(tmp_path_factory) -> list[list[dict[str, list[torch.Tens
     return [torch.load(out / f"rank{rank}.pt", weights_only=True) for rank in (0, 1)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("index", range(len(COMBINERS)), ids=["sum", "pcgrad", "project"])
 def test_two_gloo_processes_equal_one(index, two_process_records):
     expected = train(SINGLE_PROCESS, COMBINERS[index])
@@ -122,6 +123,7 @@ def tiny_recipe_run(tiny_bert_dir, shared_glue_dir, tmp_path_factory) -> tuple[P
     return recipe, folder / "one"
 
 
+@pytest.mark.slow
 def test_torchrun_runs_a_recipe_on_two_processes(tiny_recipe_run, tmp_path):
     """`torchrun --nproc_per_node=2 gradsurg run` ends with the one-process run's weights."""
     from safetensors.torch import load_file
@@ -142,6 +144,7 @@ def test_torchrun_runs_a_recipe_on_two_processes(tiny_recipe_run, tmp_path):
     assert len(log) == len((one_folder / "train_log.jsonl").read_text().splitlines())
 
 
+@pytest.mark.slow
 def test_torchrun_runs_the_digits_plugin_recipe(tmp_path):
     """The plugin program (a non-BERT model, its own loop) is data-parallel as well."""
     recipe = Path(__file__).resolve().parents[1] / "plugins" / "digits_multiexit" / (
@@ -158,6 +161,7 @@ def test_torchrun_runs_the_digits_plugin_recipe(tmp_path):
         torch.testing.assert_close(two[name], tensor, rtol=1e-5, atol=1e-5, msg=name)
 
 
+@pytest.mark.slow
 def test_torchrun_fsdp_recipe_equals_one_process_and_resumes_bit_for_bit(
         tiny_recipe_run, tmp_path):
     """`distributed.strategy: fsdp` on two processes: the one-process run's weights (1e-5);
@@ -207,6 +211,7 @@ def test_fsdp_strategy_on_one_process_is_refused_with_the_launch_to_use(tiny_rec
     assert not (tmp_path / "out" / "results.json").exists()
 
 
+@pytest.mark.slow
 def test_fsdp_strategy_with_learned_loss_weights_is_refused_before_training(tiny_recipe_run,
                                                                            tmp_path):
     """A `weighting:` (or ELBERT's exit weights) would be sharded with the model, which

@@ -123,6 +123,7 @@ def test_bad_exit_numbers_are_config_errors(spec):
         LOSS_TERMS.build(spec, 3, where="loss group 'g'")
 
 
+@pytest.mark.slow
 def test_sum_over_exit_groups_trains_the_same_model_as_romebert_sd(
         tiny_bert_dir, shared_glue_dir, tmp_path):
     """`sum` of per-exit groups is romebert_sd's gradient; the runs end with equal metrics
@@ -142,6 +143,7 @@ def test_sum_over_exit_groups_trains_the_same_model_as_romebert_sd(
         assert line["loss/exit3"] == pytest.approx(reference["loss/final"], rel=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("combiner", ["pcgrad", "upgrad", "imtlg"])
 def test_per_exit_groups_train_with_a_combiner(combiner, tiny_bert_dir, shared_glue_dir,
                                                tmp_path):

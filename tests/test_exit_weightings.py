@@ -160,6 +160,7 @@ def test_bad_options_are_one_line_config_errors(spec, groups, message):
     assert message in str(caught.value) and "\n" not in str(caught.value)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", [
     {"name": "layerskip", "curriculum": "rotational", "early_scale": 0.5},
     {"name": "eellm_warmup", "warmup_steps": 2, "style": "cosine"},

@@ -43,6 +43,7 @@ def run_elbert(model: Path, glue: Path, output: Path, *extra: str) -> list[float
     return [learned[f"joint/exits/exit_weight/{i}"] for i in (1, 2)]  # 3 layers: 2 early
 
 
+@pytest.mark.slow
 def test_exit_weights_move_measurably_through_the_cli(tiny_bert_dir, shared_glue_dir,
                                                      tmp_path):
     """Four steps at the model's lr 2e-5: the weights' own default (1e-2) moves them. A

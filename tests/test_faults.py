@@ -31,6 +31,7 @@ def strict_lines(path: Path) -> list[dict]:
 
 # --- wrong results with exit code 0 -----------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_model_that_goes_non_finite_fails_and_is_not_saved(tmp_path, tiny_bert_dir,
                                                              shared_glue_dir):
     """lr=1e30: the first step blows the weights up, later steps are skipped (fewer than
@@ -57,6 +58,7 @@ def test_checkpoints_refuse_non_finite_weights(tmp_path):
     assert checkpoints.steps() == [1]  # the last good checkpoint stays the latest
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("selection", [
     ["exclude=['*']"], ["include=['encoder.*']", "exclude=['encoder.*']"],
     ["include=null", "exclude=['*']"],
@@ -121,6 +123,7 @@ def test_a_one_row_stsb_evaluation_reports_pearson_as_undefined(tmp_path, tiny_b
 
 # --- work lost or corrupted -------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_second_run_into_a_locked_folder_stops_at_once(tmp_path, tiny_bert_dir,
                                                          shared_glue_dir):
     recipe = tiny_recipe(tmp_path, tiny_bert_dir, shared_glue_dir)
@@ -133,6 +136,7 @@ def test_a_second_run_into_a_locked_folder_stops_at_once(tmp_path, tiny_bert_dir
     assert not (out / LOCK_FILE).exists() and (out / "results.json").is_file()
 
 
+@pytest.mark.slow
 def test_the_lock_holds_across_processes_and_dies_with_its_holder(tmp_path, tiny_bert_dir,
                                                                  shared_glue_dir):
     """Another process holds the folder: `run` stops with one line. Once that process is
@@ -175,6 +179,7 @@ def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path, monkeyp
         "tiny-20261201-120000", "tiny-20261201-120000-2", "tiny-20261201-120000-3"]
 
 
+@pytest.mark.slow
 def test_a_finished_run_is_never_replaced_and_resume_re_evaluates_it(tmp_path, tiny_bert_dir,
                                                                      shared_glue_dir):
     recipe = tiny_recipe(tmp_path, tiny_bert_dir, shared_glue_dir)
@@ -199,6 +204,7 @@ def test_a_finished_run_is_never_replaced_and_resume_re_evaluates_it(tmp_path, t
                    "key 'optimizer.lr' is 0.002 here but 0.001")
 
 
+@pytest.mark.slow
 def test_a_finished_run_without_checkpoints_is_not_replaced(tmp_path, tiny_bert_dir,
                                                             shared_glue_dir):
     recipe = tiny_recipe(tmp_path, tiny_bert_dir, shared_glue_dir, checkpoints=False)
@@ -210,6 +216,7 @@ def test_a_finished_run_without_checkpoints_is_not_replaced(tmp_path, tiny_bert_
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("overrides", "message"), [
     (["max_length=100000"], "key 'max_length': 100000"),
     (["max_length=513"], "key 'max_length': 513"),
@@ -232,6 +239,7 @@ def test_what_needs_the_model_is_checked_before_the_first_step(overrides, messag
 
 # --- a full disk: one error line, nothing half-written ----------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("checkpoints", "fraction", "failing"), [
     (True, 0.5, "checkpoints/step-00000002"),  # the first checkpoint's weights
     (False, 0.5, "model"),                     # the saved model's weights

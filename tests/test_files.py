@@ -47,6 +47,7 @@ def copy_of(finished: Path, tmp_path: Path) -> tuple[Path, Path]:
 
 # --- links inside a run folder --------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["train_log.jsonl", LOCK_FILE])
 def test_a_linked_log_or_lock_is_refused_on_resume_and_its_target_untouched(
         name, finished, tmp_path):
@@ -72,6 +73,7 @@ def test_a_linked_folder_is_refused_and_nothing_is_written_or_deleted_through_it
     assert sorted(p.name for p in target.iterdir()) == before
 
 
+@pytest.mark.slow
 def test_a_linked_file_a_run_writes_is_replaced_not_written_through(tmp_path, tiny_bert_dir,
                                                                      shared_glue_dir):
     recipe = tiny_recipe(tmp_path, tiny_bert_dir, shared_glue_dir, checkpoints=False)
@@ -147,6 +149,7 @@ def test_compare_into_a_read_only_folder_is_one_error_line(tmp_path):
     assert "Traceback" not in result.output and list(out.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_compare_onto_a_full_disk_is_one_line_and_leaves_no_half_written_png(tmp_path):
     a = write_run(tmp_path / "a", "deebert", DEEBERT, [0.5, 1.0])
     b = write_run(tmp_path / "b", "romebert", ROMEBERT, [0.75, 0.75])
@@ -158,6 +161,7 @@ def test_compare_onto_a_full_disk_is_one_line_and_leaves_no_half_written_png(tmp
     assert "Traceback" not in done.stderr and list(out.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_a_run_plotting_onto_a_full_disk_is_one_line_naming_the_png(tmp_path, tiny_bert_dir,
                                                                     shared_glue_dir):
     recipe = tiny_recipe(tmp_path, tiny_bert_dir, shared_glue_dir, checkpoints=False)
@@ -173,6 +177,7 @@ def test_a_run_plotting_onto_a_full_disk_is_one_line_naming_the_png(tmp_path, ti
 
 # --- checkpoints: bit rot found ------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["model.safetensors", "state.pt"])
 def test_a_checkpoint_with_flipped_bits_is_refused_and_named(name, finished, tmp_path):
     recipe, run = copy_of(finished, tmp_path)

@@ -94,6 +94,7 @@ def test_trainer_gives_a_learned_weighting_to_its_optimizer(tmp_path):
     assert not torch.equal(next(weighting.parameters()).detach(), start)  # it learned
 
 
+@pytest.mark.slow
 def test_trainer_checkpoint_resume_restores_the_surgery(tmp_path):
     data = rows(16)
     whole = make_trainer(GroupNet(), data, tmp_path / "whole")

@@ -102,6 +102,7 @@ def test_records_go_to_every_logger_and_tell_is_the_jsonl_offset(tmp_path):
     assert [is_number(v) for v in (1, 0.5, True, None, "x")] == [True, True, False, False, False]
 
 
+@pytest.mark.slow
 def test_a_run_logs_the_same_keys_and_values_to_tensorboard(tiny_bert_dir, shared_glue_dir,
                                                             tmp_path):
     """Two stages (deebert): one TensorBoard run per stage, each step's record as scalars."""
@@ -119,6 +120,7 @@ def test_a_run_logs_the_same_keys_and_values_to_tensorboard(tiny_bert_dir, share
         scalars(tmp_path / "tensorboard" / "stage1"))
 
 
+@pytest.mark.slow
 def test_a_resumed_run_has_each_step_once_in_tensorboard(tiny_bert_dir, shared_glue_dir,
                                                          tmp_path):
     """SIGKILL before step 5 (the checkpoint is at 3, step 4 was logged), resume: TensorBoard

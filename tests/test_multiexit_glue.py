@@ -14,6 +14,7 @@ from gradsurg.programs.multiexit_glue import MODES, run
 from gradsurg.recipes import load_recipe
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["romebert", "romebert_sd", "deebert", "deebert_sd"])
 def test_every_mode_trains_evaluates_and_saves(mode, tiny_bert_dir, shared_glue_dir, tmp_path):
     config = tiny_glue_config(tiny_bert_dir, shared_glue_dir, mode=mode)
@@ -40,6 +41,7 @@ def test_every_mode_trains_evaluates_and_saves(mode, tiny_bert_dir, shared_glue_
     assert reloaded.num_exits == 3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("combiner", ["cagrad", "gradvac", "mgda", "imtlg", "upgrad", "dualproj",
                                       "aligned_mtl", "nash_mtl", "config", "fairgrad",
                                       "graddrop", "rlw", "dbmtl", "moco", "pcd",
@@ -58,6 +60,7 @@ def test_every_combiner_trains_a_romebert_recipe(combiner, tiny_bert_dir, shared
     assert all(line["skipped_steps"] == 0 for line in log)
 
 
+@pytest.mark.slow
 def test_deebert_stages_train_only_their_parts(
     tiny_bert_dir, shared_glue_dir, tmp_path, monkeypatch
 ):
@@ -88,6 +91,7 @@ def test_deebert_stages_train_only_their_parts(
     assert changed["stage2"] == {"encoder": False, "final": False, "early": True}
 
 
+@pytest.mark.slow
 def test_pair_and_regression_tasks(tiny_bert_dir, shared_glue_dir, tmp_path):
     mrpc = run(tiny_glue_config(tiny_bert_dir, shared_glue_dir, task="mrpc"), tmp_path / "mrpc")
     assert {"f1", "accuracy"} <= set(mrpc["exit_metrics"][0])
@@ -118,6 +122,7 @@ def test_shipped_recipes_validate_and_bad_values_name_the_key(tmp_path):
             load_recipe(recipe, [override])
 
 
+@pytest.mark.slow
 def test_regression_exits_start_at_the_training_label_mean(tiny_bert_dir, shared_glue_dir,
                                                            tmp_path, monkeypatch):
     """Every STS-B exit's bias starts at the mean of the training labels it will see (the

@@ -96,6 +96,7 @@ def small(model: Path, glue: Path, **extra: object) -> list[str]:
     return [f"{key}={value}" for key, value in values.items()]
 
 
+@pytest.mark.slow
 def test_pabee_recipe_trains_and_sweeps_patience(tiny_bert_dir, shared_glue_dir, tmp_path):
     config = recipe_config("pabee", small(tiny_bert_dir, shared_glue_dir, save_model="false"))
     assert config.mode == "pabee" and config.exit_policy == "patience"
@@ -106,6 +107,7 @@ def test_pabee_recipe_trains_and_sweeps_patience(tiny_bert_dir, shared_glue_dir,
     assert results["train"]["joint"]["steps"] == 2 and "loss/exits" in results["train"]["joint"]
 
 
+@pytest.mark.slow
 def test_elbert_recipe_on_a_random_albert_shares_one_exit_and_learns_its_weights(
         tiny_backbone_dir, shared_glue_dir, tmp_path):
     albert = tiny_backbone_dir("albert")
@@ -131,6 +133,7 @@ def test_elbert_recipe_on_a_random_albert_shares_one_exit_and_learns_its_weights
     assert not any(key.startswith("loss_terms") for key in keys)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone", BACKBONES)
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_every_recipe_trains_on_every_backbone(recipe, backbone, tiny_backbone_dir,

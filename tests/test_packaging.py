@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,6 +33,7 @@ def test_core_dependencies_are_torch_and_the_cli_libraries():
     assert not any("mpnet" in dep for name in ("all", "dev") for dep in extras[name])
 
 
+@pytest.mark.slow
 def test_importing_the_core_and_the_cli_loads_no_optional_library():
     result = run_python("import sys, gradsurg, gradsurg.cli, gradsurg.optimizers, "
                         "gradsurg.loggers\n"
@@ -44,6 +46,7 @@ def test_importing_the_core_and_the_cli_loads_no_optional_library():
 BLOCK = "import sys\nfor name in {names!r}: sys.modules[name] = None\n"
 
 
+@pytest.mark.slow
 def test_a_recipe_without_the_glue_extra_names_the_install_command():
     code = (BLOCK.format(names=["transformers"]) +
             "from gradsurg.cli import app\n"
@@ -55,6 +58,7 @@ def test_a_recipe_without_the_glue_extra_names_the_install_command():
     assert "pip install 'gradsurg[glue]'" in lines[0]
 
 
+@pytest.mark.slow
 def test_predict_without_the_glue_extra_names_the_install_command(tmp_path):
     code = (BLOCK.format(names=["transformers"]) +
             "from gradsurg.cli import app\n"
@@ -64,6 +68,7 @@ def test_predict_without_the_glue_extra_names_the_install_command(tmp_path):
     assert "pip install 'gradsurg[glue]'" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_an_integration_without_its_library_names_the_extra():
     code = (BLOCK.format(names=["lightning", "lightning.pytorch"]) +
             "try:\n    import gradsurg.integrations.lightning\n"
@@ -72,6 +77,7 @@ def test_an_integration_without_its_library_names_the_extra():
     assert "ConfigError" in result.stdout and "pip install 'gradsurg[lightning]'" in result.stdout
 
 
+@pytest.mark.slow
 def test_the_trainer_integration_names_the_transformers_extra_not_glue():
     """Issue 26: the Trainer's extra is `gradsurg[transformers]` (transformers + accelerate),
     whichever of the two is missing."""

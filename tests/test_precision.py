@@ -110,6 +110,7 @@ def test_autocast_factory():
         autocast_factory("fp16", torch.device("cpu"))
 
 
+@pytest.mark.slow
 def test_bf16_recipe_trains_on_the_cpu(tiny_bert_dir, shared_glue_dir, tmp_path, monkeypatch):
     from gradsurg.programs.multiexit_glue import recipe
     from gradsurg.programs.multiexit_glue.config import MultiExitGlueConfig

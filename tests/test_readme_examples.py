@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # every test here is a whole run or launches processes
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 
@@ -43,6 +45,7 @@ def collected(files: list[str]) -> list[str]:
     return [line for line in result.stdout.splitlines() if "::" in line]
 
 
+@pytest.mark.slow
 def test_every_issue_26_row_counts_its_tests():
     table = rows()
     assert len(table) == 7, [row[0] for row in table]

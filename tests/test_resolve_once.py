@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -48,6 +49,7 @@ RECIPE = {
 }
 
 
+@pytest.mark.slow
 def test_a_run_looks_every_recipe_name_up_a_stated_number_of_times(
         tiny_bert_dir, shared_glue_dir, tmp_path, monkeypatch):
     lookups: Counter[tuple[str, str]] = Counter()

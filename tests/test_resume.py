@@ -10,6 +10,8 @@ from cli_runs import SIGKILLED, assert_same_run, resumable_recipe, run_killed_at
 from gradsurg.checkpoint import CheckpointError, Checkpoints
 from gradsurg.errors import ConfigError
 
+pytestmark = pytest.mark.slow  # every test here is a whole run or launches processes
+
 # Each kill schedule: the points where successive attempts die; the last attempt finishes.
 # deebert has two stages of 10 steps (40 rows / batch 8 x 2 epochs); checkpoints at stage
 # steps 3, 5 (epoch end), 6, 9, 10, i.e. global steps 3 5 6 9 10 13 15 16 19 20.

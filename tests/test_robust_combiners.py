@@ -161,6 +161,7 @@ def test_too_few_groups_are_refused_when_bound():
 # ---- training: per-exit groups give the 3+ rows both need --------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("combiner", [{"name": "krum", "n_selected": 2},
                                       {"name": "trimmed_mean", "trim": 1}])
 def test_both_train_a_tiny_romebert_recipe_with_per_exit_groups(combiner, tiny_bert_dir,

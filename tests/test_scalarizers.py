@@ -144,6 +144,7 @@ def test_both_train_the_digits_recipe(spec, tmp_path):
     assert all(math.isfinite(line["weighting/weight/sd"]) for line in lines)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", [{"name": "pbi", "theta": 2.0},
                                   {"name": "cosmos", "resample": True}])
 def test_both_train_a_tiny_romebert_recipe(spec, tiny_bert_dir, shared_glue_dir, tmp_path):

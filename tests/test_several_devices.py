@@ -18,6 +18,8 @@ import torch
 
 from gradsurg.combiners import COMBINERS
 
+pytestmark = pytest.mark.slow  # every test here is a whole run or launches processes
+
 HERE = Path(__file__).resolve().parent
 SPECS = cases.combiner_specs()
 

@@ -191,6 +191,7 @@ def test_mpnet_base_without_its_packages_is_one_error_line_naming_the_install(mo
     assert backbones.resolve_backbone("minilm") != "minilm"  # other short names unaffected
 
 
+@pytest.mark.slow
 def test_a_recipe_trains_on_mpnet_base_assembled_from_installed_parts(
         tiny_backbone_dir, shared_glue_dir, tmp_path, monkeypatch):
     """`model: mpnet-base` end to end, a tiny random MPNet standing in for the real weights:

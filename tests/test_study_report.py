@@ -201,6 +201,7 @@ def test_recommend_takes_the_top_unless_the_seeds_cannot_tell_then_the_cheapest(
 METRIC = {"mrpc": "f1", "rte": "accuracy"}
 
 
+@pytest.mark.slow
 def test_recommendation_scores_average_held_out_budgets_over_both_tasks(study, tmp_path):
     from gradsurg.data.glue import get_task
     from gradsurg.multiexit.evaluation.held_out import held_out_best_within
@@ -275,6 +276,7 @@ def write_paper_run(study, runs, config, task, seed, logits, labels, auc=0.5):
                      "exit_metrics": [{METRIC[task]: 0.5}] * 6})
 
 
+@pytest.mark.slow
 def test_report_command_names_a_run_it_cannot_score_in_one_error_line(study, tmp_path):
     import subprocess
 
@@ -299,6 +301,7 @@ def test_report_command_names_a_run_it_cannot_score_in_one_error_line(study, tmp
     assert not report.parent.exists()  # neither the report nor its figures
 
 
+@pytest.mark.slow
 def test_the_rule_is_checked_on_other_splits_of_the_dev_set(study, tmp_path):
     from gradsurg.data.glue import get_task
     from gradsurg.multiexit.evaluation.comparison import held_out_budgets

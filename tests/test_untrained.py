@@ -70,6 +70,7 @@ def test_a_weighting_whose_starting_weights_under_or_overflow_is_refused(
         nothing_saved(out)
 
 
+@pytest.mark.slow
 def test_a_warm_up_longer_than_the_stage_is_refused_before_training(tmp_path, tiny_bert_dir,
                                                                      shared_glue_dir):
     recipe = tiny_recipe(tmp_path, tiny_bert_dir, shared_glue_dir,

@@ -449,6 +449,7 @@ def test_params_may_be_nested_under_params():
 # ---- recipes ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", METHODS)
 def test_every_weighting_trains_a_tiny_romebert_recipe(name, tiny_bert_dir, shared_glue_dir,
                                                       tmp_path):
@@ -478,6 +479,7 @@ def test_every_weighting_trains_a_tiny_romebert_recipe(name, tiny_bert_dir, shar
         assert final[f"{key}/final"] != 0.0 and final[f"{key}/sd"] != 0.0
 
 
+@pytest.mark.slow
 def test_learned_weighting_is_not_in_the_saved_model(tiny_bert_dir, shared_glue_dir, tmp_path):
     from safetensors.torch import load_file
 
@@ -553,6 +555,7 @@ def test_digits_recipe_refuses_a_bad_weighting():
         load_recipe("digits_project", ["weighting={name: dwa, temperature: -1}"])
 
 
+@pytest.mark.slow
 def test_famo_run_killed_twice_resumes_bit_for_bit(tiny_bert_dir, shared_glue_dir, tmp_path):
     """FAMO's logits and Adam moments (buffers of the attached weighting) and the dropout
     stream of its extra forward pass go through the checkpoints: SIGKILL in epoch 1 and in

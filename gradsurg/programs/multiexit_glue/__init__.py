@@ -8,8 +8,8 @@ registers.
 """
 
 from gradsurg.programs.multiexit_glue.config import MultiExitGlueConfig
-from gradsurg.programs.multiexit_glue.modes import MODES, ModeSpec, Stage
+from gradsurg.programs.multiexit_glue.modes import MODES, ModeSpec, TrainingStage
 from gradsurg.programs.multiexit_glue.recipe import PROGRAM, MultiExitGlueRecipe, run
 
 __all__ = ["MODES", "PROGRAM", "ModeSpec", "MultiExitGlueConfig", "MultiExitGlueRecipe",
-           "Stage", "run"]
+           "TrainingStage", "run"]

@@ -32,7 +32,7 @@ Mode = Literal["romebert", "romebert_sd", "deebert", "deebert_sd", "pabee", "elb
 
 
 @dataclass(frozen=True)
-class Stage:
+class TrainingStage:
     """One optimization stage: the loss groups (name -> loss term) that drive it, and which
     parts of the model it trains."""
 
@@ -47,7 +47,7 @@ class ModeSpec:
     """One row of the table: a mode's stages, default combiner and exit sharing."""
 
     name: str
-    stages: tuple[Stage, ...]
+    stages: tuple[TrainingStage, ...]
     #: Used when the recipe sets no combiner and the groups it names exist; else `sum`.
     default_combiner: TermSpec = "sum"
     #: One exit module after every layer (ELBERT) instead of one per layer.
@@ -60,7 +60,7 @@ class ModeSpec:
         """One-stage modes train every part at once and take the recipe's loss groups."""
         return len(self.stages) == 1
 
-    def stages_with(self, groups: Mapping[str, TermSpec] | None) -> tuple[Stage, ...]:
+    def stages_with(self, groups: Mapping[str, TermSpec] | None) -> tuple[TrainingStage, ...]:
         """The mode's stages, a one-stage mode's groups replaced by `groups` when given."""
         if groups is None:
             return self.stages
@@ -70,18 +70,19 @@ class ModeSpec:
 
 
 _SD_GROUPS = {"final": "final_task", "sd": "self_distillation"}
-_FINAL_ONLY = Stage("stage1", {"final": "final_task"}, trained_exits="final")
+_FINAL_ONLY = TrainingStage("stage1", {"final": "final_task"}, trained_exits="final")
 
 MODES: dict[str, ModeSpec] = {mode.name: mode for mode in (
-    ModeSpec("romebert", (Stage("joint", _SD_GROUPS),), per_exit_groups=True,
+    ModeSpec("romebert", (TrainingStage("joint", _SD_GROUPS),), per_exit_groups=True,
              default_combiner={"name": "project", "target": "final", "reference": "sd"}),
-    ModeSpec("romebert_sd", (Stage("joint", _SD_GROUPS),), per_exit_groups=True),
-    ModeSpec("deebert", (_FINAL_ONLY, Stage("stage2", {"exits": "early_task_sum"},
-                                            train_encoder=False, trained_exits="early"))),
-    ModeSpec("deebert_sd", (_FINAL_ONLY, Stage("stage2", {"sd": "self_distillation"},
-                                               train_encoder=False, trained_exits="early"))),
-    ModeSpec("pabee", (Stage("joint", {"exits": "layer_weighted"}),)),
-    ModeSpec("elbert", (Stage("joint", {"exits": "learned_exit_weights"}),), shared_exit=True),
+    ModeSpec("romebert_sd", (TrainingStage("joint", _SD_GROUPS),), per_exit_groups=True),
+    ModeSpec("deebert", (_FINAL_ONLY, TrainingStage("stage2", {"exits": "early_task_sum"},
+                                                    train_encoder=False, trained_exits="early"))),
+    ModeSpec("deebert_sd", (_FINAL_ONLY, TrainingStage(
+        "stage2", {"sd": "self_distillation"}, train_encoder=False, trained_exits="early"))),
+    ModeSpec("pabee", (TrainingStage("joint", {"exits": "layer_weighted"}),)),
+    ModeSpec("elbert", (TrainingStage("joint", {"exits": "learned_exit_weights"}),),
+             shared_exit=True),
 )}
 
 if set(MODES) != set(get_args(Mode)):  # the schema's Literal and the table must agree

@@ -58,7 +58,7 @@ from gradsurg.programs.multiexit_glue.evaluation import (
     evaluation_results,
     save_exit_logits,
 )
-from gradsurg.programs.multiexit_glue.modes import Stage
+from gradsurg.programs.multiexit_glue.modes import TrainingStage
 from gradsurg.programs.multiexit_glue.stages import (
     StageGroups,
     TrainingParts,
@@ -89,7 +89,7 @@ class RecipePlan:
     task: TaskSpec
     exit_policy: ExitPolicySetting
     sweep: tuple[ExitPolicy, ...]
-    stages: tuple[Stage, ...]
+    stages: tuple[TrainingStage, ...]
     combiner: Combiner
     loss_groups: StageGroups
     weighting: LossWeighting | None
@@ -126,7 +126,7 @@ class MultiExitGlueRecipe:
         return self.plan.task
 
     @property
-    def stages(self) -> tuple[Stage, ...]:
+    def stages(self) -> tuple[TrainingStage, ...]:
         return self.plan.stages
 
     @property
@@ -348,7 +348,7 @@ class MultiExitGlueRecipe:
         self.parallel.close()
         return self.finished
 
-    def train_stage(self, index: int, stage: Stage, progress: Progress) -> StageResult:
+    def train_stage(self, index: int, stage: TrainingStage, progress: Progress) -> StageResult:
         """One stage: its trainable parts, optimizer, schedule and surgery; the loop."""
         config = self.config
         params = set_trainable(self.model, self.parts, stage)
@@ -399,7 +399,7 @@ class MultiExitGlueRecipe:
         for batch, (_, share) in zip(loader, shards):
             yield to_device(batch, self.device), share
 
-    def stage_losses(self, stage: Stage, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    def stage_losses(self, stage: TrainingStage, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """The stage's group losses, the forward pass under the recipe's autocast; losses in
         float32 (autocast runs softmax / KL in float32 already; the cast makes it explicit)."""
         with self.autocast():

@@ -20,7 +20,7 @@ from gradsurg.errors import ConfigError
 from gradsurg.multiexit.losses.terms import LOSS_TERMS
 from gradsurg.multiexit.model import MultiExitModel
 from gradsurg.programs.multiexit_glue.config import MultiExitGlueConfig
-from gradsurg.programs.multiexit_glue.modes import Stage, TermSpec
+from gradsurg.programs.multiexit_glue.modes import TermSpec, TrainingStage
 from gradsurg.weightings import WEIGHTINGS, LossWeighting
 
 #: Loss terms that take the recipe's `gamma` and `temperature` unless their spec sets them.
@@ -54,7 +54,7 @@ class TrainingParts(torch.nn.Module):
         self.loss_weighting = weighting
 
 
-def build_loss_groups(num_exits: int, stages: Sequence[Stage], config: MultiExitGlueConfig
+def build_loss_groups(num_exits: int, stages: Sequence[TrainingStage], config: MultiExitGlueConfig
                       ) -> StageGroups:
     """Every stage's loss groups (their terms become `TrainingParts.loss_terms`)."""
     return {stage.name: {group: build_group(group, spec, num_exits, config)
@@ -74,7 +74,7 @@ def learned_facts(groups: StageGroups) -> dict[str, float]:
             for key, value in _term(group).describe().items()}
 
 
-def build_weighting(stages: Sequence[Stage], config: MultiExitGlueConfig
+def build_weighting(stages: Sequence[TrainingStage], config: MultiExitGlueConfig
                     ) -> LossWeighting | None:
     """The recipe's loss weighting over the (single) stage's groups: learned weights are
     trained by the same optimizer, its state goes into the checkpoints (`TrainingParts`)."""
@@ -84,7 +84,7 @@ def build_weighting(stages: Sequence[Stage], config: MultiExitGlueConfig
     return WEIGHTINGS.build(config.weighting, list(stage.groups), where="key 'weighting'")
 
 
-def check_combiner_groups(combiner: Combiner, stages: Sequence[Stage]) -> None:
+def check_combiner_groups(combiner: Combiner, stages: Sequence[TrainingStage]) -> None:
     """Every group the combiner names exists in the stages it combines (per-exit groups are
     only known once the model's depth is), checked before any training."""
     for stage in stages:
@@ -101,7 +101,7 @@ def group_losses(logits: list[Tensor], labels: Tensor, groups: Mapping[str, Loss
     return {name: group(logits, labels) for name, group in groups.items()}
 
 
-def set_trainable(model: MultiExitModel, parts: TrainingParts, stage: Stage
+def set_trainable(model: MultiExitModel, parts: TrainingParts, stage: TrainingStage
                   ) -> list[torch.nn.Parameter]:
     """Freeze what the stage does not train; the parameters it does (the model's, then its
     loss terms' and the weighting's)."""
