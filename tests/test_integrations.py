@@ -271,18 +271,23 @@ def test_lightning_checkpoints_carry_the_surgery_state(tmp_path):
 
 # ---- Accelerate -----------------------------------------------------------------------------
 
-def test_accelerate_backward_and_clipping_equal_the_plain_loop():
+def prepared_by_accelerate(data):
+    """A GroupNet, AdamW and micro-batches of 2 rows prepared by an Accelerator that
+    accumulates 2 of them; the Accelerator first."""
     accelerate = pytest.importorskip("accelerate")
     from torch.utils.data import DataLoader
 
-    from gradsurg.integrations.accelerate import backward
-
-    data = rows(16)
     accelerator = accelerate.Accelerator(gradient_accumulation_steps=2, cpu=True)
     model = GroupNet()
     optimizer = torch.optim.AdamW(model.parameters(), lr=LR)
-    model, optimizer, loader = accelerator.prepare(model, optimizer,
-                                                   DataLoader(data, batch_size=2))
+    return (accelerator, *accelerator.prepare(model, optimizer, DataLoader(data, batch_size=2)))
+
+
+def test_accelerate_backward_and_clipping_equal_the_plain_loop():
+    data = rows(16)
+    accelerator, model, optimizer, loader = prepared_by_accelerate(data)
+    from gradsurg.integrations.accelerate import backward
+
     surgery = Surgery(model, optimizer, "pcgrad")
     for batch in loader:
         with accelerator.accumulate(model):
@@ -297,17 +302,10 @@ def test_accelerate_backward_and_clipping_equal_the_plain_loop():
 
 
 def test_accelerate_with_a_weighting_equals_the_hand_written_loop():
-    accelerate = pytest.importorskip("accelerate")
-    from torch.utils.data import DataLoader
-
+    data = rows(16)
+    accelerator, model, optimizer, loader = prepared_by_accelerate(data)
     from gradsurg.integrations.accelerate import backward
 
-    data = rows(16)
-    accelerator = accelerate.Accelerator(gradient_accumulation_steps=2, cpu=True)
-    model = GroupNet()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=LR)
-    model, optimizer, loader = accelerator.prepare(model, optimizer,
-                                                   DataLoader(data, batch_size=2))
     surgery = Surgery(model, optimizer, "pcgrad", weighting="dwa")
     for _ in range(3):
         for batch in loader:
