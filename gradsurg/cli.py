@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import functools
+import inspect
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, get_type_hints
 
 import typer
 import yaml
@@ -60,23 +65,6 @@ SetOption = Annotated[
 PolicyOption = Annotated[str, typer.Option(
     "--policy", "-p", help="Exit policy: entropy, normalized_entropy, max_prob, patience, "
     "confidence_window, fixed (or a plugin's).")]
-ThresholdOption = Annotated[float | None, typer.Option(
-    help="entropy / normalized_entropy / confidence_window: exit below it; max_prob: above it.")]
-PatienceOption = Annotated[int | None, typer.Option(
-    help="patience: consecutive agreeing exits needed.")]
-ToleranceOption = Annotated[float | None, typer.Option(
-    help="patience on regression: largest change that counts as agreeing.")]
-WindowOption = Annotated[int | None, typer.Option(
-    help="confidence_window: exits that must agree.")]
-MarginOption = Annotated[float | None, typer.Option(
-    help="confidence_window: required margin (two classes: p > 0.5 + margin).")]
-LayerOption = Annotated[int | None, typer.Option(
-    help="fixed: leave after this many layers (1 = first exit).")]
-ParamOption = Annotated[list[str] | None, typer.Option(
-    "--param", help="Any other policy parameter: --param key=value (repeatable).")]
-BatchSizeOption = Annotated[int, typer.Option(min=1, help="Examples per forward pass.")]
-MaxLengthOption = Annotated[int, typer.Option(min=2, help="Truncate inputs to this many tokens.")]
-DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")]
 
 
 def policy_from_options(name: str, **options: float | int | None) -> ExitPolicy:
@@ -95,6 +83,67 @@ def policy_from_options(name: str, **options: float | int | None) -> ExitPolicy:
     check_finite_numbers(spec, source=f"--policy {name}", kind="option")
     built: ExitPolicy = POLICIES.build({"name": name, **spec}, where=f"--policy {name}")
     return built
+
+
+@dataclass(frozen=True)
+class ExitOptions:
+    """What `predict` and `eval` both take: the exit policy and its parameters as given on
+    the command line, and how the model runs. Declared once (`takes_exit_options`)."""
+
+    policy: PolicyOption = "entropy"
+    threshold: Annotated[float | None, typer.Option(
+        help="entropy / normalized_entropy / confidence_window: exit below it; max_prob: "
+        "above it.")] = None
+    patience: Annotated[int | None, typer.Option(
+        help="patience: consecutive agreeing exits needed.")] = None
+    tolerance: Annotated[float | None, typer.Option(
+        help="patience on regression: largest change that counts as agreeing.")] = None
+    window: Annotated[int | None, typer.Option(
+        help="confidence_window: exits that must agree.")] = None
+    margin: Annotated[float | None, typer.Option(
+        help="confidence_window: required margin (two classes: p > 0.5 + margin).")] = None
+    layer: Annotated[int | None, typer.Option(
+        help="fixed: leave after this many layers (1 = first exit).")] = None
+    param: Annotated[list[str] | None, typer.Option(
+        "--param", help="Any other policy parameter: --param key=value (repeatable).")] = None
+    batch_size: Annotated[int, typer.Option(min=1, help="Examples per forward pass.")] = 32
+    max_length: Annotated[int, typer.Option(
+        min=2, help="Truncate inputs to this many tokens.")] = 128
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")] = "auto"
+
+    def rule(self) -> ExitPolicy:
+        """The policy with only the parameters the user gave (the rest keep defaults);
+        called inside the command, so its errors come in the command's own order."""
+        return policy_from_options(
+            self.policy, threshold=self.threshold, patience=self.patience,
+            tolerance=self.tolerance, window=self.window, margin=self.margin, layer=self.layer,
+            param=self.param)
+
+
+def takes_exit_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Typer sees `ExitOptions`' fields as options where `command` has its `options`
+    parameter; `command` receives them as one `ExitOptions`."""
+    own = inspect.signature(command, eval_str=True)
+    hints = get_type_hints(ExitOptions, include_extras=True)
+    shared = [inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY,
+                                default=field.default, annotation=hints[field.name])
+              for field in dataclasses.fields(ExitOptions)]
+    names = [field.name for field in dataclasses.fields(ExitOptions)]
+    parameters: list[inspect.Parameter] = []
+    for parameter in own.parameters.values():
+        if parameter.name == "options":
+            parameters.extend(shared)
+        else:
+            parameters.append(parameter.replace(kind=inspect.Parameter.KEYWORD_ONLY))
+
+    @functools.wraps(command)
+    def with_options(**given: Any) -> None:
+        options = ExitOptions(**{name: given.pop(name) for name in names})
+        command(**given, options=options)
+
+    with_options.__signature__ = own.replace(parameters=parameters)  # type: ignore[attr-defined]
+    with_options.__annotations__ = {p.name: p.annotation for p in parameters}
+    return with_options
 
 
 def optional(module: str, *names: str) -> tuple[Any, ...]:
@@ -198,6 +247,7 @@ def validate(
 
 
 @app.command()
+@takes_exit_options
 def predict(
     model_dir: Annotated[Path, typer.Argument(help="Saved model folder (a run's model/).")],
     input_file: Annotated[str, typer.Option(
@@ -211,17 +261,7 @@ def predict(
     fields: Annotated[str | None, typer.Option(
         help="Input text field(s), comma-separated, e.g. sentence1,sentence2.")] = None,
     header: Annotated[bool, typer.Option(help="TSV input starts with a header line.")] = False,
-    policy: PolicyOption = "entropy",
-    threshold: ThresholdOption = None,
-    patience: PatienceOption = None,
-    tolerance: ToleranceOption = None,
-    window: WindowOption = None,
-    margin: MarginOption = None,
-    layer: LayerOption = None,
-    param: ParamOption = None,
-    batch_size: BatchSizeOption = 32,
-    max_length: MaxLengthOption = 128,
-    device: DeviceOption = "auto",
+    options: ExitOptions = ExitOptions(),
 ) -> None:
     """Predict with early exit: one line per input with the answer, confidence and exit layer."""
     check_max_length, load_for_inference, predict_texts = optional(
@@ -231,9 +271,7 @@ def predict(
 
     count = 0
     try:
-        rule = policy_from_options(policy, threshold=threshold, patience=patience,
-                                   tolerance=tolerance, window=window, margin=margin,
-                                   layer=layer, param=param)
+        rule = options.rule()
         out_format = output_format or ("tsv" if output_file.endswith(".tsv") else "jsonl")
         if out_format not in ("jsonl", "tsv"):
             raise ConfigError(f"--output-format {out_format!r} is unknown; allowed: jsonl, tsv")
@@ -242,15 +280,15 @@ def predict(
                               "jsonl, tsv")
         if output_file != "-":
             check_output_file(Path(output_file), option="--output")
-        loaded = load_for_inference(model_dir, device=device)
-        check_max_length(loaded, max_length)
+        loaded = load_for_inference(model_dir, device=options.device)
+        check_max_length(loaded, options.max_length)
         # The whole input is read and checked first: a bad line 20,001 is reported before
         # any prediction is written, not after 20,000 of them.
         texts = list(read_texts(input_file, arity=loaded.arity, fmt=input_format,  # type: ignore[arg-type]
                                 fields=fields.split(",") if fields else None, header=header))
         with open_output(output_file) as handle:  # a file appears only when all went well
-            for record in predict_texts(loaded, rule, texts, batch_size=batch_size,
-                                        max_length=max_length):
+            for record in predict_texts(loaded, rule, texts, batch_size=options.batch_size,
+                                        max_length=options.max_length):
                 write_prediction(handle, strict_json.strict(record), out_format,  # type: ignore[arg-type]
                                  first=count == 0)
                 count += 1
@@ -260,6 +298,7 @@ def predict(
 
 
 @app.command("eval")
+@takes_exit_options
 def evaluate(
     model_dir: Annotated[Path, typer.Argument(help="Saved model folder (a run's model/).")],
     task: Annotated[str | None, typer.Option(
@@ -268,17 +307,7 @@ def evaluate(
     data_dir: Annotated[str | None, typer.Option(
         help="GLUE folder (default: $GLUE_DIR, else the Hugging Face hub).")] = None,
     max_rows: Annotated[int | None, typer.Option(min=1, help="Score the first N rows.")] = None,
-    policy: PolicyOption = "entropy",
-    threshold: ThresholdOption = None,
-    patience: PatienceOption = None,
-    tolerance: ToleranceOption = None,
-    window: WindowOption = None,
-    margin: MarginOption = None,
-    layer: LayerOption = None,
-    param: ParamOption = None,
-    batch_size: BatchSizeOption = 32,
-    max_length: MaxLengthOption = 128,
-    device: DeviceOption = "auto",
+    options: ExitOptions = ExitOptions(),
     full_depth: Annotated[bool, typer.Option(
         help="Also time the full-depth model on the same batches (measured speed-up).")] = False,
     json_out: Annotated[Path | None, typer.Option(
@@ -290,22 +319,21 @@ def evaluate(
         "load_for_inference")
 
     try:
-        rule = policy_from_options(policy, threshold=threshold, patience=patience,
-                                   tolerance=tolerance, window=window, margin=margin,
-                                   layer=layer, param=param)
+        rule = options.rule()
         if json_out is not None:  # checked before the evaluation, not after it
             check_output_file(json_out, option="--json")
-        loaded = load_for_inference(model_dir, device=device)
-        check_max_length(loaded, max_length)
+        loaded = load_for_inference(model_dir, device=options.device)
+        check_max_length(loaded, options.max_length)
         from gradsurg.data.glue import get_task  # --task resolved once, here
 
         report = evaluate_split(loaded, rule, task=None if task is None else get_task(task),
                                 split=split, data_dir=data_dir,
-                                batch_size=batch_size, max_length=max_length,
+                                batch_size=options.batch_size, max_length=options.max_length,
                                 max_rows=max_rows, full_depth=full_depth)
     except USER_ERRORS as error:
         raise fail(error) from None
-    table = Table(title=f"{report.task} {report.split}: {report.policy}, batch {batch_size}")
+    table = Table(title=f"{report.task} {report.split}: {report.policy}, "
+                        f"batch {options.batch_size}")
     table.add_column("measure")
     table.add_column("value", justify="right")
     for key, value in report.metric.items():
