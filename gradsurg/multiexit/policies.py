@@ -261,21 +261,31 @@ def normalized_entropy(logits: Tensor) -> Tensor:
     return _entropy(_check_classes(logits)) / math.log(logits.shape[-1])
 
 
-@POLICIES.register
-@dataclass
-class NormalizedEntropyPolicy(ExitPolicy):
-    """FastBERT: entropy / log(C) < threshold, so one threshold means the same for any C."""
+#: The default sweep of a threshold on the normalized entropy.
+NORMALIZED_THRESHOLDS = (0.0, 0.001, 0.005, 0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8)
 
-    name: ClassVar[str] = "normalized_entropy"
+
+@dataclass
+class UnitThresholdPolicy(ExitPolicy):
+    """A rule on a score in [0, 1] (a normalized entropy, a probability): its `threshold`
+    must lie there too, and the dense sweep stops at 1."""
+
     sweep_parameter: ClassVar[str] = "threshold"
-    default_values: ClassVar[tuple[float, ...]] = (
-        0.0, 0.001, 0.005, 0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8)
-    dense_score = staticmethod(normalized_entropy)
     threshold_upper: ClassVar[float] = 1.0
     threshold: float = 0.1
 
     def __post_init__(self) -> None:
         self.threshold = _threshold("threshold", self.threshold, upper=1.0)
+
+
+@POLICIES.register
+@dataclass
+class NormalizedEntropyPolicy(UnitThresholdPolicy):
+    """FastBERT: entropy / log(C) < threshold, so one threshold means the same for any C."""
+
+    name: ClassVar[str] = "normalized_entropy"
+    default_values: ClassVar[tuple[float, ...]] = NORMALIZED_THRESHOLDS
+    dense_score = staticmethod(normalized_entropy)
 
     def decide(self, layer: int, outputs: Tensor | None, state: PolicyState) -> Tensor:
         assert outputs is not None
@@ -289,20 +299,15 @@ def max_probability(logits: Tensor) -> Tensor:
 
 @POLICIES.register
 @dataclass
-class MaxProbPolicy(ExitPolicy):
+class MaxProbPolicy(UnitThresholdPolicy):
     """Leave when the highest class probability is above ``threshold``."""
 
     name: ClassVar[str] = "max_prob"
-    sweep_parameter: ClassVar[str] = "threshold"
     default_values: ClassVar[tuple[float, ...]] = (
         1.0, 0.999, 0.99, 0.98, 0.95, 0.9, 0.85, 0.8, 0.7, 0.6)
     dense_score = staticmethod(max_probability)
     leaves_below: ClassVar[bool] = False
-    threshold_upper: ClassVar[float] = 1.0
     threshold: float = 0.9
-
-    def __post_init__(self) -> None:
-        self.threshold = _threshold("threshold", self.threshold, upper=1.0)
 
     def decide(self, layer: int, outputs: Tensor | None, state: PolicyState) -> Tensor:
         assert outputs is not None
@@ -386,7 +391,7 @@ def patience_scores(all_logits: Tensor, patience: int) -> Tensor:
 
 @POLICIES.register
 @dataclass
-class ConfidenceWindowPolicy(ExitPolicy):
+class ConfidenceWindowPolicy(UnitThresholdPolicy):
     """ELBERT's two-stage rule, for any number of classes and any batch.
 
     Leave when the normalized entropy is below ``threshold``; otherwise leave when the last
@@ -396,17 +401,13 @@ class ConfidenceWindowPolicy(ExitPolicy):
     """
 
     name: ClassVar[str] = "confidence_window"
-    sweep_parameter: ClassVar[str] = "threshold"
-    default_values: ClassVar[tuple[float, ...]] = (
-        0.0, 0.001, 0.005, 0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8)
+    default_values: ClassVar[tuple[float, ...]] = NORMALIZED_THRESHOLDS
     dense_score = staticmethod(normalized_entropy)
-    threshold_upper: ClassVar[float] = 1.0
-    threshold: float = 0.1
     window: int = 2
     margin: float = 0.1
 
     def __post_init__(self) -> None:
-        self.threshold = _threshold("threshold", self.threshold, upper=1.0)
+        super().__post_init__()
         self.window = _count("window", self.window)
         self.margin = _threshold("margin", self.margin, upper=0.5)
 
