@@ -45,6 +45,16 @@ def one_line_error(args: list[object], message: str, *, stdin: str | bytes | Non
     return result.output
 
 
+def assert_run_refuses(overrides: list[str], message: str, output: Path) -> None:
+    """`gradsurg run` of the shipped RomeBERT recipe with `--set` each override is one
+    `error:` line holding `message`, and `output` is never created."""
+    args: list[object] = ["run", ROMEBERT_RECIPE, "--output", output]
+    for item in overrides:
+        args += ["--set", item]
+    one_line_error(args, message)
+    assert not output.exists()  # nothing written for a refused recipe
+
+
 def tiny_recipe(folder: Path, tiny_bert_dir: Path, glue_dir: Path, **overrides) -> Path:
     """`folder/tiny.yaml`: two steps of a 3-layer random BERT on 16 real rows."""
     recipe = dict(program="multiexit_glue", model=str(tiny_bert_dir), data_dir=str(glue_dir),

@@ -7,13 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
-
-from gradsurg.cli import app
-
-ROOT = Path(__file__).resolve().parents[1]
-ROMEBERT = str(ROOT / "recipes" / "romebert_glue.yaml")
-runner = CliRunner()
+from cli_runs import ROMEBERT_RECIPE, assert_run_refuses, one_line_error
 
 RECIPE_OVERRIDES = [
     (["colour=red"], "key 'colour': unknown key"),
@@ -69,11 +63,7 @@ RECIPE_OVERRIDES = [
                          ids=[o[0].split("=")[0] + str(i) for i, (o, _) in
                               enumerate(RECIPE_OVERRIDES)])
 def test_bad_recipe_values_are_refused_before_anything_runs(overrides, message, tmp_path):
-    args = ["run", ROMEBERT, "--output", str(tmp_path / "out")]
-    for item in overrides:
-        args += ["--set", item]
-    assert_one_line_error(args, message)
-    assert not (tmp_path / "out").exists()  # nothing written for a refused recipe
+    assert_run_refuses(overrides, message, tmp_path / "out")
 
 
 def recipe_files(tmp_path: Path) -> list[tuple[list[str], str]]:
@@ -97,7 +87,7 @@ def recipe_files(tmp_path: Path) -> list[tuple[list[str], str]]:
 
 def test_bad_recipe_files(tmp_path):
     for args, message in recipe_files(tmp_path):
-        assert_one_line_error(args, message)
+        one_line_error(args, message)
 
 
 def test_problems_found_when_the_run_starts(tmp_path, shared_glue_dir):
@@ -115,7 +105,7 @@ def test_problems_found_when_the_run_starts(tmp_path, shared_glue_dir):
             if torch.cuda.is_available():
                 continue  # only meaningful without CUDA
         output = [] if "--resume" in extra else ["--output", str(tmp_path / "out")]
-        assert_one_line_error(["run", ROMEBERT, *output, *extra], message)
+        one_line_error(["run", ROMEBERT_RECIPE, *output, *extra], message)
 
 
 def test_bad_model_folders_and_tasks_for_predict_and_eval(tmp_path, tiny_bert_dir):
@@ -136,12 +126,4 @@ def test_bad_model_folders_and_tasks_for_predict_and_eval(tmp_path, tiny_bert_di
         (["predict", str(good), "--input", str(tmp_path / "nofile.txt")], "nofile.txt"),
     ]
     for args, message in cases:
-        assert_one_line_error(args, message)
-
-
-def assert_one_line_error(args: list[str], message: str) -> None:
-    result = runner.invoke(app, args)
-    assert result.exit_code == 2, (args, result.output, result.exception)
-    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and message in errors[0], (args, result.output)
-    assert "Traceback" not in result.output
+        one_line_error(args, message)
