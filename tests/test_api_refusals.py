@@ -1,4 +1,4 @@
-"""Issue 26, the Python API: what used to end in a bare torch error, a KeyError or misleading
+"""The Python API: what used to end in a bare torch error, a KeyError or misleading
 advice is one GradsurgError saying what to do, or works: a state dict of another combiner,
 a manual accumulation loop, reentrant gradient checkpointing. (The GradScaler under the
 default rule: test_nonfinite_rows.py; the Trainer extra's name: test_packaging.py.)"""

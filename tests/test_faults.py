@@ -1,4 +1,4 @@
-"""Issue 16, the cases that need a (tiny) run: a run whose model goes non-finite fails without
+"""The cases that need a (tiny) run: a run whose model goes non-finite fails without
 saving, an empty parameter selection or an out-of-range STS-B score stops it, two runs cannot
 share an output folder, a finished run is never silently replaced, evaluation settings change
 on --resume without training again, and a full disk is one error line with nothing

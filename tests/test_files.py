@@ -1,4 +1,4 @@
-"""Issue 26, files and folders, through the real CLI: nothing is written or deleted through a
+"""Files and folders, through the real CLI: nothing is written or deleted through a
 symbolic link inside a run or output folder; every file gradsurg writes (figures included)
 takes one atomic path, so a full disk or a read-only folder is one error line and no
 half-written file; `compare` reads its inputs as a run checks its own outputs; and a

@@ -1,4 +1,4 @@
-"""Issue 26: saved model folders (`predict`, `eval`) and backbone folders (`run`'s `model:`)
+"""Saved model folders (`predict`, `eval`) and backbone folders (`run`'s `model:`)
 through the real CLI. A malformed or deeply nested JSON file, a tokenizer file transformers
 cannot read, a config that describes no real model (or not the weights beside it), a
 tokenizer that does not fit the model, pickled weights: each is one `error:` line naming the

@@ -1,4 +1,4 @@
-"""Issue 26: a NaN/inf gradient row whose loss is finite is caught before any combiner runs, so
+"""A NaN/inf gradient row whose loss is finite is caught before any combiner runs, so
 every combiner (the built-in ones and the plugin's) skips alike under every non-finite mode:
 weights, optimizer moments and the combiner's own state untouched, the next good step as if
 the bad one never happened, and an overflowing row under loss scaling backs the scale off."""

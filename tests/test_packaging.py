@@ -79,7 +79,7 @@ def test_an_integration_without_its_library_names_the_extra():
 
 @pytest.mark.slow
 def test_the_trainer_integration_names_the_transformers_extra_not_glue():
-    """Issue 26: the Trainer's extra is `gradsurg[transformers]` (transformers + accelerate),
+    """the Trainer's extra is `gradsurg[transformers]` (transformers + accelerate),
     whichever of the two is missing."""
     for missing in (["transformers"], ["accelerate"]):
         code = (BLOCK.format(names=missing) +

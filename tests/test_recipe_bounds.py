@@ -1,4 +1,4 @@
-"""Issue 26: what a recipe may expand to, and what an error line may quote, are bounded: a
+"""What a recipe may expand to, and what an error line may quote, are bounded: a
 448-byte alias bomb is one short error line at once (it was a 7.2 MB line after 25 s)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 16: no wrong run may look like a right one. Each class of bad input or fault is one
+"""No wrong run may look like a right one. Each class of bad input or fault is one
 parametrized test through the real command line: exit code 2, one `error:` line naming the
 culprit, no traceback, nothing half-written. The cases here need no training; the ones that
 do are in test_faults.py. README's "What gradsurg refuses" table counts both."""

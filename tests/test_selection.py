@@ -1,4 +1,4 @@
-"""Issue 26: the default parameter selection finds every parameter more than one loss group can
+"""The default parameter selection finds every parameter more than one loss group can
 move: zero-initialised adapters (peft LoRA's `lora_A` while `lora_B` is 0, hand-made ones)
 included, stacked outputs still not fooling it, and a case it cannot decide refused."""
 

@@ -1,4 +1,4 @@
-"""Issue 26: an untrained model is never saved as a result. What can be known before training
+"""An untrained model is never saved as a result. What can be known before training
 is refused then (a loss weighting whose starting weights under- or overflow, a warm-up longer
 than the stage, an optimizer that holds none of the parameters it was given); what shows only
 while training (every step skipped, no weight moved) fails the run: exit 2, one `error:` line,
