@@ -32,11 +32,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 from hypothesis import settings
+from state_checks import through_a_weights_only_checkpoint
 
 from gradsurg.combiners import (
     COMBINERS,
@@ -357,7 +357,7 @@ def assert_conflicts_with_no_group(combiner, matrix: torch.Tensor):
     return products, out, allowance
 
 
-def assert_state_round_trips(case: StateCase, tmp_path: Path) -> None:
+def assert_state_round_trips(case: StateCase) -> None:
     """`before` steps, the state through a weights_only checkpoint, a fresh instance (another
     seed where there is one): the next `after` steps equal an uninterrupted run's bit for
     bit, and `case.check` holds."""
@@ -369,9 +369,8 @@ def assert_state_round_trips(case: StateCase, tmp_path: Path) -> None:
     for matrix in matrices[: case.before]:
         uninterrupted(matrix, names)
         first(matrix, names)
-    torch.save(first.state_dict(), tmp_path / "state.pt")
     restored = case.make_other()
-    restored.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
+    restored.load_state_dict(through_a_weights_only_checkpoint(first.state_dict()))
     for matrix in matrices[case.before:]:
         expected = uninterrupted(matrix, names).gradient
         torch.testing.assert_close(restored(matrix, names).gradient, expected, rtol=0, atol=0)

@@ -5,13 +5,13 @@ errors, and a tiny RomeBERT recipe with per-exit groups."""
 
 from __future__ import annotations
 
-import io
 import json
 import math
 
 import numpy as np
 import pytest
 import torch
+from state_checks import through_a_weights_only_checkpoint
 
 from gradsurg.errors import ConfigError
 from gradsurg.weightings import WEIGHTINGS
@@ -130,11 +130,8 @@ def test_state_survives_a_weights_only_checkpoint(spec):
     first = WEIGHTINGS.build(spec, groups, where=WHERE)
     for _ in range(4):
         first.step_end(torch.ones(4, dtype=torch.float64))
-    buffer = io.BytesIO()
-    torch.save(first.state_dict(), buffer)
-    buffer.seek(0)
     restored = WEIGHTINGS.build(spec, groups, where=WHERE)
-    restored.load_state_dict(torch.load(buffer, weights_only=True))
+    restored.load_state_dict(through_a_weights_only_checkpoint(first.state_dict()))
     for _ in range(3):
         np.testing.assert_array_equal(restored.current().numpy(), first.current().numpy())
         for weighting in (first, restored):

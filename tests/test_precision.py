@@ -3,11 +3,10 @@ and backs off, growth after good steps, checkpointable), bf16 autocast in the pr
 
 from __future__ import annotations
 
-import io
-
 import pytest
 import torch
 from models import TwoHeads, batch
+from state_checks import through_a_weights_only_checkpoint
 
 from gradsurg.errors import ConfigError
 from gradsurg.precision import LossScale, autocast_factory
@@ -84,13 +83,11 @@ def test_scale_grows_after_the_interval_and_round_trips_through_a_safe_checkpoin
     loss_scale = scale(2.0**8, growth_interval=3, growth_factor=2.0)
     _, surgery, _ = train(7, "sum", loss_scale)
     assert loss_scale.value == 2.0**10 and loss_scale.good_steps == 1
-    buffer = io.BytesIO()
-    torch.save(surgery.state_dict(), buffer)
-    buffer.seek(0)
+    saved = through_a_weights_only_checkpoint(surgery.state_dict())
     restored = scale(1.0)
     fresh = Surgery(TwoHeads(), torch.optim.SGD(TwoHeads().parameters(), lr=0.1), "sum",
                     loss_scale=restored)
-    fresh.load_state_dict(torch.load(buffer, weights_only=True))
+    fresh.load_state_dict(saved)
     assert restored.value == 2.0**10 and restored.good_steps == 1
 
 

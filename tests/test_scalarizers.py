@@ -5,7 +5,6 @@ checkpoint, errors, and training runs."""
 
 from __future__ import annotations
 
-import io
 import json
 import math
 
@@ -15,6 +14,7 @@ import torch
 import torchjd.scalarization as tjd
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from state_checks import through_a_weights_only_checkpoint
 
 from gradsurg.errors import ConfigError
 from gradsurg.weightings import WEIGHTINGS
@@ -100,11 +100,8 @@ def test_resampling_draws_seeded_points_of_the_simplex_and_survives_a_checkpoint
     for expected in seen:
         again.step_end(losses)
         torch.testing.assert_close(again.preference, expected, rtol=0, atol=0)
-    buffer = io.BytesIO()
-    torch.save(first.state_dict(), buffer)
-    buffer.seek(0)
     restored = WEIGHTINGS.build({**spec, "seed": 99}, GROUPS, where=WHERE)
-    restored.load_state_dict(torch.load(buffer, weights_only=True))
+    restored.load_state_dict(through_a_weights_only_checkpoint(first.state_dict()))
     for weighting in (first, restored):
         weighting.step_end(losses)
     torch.testing.assert_close(restored.preference, first.preference, rtol=0, atol=0)

@@ -5,7 +5,6 @@ one-line errors, and every method in the digits and a tiny RomeBERT recipe."""
 
 from __future__ import annotations
 
-import io
 import json
 import math
 
@@ -14,6 +13,7 @@ import pytest
 import torch
 import torchjd.scalarization as tjd
 from glue_configs import short_glue_config
+from state_checks import through_a_weights_only_checkpoint
 from torch import nn
 
 from gradsurg import Surgery
@@ -301,11 +301,8 @@ def test_state_survives_a_weights_only_checkpoint(name):
         for p in first.parameters():
             p.add_(torch.tensor([0.25, -0.5], dtype=p.dtype))
     drive(first, stream[:9])
-    buffer = io.BytesIO()
-    torch.save(first.state_dict(), buffer)
-    buffer.seek(0)
     second = WEIGHTINGS.build(name, GROUPS, where=WHERE).double()
-    second.load_state_dict(torch.load(buffer, weights_only=True))
+    second.load_state_dict(through_a_weights_only_checkpoint(first.state_dict()))
     for key, value in first.state_dict().items():
         assert torch.equal(second.state_dict()[key], value), key
     drive(first, stream[9:])
