@@ -61,6 +61,11 @@ VARIANTS["pcd"] = {"combiner": {"name": "pcd", "primary": "final"}, "mode": "seq
 # ... and the two-group ones from torchjd's list (krum and trimmed_mean need three groups)
 for _name in ("cr_mogm", "excess_mtl"):
     VARIANTS[_name] = {"combiner": _name, "mode": "sequential"}
+# ... and block-wise surgery: RomeBERT's projection made per encoder layer
+VARIANTS["blockwise_project"] = {
+    "combiner": {"name": "blockwise",
+                 "inner": {"name": "project", "target": "final", "reference": "sd"}},
+    "mode": "sequential"}
 
 
 def build(variant: str, seed: int = 0):
