@@ -160,6 +160,8 @@ def test_readme_core_step_tables_match_the_results_files_they_name():
         "bench/results/core_step.json")
     assert check_table("The combiners of issue 18, one row each", CORE_COLUMNS, ["variant"]) == (
         "bench/results/core_step_issue18.json")
+    assert check_table("The combiners of issue 28, one row each", CORE_COLUMNS, ["variant"]) == (
+        "bench/results/core_step_issue28.json")
 
 
 def test_readme_core_step_prose_matches_its_results_files():
@@ -383,3 +385,15 @@ def test_readme_hard_inputs_table_matches_its_results_file():
         assert quoted_numbers == [f"{v:.1e}".replace("e-0", "e-") for v in values], name
     assert f"{-results['dependent']['pcd']['declared_infeasible_cvxpy_step_min']:.1e}".replace(
         "e+0", "e") in text  # "a step over 2.5e6 times the primary's length"
+
+
+def test_readme_issue_28_core_step_prose_matches_its_results_file():
+    rows = {row["variant"]: row for row in load("bench/results/core_step_issue28.json")["rows"]}
+    project = rows["project_sequential"]["time_ratio"]
+    spread = max(abs(rows[name]["time_ratio"] - project)
+                 for name in ("pcd", "cr_mogm", "blockwise_project"))
+    check_quotes({
+        r"`bench/results/core_step_issue28.json`; plain step ([\d.]+) s\)": [
+            rows["plain"]["median_step_s"]]})
+    (bound,) = quoted(r"cost what `project` costs \(within ([\d.]+)x of it")
+    assert spread <= float(bound), (spread, bound)
