@@ -42,3 +42,33 @@ def test_the_map_averages_the_logged_lines_per_layer_and_pair(conflict_map):
 def test_a_log_without_per_block_cosines_is_one_error_line(conflict_map):
     with pytest.raises(SystemExit, match=r"^error: the run's log holds no per-block cosines"):
         conflict_map([{"step": 1, "loss/final": 0.5, "cosine/final/sd": 0.1}])
+
+
+def test_the_documented_map_is_the_stored_run():
+    """docs/conflict_map.md's table, recomputed from bench/results/conflict_map.json."""
+    import json
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    stored = json.loads((root / "bench" / "results" / "conflict_map.json").read_text())
+    text = (root / "docs" / "conflict_map.md").read_text()
+    assert stored["commit"].startswith(re.search(r"\(commit ([0-9a-f]+),", text).group(1))
+    rows = [line.strip("|").split("|") for line in text.splitlines()
+            if re.match(r"\| \d+ \|", line)]
+    assert len(rows) == len(stored["blocks"])
+
+    def mean(values: list[float]) -> str:
+        return f"{sum(values) / len(values):.2f}" if values else "-"
+
+    for row, block in zip(rows, stored["blocks"]):
+        cells = [cell.strip() for cell in row]
+        pairs = [p for p in stored["pairs"] if stored["conflict_share"][block][p] is not None]
+        final = [p for p in pairs if "exit6" in p.split("/")]
+        early = [p for p in pairs if "exit6" not in p.split("/")]
+        expected = [str(int(block.rsplit(".", 1)[1]) + 1)]
+        for group in (final, early):
+            expected += [str(len(group)),
+                         mean([stored["conflict_share"][block][p] for p in group]),
+                         mean([stored["mean_cosine"][block][p] for p in group])]
+        assert cells == expected, (block, cells, expected)
