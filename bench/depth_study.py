@@ -2,6 +2,7 @@
 
     GLUE_DIR=../shared/glue_data python bench/depth_study.py --phase tuned [--jobs 2]
     GLUE_DIR=../shared/glue_data python bench/depth_study.py --phase matched
+    GLUE_DIR=../shared/glue_data python bench/depth_study.py --phase methods6
     GLUE_DIR=../shared/glue_data python bench/depth_study.py --phase depth12
     python bench/depth_study.py --list [--phase tuned]
 
@@ -15,6 +16,10 @@ Phases (MiniLM, the screening's tasks: STS-B and the seeded 8,000-sentence SST-2
 - `matched`: RomeBERT-SD trained as long as per-exit UPGrad trains (epochs times UPGrad's
   measured cost, `bench/results/study_cost.json`), at each learning rate, gamma 0.9: "surgery
   costs 2.5x" weighed against a sum given the same compute.
+- `methods6`: the multi-exit methods built since (issue 28: PCD with the final exit primary,
+  RomeBERT's projection block by block; `NEW_METHODS`) at the screening's setting on MiniLM, so
+  their ranking at 6 layers compares with the screening's and with 12 layers; plus the SST-2
+  runs of RomeBERT and the reversed projection, the 6-layer twins of their 12-layer runs.
 - `depth12`: does depth change the answer? The paper's claim was made on 12 layers, where
   early exits sit further from the final one. The screening's SST-2 run (8,000-sentence
   subset, one epoch, lr 5e-5, seed 42) on `model=mpnet-base` (12 x 768, offline; needs
@@ -66,9 +71,19 @@ SCREENING_EPOCHS = 1.0
 DEPTH12_TASK = "sst2"
 DEPTH12_SETTING = ("model=mpnet-base", "optimizer.lr=5e-5")
 DEPTH12_CONFIGS = ["deebert", "romebert_sd", "romebert", "romebert_reversed", BEST_SURGERY]
-#: Issue 28's multi-exit methods (PCD, block-wise projection, gradient equilibrium) join the
-#: 12-layer phase once they exist: add their names here and to `study.CONFIGS`.
-DEPTH12_NEW_METHODS: list[str] = []
+#: The multi-exit methods built after the first study (issue 28), as configurations of the
+#: first study's recipes; planned only here, so the first study's plan stays as it ran.
+NEW_METHODS: dict[str, tuple[str, list[str]]] = {
+    # the final exit is primary, SD keeps a fraction tau of its own progress (RomeBERT's
+    # projection generalised)
+    "pcd": ("romebert_glue.yaml", ["combiner={name: pcd, primary: final}"]),
+    # RomeBERT's projection layer by layer instead of over the whole vector
+    "blockwise_project": ("romebert_glue.yaml", [
+        "combiner={name: blockwise, inner: {name: project, target: final, reference: sd}}"]),
+}
+CONFIGS = {**study.CONFIGS, **NEW_METHODS}
+#: They join the 12-layer phase after its first five configurations (which ran first).
+DEPTH12_NEW_METHODS: list[str] = list(NEW_METHODS)
 
 
 def grid(config: str) -> list[tuple[str, ...]]:
@@ -105,7 +120,7 @@ class Run:
     def command(self, runs: Path) -> list[str]:
         sets = [f"task={self.task}", f"seed={self.seed}", *study.COMMON, *BASE[self.task],
                 *self.setting]
-        return [*study.run_command(self.config, sets, self.folder(runs)), "--resume"]
+        return [*study.run_command(self.config, sets, self.folder(runs), CONFIGS), "--resume"]
 
 
 def plan(phase: str) -> list[Run]:
@@ -122,10 +137,21 @@ def plan(phase: str) -> list[Run]:
     if phase == "depth12":
         return [Run(phase, DEPTH12_TASK, config, DEPTH12_SETTING)
                 for config in [*DEPTH12_CONFIGS, *DEPTH12_NEW_METHODS]]
+    if phase == "methods6":
+        return [*(Run(phase, task, config, METHODS6_SETTING)
+                  for task in TASKS for config in NEW_METHODS),
+                *(Run(phase, DEPTH12_TASK, config, METHODS6_SETTING)
+                  for config in UNTWINNED_CONFIGS)]
     raise ValueError(f"unknown phase {phase!r}")
 
 
-PHASES = ("tuned", "matched", "depth12")
+#: The new methods on MiniLM at the screening's setting (the first study's lr and gamma), so
+#: their 6-layer ranking compares with the screening's and with their 12-layer runs.
+METHODS6_SETTING = ("optimizer.lr=5e-5",)
+#: 12-layer configurations whose 6-layer twin the tuned phase did not run (the first study's
+#: screening runs kept no logits): re-run at the screening's setting on SST-2.
+UNTWINNED_CONFIGS = ("romebert", "romebert_reversed")
+PHASES = ("tuned", "matched", "methods6", "depth12")
 
 
 def main() -> None:

@@ -110,6 +110,89 @@ def tuned_rows(runs: Path, task: str) -> list[str]:
     return [*lines, ""]
 
 
+def single_rows(runs: Path, task: str, entries: list[tuple[str, str, Any]]) -> list[str]:
+    """One row per finished run (configuration, setting label, run), each scored held out at
+    its own best threshold within every budget; '-' for a run not finished yet."""
+    lines = [f"| configuration | setting | {' | '.join(f'{b:g}%' for b in BUDGETS)} |",
+             "| --- | --- | " + " | ".join("---:" for _ in BUDGETS) + " |"]
+    for config, label, run in entries:
+        found = _held_out(runs, task, run)
+        metric = found[0] if found else ""
+        cells = [_cell(found[1], b, metric) if found else "-" for b in BUDGETS]
+        lines.append(f"| {config} | {label} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def _held_out(runs: Path, task: str, run: Any) -> tuple[str, Any] | None:
+    from gradsurg.data.glue import get_task
+    from gradsurg.multiexit.evaluation.held_out import held_out_best_within
+    from gradsurg.multiexit.policies import POLICIES
+    from gradsurg.run_folder import load_run
+
+    if not (run.folder(runs) / "results.json").is_file():
+        return None
+    loaded = load_run(run.folder(runs))
+    policy = dict(loaded.results.get("exit_policy") or {"name": "entropy"})
+    name = policy.pop("name")
+    return loaded.results["primary_metric"], held_out_best_within(
+        loaded.logits, loaded.labels, get_task(task), POLICIES.get(name), policy, BUDGETS)
+
+
+def first_study_run(task: str, config: str) -> Any:
+    """The tuned phase's run at the first study's setting (the screening's run, re-run)."""
+    return next(run for run in depth_study.plan("tuned")
+                if run.task == task and run.config == config and is_first_study_setting(run))
+
+
+def matched_section(runs: Path) -> list[str]:
+    lines = ["## A sum given surgery's compute (MiniLM)", "",
+             f"RomeBERT-SD trained {depth_study.matched_epochs()} epochs instead of 1: the "
+             "training time one epoch of per-exit UPGrad takes (`bench/results/study_cost.json`)"
+             ", at each learning rate with gamma 0.9, beside the one-epoch runs of the tuned "
+             "phase at the same settings. Held out as above, each run at its own threshold.", ""]
+    for task in depth_study.TASKS:
+        entries = []
+        for run in depth_study.plan("matched"):
+            if run.task != task:
+                continue
+            lr = dict(item.split("=", 1) for item in run.slug.split(","))["lr"]
+            one_epoch = next(r for r in depth_study.plan("tuned") if r.task == task
+                             and r.config == "romebert_sd" and r.slug == f"lr={lr},gamma=0.9")
+            best = next(r for r in depth_study.plan("tuned") if r.task == task
+                        and r.config == depth_study.BEST_SURGERY
+                        and r.slug == f"lr={lr},gamma=0.9")
+            entries += [("romebert_sd", f"lr={lr}, 1 epoch", one_epoch),
+                        ("romebert_sd", f"lr={lr}, {depth_study.matched_epochs()} epochs", run),
+                        (depth_study.BEST_SURGERY, f"lr={lr}, 1 epoch", best)]
+        lines += [f"### {task}", "", *single_rows(runs, task, entries)]
+    return lines
+
+
+def methods_section(runs: Path) -> list[str]:
+    """The new methods at 6 layers and every 12-layer run, each beside its 6-layer twin."""
+    lines = ["## The multi-exit methods at 6 layers (MiniLM, the screening's setting)", "",
+             "Each new method once at lr 5e-5 (gamma 0.9), beside the screening's "
+             "configurations at the same setting (the tuned phase's runs there, and the "
+             "re-run RomeBERT and reversed projection on SST-2).", ""]
+    for task in depth_study.TASKS:
+        entries = [(config, "lr=5e-5", first_study_run(task, config))
+                   for config in ("deebert", "romebert_sd", depth_study.BEST_SURGERY)]
+        entries += [(run.config, "lr=5e-5", run) for run in depth_study.plan("methods6")
+                    if run.task == task]
+        lines += [f"### {task}", "", *single_rows(runs, task, entries)]
+    lines += ["## 12 layers (all-mpnet-base-v2) against 6 (MiniLM): SST-2 screening subset",
+              "", "The screening's SST-2 run (8,000 sentences, one epoch, lr 5e-5, seed 42) on "
+              "each backbone; the 6-layer row is the tuned phase's run at that setting, or "
+              "(RomeBERT, the reversed projection, the new methods) the `methods6` run.", ""]
+    entries = []
+    six = {run.config: run for run in depth_study.plan("methods6")
+           if run.task == depth_study.DEPTH12_TASK}
+    for run in depth_study.plan("depth12"):
+        twin = six.get(run.config) or first_study_run(run.task, run.config)
+        entries += [(run.config, "6 layers", twin), (run.config, "12 layers", run)]
+    return [*lines, *single_rows(runs, depth_study.DEPTH12_TASK, entries)]
+
+
 def _cell(found: dict[str, Any] | None, budget: float, metric: str) -> str:
     best = None if found is None else found.get(f"{budget:g}")
     return "-" if best is None else f"{100 * best[metric]:.2f}"
@@ -141,6 +224,8 @@ def write_report(runs: Path, output: Path) -> Path:
              "it on the other, both ways round ('chosen': the setting picked each way).", ""]
     for task in depth_study.TASKS:
         lines += tuned_rows(runs, task)
+    lines += matched_section(runs)
+    lines += methods_section(runs)
     todo = [run for phase in depth_study.PHASES for run in depth_study.plan(phase)
             if not (run.folder(runs) / "results.json").is_file()]
     if todo:

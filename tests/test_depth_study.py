@@ -34,8 +34,9 @@ def test_depth12_is_the_screenings_sst2_run_on_the_12_layer_backbone(depth, monk
     runs_dir = Path("/tmp/runs")
     plan = depth.plan("depth12")
     assert [run.config for run in plan] == ["deebert", "romebert_sd", "romebert",
-                                            "romebert_reversed", "exit_upgrad"]
-    assert depth.DEPTH12_NEW_METHODS == []  # issue 28's methods are added here when they exist
+                                            "romebert_reversed", "exit_upgrad", "pcd",
+                                            "blockwise_project"]
+    six_layers = {run.config: run for run in depth.plan("methods6") if run.task == "sst2"}
     for run in plan:
         command = run.command(runs_dir)
         assert command[-1] == "--resume"
@@ -43,14 +44,36 @@ def test_depth12_is_the_screenings_sst2_run_on_the_12_layer_backbone(depth, monk
                                   "model=mpnet-base,lr=5e-5" / "seed-42")
         recipe = resolved(command)
         config = validate_recipe(recipe, source=shlex.join(command))[1]
-        screening = resolved(depth.study.Run("screening", "sst2", run.config, 42).command(
-            runs_dir))
+        twin = (six_layers[run.config] if run.config in depth.NEW_METHODS
+                else depth.study.Run("screening", "sst2", run.config, 42))
+        screening = resolved(twin.command(runs_dir))
         assert recipe["model"] == "mpnet-base" and screening["model"] == "minilm"
         # everything else is the screening's run: the 6- and 12-layer results compare directly
         assert {**recipe, "model": None} == {**screening, "model": None}
         assert (config.train_rows, config.epochs, config.batch_size, config.optimizer.lr,
                 config.threads, config.seed) == (8000, 1, 16, 5e-5, 1, 42)
     assert len({run.folder(runs_dir) for run in plan}) == len(plan)
+
+
+def test_six_layer_twins_are_the_screenings_runs(depth):
+    """methods6 re-runs RomeBERT and the reversed projection exactly as the screening did (its
+    logits were not kept), and runs the new methods at that setting on both tasks."""
+    runs_dir = Path("/tmp/runs")
+    plan = depth.plan("methods6")
+    assert sorted((run.task, run.config) for run in plan) == sorted(
+        [(task, config) for task in ("stsb", "sst2") for config in depth.NEW_METHODS]
+        + [("sst2", "romebert"), ("sst2", "romebert_reversed")])
+    for run in plan:
+        recipe = resolved(run.command(runs_dir))
+        config = validate_recipe(recipe, source="methods6")[1]
+        if run.config in depth.study.CONFIGS:
+            screening = resolved(depth.study.Run("screening", run.task, run.config, 42).command(
+                runs_dir))
+            assert recipe == screening
+        else:
+            assert (config.optimizer.lr, config.gamma, config.train_rows if run.task == "sst2"
+                    else None) == (5e-5, 0.9, 8000 if run.task == "sst2" else None)
+    assert "pcd" not in depth.study.CONFIGS  # the first study's plan stays as it ran
 
 
 def test_list_shows_each_depth12_run_and_whether_it_finished(depth, monkeypatch, tmp_path,
@@ -62,7 +85,7 @@ def test_list_shows_each_depth12_run_and_whether_it_finished(depth, monkeypatch,
                                       "--runs", str(tmp_path)])
     depth.main()
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 5
+    assert len(lines) == len(depth.plan("depth12"))
     assert lines[1] == f"done  {finished}"
     assert all(line.startswith("todo  ") for i, line in enumerate(lines) if i != 1)
 
@@ -114,6 +137,10 @@ def test_report_tunes_on_one_half_scores_on_the_other_and_collects_small_files(
     untuned = next(line for line in text.splitlines() if "(first study)" in line)
     assert untuned.startswith("| deebert | 1 | lr=5e-5 (first study) | 75.00 |")
     assert "- tuned / sst2 / deebert / lr=1e-4" in text  # not finished yet
+    # the 12-layer table puts each configuration's 6-layer twin beside it
+    twelve = text.split("## 12 layers")[1].splitlines()
+    assert "| deebert | 6 layers | 75.00 |" in "\n".join(twelve)
+    assert "| deebert | 12 layers | - | - |" in "\n".join(twelve)
     copied = report.collect(runs, tmp_path / "kept")
     assert len(copied) == 2
     assert sorted(p.name for p in copied[0].iterdir()) == [

@@ -65,10 +65,12 @@ class Run:
         return [*run_command(self.config, sets, self.folder(runs)), "--resume"]
 
 
-def run_command(config: str, sets: list[str], output: Path) -> list[str]:
+def run_command(config: str, sets: list[str], output: Path,
+                configs: dict[str, tuple[str, list[str]]] = CONFIGS) -> list[str]:
     """`python -m gradsurg run` of one configuration's recipe with `sets`, then the
-    configuration's own overrides, into `output`."""
-    recipe, overrides = CONFIGS[config]
+    configuration's own overrides, into `output` (`configs`: where the name is looked up; the
+    depth study adds its own without planning them into this study)."""
+    recipe, overrides = configs[config]
     args = [sys.executable, "-m", "gradsurg", "run", str(ROOT / "recipes" / recipe)]
     for item in [*sets, *overrides]:
         args += ["--set", item]
