@@ -93,12 +93,14 @@ def predict(folder, *options):
 
 def test_predict_answers_for_the_preference_given(conditioned):
     _, _, folder = conditioned
-    outputs = {}
+    outputs, said = {}, {}
     for option in ((), ("--preference", "1,1"), ("--preference", "3,0"), ("--preference", "0,2")):
         result = predict(folder, *option)
         assert result.exit_code == 0, result.output
         outputs[option] = [json.loads(line)["confidence"] for line in result.stdout.splitlines()]
-    assert "preference: final 0.5, sd 0.5" in predict(folder).stderr  # the default, said
+        said[option] = result.stderr
+    assert "preference: final 0.5, sd 0.5" in said[()]  # the default, said
+    assert "preference: final 1, sd 0" in said[("--preference", "3,0")]
     assert outputs[()] == outputs[("--preference", "1,1")]  # the centre
     assert outputs[("--preference", "3,0")] != outputs[("--preference", "0,2")]
 
