@@ -110,6 +110,10 @@ class ExitOptions:
     max_length: Annotated[int, typer.Option(
         min=2, help="Truncate inputs to this many tokens.")] = 128
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")] = "auto"
+    preference: Annotated[str | None, typer.Option(
+        help="Models trained with preference_conditioning (COSMOS): the trade-off to answer "
+        "for, one number per loss group, comma-separated, scaled to sum 1 (e.g. 0.3,0.7); "
+        "default the centre, 1/k each. Refused for other models.")] = None
 
     def rule(self) -> ExitPolicy:
         """The policy with only the parameters the user gave (the rest keep defaults);
@@ -144,6 +148,14 @@ def takes_exit_options(command: Callable[..., None]) -> Callable[..., None]:
     with_options.__signature__ = own.replace(parameters=parameters)  # type: ignore[attr-defined]
     with_options.__annotations__ = {p.name: p.annotation for p in parameters}
     return with_options
+
+
+def note_preference(loaded: Any) -> None:
+    """Say which trade-off a preference-conditioned model answers for (stderr)."""
+    groups = loaded.model.config.preference_groups
+    if groups is not None:
+        ray = ", ".join(f"{g} {v:.4g}" for g, v in zip(groups, loaded.model.preference.tolist()))
+        errors.print(f"preference: {ray}", highlight=False)
 
 
 def optional(module: str, *names: str) -> tuple[Any, ...]:
@@ -280,7 +292,9 @@ def predict(
                               "jsonl, tsv")
         if output_file != "-":
             check_output_file(Path(output_file), option="--output")
-        loaded = load_for_inference(model_dir, device=options.device)
+        loaded = load_for_inference(model_dir, device=options.device,
+                                    preference=options.preference)
+        note_preference(loaded)
         check_max_length(loaded, options.max_length)
         # The whole input is read and checked first: a bad line 20,001 is reported before
         # any prediction is written, not after 20,000 of them.
@@ -322,7 +336,9 @@ def evaluate(
         rule = options.rule()
         if json_out is not None:  # checked before the evaluation, not after it
             check_output_file(json_out, option="--json")
-        loaded = load_for_inference(model_dir, device=options.device)
+        loaded = load_for_inference(model_dir, device=options.device,
+                                    preference=options.preference)
+        note_preference(loaded)
         check_max_length(loaded, options.max_length)
         from gradsurg.data.glue import get_task  # --task resolved once, here
 

@@ -41,8 +41,8 @@ WEIGHTINGS: dict[str, str] = {
     'geometric': "autograd of the product; torchjd's `GeometricMean`",
     'imtll': "numpy SGD steps; torchjd's `IMTLL`",
     'stch': "numpy over 4 epochs; k x torchjd's `STCH` on the normalized logs",
-    'pbi': "numpy gradient of d1 + theta d2 (hypothesis); torchjd's `PBI` by autograd; negative weights from theta > 1 shown; seeded Dirichlet resampling through a `weights_only` checkpoint; trains the digits and a tiny RomeBERT recipe",
-    'cosmos': "numpy gradient of r.L - lambda cos(r, L) (hypothesis); torchjd's `COSMOS` by autograd; seeded Dirichlet resampling through a `weights_only` checkpoint; trains the digits and a tiny RomeBERT recipe",
+    'pbi': "numpy gradient of d1 + theta d2 around a reference point 0 or drawn (hypothesis); torchjd's `PBI` by autograd, `reference` too; negative weights from theta > 1 shown; seeded Dirichlet resampling through a `weights_only` checkpoint; trains the digits and a tiny RomeBERT recipe",
+    'cosmos': "numpy gradient of r.L - lambda cos(r, L) (hypothesis); torchjd's `COSMOS` by autograd; seeded Dirichlet resampling through a `weights_only` checkpoint; trains the digits and a tiny RomeBERT recipe; conditioning: the ray concatenated or projected by hand, a plain loop where one MLP learns y = r1 - r2 per ray, the ray stream through a checkpoint, a tiny RomeBERT fed each step's ray then served at any `--preference`",
     'layerskip': "numpy rendering of the authors' `layer_ids_to_loss_scales` (six scales, three depths, early scale); rotation over three cycles, exits in any group order; state through a `weights_only` checkpoint; trains a tiny RomeBERT recipe and the digits recipe with per-exit groups",
     'eellm_warmup': "numpy rendering of the authors' `EarlyExitLossWeight` iteration by iteration (linear, cosine, warm-up 0/1/5 steps, per-exit targets, cool-down); state through a `weights_only` checkpoint; trains a tiny RomeBERT recipe and the digits recipe with per-exit groups",
 }

@@ -29,7 +29,7 @@ NEEDS = {"trainer": "transformers", "lightning": "lightning", "accelerate": "acc
 
 def test_readme_has_every_integration_example():
     assert set(examples()) == {"own_loop", "combiner", "trainer", "lightning", "accelerate",
-                               "amp", "ddp", "fsdp2", "weighting"}
+                               "amp", "ddp", "fsdp2", "weighting", "cosmos"}
 
 
 @pytest.mark.parametrize("name", sorted(examples()))

@@ -32,9 +32,11 @@ def rows(weighting, values) -> np.ndarray:
     return torch.autograd.grad(total, losses)[0].numpy()
 
 
-def pbi_gradient(values, preference, theta) -> np.ndarray:
-    """d/dL (d1 + theta d2): r_hat + theta P L / d2, P the projector off r_hat."""
-    values, r = np.asarray(values), np.asarray(preference, float)
+def pbi_gradient(values, preference, theta, reference=(0.0, 0.0, 0.0)) -> np.ndarray:
+    """d/dL (d1 + theta d2) at L - z: r_hat + theta P (L - z) / d2, P the projector off
+    r_hat."""
+    values = np.asarray(values) - np.asarray(reference, float)
+    r = np.asarray(preference, float)
     r_hat = r / np.linalg.norm(r)
     perpendicular = values - (values @ r_hat) * r_hat
     return r_hat + theta * perpendicular / np.sqrt(perpendicular @ perpendicular + 1e-12)
@@ -49,16 +51,21 @@ def cosmos_gradient(values, preference, lam) -> np.ndarray:
 
 @FEW
 @given(values=st.lists(POSITIVE, min_size=3, max_size=3),
-       preference=st.lists(POSITIVE, min_size=3, max_size=3), theta=st.floats(0, 10))
-def test_pbi_rows_are_its_gradient(values, preference, theta):
-    weighting = WEIGHTINGS.build({"name": "pbi", "theta": theta, "preference": preference},
+       preference=st.lists(POSITIVE, min_size=3, max_size=3), theta=st.floats(0, 10),
+       reference=st.none() | st.lists(st.floats(-5, 5), min_size=3, max_size=3))
+def test_pbi_rows_are_its_gradient(values, preference, theta, reference):
+    spec = {"name": "pbi", "theta": theta, "preference": preference}
+    weighting = WEIGHTINGS.build(spec if reference is None else {**spec, "reference": reference},
                                  GROUPS, where=WHERE)
     out = rows(weighting, values)
+    z = [0.0] * 3 if reference is None else reference
     # near the ray d2 ~ 1e-6 amplifies the perpendicular's rounding (1e-16 |L|) by theta / d2
-    np.testing.assert_allclose(out, pbi_gradient(values, preference, theta), rtol=1e-9,
+    np.testing.assert_allclose(out, pbi_gradient(values, preference, theta, z), rtol=1e-9,
                                atol=1e-6)
     x = torch.tensor(values, dtype=torch.float64, requires_grad=True)
-    scalarizer = tjd.PBI(theta, torch.tensor(preference, dtype=torch.float64))
+    scalarizer = tjd.PBI(theta, torch.tensor(preference, dtype=torch.float64),
+                         None if reference is None else torch.tensor(reference,
+                                                                     dtype=torch.float64))
     np.testing.assert_allclose(out, torch.autograd.grad(scalarizer(x), x)[0].numpy(),
                                rtol=1e-12, atol=1e-12)
 
@@ -83,6 +90,42 @@ def test_pbi_on_the_preference_ray_is_the_projection():
     weighting = WEIGHTINGS.build({"name": "pbi", "preference": [1, 2, 2]}, GROUPS, where=WHERE)
     np.testing.assert_allclose(rows(weighting, [0.5, 1.0, 1.0]), [1 / 3, 2 / 3, 2 / 3],
                                atol=1e-5)
+
+
+def test_pbi_reference_moves_the_ray_to_the_ideal_point():
+    """Losses on the ray through z, not through 0: d2 = 0 there, the rows are r_hat; the
+    same losses around z = 0 lie off the ray and get the perpendicular pull."""
+    spec = {"name": "pbi", "preference": [1, 2, 2], "reference": [0.5, -1.0, 2.0]}
+    shifted = WEIGHTINGS.build(spec, GROUPS, where=WHERE)
+    on_ray = [0.5 + 0.5, -1.0 + 1.0, 2.0 + 1.0]
+    np.testing.assert_allclose(rows(shifted, on_ray), [1 / 3, 2 / 3, 2 / 3], atol=1e-5)
+    plain = WEIGHTINGS.build({**spec, "reference": None}, GROUPS, where=WHERE)
+    assert np.abs(rows(plain, on_ray) - [1 / 3, 2 / 3, 2 / 3]).max() > 0.5
+
+
+def test_pbi_reference_is_configuration_not_state():
+    """Checkpoints keep their keys: a state saved with one reference loads into a PBI with
+    another (or none), and each keeps its own reference."""
+    spec = {"name": "pbi", "resample": True, "seed": 1}
+    with_z = WEIGHTINGS.build({**spec, "reference": [1, 2, 3]}, GROUPS, where=WHERE)
+    without = WEIGHTINGS.build(spec, GROUPS, where=WHERE)
+    assert set(with_z.state_dict()) == set(without.state_dict())
+    with_z.step_end(torch.ones(3, dtype=torch.float64))
+    without.load_state_dict(through_a_weights_only_checkpoint(with_z.state_dict()))
+    torch.testing.assert_close(without.preference, with_z.preference, rtol=0, atol=0)
+    assert without.reference.tolist() == [0.0, 0.0, 0.0]
+    assert with_z.reference.tolist() == [1.0, 2.0, 3.0]
+
+
+def test_current_preference_is_the_ray_on_the_simplex():
+    fixed = WEIGHTINGS.build({"name": "cosmos", "preference": [1, 2, 5]}, GROUPS, where=WHERE)
+    assert fixed.current_preference.tolist() == [0.125, 0.25, 0.625]
+    drawn = WEIGHTINGS.build({"name": "cosmos", "resample": True}, GROUPS, where=WHERE)
+    assert drawn.current_preference.tolist() == [1 / 3] * 3  # the default's first step
+    drawn.step_end(torch.ones(3, dtype=torch.float64))
+    torch.testing.assert_close(drawn.current_preference, drawn.preference, rtol=0, atol=1e-15)
+    drawn.current_preference.zero_()  # a copy: the weighting's ray is untouched
+    assert float(drawn.preference.sum()) == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize("name", ["pbi", "cosmos"])
@@ -117,6 +160,11 @@ def test_resampling_draws_seeded_points_of_the_simplex_and_survives_a_checkpoint
     ({"name": "cosmos", "lambda_": "x"}, "lambda_='x' is invalid"),
     ({"name": "cosmos", "resample": "yes"}, "resample='yes' is invalid"),
     ({"name": "pbi", "concentration": 0}, "concentration=0 is invalid"),
+    ({"name": "pbi", "reference": [0, 1]}, "reference=[0, 1] is invalid"),
+    ({"name": "pbi", "reference": [0, float("nan"), 1]}, "reference=nan is invalid"),
+    ({"name": "pbi", "reference": [0, float("inf"), 1]}, "reference=inf is invalid"),
+    ({"name": "pbi", "reference": "0,0,0"}, "reference='0,0,0' is invalid"),
+    ({"name": "cosmos", "reference": [0, 0, 0]}, "reference"),
 ])
 def test_bad_options_are_one_line_config_errors(spec, message):
     with pytest.raises(ConfigError) as caught:

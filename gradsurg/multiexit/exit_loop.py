@@ -111,7 +111,7 @@ class _EncoderStepper:
         self.model = model
         self.encoder = model.encoder
         self.compact = compact
-        hidden = self.encoder.embed(input_ids, attention_mask, token_type_ids)
+        hidden = model.embed(input_ids, attention_mask, token_type_ids)
         if compact:  # a batch padded to a fixed length need not run its empty tail
             hidden, attention_mask = _cut_unused_tail(hidden, attention_mask)
         self.hidden = hidden

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from gradsurg import strict_json
+from gradsurg.conditioning import PreferenceProjection, centre, check_ray
 from gradsurg.errors import ConfigError, GradsurgError
 from gradsurg.multiexit.adapters import EncoderAdapter, make_adapter
 from gradsurg.multiexit.backbones import load_backbone
@@ -69,6 +70,9 @@ class MultiExitConfig:
     #: SHA-256 of the saved tokenizer's vocabulary (`folders.vocabulary_fingerprint`), so a
     #: reload refuses another tokenizer; None for models saved without one or before it.
     tokenizer_vocabulary: str | None = None
+    #: The loss groups of the preference ray the model is conditioned on (COSMOS; recipe key
+    #: `preference_conditioning`), in order; None: not conditioned.
+    preference_groups: list[str] | None = None
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -87,6 +91,13 @@ class MultiExitConfig:
         ):
             raise ConfigError(f"labels={self.labels!r} is invalid; allowed: a list of "
                               f"{self.num_labels} class names, or null")
+        if self.preference_groups is not None and (
+            not isinstance(self.preference_groups, list) or len(self.preference_groups) < 2
+            or not all(isinstance(g, str) for g in self.preference_groups)
+            or len(set(self.preference_groups)) != len(self.preference_groups)
+        ):
+            raise ConfigError(f"preference_groups={self.preference_groups!r} is invalid; "
+                              "allowed: two or more distinct loss group names, or null")
         if self.format_version != FORMAT_VERSION:
             raise ConfigError(
                 f"format_version={self.format_version!r} is not supported; "
@@ -154,6 +165,46 @@ class MultiExitModel(nn.Module):
         # once (`parameters()` and safetensors both store shared tensors once).
         self.exits = nn.ModuleList(heads * encoder.num_layers if config.shared_exit else heads)
         self._init_exits(float(getattr(encoder.hf_config, "initializer_range", 0.02)))
+        #: COSMOS conditioning: the ray's learned map added to the embeddings' output.
+        self.preference_projection: PreferenceProjection | None = None
+        if config.preference_groups is not None:
+            self._add_preference_projection(len(config.preference_groups))
+
+    def condition_on_preference(self, groups: list[str]) -> None:
+        """Condition the model on a preference ray over `groups` (COSMOS): a learned linear
+        map from the ray to the hidden size, added to the embeddings' output at every
+        position. Saved with the model (`preference_groups` in its config)."""
+        if self.preference_projection is not None:
+            raise ConfigError("the model is already conditioned on a preference ray over "
+                              f"{self.config.preference_groups}")
+        self.config = dataclasses.replace(self.config, preference_groups=list(groups))
+        self._add_preference_projection(len(groups))
+
+    def _add_preference_projection(self, k: int) -> None:
+        self.preference_projection = PreferenceProjection(k, self.encoder.hidden_size)
+        std = float(getattr(self.encoder.hf_config, "initializer_range", 0.02))
+        nn.init.normal_(self.preference_projection.linear.weight, mean=0.0, std=std)
+        # Not saved: a reloaded model starts from the centre, whatever ray training ended on.
+        self.register_buffer("preference", centre(k), persistent=False)
+
+    def set_preference(self, preference: object, *, where: str = "preference") -> None:
+        """The ray a conditioned model answers for (None: the centre, 1/k each); refused for a
+        model trained without conditioning, where it would change nothing."""
+        groups = self.config.preference_groups
+        if groups is None:
+            raise ConfigError(f"{where}: the model was trained without preference "
+                              "conditioning, so a preference would change nothing")
+        ray = centre(len(groups)) if preference is None else check_ray(preference, groups,
+                                                                       where=where)
+        self.preference.copy_(ray)
+
+    def embed(self, input_ids: Tensor, attention_mask: Tensor,
+              token_type_ids: Tensor | None = None) -> Tensor:
+        """The encoder's embeddings, plus the preference ray's projection when conditioned."""
+        hidden = self.encoder.embed(input_ids, attention_mask, token_type_ids)
+        if self.preference_projection is not None:
+            hidden = self.preference_projection(hidden, self.preference)
+        return hidden
 
     def _init_exits(self, std: float) -> None:
         # Same scale as the backbone's own heads, so new exits do not dominate early steps.
@@ -175,7 +226,7 @@ class MultiExitModel(nn.Module):
         """Per-exit logits [B, num_labels]: index 0 after layer 1, the last after the top layer."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        hidden = self.encoder.embed(input_ids, attention_mask, token_type_ids)
+        hidden = self.embed(input_ids, attention_mask, token_type_ids)
         mask = self.encoder.prepare_mask(attention_mask, hidden)
         logits: list[Tensor] = []
         for i, exit_head in enumerate(self.exits):

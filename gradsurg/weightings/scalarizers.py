@@ -63,6 +63,13 @@ class PreferenceScalarization(LossWeighting):
         self.preference.copy_(gammas / gammas.sum())
         self.generator_state.copy_(generator.get_state())
 
+    @property
+    def current_preference(self) -> Tensor:
+        """The ray this step weighs by, scaled to sum 1 (a point of the simplex, as the
+        Dirichlet draws are): what a preference-conditioned model is fed this step. Read it
+        before `surgery.backward`; the step's end draws the next one (`resample`)."""
+        return (self.preference / self.preference.sum()).detach().clone()
+
     def describe(self) -> dict[str, float]:
         facts = super().describe()
         facts.update({f"preference/{g}": float(v)
@@ -70,12 +77,26 @@ class PreferenceScalarization(LossWeighting):
         return facts
 
 
+def check_reference(reference: object, *, name: str, groups: Sequence[str]) -> list[float]:
+    """PBI's reference point: one finite number per loss group (default all 0), else a
+    one-line ConfigError naming the groups."""
+    k = len(groups)
+    if reference is None:
+        return [0.0] * k
+    if (not isinstance(reference, Sequence) or isinstance(reference, str)
+            or len(reference) != k):
+        raise ConfigError(f"weighting {name!r}: reference={reference!r} is invalid; "
+                          f"allowed: {k} finite numbers, one per loss group {list(groups)}")
+    return [check_number(value, name=name, key="reference") for value in reference]
+
+
 @WEIGHTINGS.register
 class PBI(PreferenceScalarization):
     """Zhang & Li, "MOEA/D: A Multiobjective Evolutionary Algorithm Based on Decomposition"
-    (IEEE TEC 2007), penalty-based boundary intersection with the ideal point 0:
+    (IEEE TEC 2007), penalty-based boundary intersection around the reference point z:
 
-        d1 = L . r_hat,   d2 = ||L - d1 r_hat||,   f = d1 + theta d2,   r_hat = r / ||r||
+        d1 = (L - z) . r_hat,   d2 = ||L - z - d1 r_hat||,   f = d1 + theta d2,
+        r_hat = r / ||r||
 
     `theta` (default 5, the paper's) penalizes the distance to the preference ray. With
     theta > 1 a loss below its share of the ray gets a negative weight (the penalty pulls the
@@ -83,17 +104,23 @@ class PBI(PreferenceScalarization):
     as in MOEA/D, not for minimizing every loss; on the digits recipe theta 2 sent the final
     exit to chance. As in
     torchjd 0.18's `PBI`, 1e-12 is added under d2's square root so the gradient stays finite
-    on the ray. The ideal point is 0 (losses are non-negative); torchjd's `reference` is not
-    offered. See `PreferenceScalarization` for how f becomes weights.
+    on the ray. `reference` is z (one finite number per group; default 0, torchjd's `None`,
+    which suits non-negative losses): MOEA/D's ideal point, a lower bound on the losses. It
+    is configuration, not state (no buffer), so checkpoints keep their keys. See
+    `PreferenceScalarization` for how f becomes weights.
     """
 
     name = "pbi"
 
-    def __init__(self, groups: Sequence[str], *, theta: float = 5.0, **options) -> None:
+    def __init__(self, groups: Sequence[str], *, theta: float = 5.0,
+                 reference: Sequence[float] | None = None, **options) -> None:
         super().__init__(groups, **options)
         self.theta = check_number(theta, name=self.name, key="theta", low=0, low_open=False)
+        self.reference = torch.tensor(check_reference(reference, name=self.name,
+                                                      groups=self.groups), dtype=torch.float64)
 
     def scalarize(self, values: Tensor, preference: Tensor) -> Tensor:
+        values = values - self.reference
         direction = preference / preference.norm()
         along = values @ direction
         perpendicular = values - along * direction
@@ -108,8 +135,10 @@ class COSMOS(PreferenceScalarization):
         f = r . L - lambda cos(r, L)
 
     `lambda_` (default 1; the paper uses 0.01 to 8) rewards losses aligned with the
-    preference. The paper also feeds r to the model as an input; that is the model's business
-    and not done here. See `PreferenceScalarization` for how f becomes weights.
+    preference. The paper also feeds r to the model as an input, sampled per step: with
+    `resample: true`, `current_preference` is the step's ray, for `PreferenceConditioned`
+    (any model) or the multi-exit recipe key `preference_conditioning`. See
+    `PreferenceScalarization` for how f becomes weights.
     """
 
     name = "cosmos"

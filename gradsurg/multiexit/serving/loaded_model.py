@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from gradsurg.conditioning import parse_ray
 from gradsurg.data.glue import TaskSpec, get_task
 from gradsurg.devices import resolve_device
 from gradsurg.errors import ConfigError, GradsurgError, NonFiniteError
@@ -71,8 +72,13 @@ def check_model_folder(model_dir: str | Path) -> None:
         raise ConfigError(f"model folder {str(folder)!r}: {empty} is empty")
 
 
-def load_for_inference(model_dir: str | Path, *, device: str = "auto") -> LoadedModel:
-    """A saved model folder (weights, configs and tokenizer) ready for the runner."""
+def load_for_inference(model_dir: str | Path, *, device: str = "auto",
+                       preference: str | None = None) -> LoadedModel:
+    """A saved model folder (weights, configs and tokenizer) ready for the runner.
+
+    `preference` (comma-separated, one number per loss group) is the trade-off a model
+    trained with `preference_conditioning` answers for; default the centre (1/k each). For
+    any other model it is refused: it would change nothing."""
     from transformers import AutoTokenizer
 
     check_model_folder(model_dir)
@@ -92,6 +98,12 @@ def load_for_inference(model_dir: str | Path, *, device: str = "auto") -> Loaded
                             ) from None
     check_tokenizer_fits(tokenizer, model.encoder.hf_config, Path(model_dir),
                          fingerprint=model.config.tokenizer_vocabulary)
+    groups = model.config.preference_groups
+    if preference is not None and groups is None:
+        model.set_preference(preference, where="--preference")  # refused: says why
+    if groups is not None:
+        model.set_preference(None if preference is None else parse_ray(
+            preference, groups, where="--preference"), where="--preference")
     task = get_task(model.config.task) if model.config.task else None
     return LoadedModel(model=model, tokenizer=tokenizer, device=target, task=task)
 

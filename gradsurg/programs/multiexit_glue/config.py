@@ -104,6 +104,11 @@ class MultiExitGlueConfig(ProgramConfig):
         None, description="one-stage modes with two or more loss groups: a loss weighting "
         "(uncertainty, dwa, famo, geometric, imtll, stch; a name or {name, params}) applied "
         "to the group losses before the combiner")
+    preference_conditioning: bool = Field(
+        False, description="COSMOS: feed the model the weighting's preference ray each step "
+        "(a learned linear map from the ray to the hidden size, added to the embeddings); "
+        "needs weighting cosmos or pbi with resample: true. The dev evaluation and gradsurg "
+        "predict / eval use the centre (1/k each) unless --preference says otherwise")
     include: list[str] | None = Field(["encoder.layers.*"], description="surgery parameters")
     exclude: list[str] | None = Field(None, description="parameters left out of surgery")
     exit_policy: str | dict[str, Any] = Field(
@@ -220,6 +225,26 @@ class MultiExitGlueConfig(ProgramConfig):
             WEIGHTINGS.build(self.weighting, groups, where="key 'weighting'")
         except ConfigError as error:
             raise ValueError(str(error)) from None
+        return self
+
+    @model_validator(mode="after")
+    def _conditioning_has_a_ray(self) -> MultiExitGlueConfig:
+        if not self.preference_conditioning:
+            return self
+        from gradsurg.weightings.scalarizers import PreferenceScalarization
+
+        name, options = (WEIGHTINGS.split(self.weighting, where="key 'weighting'")
+                         if self.weighting is not None else (None, {}))
+        if name is None or not issubclass(WEIGHTINGS.get(name), PreferenceScalarization):
+            raise ValueError("key 'preference_conditioning': the model is conditioned on the "
+                             "preference ray of weighting cosmos or pbi, and this recipe's "
+                             f"weighting is {name or 'none'}; set weighting: {{name: cosmos, "
+                             "resample: true}} or remove the key")
+        if options.get("resample") is not True:
+            raise ValueError("key 'preference_conditioning': weighting "
+                             f"{name}'s preference is fixed, so the model would be fed the "
+                             "same ray every step and learn nothing from it; set resample: "
+                             "true in the weighting or remove the key")
         return self
 
     @model_validator(mode="after")

@@ -169,6 +169,10 @@ class MultiExitGlueRecipe:
             task=task, exit_policy=policy, sweep=tuple(sweep), stages=stages, combiner=combiner,
             loss_groups=build_loss_groups(self.model.num_exits, stages, config),
             weighting=build_weighting(stages, config))
+        if config.preference_conditioning:  # the ray's groups exist now (per-exit: by depth)
+            assert self.weighting is not None  # validation asks for cosmos or pbi
+            self.model.condition_on_preference(list(self.weighting.groups))
+            self.model.to(self.device)
         self.parts = TrainingParts(self.plan.loss_groups, self.plan.weighting).to(self.device)
         self.parallel.broadcast_module_(self.model)
         self.parallel.broadcast_module_(self.parts)
@@ -402,6 +406,8 @@ class MultiExitGlueRecipe:
     def stage_losses(self, stage: TrainingStage, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """The stage's group losses, the forward pass under the recipe's autocast; losses in
         float32 (autocast runs softmax / KL in float32 already; the cast makes it explicit)."""
+        if self.config.preference_conditioning:  # the ray this step's weights use
+            self.model.preference.copy_(self.weighting.current_preference)
         with self.autocast():
             logits = forward(self.model, batch)
         return group_losses([x.float() for x in logits], batch["labels"],
@@ -413,6 +419,8 @@ class MultiExitGlueRecipe:
         """Every exit's dev outputs (saved for `gradsurg compare`), metrics and sweeps."""
         config = self.config
         check_finite_weights(self.model, when="after training")
+        if self.config.preference_conditioning:  # not the last step's ray: the default
+            self.model.set_preference(None)
         all_logits, labels = collect_exit_logits(self.model, self.eval_loader, self.device)
         check_finite_outputs(all_logits, what=f"{config.eval_split} evaluation")
         save_exit_logits(all_logits, labels, self.output_dir)
@@ -435,6 +443,10 @@ class MultiExitGlueRecipe:
         if self.weighting is not None:
             summary["weighting"] = {"name": self.weighting.name, **{
                 key: round(value, 6) for key, value in self.weighting.describe().items()}}
+        if self.config.preference_conditioning:  # what the dev evaluation answered for
+            summary["preference_conditioning"] = {
+                "groups": list(self.model.config.preference_groups or []),
+                "eval_preference": [round(v, 6) for v in self.model.preference.tolist()]}
         return summary
 
     def save(self) -> Path:
