@@ -213,6 +213,7 @@ class MultiExitGlueRecipe:
             config.model, num_labels=task.num_labels, pooling=config.pooling,
             dropout=config.dropout, backbone_dropout=config.backbone_dropout,
             shared_exit=self.mode.shared_exit,
+            gradient_equilibrium=config.gradient_equilibrium,
         )
         # Recorded in the checkpoint so `gradsurg predict/eval` know the classes and the task.
         model.config = dataclasses.replace(
