@@ -41,6 +41,7 @@ from gradsurg.run_folder import (
     RECIPE_FILE,
     RESULTS_FILE,
     check_run_folder,
+    plain_defaults,
     write_recipe,
     write_results,
 )
@@ -223,7 +224,8 @@ def run(
         if main:  # one run per folder: a second one stops here, before touching anything
             lock = OutputLock(folder).acquire()
         check_run_folder(folder, resolved, resume=resume,
-                         evaluation_keys=program.evaluation_keys)
+                         evaluation_keys=program.evaluation_keys,
+                         defaults=plain_defaults(program.config))
         folder.mkdir(parents=True, exist_ok=True)
         if main:
             write_recipe(folder, resolved)

@@ -39,6 +39,7 @@ __all__ = [
     "check_run_folder",
     "first_changed_key",
     "load_run",
+    "plain_defaults",
     "read_exit_logits",
     "read_saved_recipe",
     "refuse_changed_recipe",
@@ -84,9 +85,11 @@ def write_exit_logits(folder: Path, logits: Any, labels: Any) -> Path:
 # ---- resume -------------------------------------------------------------------------------
 
 def check_run_folder(folder: Path, resolved: Mapping[str, Any], *, resume: bool,
-                     evaluation_keys: frozenset[str] = frozenset()) -> None:
+                     evaluation_keys: frozenset[str] = frozenset(),
+                     defaults: Mapping[str, Any] | None = None) -> None:
     """Refuse to overwrite a run that could be resumed or has finished, or to resume it with
-    another recipe (keys in `evaluation_keys` may change: the run is evaluated again)."""
+    another recipe (keys in `evaluation_keys` may change: the run is evaluated again; a key
+    the saved recipe lacks counts as its value in `defaults`, see `first_changed_key`)."""
     has_checkpoints = any((folder / CHECKPOINTS_DIR).glob("step-*"))
     results = folder / RESULTS_FILE
     finished = results.is_file()
@@ -104,7 +107,7 @@ def check_run_folder(folder: Path, resolved: Mapping[str, Any], *, resume: bool,
             "--resume has nothing to continue or evaluate again; choose another --output")
     saved = read_saved_recipe(folder) if resume else None
     if saved is not None:
-        refuse_changed_recipe(saved, resolved, ignore=evaluation_keys,
+        refuse_changed_recipe(saved, resolved, ignore=evaluation_keys, defaults=defaults,
                               saved_in=str(folder / RECIPE_FILE),
                               advice="resume with the original recipe and --set overrides")
 
@@ -124,29 +127,50 @@ def read_saved_recipe(folder: Path) -> dict[str, Any] | None:
 
 
 def first_changed_key(saved: Mapping[str, Any], current: Mapping[str, Any], *,
-                      ignore: frozenset[str] = frozenset()) -> str | None:
+                      ignore: frozenset[str] = frozenset(),
+                      defaults: Mapping[str, Any] | None = None) -> str | None:
     """The alphabetically first key whose value differs between two resolved recipes, as a
     dotted path into nested keys (`optimizer.lr`, not the whole `optimizer` mapping); keys in
-    `ignore`, e.g. evaluation-only settings, may differ."""
+    `ignore`, e.g. evaluation-only settings, may differ. A top-level key missing from `saved`
+    counts as its value in `defaults` (`plain_defaults`): a run started before the key existed
+    ran with its default, so adding a key does not strand every run folder in progress."""
+    defaults = defaults or {}
     changed = sorted(k for k in saved.keys() | current.keys()
-                     if k not in ignore and saved.get(k) != current.get(k))
+                     if k not in ignore and saved.get(k, defaults.get(k)) != current.get(k))
     if not changed:
         return None
     key = changed[0]
-    inner_saved, inner_current = saved.get(key), current.get(key)
+    inner_saved, inner_current = saved.get(key, defaults.get(key)), current.get(key)
     if isinstance(inner_saved, Mapping) and isinstance(inner_current, Mapping):
         return f"{key}.{first_changed_key(inner_saved, inner_current)}"
     return key
 
 
 def refuse_changed_recipe(saved: Mapping[str, Any], current: Mapping[str, Any], *,
-                          ignore: frozenset[str], saved_in: str, advice: str) -> None:
+                          ignore: frozenset[str], saved_in: str, advice: str,
+                          defaults: Mapping[str, Any] | None = None) -> None:
     """`--resume` continues the recipe a run was started with: the first key that differs
-    (outside `ignore`) is one ConfigError naming both values and where the saved one is."""
-    key = first_changed_key(saved, current, ignore=ignore)
-    if key is not None:
-        raise ConfigError(f"--resume: key {key!r} is {quoted(value_at(current, key))} here "
-                          f"but {quoted(value_at(saved, key))} in {saved_in}; {advice}")
+    (outside `ignore`; missing keys as in `first_changed_key`) is one ConfigError naming both
+    values and where the saved one is."""
+    key = first_changed_key(saved, current, ignore=ignore, defaults=defaults)
+    if key is None:
+        return
+    top = key.split(".")[0]
+    if top not in saved:  # a run from before the key existed
+        was = (f"not set (its default, {quoted(defaults[top])})"
+               if defaults and top in defaults else "not set")
+    else:
+        was = quoted(value_at(saved, key))
+    raise ConfigError(f"--resume: key {key!r} is {quoted(value_at(current, key))} here "
+                      f"but {was} in {saved_in}; {advice}")
+
+
+def plain_defaults(schema: Any) -> dict[str, Any]:
+    """A recipe schema's (pydantic model class) keys with a plain default value, by name: what
+    a run started before such a key existed ran with. Keys that are required or built by a
+    factory (e.g. `optimizer`) are left out, so their absence still counts as a change."""
+    return {name: field.default for name, field in schema.model_fields.items()
+            if not field.is_required() and field.default_factory is None}
 
 
 def value_at(recipe: Mapping[str, Any], dotted: str) -> Any:

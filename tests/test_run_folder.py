@@ -18,6 +18,7 @@ from gradsurg.run_folder import (
     RESULTS_FILE,
     check_run_folder,
     load_run,
+    plain_defaults,
     read_saved_recipe,
     write_exit_logits,
     write_recipe,
@@ -56,6 +57,29 @@ def test_the_folder_checks_resume_refuses(tmp_path):
     write_results(tmp_path, {"done": True})
     with pytest.raises(ConfigError, match="holds a finished run"):
         check_run_folder(tmp_path, resolved, resume=False)
+
+
+def test_a_key_added_after_a_run_started_counts_as_its_default_on_resume(tmp_path):
+    """A run folder from before `gradient_equilibrium` existed resumes when the key is at its
+    default, and is refused when the key was turned on; a missing key built by a factory
+    (`optimizer`) still counts as a change."""
+    from gradsurg.programs.multiexit_glue.config import MultiExitGlueConfig
+
+    defaults = plain_defaults(MultiExitGlueConfig)
+    assert defaults["gradient_equilibrium"] is False and "optimizer" not in defaults
+    resolved = MultiExitGlueConfig(program="multiexit_glue").model_dump(mode="json")
+    older = {k: v for k, v in resolved.items() if k != "gradient_equilibrium"}
+    write_recipe(tmp_path, older)
+    check_run_folder(tmp_path, resolved, resume=True, defaults=defaults)
+    with pytest.raises(ConfigError, match=r"key 'gradient_equilibrium' is True here but "
+                       r"not set \(its default, False\) in"):
+        check_run_folder(tmp_path, {**resolved, "gradient_equilibrium": True}, resume=True,
+                         defaults=defaults)
+    with pytest.raises(ConfigError, match="key 'gradient_equilibrium'"):
+        check_run_folder(tmp_path, resolved, resume=True)  # without defaults: a change
+    write_recipe(tmp_path, {k: v for k, v in resolved.items() if k != "optimizer"})
+    with pytest.raises(ConfigError, match=r"key 'optimizer' is .* but not set in"):
+        check_run_folder(tmp_path, resolved, resume=True, defaults=defaults)
 
 
 def test_programs_declare_whether_they_resume():

@@ -56,6 +56,8 @@ class MultiExitConfig:
     ``num_labels == 1`` means regression; ``model_type`` is filled from the backbone.
     ``task`` and ``labels`` (class names) let ``gradsurg predict``/``eval`` name classes and
     pick the right number of input texts; they are optional for models built in code.
+    ``gradient_equilibrium`` is a training rule (see :class:`MultiExitModel`), kept here so a
+    reloaded model trains as it did; it changes no output.
     """
 
     num_labels: int
@@ -65,6 +67,7 @@ class MultiExitConfig:
     pooling: str = "cls"
     dropout: float = 0.1
     shared_exit: bool = False
+    gradient_equilibrium: bool = False
     model_type: str | None = None
     attn_implementation: str | None = None
     #: SHA-256 of the saved tokenizer's vocabulary (`folders.vocabulary_fingerprint`), so a
@@ -85,6 +88,9 @@ class MultiExitConfig:
             raise ConfigError(f"dropout={self.dropout!r} is invalid; allowed: a float in [0, 1)")
         if not isinstance(self.shared_exit, bool):
             raise ConfigError(f"shared_exit={self.shared_exit!r} is invalid; allowed: true, false")
+        if not isinstance(self.gradient_equilibrium, bool):
+            raise ConfigError(f"gradient_equilibrium={self.gradient_equilibrium!r} is invalid; "
+                              "allowed: true, false")
         if self.labels is not None and (
             not isinstance(self.labels, list) or len(self.labels) != self.num_labels
             or not all(isinstance(label, str) for label in self.labels)
@@ -139,14 +145,40 @@ class MultiExitConfig:
             raise ConfigError(f"{path}: {error}") from None
 
 
+class _ScaleGradient(torch.autograd.Function):
+    """Identity in the forward pass; the gradient flowing back is multiplied by `scale`."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, scale: float) -> Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        return grad * ctx.scale, None
+
+
 class MultiExitModel(nn.Module):
     """Encoder adapter + one :class:`Exit` per layer; returns every exit's logits.
 
     Build from a loaded HF backbone (``MultiExitModel(hf_model, config)``) or by name
     (:meth:`from_backbone`); reload a saved folder with :meth:`from_pretrained`.
+
+    ``gradient_equilibrium`` (``MultiExitModel(hf, config, gradient_equilibrium=True)``, the
+    config's field, or the attribute's setter): gradient equilibrium (GE) of Li et al., ICCV
+    2019 ("Improved Techniques for Training Adaptive Deep Networks"). With L exits, layer i's
+    output (1-based) feeds exit i and layer i+1; in the backward pass the gradient it gets from
+    exit i is scaled by 1/(L-i+1) and the one from layer i+1 by (L-i)/(L-i+1), so layer i's
+    parameters receive the *mean* of the gradients of the L-i+1 exits that reach them (the
+    embeddings: the mean over all L) instead of their sum. The forward pass is unchanged (an
+    identity per branch), the exits' own gradients too; it costs two scalings of each layer's
+    output gradient, one backward pass as before, so any loss, combiner, weighting or
+    DDP/FSDP2 applies unchanged. It acts only where gradients are recorded (not under
+    ``torch.no_grad``).
     """
 
-    def __init__(self, backbone: nn.Module, config: MultiExitConfig) -> None:
+    def __init__(self, backbone: nn.Module, config: MultiExitConfig, *,
+                 gradient_equilibrium: bool | None = None) -> None:
         super().__init__()
         encoder: EncoderAdapter = make_adapter(backbone)
         if config.model_type is not None and config.model_type != encoder.model_type:
@@ -154,7 +186,10 @@ class MultiExitModel(nn.Module):
                 f"model_type={config.model_type!r} does not match the backbone; "
                 f"allowed: {encoder.model_type!r}"
             )
-        self.config = dataclasses.replace(config, model_type=encoder.model_type)
+        changes: dict[str, Any] = {"model_type": encoder.model_type}
+        if gradient_equilibrium is not None:  # None: the config's own
+            changes["gradient_equilibrium"] = gradient_equilibrium
+        self.config = dataclasses.replace(config, **changes)
         self.encoder = encoder
         heads = [
             Exit(encoder.hidden_size, config.num_labels, pooling=config.pooling,
@@ -217,6 +252,15 @@ class MultiExitModel(nn.Module):
     def num_exits(self) -> int:
         return len(self.exits)
 
+    @property
+    def gradient_equilibrium(self) -> bool:
+        """Whether the backward pass balances the exits' gradients (see the class)."""
+        return self.config.gradient_equilibrium
+
+    @gradient_equilibrium.setter
+    def gradient_equilibrium(self, on: bool) -> None:
+        self.config = dataclasses.replace(self.config, gradient_equilibrium=on)  # validated
+
     def forward(
         self,
         input_ids: Tensor,
@@ -229,9 +273,19 @@ class MultiExitModel(nn.Module):
         hidden = self.embed(input_ids, attention_mask, token_type_ids)
         mask = self.encoder.prepare_mask(attention_mask, hidden)
         logits: list[Tensor] = []
+        last = self.num_exits - 1
+        balance = self.config.gradient_equilibrium and torch.is_grad_enabled()
         for i, exit_head in enumerate(self.exits):
             hidden = self.encoder.run_layer(i, hidden, mask)
-            logits.append(exit_head(hidden, mask.padding))
+            if balance and i < last:
+                # 0-based i: exits i..last reach this output, `reaching` of them; exit i's
+                # branch carries 1/reaching of the gradient, the deeper path the rest.
+                reaching = self.num_exits - i
+                logits.append(exit_head(_ScaleGradient.apply(hidden, 1.0 / reaching),
+                                        mask.padding))
+                hidden = _ScaleGradient.apply(hidden, (reaching - 1) / reaching)
+            else:
+                logits.append(exit_head(hidden, mask.padding))
         return logits
 
     # -- construction -------------------------------------------------------------
@@ -247,11 +301,13 @@ class MultiExitModel(nn.Module):
         attn_implementation: str | None = None,
         backbone_dropout: float | None = None,
         shared_exit: bool = False,
+        gradient_equilibrium: bool = False,
     ) -> tuple[MultiExitModel, Any]:
         """Pretrained backbone by name (``"minilm"``, HF id, folder) -> ``(model, tokenizer)``.
 
         ``backbone_dropout`` overrides the backbone's hidden and attention dropout;
-        ``shared_exit`` puts one exit after every layer (ELBERT) instead of one per layer.
+        ``shared_exit`` puts one exit after every layer (ELBERT) instead of one per layer;
+        ``gradient_equilibrium``: see the class.
         """
         config = MultiExitConfig(
             num_labels=num_labels,
@@ -259,6 +315,7 @@ class MultiExitModel(nn.Module):
             pooling=pooling,
             dropout=dropout,
             shared_exit=shared_exit,
+            gradient_equilibrium=gradient_equilibrium,
             attn_implementation=attn_implementation,
         )
         hf_model, tokenizer = load_backbone(name_or_path, attn_implementation=attn_implementation,

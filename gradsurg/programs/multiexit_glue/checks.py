@@ -90,10 +90,15 @@ def resolve_exit_policy(exit_policy: str | Mapping[str, Any],
 
 def check_against_model(config: Any, policy: ExitPolicySetting, *, num_layers: int,
                         num_outputs: int, hf_config: Any) -> list[ExitPolicy]:
-    """What the recipe asks of this model: sweep policies that fit it, a max_length it holds.
+    """What the recipe asks of this model: sweep policies that fit it, a max_length it holds,
+    exits for gradient equilibrium to balance.
     Returns the sweep's policies, built and checked (the run's evaluation uses them); none
     when the run makes no sweep."""
     check_max_length(config.max_length, hf_config, model=f"model {config.model!r}")
+    if config.gradient_equilibrium and num_layers < 2:
+        raise ConfigError(f"key 'gradient_equilibrium': model {config.model!r} has one layer "
+                          "and so one exit, whose gradient equilibrium leaves unchanged; "
+                          "remove the key")
     if num_outputs < 2 and policy.cls.classification_only:
         return []  # the run skips the sweep for a regression task (see evaluation.py)
     rules = policy.sweep_policies(num_layers=num_layers)

@@ -29,6 +29,9 @@ from gradsurg.weightings import WEIGHTINGS
 if TYPE_CHECKING:
     from gradsurg.programs.multiexit_glue.checks import ExitPolicySetting
 
+#: What a stage's `trained_exits` means, for messages.
+_TRAINED = {"all": "every exit", "final": "the final exit", "early": "the early exits"}
+
 #: The learning rate of ELBERT's exit weights in its authors' code (`w_lr`).
 DEFAULT_EXIT_WEIGHTS_LR = 1e-2
 
@@ -109,6 +112,11 @@ class MultiExitGlueConfig(ProgramConfig):
         "(a learned linear map from the ray to the hidden size, added to the embeddings); "
         "needs weighting cosmos or pbi with resample: true. The dev evaluation and gradsurg "
         "predict / eval use the centre (1/k each) unless --preference says otherwise")
+    gradient_equilibrium: bool = Field(
+        False, description="gradient equilibrium (Li et al., ICCV 2019): in the backward pass "
+        "each layer's output passes 1/(L-i+1) of its own exit's gradient and (L-i)/(L-i+1) of "
+        "the deeper layers', so layer i gets the mean of the gradients of the exits above it, "
+        "not their sum; one-stage modes; saved with the model")
     include: list[str] | None = Field(["encoder.layers.*"], description="surgery parameters")
     exclude: list[str] | None = Field(None, description="parameters left out of surgery")
     exit_policy: str | dict[str, Any] = Field(
@@ -197,6 +205,32 @@ class MultiExitGlueConfig(ProgramConfig):
             raise ValueError(
                 f"key 'exit_weights_lr': no loss term of mode {self.mode} learns (ELBERT's "
                 "learned_exit_weights does), so the key would do nothing; remove it")
+        return self
+
+    @model_validator(mode="after")
+    def _equilibrium_has_exits_to_balance(self) -> MultiExitGlueConfig:
+        """Gradient equilibrium balances exits that all train through the encoder; where a
+        stage freezes it or trains one exit, it would do nothing or only shrink that exit's
+        gradient (the other exits' shares of the mean are zero)."""
+        if not self.gradient_equilibrium:
+            return self
+        why = [f"{stage.name} freezes the encoder, leaving nothing to rescale"
+               if not stage.train_encoder else
+               f"{stage.name} trains {_TRAINED[stage.trained_exits]} alone, whose gradient "
+               "equilibrium would only shrink by 1/(L-i+1) at layer i"
+               for stage in self.mode_spec.stages
+               if not stage.train_encoder or stage.trained_exits != "all"]
+        if why:
+            one_stage = ", ".join(name for name, mode in MODES.items() if mode.one_stage)
+            raise ValueError(f"key 'gradient_equilibrium': mode {self.mode}'s stage "
+                             f"{'; stage '.join(why)}; use a one-stage mode ({one_stage})")
+        if self.exit_groups is None and all(
+                (spec if isinstance(spec, str) else spec.get("name")) == "final_task"
+                for spec in self.joint_groups().values()):
+            raise ValueError("key 'gradient_equilibrium': every loss group is the final "
+                             "exit's (final_task), so equilibrium would only shrink its "
+                             "gradient by 1/(L-i+1) at layer i; train the early exits too or "
+                             "remove the key")
         return self
 
     @model_validator(mode="after")

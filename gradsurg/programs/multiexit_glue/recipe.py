@@ -71,7 +71,7 @@ from gradsurg.programs.multiexit_glue.stages import (
     with_parts,
 )
 from gradsurg.programs.training import StageProgress, StageResult, progress_bar
-from gradsurg.run_folder import CHECKPOINTS_DIR, refuse_changed_recipe
+from gradsurg.run_folder import CHECKPOINTS_DIR, plain_defaults, refuse_changed_recipe
 from gradsurg.surgery import Surgery
 from gradsurg.weightings import LossWeighting
 
@@ -217,6 +217,7 @@ class MultiExitGlueRecipe:
             config.model, num_labels=task.num_labels, pooling=config.pooling,
             dropout=config.dropout, backbone_dropout=config.backbone_dropout,
             shared_exit=self.mode.shared_exit,
+            gradient_equilibrium=config.gradient_equilibrium,
         )
         # Recorded in the checkpoint so `gradsurg predict/eval` know the classes and the task.
         model.config = dataclasses.replace(
@@ -275,6 +276,7 @@ class MultiExitGlueRecipe:
                                       device=self.device)
         saved, current = state.get("recipe", {}), self.config.model_dump(mode="json")
         refuse_changed_recipe(saved, current, ignore=EVALUATION_KEYS, saved_in=str(latest),
+                              defaults=plain_defaults(type(self.config)),
                               advice="resume with the original recipe or use another --output")
         if state.get("world_size", 1) != self.parallel.world_size:
             raise ConfigError(
