@@ -17,7 +17,7 @@ Phases (MiniLM, the screening's tasks: STS-B and the seeded 8,000-sentence SST-2
   measured cost, `bench/results/study_cost.json`), at each learning rate, gamma 0.9: "surgery
   costs 2.5x" weighed against a sum given the same compute.
 - `methods6`: the multi-exit methods built since (issue 28: PCD with the final exit primary,
-  RomeBERT's projection block by block; `NEW_METHODS`) at the screening's setting on MiniLM, so
+  RomeBERT's projection block by block, gradient equilibrium on RomeBERT-SD; `NEW_METHODS`) at the screening's setting on MiniLM, so
   their ranking at 6 layers compares with the screening's and with 12 layers; plus the SST-2
   runs of RomeBERT and the reversed projection, the 6-layer twins of their 12-layer runs.
 - `depth12`: does depth change the answer? The paper's claim was made on 12 layers, where
@@ -80,6 +80,8 @@ NEW_METHODS: dict[str, tuple[str, list[str]]] = {
     # RomeBERT's projection layer by layer instead of over the whole vector
     "blockwise_project": ("romebert_glue.yaml", [
         "combiner={name: blockwise, inner: {name: project, target: final, reference: sd}}"]),
+    # RomeBERT-SD whose layers each get the mean of the exits reaching them, not their sum
+    "gradient_equilibrium": ("romebert_sd_glue.yaml", ["gradient_equilibrium=true"]),
 }
 CONFIGS = {**study.CONFIGS, **NEW_METHODS}
 #: They join the 12-layer phase after its first five configurations (which ran first).

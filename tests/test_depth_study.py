@@ -35,7 +35,7 @@ def test_depth12_is_the_screenings_sst2_run_on_the_12_layer_backbone(depth, monk
     plan = depth.plan("depth12")
     assert [run.config for run in plan] == ["deebert", "romebert_sd", "romebert",
                                             "romebert_reversed", "exit_upgrad", "pcd",
-                                            "blockwise_project"]
+                                            "blockwise_project", "gradient_equilibrium"]
     six_layers = {run.config: run for run in depth.plan("methods6") if run.task == "sst2"}
     for run in plan:
         command = run.command(runs_dir)
