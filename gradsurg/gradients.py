@@ -74,16 +74,19 @@ class GradientCollector:
         """True while micro-batches were collected that no `take` has handed on."""
         return self.micro_batches > 0
 
-    def add(self, losses: Mapping[str, Tensor], *, weight: float | None,
+    def add(self, losses: Mapping[str, Tensor], *, weight: float | Sequence[float] | None,
             scale: object = None, shortcut_weight: float | None = None,
-            needs_shared: bool = False) -> None:
+            needs_shared: bool = False, batches: int = 1) -> None:
         """Collect one micro-batch.
 
         `weight`: this rank's share of the global batch (data parallel), multiplied into the
-        losses. `scale`: a loss scale whose `scale(loss)` is applied before backward.
+        losses (one per loss when the losses come from several batches). `scale`: a loss
+        scale whose `scale(loss)` is applied before backward.
         `shortcut_weight`: the combiner's one weight when the matrix can be skipped this step
         (decided per step, at its first micro-batch). `needs_shared`: the combiner acts on
-        shared parameters, so selecting none of them is an error.
+        shared parameters, so selecting none of them is an error. `batches`: the losses are
+        that many batches' groups in turn (a multi-batch combiner); the parameters are selected
+        on the first batch's, as for a one-batch step.
         """
         names = tuple(losses)
         if not names:
@@ -93,7 +96,9 @@ class GradientCollector:
                 f"loss groups changed within one optimizer step: {list(self._names)} "
                 f"then {list(names)}")
         values = [_scalar(name, loss) for name, loss in losses.items()]
-        if weight is not None:
+        if isinstance(weight, Sequence):
+            values = [value * part for value, part in zip(values, weight, strict=True)]
+        elif weight is not None:
             values = [value * weight for value in values]
         for name, value in zip(names, values):
             detached = value.detach().float()
@@ -119,9 +124,11 @@ class GradientCollector:
                 self._check_reentrant(shortcut_weight if first_of_step
                                       else self._shortcut_weight)
             if self.layout is None:
+                first = len(names) // batches  # the first batch's groups decide the selection
                 if self.sharded:
                     self._check_sharded_reach(names, values)
-                    self._select_sharded(names, values, needs_shared=needs_shared)
+                    self._select_sharded(names[:first], values[:first],
+                                         needs_shared=needs_shared)
                 elif self._reentrant:
                     self._check_sharded_reach(names, values)  # the graph hides the params
                     if self.include is not None:
@@ -131,8 +138,8 @@ class GradientCollector:
                 else:
                     reached = self._check_reach(names, values)
                     if self.include is None:
-                        self._select_by_gradients(names, values, reached,
-                                                  needs_shared=needs_shared)
+                        self._select_by_gradients(names[:first], values[:first],
+                                                  reached[:first], needs_shared=needs_shared)
                     else:
                         self._select_by_patterns()
             if first_of_step:

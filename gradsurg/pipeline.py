@@ -38,6 +38,9 @@ class StepGradients:
     losses: dict[str, Tensor]
     bad_losses: dict[str, Tensor]
     shortcut_weight: float = 1.0
+    #: Independent batches stacked in `matrix` (`names` `<group>@1`, ..., batch-major) for a
+    #: combiner with `batches_per_step` > 1; 1 otherwise.
+    batches: int = 1
     #: This step's number, counting from 1 (for messages).
     index: int = 0
     diagnostics: dict[str, float] = field(default_factory=dict)

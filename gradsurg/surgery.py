@@ -15,6 +15,17 @@ With `weighting=...` the loss weighting belongs to the training, not to the mode
 weighs the raw losses before collecting them, the attached optimizer's step updates it (not on
 a skipped step), `surgery.epoch_end()` ends its epochs, and its state is in `state_dict()`.
 A learned weighting's parameters (`surgery.parameters()`) must be in the optimizer.
+
+A combiner that needs several independent batches per step (`batches_per_step` > 1:
+`sdmgrad`, `modo`, whose weights come from two batches' gradients and whose direction from a
+third's) takes one `{group: loss}` mapping per batch in each call,
+`surgery.backward([losses_1, losses_2, losses_3])`: the three forward graphs are alive
+together, and the rows are collected as groups `<group>@1`, `<group>@2`, ... (one matrix,
+so all-reduce, unscaling, clipping and the non-finite rule work unchanged; a bad row is named
+with its batch). Parameters outside the selection get the mean over the batches of their plain
+sums, `losses` the mean over the batches. One call per step, not one per batch: the collector
+would otherwise have to tell a batch from a micro-batch, and a forgotten batch would look
+like a finished step.
 """
 
 from __future__ import annotations
@@ -132,6 +143,11 @@ class Surgery:
         refuse_fsdp1(module)
         self.model = module
         self.combiner: Combiner = COMBINERS.build(combiner, where="combiner")
+        if weighting is not None and self.combiner.batches_per_step > 1:
+            raise ConfigError(
+                f"combiner {self.combiner.name!r} takes {self.combiner.batches_per_step} "
+                "batches per step, which a loss weighting does not support (it would see "
+                "each step's losses several times); drop the weighting or use another combiner")
         self._ddp: DDPTakeover | None = None
         self._engine_checked: nn.Module | None = None
         self.accumulation_steps = accumulation_steps
@@ -197,7 +213,8 @@ class Surgery:
         """Micro-batches collected since the last combination."""
         return self.collector.micro_batches
 
-    def backward(self, losses: Losses, *, share: float | None = None,
+    def backward(self, losses: Losses | Sequence[Losses], *,
+                 share: float | Sequence[float] | None = None,
                  last_micro_batch: bool | None = None, recompute: Recompute | None = None,
                  scale: Callable[[Tensor], Tensor] | None = None) -> None:
         """Backward every group's loss for one micro-batch; the step's last one combines.
@@ -209,27 +226,41 @@ class Surgery:
         this micro-batch's losses again, for a weighting that needs them after the step
         (FAMO). `scale`: applied to each (weighted) loss just before the backward, e.g. a
         framework's accumulation factor and GradScaler; the weighting sees the losses unscaled.
+
+        A combiner with `batches_per_step` b > 1 takes a list of b `{group: loss}` mappings,
+        one per independent batch, in every call (the module docstring says why); `share` may
+        then be a list of b shares, one per batch.
         """
-        groups = _as_mapping(losses)
-        weight = None
-        if self.data_parallel.enabled:
+        groups, names = self._batch_rows(losses)
+        weight: float | list[float] | None = None
+        if isinstance(share, Sequence):
+            need = self.combiner.batches_per_step
+            if len(share) != need or need == 1:
+                raise GradsurgError(f"share: a list of {len(share)} shares, one per batch, "
+                                    f"but combiner {self.combiner.name!r} takes {need} "
+                                    "batch(es) per step")
+            if self.data_parallel.enabled:
+                weight = [float(part) for part in share for _ in names]
+        elif self.data_parallel.enabled:
             weight = 1 / self.data_parallel.world_size if share is None else share
         if self._weighting_spec is not None and self.weighting is None:
             self._build_weighting(list(groups))
         if self._weighting_step is not None or self._optimizers:
             self._check_optimizer()
         if self._weighting_step is not None:
+            assert not isinstance(share, Sequence)  # a weighting takes one batch per step
             groups = self._weighting_step.weigh(groups, share=share, recompute=recompute,
                                                 parallel=self.data_parallel)
         if scale is not None:
             groups = {name: scale(loss) for name, loss in groups.items()}
-        if list(groups) != self.combiner.names:  # the first step, or the groups changed
-            self.combiner.bind(list(groups))
+        if names != self.combiner.names:  # the first step, or the groups changed
+            self.combiner.bind(names)
         weights = self.combiner.linear_weights()
         try:
             self.collector.add(groups, weight=weight, scale=self.loss_scale,
                                shortcut_weight=self._shortcut_weight(weights),
-                               needs_shared=weights is None)
+                               needs_shared=weights is None,
+                               batches=self.combiner.batches_per_step)
         except RanksError:
             raise  # every rank knows already
         except Exception as error:
@@ -253,6 +284,7 @@ class Surgery:
             raise GradsurgError("surgery.combine(): nothing collected since the last step; "
                                 "call surgery.backward(...) first")
         step = self.collector.take()
+        step.batches = self.combiner.batches_per_step
         self.steps += 1
         step.index = self.steps
         try:
@@ -262,7 +294,8 @@ class Surgery:
                 self._weighting_step.discard()
             raise
         finally:
-            self.losses = {name: float(value) for name, value in step.losses.items()}
+            self.losses = batch_means({name: float(value) for name, value in step.losses.items()},
+                                      step.batches)
             self.diagnostics = step.diagnostics
         if self._weighting_step is not None:  # the pipeline's own decision, as Unscale reads it
             self._weighting_step.close(self.data_parallel, skipped=step.skipped)
@@ -386,6 +419,42 @@ class Surgery:
 
     # ---- internals --------------------------------------------------------------------------
 
+    def _batch_rows(self, losses: Losses | Sequence[Losses]) -> tuple[dict[str, Tensor],
+                                                                       list[str]]:
+        """`({row name: loss}, the groups)`: one batch's groups as they are; b batches'
+        (a multi-batch combiner's) as `<group>@1`, ..., `<group>@b`, batch-major. Too few or
+        too many batches for the combiner are refused in one line."""
+        need = self.combiner.batches_per_step
+        several = (isinstance(losses, Sequence) and not isinstance(losses, str)
+                   and len(losses) > 0 and all(isinstance(item, Mapping) for item in losses))
+        name = self.combiner.name or type(self.combiner).__name__
+        if need == 1:
+            if several:
+                raise GradsurgError(
+                    f"surgery.backward() got {len(losses)} batches' losses, but combiner "
+                    f"{name!r} takes one batch per step; pass one {{group: loss}} mapping "
+                    "(only a combiner with batches_per_step > 1, e.g. sdmgrad or modo, takes "
+                    "a list of them)")
+            groups = _as_mapping(losses)  # type: ignore[arg-type]
+            return groups, list(groups)
+        if not several or len(losses) != need:
+            got = f"{len(losses)} batches" if several else "one batch"
+            raise GradsurgError(
+                f"combiner {name!r} needs {need} independent batches per step (its weights "
+                f"come from two batches' gradients, its direction from a third's), got {got}; "
+                f"call surgery.backward([losses_1, ..., losses_{need}]), one {{group: loss}} "
+                "mapping per batch")
+        batches = [_as_mapping(item) for item in losses]  # type: ignore[arg-type]
+        names = list(batches[0])
+        for index, batch in enumerate(batches[1:], start=2):
+            if list(batch) != names:
+                raise GradsurgError(f"batch {index} gives the loss groups {list(batch)}, "
+                                    f"batch 1 {names}; every batch must give the same groups "
+                                    "in the same order")
+        rows = {f"{group}@{index}": loss for index, batch in enumerate(batches, start=1)
+                for group, loss in batch.items()}
+        return rows, names
+
     def _use_weighting(self, weighting: LossWeighting) -> None:
         self.weighting = weighting
         self._weighting_step = WeightingStep(weighting)
@@ -500,6 +569,16 @@ class Surgery:
         diagnose = (self.diagnostics_every is not None
                     and self.steps % self.diagnostics_every == 0)
         return None if diagnose else weights[0]
+
+
+def batch_means(values: Mapping[str, float], batches: int) -> dict[str, float]:
+    """Per-row values of a multi-batch step (`<group>@<batch>`) as each group's mean over the
+    batches; one batch's as they are."""
+    if batches == 1:
+        return dict(values)
+    groups = [name.rpartition("@")[0] for name in list(values)[: len(values) // batches]]
+    return {group: sum(values[f"{group}@{b}"] for b in range(1, batches + 1)) / batches
+            for group in groups}
 
 
 def _as_mapping(losses: Losses) -> dict[str, Tensor]:

@@ -31,6 +31,8 @@ COMBINERS: dict[str, str] = {
     'trimmed_mean': "a numpy sort per column; torchjd's TrimmedMean for every trim; bounded by the honest rows' values; `trim: 0` is `sum`; trains tiny RomeBERT and digits with per-exit groups",
     'cr_mogm': "a numpy rendering of the moving average over 5 steps around mgda, upgrad, dualproj and mean (alpha 0: the inner combiner; 1: frozen); torchjd's CRMOGMWeighting around UPGrad and the mean step by step; averages by group name; state (with the inner one's) through a `weights_only` checkpoint",
     'excess_mtl': "a numpy rendering of eqs. 6, 7 and 9 over 7 steps (with and without warm-up); torchjd's ExcessMTL step by step; a growing group gains the weight; state by group name, through a `weights_only` checkpoint",
+    'sdmgrad': "torchjd's SDMGradWeighting step by step (k times its weights on batch 3; defaults, no momentum, one inner step, a preference); the paper's Algorithm 1 in numpy (momentum 0); MGDA's weights at lam 0, the preferred sum at large lam; group order free, batch order not; state through a `weights_only` checkpoint; trains tiny RomeBERT and digits three batches a step",
+    'modo': "torchjd's MoDoWeighting step by step (k times its weights on batch 3, three option sets); the paper's Algorithm 1 in numpy (simplex projection by bisection); group order free, batch order not; state through a `weights_only` checkpoint; trains tiny RomeBERT and digits three batches a step",
     'moco': "a numpy rendering of Algorithm 1 over several steps (simplex projection by bisection); converges to MGDA's weights on fixed gradients; state through a checkpoint",
 }
 

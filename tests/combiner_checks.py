@@ -19,6 +19,15 @@ Which shared properties hold where, and why:
   * scaling every row by c > 0 scales the output by c: all but `moco`, whose weight step
     gamma Y Y^T lambda grows with the squared norms (the paper's method is not scale-free),
     and `excess_mtl`, whose first step (as in the official code) uses the raw excess risks.
+  * `sdmgrad` and `modo` take three batches' rows (`batches_per_step`): the shared properties
+    feed them one batch three times over (`stacked`), where their cross matrix J1 J2^T is the
+    Gramian. On that input all hold but scaling: `modo`'s step gamma A lambda grows with the
+    squared norms (as `moco`'s), and `sdmgrad` divides A by s^2 + 1e-8 (s: the rows' mean
+    norm), which is scale-free only while s^2 >> 1e-8. On genuinely independent batches
+    (test_cross_batch.py) a common group order still does not matter and one group or
+    identical rows still give batch 3's rows (times k), but the order of the batches does:
+    batches 1 and 2 give A or A^T, batch 3 the direction. Neither method promises a step that
+    conflicts with no group (one projected step, not MGDA's solution).
   * `krum` and `trimmed_mean` need at least 3 groups here (n_byzantine + 3, 2 trim + 1):
     each property is checked from that many rows on, and one group alone is refused
     (test_robust_combiners.py).
@@ -58,9 +67,11 @@ from gradsurg.combiners import (
     Mean,
     Merge,
     MoCo,
+    MoDo,
     NashMTL,
     PCGrad,
     Project,
+    SDMGrad,
     Sum,
     TrimmedMean,
     UPGrad,
@@ -81,8 +92,19 @@ def names_for(matrix) -> list[str]:
     return [f"g{i}" for i in range(matrix.shape[0])]
 
 
+def stacked(combiner, matrix: torch.Tensor) -> torch.Tensor:
+    """The combiner's input for one batch's `[k, n]` rows: as they are, or, for a combiner
+    that takes b batches per step, the same batch b times over (`[b k, n]`)."""
+    return matrix.repeat(combiner.batches_per_step, 1)
+
+
+def call(combiner, matrix: torch.Tensor):
+    """The combiner on one batch's rows (`stacked`), named g0, g1, ..."""
+    return combiner(stacked(combiner, matrix), names_for(matrix))
+
+
 def run(combiner, matrix: torch.Tensor) -> np.ndarray:
-    return combiner(matrix, names_for(matrix)).gradient.to(torch.float64).numpy()
+    return call(combiner, matrix).gradient.to(torch.float64).numpy()
 
 
 def as64(matrix: torch.Tensor) -> np.ndarray:
@@ -274,6 +296,12 @@ TABLE: dict[str, Facts] = {
     "excess_mtl": Facts(ExcessMTL, homogeneous=False,
                         state=StateCase(lambda: ExcessMTL(eta=0.5, warmup_steps=2),
                                         lambda: ExcessMTL(eta=0.5, warmup_steps=2))),
+    # three batches' rows (`stacked`); not scale-free: see the docstring
+    "sdmgrad": Facts(SDMGrad, homogeneous=False,
+                     state=StateCase(lambda: SDMGrad(lr=2.0, n_iter=5),
+                                     lambda: SDMGrad(lr=2.0, n_iter=5))),
+    "modo": Facts(MoDo, homogeneous=False,
+                  state=StateCase(lambda: MoDo(gamma=0.2), lambda: MoDo(gamma=0.2))),
 }
 SHARED = [name for name, facts in TABLE.items() if facts.shared]
 ORDER_FREE = [name for name in SHARED if TABLE[name].order_free]
@@ -309,7 +337,7 @@ def assert_within_summation_bound(out, expected, matrix) -> None:
 def assert_finite_on_degenerate(combiner, matrix: torch.Tensor, *, info_named: bool = False):
     """Finite output of the input's shape and dtype; with `info_named`, info values are finite
     floats named `name/...`. Returns the output."""
-    out = combiner(matrix, names_for(matrix))
+    out = call(combiner, matrix)
     assert out.gradient.shape == (matrix.shape[1],)
     assert out.gradient.dtype == matrix.dtype
     assert torch.isfinite(out.gradient).all(), f"{combiner.name} gave non-finite output"
@@ -363,7 +391,8 @@ def assert_state_round_trips(case: StateCase) -> None:
     bit, and `case.check` holds."""
     generator = torch.Generator().manual_seed(0)
     names = list(case.names)
-    matrices = [torch.randn(len(names), case.columns, generator=generator)
+    rows = len(names) * case.make().batches_per_step  # three batches' rows: sdmgrad, modo
+    matrices = [torch.randn(rows, case.columns, generator=generator)
                 for _ in range(case.before + case.after)]
     uninterrupted, first = case.make(), case.make()
     for matrix in matrices[: case.before]:
@@ -397,8 +426,8 @@ def assert_builds_no_graph(name: str) -> None:
     """A direct call on a matrix that is part of a graph builds none (twice: the second call
     runs on state kept from the first), keeps none in its state, and gives the values of the
     same call on a plain tensor."""
-    names = ["g0", "g1", "g2"]
     combiner = build(name)
+    names = ["g0", "g1", "g2"][: 3 // combiner.batches_per_step]  # 3 rows: 1 group, 3 batches
     matrix = _leaf_matrix()
     for _ in range(2):
         out = combiner(matrix * 1.0, names)  # a non-leaf input, part of a graph

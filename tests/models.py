@@ -89,6 +89,20 @@ def three_group_batch(seed):
     return torch.randn(8, 6, generator=generator), torch.randint(0, 3, (8,), generator=generator)
 
 
+def step_losses(model, surgery, seed, factor=None, scale=None):
+    """What `surgery.backward` takes for one step of ThreeGroupNet on `three_group_batch(seed)`:
+    its `{group: loss}`, or, for a combiner that takes b batches per step (sdmgrad, modo), b
+    batches (seeds seed, seed + 100, ...) of which only the second is poisoned by `factor`
+    (its bad row is `b@2`). `scale`: applied to every loss (a GradScaler's `scale`)."""
+    batches = []
+    for index in range(surgery.combiner.batches_per_step):
+        x, y = three_group_batch(seed + 100 * index)
+        poison = factor if index == min(1, surgery.combiner.batches_per_step - 1) else None
+        losses = model.losses(x, y, poison)
+        batches.append({k: scale(v) for k, v in losses.items()} if scale else losses)
+    return batches[0] if len(batches) == 1 else batches
+
+
 def poisonable_setup(name, **options):
     """ThreeGroupNet, AdamW and a Surgery on its trunk with the combiner `ALL_SPECS[name]`."""
     model = ThreeGroupNet()

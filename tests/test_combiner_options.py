@@ -66,6 +66,17 @@ BAD_OPTIONS = [
     ({"name": "excess_mtl", "eta": 0}, r"'excess_mtl': eta must be a finite number > 0"),
     ({"name": "excess_mtl", "warmup_steps": -1},
      r"'excess_mtl': warmup_steps must be an integer"),
+    # sdmgrad, modo
+    ({"name": "sdmgrad", "lr": 0}, r"'sdmgrad': lr must be a finite number > 0, got 0"),
+    ({"name": "sdmgrad", "momentum": 1.0}, r"'sdmgrad': momentum must be a number in \[0, 1\)"),
+    ({"name": "sdmgrad", "n_iter": 2.0}, r"'sdmgrad': n_iter must be an integer >= 1"),
+    ({"name": "sdmgrad", "lam": -0.1}, r"'sdmgrad': lam must be a finite number >= 0"),
+    ({"name": "sdmgrad", "preference": {"a": 0, "b": 0}},
+     r"'sdmgrad': preference must be a \{group: weight\} mapping with weights >= 0, not all 0"),
+    ({"name": "sdmgrad", "preference": [0.5, 0.5]}, r"'sdmgrad': preference must be"),
+    ({"name": "sdmgrad", "lambda_": 0.3}, r"combiner \(combiner 'sdmgrad'\).*'lambda_'"),
+    ({"name": "modo", "gamma": 0}, r"'modo': gamma must be a finite number > 0, got 0"),
+    ({"name": "modo", "rho": -1}, r"'modo': rho must be a finite number >= 0, got -1"),
 ]
 
 
@@ -81,10 +92,24 @@ def test_bad_options_are_config_errors_naming_the_option(spec, pattern):
     ({"name": "fairgrad", "alpha": 0.5}, {"alpha": 0.5}),
     ({"name": "moco", "gamma": 0.3}, {"gamma": 0.3}),
     ({"name": "nash_mtl", "update_every": 4}, {"update_every": 4}),
+    ({"name": "sdmgrad", "lr": 2.0, "momentum": 0.0, "n_iter": 3, "lam": 1.0},
+     {"lr": 2.0, "momentum": 0.0, "n_iter": 3, "lam": 1.0}),
+    ({"name": "modo", "gamma": 0.2, "rho": 0.0}, {"gamma": 0.2, "rho": 0.0}),
 ])
 def test_options_reach_the_combiner_by_name(spec, expected):
     combiner = COMBINERS.build(spec, where="combiner")
     assert {key: getattr(combiner, key) for key in expected} == expected
+
+
+def test_sdmgrad_preference_must_name_every_group_and_no_other():
+    combiner = COMBINERS.build({"name": "sdmgrad", "preference": {"a": 1, "b": 1}},
+                               where="combiner")
+    assert combiner.group_names() == ["a", "b"]  # checked against a recipe's groups
+    with pytest.raises(ConfigError, match=r"preference must give a weight to each loss group "
+                                          r"\['a', 'b', 'c'\] and to no other; missing \['c'\]"):
+        combiner(torch.ones(9, 2), ["a", "b", "c"])
+    with pytest.raises(ConfigError, match=r"\['b'\] are not among them"):
+        combiner(torch.ones(3, 2), ["a"])
 
 
 def test_combiners_build_nested_specs():

@@ -93,9 +93,10 @@ def test_the_excluded_properties_really_fail():
     for name in set(SHARED) - set(ORDER_FREE):
         make = TABLE[name].make
         assert not np.allclose(run(make(), matrix), run(make(), matrix[[2, 0, 1]])), name
-    for name in set(SHARED) - set(HOMOGENEOUS):
+    for name in set(SHARED) - set(HOMOGENEOUS):  # sdmgrad: only where s^2 nears its 1e-8
         make = TABLE[name].make
-        assert not np.allclose(run(make(), 10 * matrix), 10 * run(make(), matrix)), name
+        assert not all(np.allclose(run(make(), f * matrix), f * run(make(), matrix), rtol=1e-5,
+                                   atol=0) for f in (10, 1e-6)), name
     for name in set(SHARED) - set(SINGLE_GROUP):
         with pytest.raises(ConfigError, match="needs at least"):
             run(TABLE[name].make(), matrix[:1])

@@ -22,11 +22,13 @@ from gradsurg.combiners.linear import Mean, Sum
 from gradsurg.combiners.merge import Merge
 from gradsurg.combiners.mgda import MGDA
 from gradsurg.combiners.moco import MoCo
+from gradsurg.combiners.modo import MoDo
 from gradsurg.combiners.nash_mtl import NashMTL
 from gradsurg.combiners.pcd import PCD
 from gradsurg.combiners.pcgrad import PCGrad
 from gradsurg.combiners.project import Project
 from gradsurg.combiners.rlw import RLW
+from gradsurg.combiners.sdmgrad import SDMGrad
 from gradsurg.combiners.trimmed_mean import TrimmedMean
 from gradsurg.combiners.upgrad import UPGrad
 
@@ -54,9 +56,11 @@ __all__ = [
     "Mean",
     "Merge",
     "MoCo",
+    "MoDo",
     "NashMTL",
     "PCGrad",
     "Project",
+    "SDMGrad",
     "Sum",
     "TrimmedMean",
     "UPGrad",

@@ -48,6 +48,12 @@ class Combiner:
     #: Options that are combiner specs themselves (merge's `inner`, `then`): `COMBINERS.build`
     #: builds them first, each under its own key path (`combiner.inner`).
     nested: ClassVar[tuple[str, ...]] = ()
+    #: Independent batches whose rows one step needs. Above 1 (`sdmgrad`, `modo`), the
+    #: matrix stacks each batch's k rows in turn, `[batches_per_step * k, n]`, batch-major,
+    #: and `names` still holds the k groups: such a method takes its weights from one batch's
+    #: gradients against another's (an unbiased estimate needs independent draws) and its
+    #: direction from a third. `Surgery.backward` then takes one loss mapping per batch.
+    batches_per_step: ClassVar[int] = 1
     #: The loss group of each matrix row, from the last `bind` (None before the first).
     names: list[str] | None = None
 
@@ -72,7 +78,8 @@ class Combiner:
     def __call__(
         self, matrix: Tensor, names: Sequence[str] | None = None, *, gram: Tensor | None = None
     ) -> Combined:
-        """Combine the rows of a `[k, n]` matrix (one per loss group) into one `[n]` gradient.
+        """Combine the rows of a `[k, n]` matrix (one per loss group) into one `[n]` gradient
+        (`[b * k, n]`, b batches' rows in turn, when `batches_per_step` is b > 1).
 
         `names` label the rows and bind the combiner when they differ from its binding;
         without them the binding stands, or rows are named "0", "1", ... (a combiner whose
@@ -82,7 +89,8 @@ class Combiner:
         A plain function of its input's values: no autograd graph is built, even when
         `matrix` requires grad (the output never does), and no state keeps one.
         """
-        rows = matrix.shape[0] if matrix.dim() else 0
+        batches = self.batches_per_step
+        rows = (matrix.shape[0] if matrix.dim() else 0) // batches
         if names is not None:
             if list(names) != self.names:
                 self.bind(names)
@@ -93,8 +101,9 @@ class Combiner:
                                   f"combiner(matrix, {self.group_names()!r})")
             self.bind([str(i) for i in range(rows)])
         assert self.names is not None
-        if matrix.dim() != 2 or matrix.shape[0] != len(self.names):
-            raise ValueError(f"expected a [{len(self.names)}, n] matrix, got "
+        if matrix.dim() != 2 or matrix.shape[0] != batches * len(self.names):
+            stacked = f"{batches} x " if batches > 1 else ""
+            raise ValueError(f"expected a [{stacked}{len(self.names)}, n] matrix, got "
                              f"{tuple(matrix.shape)}")
         with torch.no_grad():
             matrix = matrix.detach()
@@ -140,6 +149,9 @@ class CombinerRegistry(Registry[type[Combiner]]):
         nested = getattr(factory, "nested", ())
         options = {key: self.build(value, where=f"{where}.{key}") if key in nested else value
                    for key, value in options.items()}
+        for key in nested:
+            if key in options:
+                refuse_multi_batch(options[key], inside=name, where=f"{where}.{key}")
         return self.call(factory, name, options, *args, where=where, **context)
 
 
@@ -200,6 +212,15 @@ class SeededDraws:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.seed = int(state["seed"])
         self.generator.set_state(state["generator"])
+
+
+def refuse_multi_batch(inner: Any, *, inside: str, where: str) -> None:
+    """A combiner that needs several batches per step cannot run inside another (`merge`,
+    `blockwise`, `cr_mogm`): their rows are one batch's."""
+    if isinstance(inner, Combiner) and inner.batches_per_step > 1:
+        raise ConfigError(f"{where}: combiner {inner.name!r} needs {inner.batches_per_step} "
+                          f"batches per step and cannot run inside {inside!r}, whose rows "
+                          "are one batch's; use it as the combiner itself")
 
 
 def row_index(names: Sequence[str], group: str, *, role: str, combiner: str) -> int:

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from gradsurg.combiners.base import COMBINERS, Combined, Combiner
+from gradsurg.combiners.base import COMBINERS, Combined, Combiner, refuse_multi_batch
 from gradsurg.combiners.gramian import gramian
 from gradsurg.errors import ConfigError
 from gradsurg.params import FlatLayout
@@ -53,6 +53,7 @@ class Blockwise(Combiner):
                  blocks: str | Sequence[str] = PER_LAYER) -> None:
         if not isinstance(inner, Combiner):
             inner = COMBINERS.build(inner, where="combiner.inner")
+        refuse_multi_batch(inner, inside="blockwise", where="combiner.inner")
         if isinstance(blocks, str):
             if blocks != PER_LAYER:
                 raise ConfigError(f"combiner 'blockwise': blocks must be {PER_LAYER!r} or a "

@@ -15,6 +15,7 @@ from gradsurg.combiners.base import (
     DtypeAwareWeighting,
     GramianWeighting,
     is_real,
+    refuse_multi_batch,
     require,
 )
 from gradsurg.combiners.gramian import weighted_rows
@@ -48,6 +49,7 @@ class CRMOGM(GramianWeighting):
                  alpha: float = 0.9, initial: Mapping[str, float] | None = None) -> None:
         if not isinstance(inner, Combiner):
             inner = COMBINERS.build(inner, where="combiner.inner")
+        refuse_multi_batch(inner, inside="cr_mogm", where="combiner.inner")
         fixed = type(inner).linear_weights is not Combiner.linear_weights  # sum, mean
         if not isinstance(inner, GramianWeighting) and not fixed:
             raise ConfigError(f"combiner 'cr_mogm': inner {inner.name!r} does not pick row "

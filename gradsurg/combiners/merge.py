@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gradsurg.combiners.base import COMBINERS, Combined, Combiner, row_index
+from gradsurg.combiners.base import COMBINERS, Combined, Combiner, refuse_multi_batch, row_index
 from gradsurg.errors import ConfigError
 
 
@@ -33,6 +33,8 @@ class Merge(Combiner):
         if len(groups) < 1 or len(set(groups)) != len(groups):
             raise ConfigError(f"combiner 'merge': groups must be distinct names, got {groups}")
         self.groups = list(groups)
+        refuse_multi_batch(inner, inside="merge", where="combiner.inner")
+        refuse_multi_batch(then, inside="merge", where="combiner.then")
         self.inner = inner.bind(self.groups)  # its rows are the merged groups, known now
         self.into = into
         self.then = then

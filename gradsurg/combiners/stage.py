@@ -25,6 +25,11 @@ class Combine(Stage):
     name (`project/fired`, `pcgrad/conflicts`, ...). After the one-backward shortcut of a
     fixed-weight combiner there is no matrix: the summed gradient is scaled instead.
     State: `combiner` (e.g. PCGrad's generator, GradVac's targets).
+
+    A multi-batch step (`step.batches` b > 1, rows `<group>@<batch>`): the combiner gets the
+    stacked matrix with the groups' names; `grad_norm/<group>` and the cosines describe the
+    mean of the b batches' rows (the same keys as a one-batch step); parameters outside the
+    selection hold the sum over b batches, divided by b here (one batch's scale).
     """
 
     def __init__(self, combiner: Combiner, data_parallel: DataParallel = SINGLE_PROCESS) -> None:
@@ -41,6 +46,8 @@ class Combine(Stage):
                         p.grad.mul_(step.shortcut_weight)
             return
         names = list(step.names)
+        groups = names if step.batches == 1 else [
+            name.rpartition("@")[0] for name in names[: len(names) // step.batches]]
         if getattr(self.combiner, "needs_layout", False):  # e.g. blockwise: columns by block
             self.combiner.use_layout(step.layout)  # type: ignore[attr-defined]
         gram = gramian(step.matrix)  # one pass; shared by the combiner and diagnostics
@@ -57,13 +64,18 @@ class Combine(Stage):
             gradient = step.matrix.new_full((step.matrix.shape[1],), float("nan"))
             info: dict[str, float] = {}
         else:
-            combined = self.combiner(step.matrix, names, gram=gram)
+            combined = self.combiner(step.matrix, groups, gram=gram)
             gradient, info = combined.gradient, combined.info
         step.matrix = None  # the rows are spent; the buffer may be reused next step
         for p, view in zip(step.layout.params, step.layout.views(gradient)):
             p.grad = sharded_grad(p, view)
+        if step.batches > 1:
+            for p in step.outside:
+                if p.grad is not None:
+                    p.grad.div_(step.batches)
         step.diagnostics.update(info)
-        step.diagnostics.update(gram_diagnostics(gram, names))
+        step.diagnostics.update(gram_diagnostics(batch_mean_gramian(gram, step.batches),
+                                                 groups))
         step.diagnostics["grad_norm/combined"] = float(self.data_parallel.norm([gradient]))
 
     def state_dict(self) -> dict[str, Any]:
@@ -99,6 +111,14 @@ def nonfinite_rows(matrix: Tensor, gram: Tensor, names: Sequence[str], *,
     suspects = (~torch.isfinite(diagonal)).nonzero().flatten().tolist()
     return [names[i] for i in suspects
             if not confirm or not bool(torch.isfinite(matrix[i]).all())]
+
+
+def batch_mean_gramian(gram: Tensor, batches: int) -> Tensor:
+    """The Gramian of the mean of `batches` stacked batches' rows, from theirs."""
+    if batches == 1:
+        return gram
+    k = gram.shape[0] // batches
+    return gram.reshape(batches, k, batches, k).sum(dim=(0, 2)) / batches**2
 
 
 def gram_diagnostics(gram: Tensor, names: Sequence[str]) -> dict[str, float]:

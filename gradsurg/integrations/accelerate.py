@@ -21,7 +21,7 @@ from typing import Any
 from torch import Tensor
 
 from gradsurg.errors import ConfigError
-from gradsurg.integrations.groups import as_loss_groups
+from gradsurg.integrations.groups import as_loss_groups, refuse_multi_batch
 from gradsurg.surgery import Surgery
 
 
@@ -29,6 +29,7 @@ def backward(accelerator: Any, surgery: Surgery, losses: Mapping[str, Tensor], *
              recompute: Callable[[], Mapping[str, Tensor]] | None = None) -> None:
     """Backward the loss groups of one micro-batch as `accelerator.backward` would
     (`recompute`: this micro-batch's losses again, for a weighting such as FAMO)."""
+    refuse_multi_batch(surgery.combiner, framework="gradsurg.integrations.accelerate.backward")
     groups = as_loss_groups(losses, where="the losses given to backward")
     factor = 1.0 / accelerator.gradient_accumulation_steps
     scaler = getattr(accelerator, "scaler", None)

@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import Tensor
 
-from gradsurg.errors import GradsurgError
+from gradsurg.errors import ConfigError, GradsurgError
 
 
 def as_loss_groups(value: Any, *, where: str) -> dict[str, Tensor]:
@@ -19,6 +19,18 @@ def as_loss_groups(value: Any, *, where: str) -> dict[str, Tensor]:
     kind = type(value).__name__
     raise GradsurgError(f"{where} returned a {kind}; gradsurg needs a mapping of loss group "
                         "names to scalar losses, e.g. {'final': loss_final, 'sd': loss_sd}")
+
+
+def refuse_multi_batch(combiner: Any, *, framework: str) -> None:
+    """A combiner that needs several independent batches per optimizer step (`sdmgrad`,
+    `modo`) cannot run where the framework hands over one batch per backward: refused in one
+    line, rather than silently trained on one batch's rows."""
+    if combiner.batches_per_step > 1:
+        raise ConfigError(
+            f"combiner {combiner.name!r} needs {combiner.batches_per_step} independent "
+            f"batches per optimizer step, but {framework} hands gradsurg one batch per "
+            "backward; use it in your own loop (surgery.backward([losses_1, losses_2, "
+            "losses_3])) or a gradsurg recipe")
 
 
 def total(groups: Mapping[str, Tensor]) -> Tensor:

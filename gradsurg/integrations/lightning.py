@@ -31,7 +31,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from gradsurg.extras import import_optional
-from gradsurg.integrations.groups import as_loss_groups, total
+from gradsurg.integrations.groups import as_loss_groups, refuse_multi_batch, total
 from gradsurg.surgery import Surgery
 
 pl = import_optional("lightning.pytorch", extra="lightning")
@@ -97,6 +97,7 @@ class SurgeryModule(pl.LightningModule):
         optimizer = self.trainer.optimizers[0] if self.trainer.optimizers else None
         self.surgery = Surgery(self, optimizer, nonfinite="scaler" if scaler else "skip",
                                **options)
+        refuse_multi_batch(self.surgery.combiner, framework="Lightning's backward hook")
         wrapper = getattr(self.trainer.strategy, "model", None)
         if isinstance(wrapper, nn.Module):  # strategy="ddp": DDP's rows are reduced by us
             self.surgery.use_engine(wrapper)

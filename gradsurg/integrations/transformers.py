@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from gradsurg.extras import import_optional
-from gradsurg.integrations.groups import as_loss_groups, total
+from gradsurg.integrations.groups import as_loss_groups, refuse_multi_batch, total
 from gradsurg.outputs import atomic_write_bytes
 from gradsurg.surgery import Surgery
 
@@ -75,6 +75,7 @@ class SurgeryTrainer(transformers.Trainer):
         self.surgery = Surgery(self.accelerator.unwrap_model(self.model), None,
                                nonfinite="scaler" if fp16 else "skip",
                                **self.surgery_options)
+        refuse_multi_batch(self.surgery.combiner, framework="Trainer's training_step")
         learned = self.surgery.parameters()  # a learned weighting's: before the LR schedule
         if learned:
             inner.add_param_group({"params": learned, "weight_decay": 0.0})

@@ -22,7 +22,7 @@ from rich.progress import (
 from torch import Tensor, nn
 
 from gradsurg.engines import local
-from gradsurg.errors import TrainingError
+from gradsurg.errors import ConfigError, TrainingError
 from gradsurg.loggers import TrainingLog
 from gradsurg.surgery import WEIGHTING_KEY, Surgery
 
@@ -90,6 +90,19 @@ class StageResult:
     means: dict[str, float]
 
 
+def epoch_steps(batches_per_epoch: int, batches_per_step: int, *, combiner: str) -> int:
+    """Optimizer steps in an epoch of `batches_per_epoch` batches: one per batch, or, for a
+    combiner that takes several independent batches per step (`sdmgrad`, `modo`), one per
+    `batches_per_step` consecutive batches, so an epoch has that many times fewer steps (an
+    incomplete last group of batches is left out). Too few batches for one step: refused."""
+    steps = batches_per_epoch // batches_per_step
+    if steps < 1:
+        raise ConfigError(f"combiner {combiner!r} takes {batches_per_step} batches per "
+                          f"optimizer step, but an epoch has {batches_per_epoch}; lower "
+                          "batch_size or train on more rows")
+    return steps
+
+
 def stage_steps(steps_per_epoch: int, epochs: float) -> int:
     """Optimizer steps in a stage; fractional epochs train part of the last one."""
     return max(1, math.ceil(steps_per_epoch * epochs))
@@ -134,7 +147,9 @@ def train_stage(
     """Run `ceil(steps_per_epoch * epochs)` optimizer steps.
 
     `batches(epoch, skip)` yields an epoch's `(batch, share)` pairs from the `skip`-th on (the
-    order depends on the epoch only, so a resumed stage sees exactly the batches it missed). With
+    order depends on the epoch only, so a resumed stage sees exactly the batches it missed).
+    A combiner with `batches_per_step` b > 1 gets b consecutive batches per step (then
+    `steps_per_epoch` is `epoch_steps(...)`, a b-th of the batches). With
     `save_checkpoint`, it is called every `checkpoint_every` steps and after each epoch.
     The surgery's weighting (if any) updates in the optimizer's step and ends its epochs here,
     before the log line and the checkpoint, so its state is saved with the step.
@@ -149,12 +164,20 @@ def train_stage(
     start = session_start - state.seconds  # wall time of earlier sessions counts too
     resumed_at = state.step
     model.train()
+    per_step = surgery.combiner.batches_per_step
     for epoch in range(state.step // steps_per_epoch, math.ceil(epochs)):
         if state.step >= total:
             break
-        for batch, share in batches(epoch, state.step - epoch * steps_per_epoch):
-            surgery.backward(loss_fn(batch), share=share,
-                             recompute=lambda batch=batch: loss_fn(batch))
+        skip = (state.step - epoch * steps_per_epoch) * per_step
+        for group in step_groups(batches(epoch, skip), per_step):
+            if per_step == 1:
+                batch, share = group[0]
+                surgery.backward(loss_fn(batch), share=share,
+                                 recompute=lambda batch=batch: loss_fn(batch))
+            else:  # independent batches: no weighting (Surgery refuses it), no recompute
+                shares = [share for _, share in group]
+                surgery.backward([loss_fn(batch) for batch, _ in group],
+                                 share=None if shares[0] is None else shares)
             optimizer.step()  # the weighting (if any) updates here, unless the step was skipped
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -184,6 +207,18 @@ def train_stage(
                 break
     check_trained(name, state, surgery, trained)
     return StageResult(name, state.step, time.perf_counter() - start, state.overall.means())
+
+
+def step_groups(pairs: Iterable[tuple[Mapping[str, Tensor], float | None]], size: int
+                ) -> Iterable[list[tuple[Mapping[str, Tensor], float | None]]]:
+    """Consecutive groups of `size` `(batch, share)` pairs; an incomplete last one is
+    dropped (a multi-batch step needs all of its batches)."""
+    group: list[tuple[Mapping[str, Tensor], float | None]] = []
+    for pair in pairs:
+        group.append(pair)
+        if len(group) == size:
+            yield group
+            group = []
 
 
 def trained_parameters(model: nn.Module, surgery: Surgery) -> list[nn.Parameter]:

@@ -240,6 +240,14 @@ class MultiExitGlueConfig(ProgramConfig):
         if not self.mode_spec.one_stage:
             raise ValueError(f"key 'weighting': mode {self.mode} trains one loss group per "
                              "stage, so there is nothing to weigh; remove the key")
+        if self.combiner is not None:
+            try:
+                per_step = COMBINERS.build(self.combiner, where="combiner").batches_per_step
+            except ConfigError:
+                per_step = 1  # a bad combiner is the combiner check's to report
+            if per_step > 1:
+                raise ValueError(f"key 'weighting': the combiner takes {per_step} batches per "
+                                 "step, which a loss weighting does not support; remove one")
         if self.exit_groups is not None:
             # per-exit groups exist once the model's depth is known: the weighting is built on
             # them then, before training (stages.attach_weighting); its name is checked now

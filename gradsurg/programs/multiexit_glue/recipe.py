@@ -242,7 +242,7 @@ class MultiExitGlueRecipe:
         )
         self.eval_loader = DataLoader(eval_data, batch_size=config.eval_batch_size,
                                       collate_fn=self.collate)
-        self.steps_per_epoch = -(-len(self.train_data) // config.batch_size)
+        self.batches_per_epoch = -(-len(self.train_data) // config.batch_size)
 
     def _open_log(self) -> Loggers:
         """The recipe's loggers (train_log.jsonl, TensorBoard), cut back to the resumed
@@ -358,9 +358,13 @@ class MultiExitGlueRecipe:
         """One stage: its trainable parts, optimizer, schedule and surgery; the loop."""
         config = self.config
         params = set_trainable(self.model, self.parts, stage)
-        total = training.stage_steps(self.steps_per_epoch, config.epochs)
-        self.optimizer, self.scheduler = self.build_optimizer_and_schedule(params, total)
         several = len(stage.groups) > 1  # one group: nothing to combine or select
+        # sdmgrad, modo: several consecutive batches per step, so fewer steps per epoch
+        per_step = self.combiner.batches_per_step if several else 1
+        steps_per_epoch = training.epoch_steps(self.batches_per_epoch, per_step,
+                                               combiner=self.combiner.name)
+        total = training.stage_steps(steps_per_epoch, config.epochs)
+        self.optimizer, self.scheduler = self.build_optimizer_and_schedule(params, total)
         loss_scale = (LossScale(torch.amp.GradScaler(self.device.type))
                       if config.precision == "fp16" else None)
         self.surgery = Surgery(
@@ -379,7 +383,7 @@ class MultiExitGlueRecipe:
         try:
             return training.train_stage(
                 name=stage.name, model=self.model, batches=self.batches,
-                steps_per_epoch=self.steps_per_epoch, epochs=config.epochs,
+                steps_per_epoch=steps_per_epoch, epochs=config.epochs,
                 loss_fn=lambda batch: self.stage_losses(stage, batch),
                 surgery=self.surgery, optimizer=self.optimizer, scheduler=self.scheduler,
                 log=self.log, log_every=config.log_every, progress=progress, resume=resume,

@@ -32,6 +32,7 @@ from gradsurg.programs import Program, ProgramConfig
 from gradsurg.programs.training import (
     StageProgress,
     check_trained,
+    epoch_steps,
     trained_parameters,
     weights_digest,
 )
@@ -155,6 +156,10 @@ def train(config: DigitsConfig, output_dir: Path | None = None) -> dict[str, Any
                       exclude=config.exclude, max_grad_norm=config.max_grad_norm,
                       data_parallel=parallel, weighting=weighting)
     groups = loss_groups(config)
+    # sdmgrad, modo: that many consecutive batches per optimizer step (a b-th of the steps)
+    per_step = combiner.batches_per_step
+    batch_starts = range(0, len(y_train), config.batch_size)
+    epoch_steps(len(batch_starts), per_step, combiner=combiner.name)  # enough batches: or refused
     trained = trained_parameters(model, surgery)
     progress = StageProgress(start_digest=weights_digest(trained))
     generator = torch.Generator().manual_seed(config.seed)
@@ -162,12 +167,21 @@ def train(config: DigitsConfig, output_dir: Path | None = None) -> dict[str, Any
     for epoch in range(config.epochs):
         model.train()
         order = torch.randperm(len(y_train), generator=generator)
-        for start in range(0, len(order), config.batch_size):
-            rows, share = parallel.shard(order[start : start + config.batch_size].tolist())
-            logits = model(x_train[rows])
-            losses = {group.name: group(logits, y_train[rows]) for group in groups}
-            surgery.backward(losses, share=share, recompute=lambda rows=rows: {
-                g.name: g(model(x_train[rows]), y_train[rows]) for g in groups})
+        for first in range(0, len(batch_starts) - per_step + 1, per_step):
+            drawn = [parallel.shard(order[start : start + config.batch_size].tolist())
+                     for start in batch_starts[first : first + per_step]]
+            batch_losses = []
+            for rows, _ in drawn:
+                logits = model(x_train[rows])
+                batch_losses.append({group.name: group(logits, y_train[rows])
+                                     for group in groups})
+            if per_step == 1:
+                rows, share = drawn[0]
+                surgery.backward(batch_losses[0], share=share, recompute=lambda rows=rows: {
+                    g.name: g(model(x_train[rows]), y_train[rows]) for g in groups})
+            else:
+                shares = [share for _, share in drawn]
+                surgery.backward(batch_losses, share=None if shares[0] is None else shares)
             optimizer.step()  # the weighting (if any) updates here, unless the step was skipped
             optimizer.zero_grad()
             fired.append(surgery.diagnostics.get("project/fired", 0.0))
