@@ -5,7 +5,10 @@ batch 32 x 64 tokens, CPU, AdamW. Groups as in RomeBERT: `final` (CE of the last
 `sd` (self-distillation of the other exits). Surgery operates on `encoder.layers.*`.
 
 Rows: `plain` (summed loss, one backward), `two_vjps` (raw PyTorch: one backward per group on
-the retained graph, no gradsurg; the floor for any per-group method), then gradsurg's variants.
+the retained graph, no gradsurg; the floor for any per-group method), then gradsurg's variants:
+most on the two groups, the `exit_*` rows on per-exit groups (k = 6, each exit's own
+cross-entropy), `sdmgrad` and `modo` on three batches per optimizer step (their row is one step
+of three batches: divide by 3 for the cost per batch).
 
 Time: all variants in this one process, interleaved round by round, median per variant.
 Peak memory: each variant in a fresh child process, as the growth of the resident set's high
@@ -66,6 +69,21 @@ VARIANTS["blockwise_project"] = {
     "combiner": {"name": "blockwise",
                  "inner": {"name": "project", "target": "final", "reference": "sd"}},
     "mode": "sequential"}
+# Per-exit groups (k = 6: exit i's own cross-entropy, the final exit's included): UPGrad over
+# the whole vector beside UPGrad block by block (one block per encoder layer, each over the
+# exits that reach it), and the robust aggregators, which need three or more groups.
+PER_EXIT = {"groups": "per_exit", "mode": "sequential"}
+VARIANTS["exit_upgrad"] = {"combiner": "upgrad", **PER_EXIT}
+VARIANTS["exit_blockwise_upgrad"] = {"combiner": {"name": "blockwise", "inner": "upgrad"},
+                                     **PER_EXIT}
+VARIANTS["exit_krum"] = {"combiner": {"name": "krum", "n_byzantine": 1}, **PER_EXIT}
+VARIANTS["exit_trimmed_mean"] = {"combiner": "trimmed_mean", **PER_EXIT}
+# Three batches per optimizer step (cross-batch weights): a row is one optimizer step, which
+# consumes three batches; `x plain` compares it with one plain step of one batch.
+for _name in ("sdmgrad", "modo"):
+    VARIANTS[_name] = {"combiner": _name, "mode": "sequential", "batches": 3}
+#: Keys of a variant that shape the step here rather than configure Surgery.
+STEP_KEYS = ("groups", "batches")
 
 
 def build(variant: str, seed: int = 0):
@@ -76,23 +94,35 @@ def build(variant: str, seed: int = 0):
     model.train()
     model.two_vjps = variant == "two_vjps"
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-5)
-    options = VARIANTS[variant]
-    surgery = None if options is None else Surgery(model, optimizer, include=INCLUDE, **options)
+    options = dict(VARIANTS[variant] or {})
+    model.per_exit_groups = options.pop("groups", None) == "per_exit"
+    batches = options.pop("batches", 1)
+    surgery = None if not options else Surgery(model, optimizer, include=INCLUDE, **options)
     generator = torch.Generator().manual_seed(seed)
-    batch = {
+    batch = [{
         "input_ids": torch.randint(0, config.vocab_size, (BATCH, TOKENS), generator=generator),
         "attention_mask": torch.ones(BATCH, TOKENS, dtype=torch.long),
         "labels": torch.randint(0, 2, (BATCH,), generator=generator),
-    }
+    } for _ in range(batches)]
     return model, optimizer, surgery, batch
 
 
-def step(model, optimizer, surgery, batch) -> None:
+def group_losses(model, batch) -> dict[str, torch.Tensor]:
     logits = model(batch["input_ids"], batch["attention_mask"])
-    losses = {
-        "final": exit_cross_entropy(logits[-1], batch["labels"]),
-        "sd": self_distillation_loss(logits, batch["labels"]),
-    }
+    if model.per_exit_groups:
+        return {f"exit{i + 1}": exit_cross_entropy(x, batch["labels"])
+                for i, x in enumerate(logits)}
+    return {"final": exit_cross_entropy(logits[-1], batch["labels"]),
+            "sd": self_distillation_loss(logits, batch["labels"])}
+
+
+def step(model, optimizer, surgery, batches) -> None:
+    if len(batches) > 1:  # a combiner that takes several batches per step
+        surgery.backward([group_losses(model, batch) for batch in batches])
+        optimizer.step()
+        optimizer.zero_grad()
+        return
+    losses = group_losses(model, batches[0])
     if surgery is None and model.two_vjps:
         losses["final"].backward(retain_graph=True)
         losses["sd"].backward()
@@ -188,6 +218,8 @@ def main() -> None:
             "peak_growth_mb": memory[name] / 2**20,
             "extra_peak_mb": extra / 2**20,
             "extra_peak_flat_grads": extra / flat_bytes,
+            "groups": 6 if (VARIANTS[name] or {}).get("groups") == "per_exit" else 2,
+            "batches_per_step": (VARIANTS[name] or {}).get("batches", 1),
         })
     result = {
         "benchmark": "core_step",
