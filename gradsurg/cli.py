@@ -417,6 +417,7 @@ def compare(
     from gradsurg.report.compare import (
         budget_table,
         conflict_maps,
+        conflict_plot_names,
         held_out_table,
         per_exit_table,
         summary_table,
@@ -435,9 +436,10 @@ def compare(
         for note in comparison.notes:
             console.print(f"note: {note}", highlight=False)
         maps = conflict_maps(comparison)
+        names = conflict_plot_names(list(maps))
         for label, result in maps.items():
             console.print(conflict_report.block_table(result))
-            drawn = ("its heatmap follows in --output" if output is not None
+            drawn = (f"heatmap: {output / names[label]}" if output is not None
                      else "--output DIR draws its heatmap")
             console.print(f"conflicts: {label}: its train_log.jsonl holds per-block cosines "
                           f"({result['steps']} steps); "

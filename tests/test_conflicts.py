@@ -116,6 +116,7 @@ def test_compare_draws_the_map_of_a_run_that_logged_block_cosines(tmp_path):
     # the map: layer 0, exit1/exit2, conflict on 1 of 3 steps, mean cosine (-0.4 + 0.4) / 3
     assert ("conflicts: romebert: its train_log.jsonl holds per-block cosines (3 steps); "
             "surgery has something to act on: 1 of 1") in result.output
+    assert f"heatmap: {out / 'conflicts_romebert.png'}" in " ".join(result.output.split())
     assert "conflicts: deebert" not in result.output
     assert (out / "conflicts_romebert.png").read_bytes().startswith(b"\x89PNG")
     assert not (out / "conflicts_deebert.png").exists()
