@@ -4,8 +4,9 @@ Trains RomeBERT-SD as it is (per-exit groups `exit_groups=sd`, summed: the same 
 `romebert_sd` recipe) with the combiner `blockwise` around `sum`, which changes nothing in the
 update (a sum per block is the sum) but logs, per layer and per pair of the exits that reach
 it, the cosine of their gradients and whether it was negative. This script reads those from
-the run's train_log.jsonl and writes the map: mean cosine and share of logged steps in
-conflict, per layer and pair, as JSON and a heatmap.
+the run's train_log.jsonl and writes the map: mean cosine and share of steps in conflict,
+per layer and pair, as JSON and a heatmap (`gradsurg.report.conflicts`, which `gradsurg
+compare` and `gradsurg conflicts` use too).
 
     GLUE_DIR=../shared/glue_data python bench/conflict_map.py [--task sst2] [--train-rows 2000]
         [--runs /tmp/conflict_map] [--out bench/results/conflict_map.json]
@@ -19,8 +20,11 @@ import argparse
 import json
 import subprocess
 import sys
-from collections import defaultdict
 from pathlib import Path
+
+from gradsurg.errors import ConfigError
+from gradsurg.report import conflicts
+from gradsurg.report.plots import plot_conflict_map
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "romebert_sd_glue.yaml"
@@ -37,56 +41,17 @@ def run_command(task: str, train_rows: int, output: Path) -> list[str]:
 
 
 def conflict_map(log_lines: list[dict]) -> dict:
-    """Per block and pair: the mean over log lines of the logged cosine (itself a mean over
-    the interval's steps) and of the conflict flag (the share of steps with cosine < 0)."""
-    sums: dict[str, dict[str, list[float]]] = {"cosine": defaultdict(list),
-                                               "conflict": defaultdict(list)}
-    for line in log_lines:
-        for key, value in line.items():
-            kind, _, rest = key.partition("/")
-            if kind in sums and rest.count("/") == 2:
-                sums[kind][rest].append(float(value))
-    if not sums["cosine"]:
+    """Per block and pair: the mean cosine and the share of steps in conflict, each log line
+    weighing the steps it covers (`gradsurg.report.conflicts.conflict_map`)."""
+    try:
+        return conflicts.conflict_map(log_lines)
+    except ConfigError:
         raise SystemExit("error: the run's log holds no per-block cosines (was the combiner "
-                         "blockwise?)")
-    blocks = sorted({rest.split("/")[0] for rest in sums["cosine"]},
-                    key=lambda b: (len(b), b))
-    pairs = sorted({"/".join(rest.split("/")[1:]) for rest in sums["cosine"]},
-                   key=lambda p: [int(x.removeprefix("exit")) if x.startswith("exit") else x
-                                  for x in p.split("/")])
-    table = {kind: {block: {pair: (sum(values[f"{block}/{pair}"]) / len(values[f"{block}/{pair}"])
-                                   if values.get(f"{block}/{pair}") else None)
-                            for pair in pairs} for block in blocks}
-             for kind, values in sums.items()}
-    return {"blocks": blocks, "pairs": pairs, "mean_cosine": table["cosine"],
-            "conflict_share": table["conflict"], "log_lines": len(log_lines)}
+                         "blockwise?)") from None
 
 
 def plot(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    blocks, pairs = result["blocks"], result["pairs"]
-    figure, axes = plt.subplots(1, 2, figsize=(2 + 0.45 * len(pairs) * 2, 1.5 + 0.4 * len(blocks)))
-    for axis, (kind, title, limits) in zip(axes, (
-            ("mean_cosine", "mean cosine", (-1, 1)),
-            ("conflict_share", "share of steps with cosine < 0", (0, 1)))):
-        grid = np.array([[np.nan if result[kind][b][p] is None else result[kind][b][p]
-                          for p in pairs] for b in blocks])
-        image = axis.imshow(grid, cmap="coolwarm_r" if kind == "mean_cosine" else "Reds",
-                            vmin=limits[0], vmax=limits[1], aspect="auto")
-        axis.set_xticks(range(len(pairs)), [p.replace("exit", "") for p in pairs],
-                        rotation=90, fontsize=7)
-        axis.set_yticks(range(len(blocks)), [b.replace("encoder.layers.", "layer ")
-                                             for b in blocks], fontsize=7)
-        axis.set_title(title, fontsize=9)
-        axis.set_xlabel("exit pair", fontsize=8)
-        figure.colorbar(image, ax=axis)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    plot_conflict_map(result, path)
 
 
 def main() -> None:

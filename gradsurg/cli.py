@@ -414,7 +414,10 @@ COMPARE_EPILOG = (
     "Each RUN_DIR is a finished multiexit_glue run (results.json; exit_logits.safetensors for a "
     "dense curve, else results.json's fixed threshold list, noted). Runs of different tasks or "
     "evaluation sets are refused. Without --output the tables are only printed; with it, "
-    "compare.md, compare.json, per_exit.png and metric_vs_time.png are written there."
+    "compare.md, compare.json, per_exit.png and metric_vs_time.png are written there. A run "
+    "whose train_log.jsonl holds per-block cosines (trained with the combiner blockwise) also "
+    "gets its conflict map: printed per block, and with --output drawn as conflicts_<run>.png "
+    "(layers x group pairs) and kept in compare.json's conflict_maps."
 )
 
 
@@ -428,8 +431,11 @@ def compare(
     """Put finished multi-exit runs side by side: per-exit metrics, best metric within time
     budgets, area under the metric-vs-time curve, overlay plots."""
     from gradsurg.multiexit.evaluation.comparison import compare_runs
+    from gradsurg.report import conflicts as conflict_report
     from gradsurg.report.compare import (
         budget_table,
+        conflict_maps,
+        conflict_plot_names,
         held_out_table,
         per_exit_table,
         summary_table,
@@ -447,11 +453,133 @@ def compare(
                 console.print(table)
         for note in comparison.notes:
             console.print(f"note: {note}", highlight=False)
+        maps = conflict_maps(comparison)
+        names = conflict_plot_names(list(maps))
+        for label, result in maps.items():
+            console.print(conflict_report.block_table(result))
+            drawn = (f"heatmap: {output / names[label]}" if output is not None
+                     else "--output DIR draws its heatmap")
+            console.print(f"conflicts: {label}: its train_log.jsonl holds per-block cosines "
+                          f"({result['steps']} steps); "
+                          f"{conflict_report.verdict(result).text()}; {drawn}", highlight=False)
         if output is not None:
-            written = write_comparison(comparison, output)
+            written = write_comparison(comparison, output, maps)
             console.print("wrote " + ", ".join(str(path) for path in written), highlight=False)
     except USER_ERRORS as error:  # file-system errors too: one line naming the path
         raise fail(error) from None
+
+
+CONFLICTS_EPILOG = (
+    "Trains the recipe's first --steps optimizer steps on a fresh copy of its model, in "
+    "memory: no run folder, no checkpoint, no log file (only --json / --plot, when given). "
+    "The loss is split into groups (multiexit_glue: romebert and romebert_sd one group per "
+    "exit, exit_groups: sd; a recipe's own exit_groups or two or more loss_groups as they "
+    "are) and summed by the combiner blockwise(sum), which logs per layer the cosine of every "
+    "pair of groups reaching it; the recipe's own combiner and weighting are not applied while "
+    "measuring. Prints the map (mean cosine and share of steps in conflict per block and "
+    "pair), the conflict rate per block, and whether surgery has something to act on."
+)
+
+
+@app.command(epilog=CONFLICTS_EPILOG)
+def conflicts(
+    recipe: Annotated[Path, typer.Argument(
+        help="Recipe YAML file or registered recipe name.")],
+    steps: Annotated[int, typer.Option(
+        "--steps", help="Optimizer steps to train and measure (the recipe's first ones).")],
+    overrides: SetOption = None,
+    share: Annotated[float | None, typer.Option(
+        help="A (block, pair) cell is in conflict from this share of steps with a negative "
+        "cosine on (0 < share <= 1; default 0.1: a combiner acting on conflict would change "
+        "at least one update in ten).")] = None,
+    json_out: Annotated[Path | None, typer.Option(
+        "--json", help="Also write the map, the verdict, the command and the commit here.")
+    ] = None,
+    plot: Annotated[Path | None, typer.Option(
+        "--plot", help="Also draw the map here as a PNG heatmap (layers x group pairs).")
+    ] = None,
+) -> None:
+    """Where the recipe's loss groups conflict, per layer and pair of groups, over its first
+    training steps, in memory; and whether gradient surgery has anything to act on."""
+    from gradsurg.report import conflicts as report
+    from gradsurg.report.plots import plot_conflict_map
+
+    if share is None:
+        share = report.DEFAULT_SHARE
+    try:
+        if steps < 1:
+            raise ConfigError(f"--steps {steps}: must be >= 1 (optimizer steps to measure)")
+        if not 0 < share <= 1:
+            raise ConfigError(f"--share {share:g}: must be in (0, 1], a share of the steps")
+        for path, option in ((json_out, "--json"), (plot, "--plot")):
+            if path is not None:
+                check_output_file(path, option=option)
+        if json_out is not None and plot is not None and json_out.resolve() == plot.resolve():
+            raise ConfigError(f"--json and --plot both name {json_out}; give two files")
+        program, config = load_recipe(recipe, overrides or [])
+        if program.measure_conflicts is None:
+            raise ConfigError(f"program {program.name!r} cannot measure conflicts (it declares "
+                              "no measure_conflicts)")
+        commit = source_commit()  # the code that measures, before it runs
+        measured = program.measure_conflicts(config, steps)
+        result = report.conflict_map(measured.records)
+    except USER_ERRORS as error:
+        raise fail(error) from None
+    judged = report.verdict(result, share)
+    console.print(f"measured: {measured.trained_as}", highlight=False)
+    console.print(report.conflict_table(result, share, title=f"{recipe}: conflict map over "
+                                        f"{result['steps']} steps"))
+    console.print(report.block_table(result, share))
+    console.print(judged.text(), highlight=False)
+    written = []
+    try:
+        if plot is not None:
+            written.append(plot_conflict_map(result, plot, title=f"{recipe}: where the loss "
+                                             f"groups conflict ({result['steps']} steps)"))
+        if json_out is not None:
+            command = ["gradsurg", "conflicts", str(recipe), "--steps", str(steps)]
+            for item in overrides or []:
+                command += ["--set", item]
+            if share != report.DEFAULT_SHARE:
+                command += ["--share", repr(share)]
+            command += ["--json", str(json_out), *(["--plot", str(plot)] if plot else [])]
+            data = {"command": command, **commit, "recipe": str(recipe),
+                    "program": program.name, "trained_as": measured.trained_as,
+                    "groups": measured.groups, **result,
+                    "per_block": report.block_rates(result, share),
+                    "verdict": judged.to_json()}
+            if plot is not None:
+                data["plot"] = {"file": plot.name, "sha256": file_sha256(plot)}
+            atomic_write_text(json_out, strict_json.dumps(data, indent=1) + "\n")
+            written.append(json_out)
+    except USER_ERRORS as error:
+        raise fail(error) from None
+    if written:
+        console.print("wrote " + ", ".join(map(str, written)), highlight=False)
+
+
+def source_commit() -> dict[str, Any]:
+    """The git commit of the gradsurg source that runs (and whether its checkout has changes),
+    for results files; `commit: None` outside a git checkout."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                              text=True, timeout=30)
+        status = subprocess.run(["git", "-C", str(root), "status", "--porcelain"],
+                                capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None}
+    if head.returncode != 0:
+        return {"commit": None}
+    return {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip())}
+
+
+def file_sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 PLUGINS_EPILOG = (

@@ -105,10 +105,24 @@ class TensorBoardLog:
             writer.close()
 
 
+class MemoryLog:
+    """Keeps the records in a list: a training run measured in memory (`gradsurg conflicts`)
+    writes no file."""
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        self.records.append(dict(record))
+
+    def close(self) -> None:
+        pass
+
+
 class Loggers:
     """The recipe's loggers as one: each record goes to all of them."""
 
-    def __init__(self, logs: Sequence[JsonlLog | TensorBoardLog]) -> None:
+    def __init__(self, logs: Sequence[JsonlLog | TensorBoardLog | MemoryLog]) -> None:
         self.logs = list(logs)
 
     def write(self, record: Mapping[str, Any]) -> None:

@@ -27,6 +27,16 @@ class ProgramConfig(BaseModel):
 
 
 @dataclass(frozen=True)
+class MeasuredSteps:
+    """What `Program.measure_conflicts` gives back: the records its training logged (one per
+    step), the loss groups it measured and, in words, how it trained them."""
+
+    records: list[dict[str, Any]]
+    groups: list[str]
+    trained_as: str
+
+
+@dataclass(frozen=True)
 class Program:
     """`run(config, output_dir)` trains and evaluates, writes its files, returns the results.
 
@@ -34,6 +44,11 @@ class Program:
     checkpoints (`gradsurg run --resume`) says `resumable=True`, and its `run` then takes
     `resume=True` as a keyword; one that cannot says `resumable=False`, and `--resume` is
     refused before anything runs. The run folder's layout is `gradsurg.run_folder`'s.
+
+    `measure_conflicts(config, steps)` (optional; `gradsurg conflicts`) trains the recipe's
+    first `steps` optimizer steps in memory, writing no file, with its loss split into groups
+    the combiner `blockwise` around `sum` logs per block, and returns the records; a recipe
+    without two such groups is a ConfigError before the first step. None: the program cannot.
     """
 
     name: str
@@ -44,6 +59,8 @@ class Program:
     #: Recipe keys that change evaluation only: `run --resume` accepts new values for them,
     #: so a finished run's last checkpoint can be evaluated again without training.
     evaluation_keys: frozenset[str] = frozenset()
+    measure_conflicts: Callable[[Any, int], MeasuredSteps] | None = field(default=None,
+                                                                          kw_only=True)
 
 
 PROGRAMS: Registry[Program] = Registry("program", "gradsurg.programs")

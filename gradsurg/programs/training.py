@@ -143,8 +143,10 @@ def train_stage(
     resume: StageProgress | None = None,
     save_checkpoint: SaveCheckpoint | None = None,
     checkpoint_every: int | None = None,
+    stop_after: int | None = None,
 ) -> StageResult:
-    """Run `ceil(steps_per_epoch * epochs)` optimizer steps.
+    """Run `ceil(steps_per_epoch * epochs)` optimizer steps (the first `stop_after` of them,
+    when given: the LR schedule stays the whole stage's, so they are the stage's first steps).
 
     `batches(epoch, skip)` yields an epoch's `(batch, share)` pairs from the `skip`-th on (the
     order depends on the epoch only, so a resumed stage sees exactly the batches it missed).
@@ -155,6 +157,11 @@ def train_stage(
     before the log line and the checkpoint, so its state is saved with the step.
     """
     total = stage_steps(steps_per_epoch, epochs)
+    if stop_after is not None:
+        if not 1 <= stop_after <= total:
+            raise TrainingError(f"stage {name!r}: stop_after must be 1..{total} (its steps), "
+                                f"got {stop_after}")
+        total = stop_after
     state = resume or StageProgress()
     trained = trained_parameters(model, surgery)
     if resume is None:

@@ -1,14 +1,17 @@
 """`gradsurg compare`'s output: the comparison's tables (rich for the screen, Markdown for
-compare.md), its overlay plots and its files, each written atomically (a temporary name, then
-a rename). Reading the run folders is `gradsurg.run_folder`'s; comparing them (curves, budgets,
-held-out scores) is `gradsurg.multiexit.evaluation.comparison`'s.
+compare.md), its overlay plots, the conflict map of each run whose train log holds per-block
+cosines (`gradsurg.report.conflicts`), and its files, each written atomically (a temporary
+name, then a rename). Reading the run folders is `gradsurg.run_folder`'s; comparing them
+(curves, budgets, held-out scores) is `gradsurg.multiexit.evaluation.comparison`'s.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from rich.table import Table
 
@@ -16,11 +19,14 @@ from gradsurg import strict_json
 from gradsurg.errors import ConfigError
 from gradsurg.multiexit.evaluation.comparison import Comparison
 from gradsurg.outputs import atomic_write_text
-from gradsurg.report.plots import plot_exit_metrics, plot_tradeoff
+from gradsurg.report import conflicts
+from gradsurg.report.plots import plot_conflict_map, plot_exit_metrics, plot_tradeoff
 
 __all__ = [
     "HELD_OUT_NOTE",
     "budget_table",
+    "conflict_maps",
+    "conflict_plot_names",
     "held_out_table",
     "markdown_report",
     "markdown_tables",
@@ -165,8 +171,43 @@ def write_plots(comparison: Comparison, folder: Path, *, prefix: str = "") -> di
     return plots
 
 
-def markdown_report(comparison: Comparison, plots: Mapping[str, Path]) -> str:
-    """compare.md: the runs, the three tables, the plots and the notes."""
+def conflict_maps(comparison: Comparison) -> dict[str, dict[str, Any]]:
+    """Run label -> the conflict map of its train_log.jsonl, for the runs whose log holds
+    per-block cosines (trained with the combiner `blockwise`); the others are left out."""
+    maps = {}
+    for run in comparison.runs:
+        if run.folder is not None:
+            found = conflicts.run_conflict_map(Path(run.folder))
+            if found is not None:
+                maps[run.label] = found
+    return maps
+
+
+def conflict_plot_names(labels: list[str]) -> dict[str, str]:
+    """Run label -> its heatmap's file name, `conflicts_<label>.png` with the label's odd
+    characters (a folder's slashes) as `_`; a clash gets the run's position."""
+    names = {label: "conflicts_" + (re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("._")
+                                    or "run") for label in labels}
+    taken = list(names.values())
+    return {label: (f"{name}_{index}" if taken.count(name) > 1 else name) + ".png"
+            for index, (label, name) in enumerate(names.items(), 1)}
+
+
+def write_conflict_plots(maps: Mapping[str, Mapping[str, Any]], folder: Path
+                         ) -> dict[str, Path]:
+    """Each conflict map's heatmap (layers x group pairs) in `folder`."""
+    names = conflict_plot_names(list(maps))
+    return {label: plot_conflict_map(result, folder / names[label],
+                                     title=f"{label}: where the loss groups conflict "
+                                           f"({result['steps']} steps)")
+            for label, result in maps.items()}
+
+
+def markdown_report(comparison: Comparison, plots: Mapping[str, Path],
+                    maps: Mapping[str, Mapping[str, Any]] | None = None,
+                    map_plots: Mapping[str, Path] | None = None) -> str:
+    """compare.md: the runs, the three tables, the plots, the conflict maps (runs trained with
+    `blockwise`) and the notes."""
     lines = [f"# Comparison on {comparison.task} ({comparison.metric})", "",
              "| run | folder | mode | curve |", "| --- | --- | --- | --- |"]
     lines += [f"| {run.label} | {run.folder or '-'} | {run.mode} | {run.curve} |"
@@ -184,19 +225,32 @@ def markdown_report(comparison: Comparison, plots: Mapping[str, Path]) -> str:
     lines += ["Area: the mean of the best metric reachable within each time budget x, over x "
               "from 100/L to 100 % (sweep and fixed exits); see "
               "`gradsurg.multiexit.evaluation.tradeoff_summary`.", ""]
+    for label, result in (maps or {}).items():
+        lines += [f"Where the loss groups of {label} conflict, per block (its train_log.jsonl's "
+                  "per-block cosines):", "", *conflicts.markdown_lines(result)]
+        if map_plots and label in map_plots:
+            lines += [f"![conflict map of {label}]({map_plots[label].name})", ""]
     lines += [f"Note: {note}" for note in comparison.notes]
     return "\n".join(lines).rstrip() + "\n"
 
 
-def write_comparison(comparison: Comparison, output: str | os.PathLike[str]) -> list[Path]:
-    """compare.md, compare.json and the two PNGs into ``output``; the paths written."""
+def write_comparison(comparison: Comparison, output: str | os.PathLike[str],
+                     maps: Mapping[str, Mapping[str, Any]] | None = None) -> list[Path]:
+    """compare.md, compare.json and the two PNGs into ``output``, and with ``maps``
+    (`conflict_maps`) each run's conflict heatmap, its map in compare.json's
+    `conflict_maps`; the paths written."""
     folder = Path(output)
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"--output {folder}: exists and is not a folder")
     folder.mkdir(parents=True, exist_ok=True)
     plots = write_plots(comparison, folder)  # each file: temporary name, then a rename
+    map_plots = write_conflict_plots(maps or {}, folder)
     report = folder / "compare.md"
-    atomic_write_text(report, markdown_report(comparison, plots), own=True)
+    atomic_write_text(report, markdown_report(comparison, plots, maps, map_plots), own=True)
     data = folder / "compare.json"
-    atomic_write_text(data, strict_json.dumps(comparison.to_json(), indent=2) + "\n", own=True)
-    return [report, data, *plots.values()]
+    content = comparison.to_json()
+    if maps:
+        content["conflict_maps"] = {label: {**result, "plot": map_plots[label].name}
+                                    for label, result in maps.items()}
+    atomic_write_text(data, strict_json.dumps(content, indent=2) + "\n", own=True)
+    return [report, data, *plots.values(), *map_plots.values()]

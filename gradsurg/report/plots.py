@@ -1,4 +1,5 @@
-"""PNG figures for early-exit results: metric per exit, metric vs. cost, exit histogram.
+"""PNG figures for early-exit results: metric per exit, metric vs. cost, exit histogram; and
+the conflict map of a run's loss groups (`gradsurg.report.conflicts`).
 
 Figures are built with matplotlib's object-oriented API on an Agg canvas, so nothing here
 touches pyplot's global state or the user's backend, and it works on headless machines.
@@ -11,8 +12,10 @@ from __future__ import annotations
 import io
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -126,4 +129,54 @@ def plot_exit_distribution(exit_counts: Sequence[int], path: str | os.PathLike[s
     axes.set_ylabel("examples")
     axes.set_title(title)
     axes.grid(axis="y", alpha=0.3)
+    return _save(figure, path)
+
+
+#: Cells up to this many are labelled with their value.
+MAX_LABELLED_CELLS = 400
+
+
+def _block_label(block: str) -> str:
+    """`encoder.layers.0` -> `layer 1` (layers count from 1, as exits do); others as named."""
+    match = re.fullmatch(r"(?:.*\.)?layers?\.(\d+)", block)
+    return f"layer {int(match.group(1)) + 1}" if match else block
+
+
+def plot_conflict_map(result: Mapping[str, Any], path: str | os.PathLike[str], *,
+                      title: str | None = None) -> Path:
+    """Two heatmaps, blocks down and group pairs across: the mean cosine of each pair's
+    gradients (-1..1, negative in red) and the share of steps they conflicted (0..1, each
+    cell labelled in %); a pair a block never saw is blank. `result` is
+    `gradsurg.report.conflicts.conflict_map`'s."""
+    blocks, pairs = list(result["blocks"]), list(result["pairs"])
+    if not blocks or not pairs:
+        raise ValueError("the conflict map has no cells to draw")
+    exits = all(re.fullmatch(r"exit\d+/exit\d+", pair) for pair in pairs)
+    columns = [pair.replace("exit", "") for pair in pairs] if exits else pairs
+    width = min(24.0, 2.5 + 0.42 * len(pairs) * 2)
+    height = min(24.0, 2.0 + 0.42 * len(blocks))
+    figure = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(figure)
+    panels = figure.subplots(1, 2)
+    labelled = len(blocks) * len(pairs) <= MAX_LABELLED_CELLS
+    for axes, key, name, (low, high), colours in (
+            (panels[0], "mean_cosine", "mean cosine", (-1.0, 1.0), "coolwarm_r"),
+            (panels[1], "conflict_share", "share of steps with cosine < 0 (cells: %)",
+             (0.0, 1.0), "Reds")):
+        grid = [[math.nan if result[key][b][p] is None else result[key][b][p] for p in pairs]
+                for b in blocks]
+        image = axes.imshow(grid, cmap=colours, vmin=low, vmax=high, aspect="auto")
+        axes.set_xticks(range(len(pairs)), columns, rotation=90, fontsize=7)
+        axes.set_yticks(range(len(blocks)), [_block_label(b) for b in blocks], fontsize=7)
+        axes.set_xlabel("exit pair" if exits else "group pair", fontsize=8)
+        axes.set_title(name, fontsize=9)
+        figure.colorbar(image, ax=axes)
+        if labelled and key == "conflict_share":
+            for row, values in enumerate(grid):
+                for column, value in enumerate(values):
+                    if not math.isnan(value):
+                        axes.text(column, row, f"{value * 100:.0f}", ha="center", va="center",
+                                  fontsize=6, color="white" if value > 0.5 else "black")
+    figure.suptitle(title or f"where the loss groups conflict ({result.get('steps', '?')} "
+                    "steps)", fontsize=10)
     return _save(figure, path)

@@ -6,6 +6,8 @@ when resuming, restores the newest checkpoint; `train` runs the mode's stages (s
 each continuing where the checkpoint left it; `evaluate` scores every exit and sweeps the exit
 policy; `save` writes the model for `gradsurg predict / eval`. Resume is the class's own
 business: the CLI only checks the output folder and calls `run(config, folder, resume=True)`.
+Without an output folder (`output_dir=None`, `log=`) it trains in memory: no checkpoint, no
+log file, the records go to `log` (what `gradsurg conflicts` measures).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from gradsurg.engines import (
 )
 from gradsurg.errors import ConfigError
 from gradsurg.finite_weights import check_finite_outputs, check_finite_weights
-from gradsurg.loggers import Loggers, open_loggers
+from gradsurg.loggers import Loggers, MemoryLog, open_loggers
 from gradsurg.multiexit.model import MultiExitModel
 from gradsurg.multiexit.policies import ExitPolicy
 from gradsurg.optimizers import OptimizerSettings, build_optimizer, build_scheduler
@@ -52,6 +54,7 @@ from gradsurg.programs.multiexit_glue.checks import (
     check_against_model,
 )
 from gradsurg.programs.multiexit_glue.config import MultiExitGlueConfig
+from gradsurg.programs.multiexit_glue.conflicts import measure_conflicts
 from gradsurg.programs.multiexit_glue.data import epoch_order, forward, load_split
 from gradsurg.programs.multiexit_glue.evaluation import (
     collect_exit_logits,
@@ -96,7 +99,8 @@ class RecipePlan:
 
 
 class MultiExitGlueRecipe:
-    """One multi-exit GLUE run into `output_dir`: setup, train, evaluate, save."""
+    """One multi-exit GLUE run into `output_dir` (None: in memory, records into `log`):
+    setup, train, evaluate, save."""
 
     # Built by `setup`: the plan (every name resolved once) and the model.
     plan: RecipePlan
@@ -108,17 +112,29 @@ class MultiExitGlueRecipe:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     surgery: Surgery
 
-    def __init__(self, config: MultiExitGlueConfig, output_dir: Path) -> None:
+    def __init__(self, config: MultiExitGlueConfig, output_dir: Path | None, *,
+                 log: MemoryLog | None = None) -> None:
+        if (output_dir is None) == (log is None):
+            raise ValueError("give an output folder or an in-memory log, not both or neither")
         self.config = config
         self.output_dir = output_dir
+        self.memory_log = log
         self.mode = config.mode_spec
-        self.checkpoints = Checkpoints(output_dir / CHECKPOINTS_DIR, keep=config.keep_checkpoints)
+        self.checkpoints = (None if output_dir is None else
+                            Checkpoints(output_dir / CHECKPOINTS_DIR, keep=config.keep_checkpoints))
         #: The checkpoint resumed from (None: a fresh start) and the stages it had finished.
         self.restored: dict[str, Any] | None = None
         self.finished: list[StageResult] = []
         #: FSDP2 (`distributed.strategy: fsdp`): the model is sharded; rank 0's whole copy.
         self.sharded = False
         self.whole: MultiExitModel | None = None
+
+    @property
+    def folder(self) -> Path:
+        """The output folder; evaluating and saving need one (an in-memory run has none)."""
+        if self.output_dir is None:
+            raise ValueError("this run trains in memory: it has no folder to write to")
+        return self.output_dir
 
     # The plan's parts, as the training and evaluation below read them.
     @property
@@ -147,7 +163,10 @@ class MultiExitGlueRecipe:
         """Build everything the recipe names, once, and check it against the model before
         the first step; with `resume`, restore the newest checkpoint's weights and state."""
         config = self.config
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        if resume and self.checkpoints is None:
+            raise ValueError("resuming needs the run's output folder")
+        if self.output_dir is not None:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
         if config.threads is not None:
             torch.set_num_threads(config.threads)
         seed_everything(config.seed, deterministic=config.deterministic)
@@ -246,7 +265,9 @@ class MultiExitGlueRecipe:
 
     def _open_log(self) -> Loggers:
         """The recipe's loggers (train_log.jsonl, TensorBoard), cut back to the resumed
-        checkpoint's position; rank 0 writes."""
+        checkpoint's position; rank 0 writes. In memory: the given log alone."""
+        if self.memory_log is not None:
+            return Loggers([self.memory_log])
         return open_loggers(self.config.loggers,
                             self.output_dir if self.parallel.is_main else None,
                             truncate_to=self.restored["log_offset"] if self.restored else 0)
@@ -268,6 +289,7 @@ class MultiExitGlueRecipe:
         """Load the newest checkpoint's weights and keep its state for the stage it stopped
         in; none: start from step 0. A checkpoint of another recipe or process count is
         refused: continuing it would silently train a run that matches neither."""
+        assert self.checkpoints is not None  # setup refuses resume without a folder
         latest = self.checkpoints.latest()
         if latest is None:
             console.print(f"no checkpoint in {self.checkpoints.root}: starting from step 0")
@@ -296,7 +318,7 @@ class MultiExitGlueRecipe:
                            else self.optimizer.state_dict())
         if not self.parallel.is_main:
             return
-        assert whole is not None
+        assert whole is not None and self.checkpoints is not None
         global_step = sum(r.steps for r in self.finished) + progress.step
         self.checkpoints.save(global_step, model=with_parts(whole, self.parts), state={
             "world_size": self.parallel.world_size,
@@ -337,14 +359,16 @@ class MultiExitGlueRecipe:
 
     # -- training ------------------------------------------------------------------------
 
-    def train(self) -> list[StageResult]:
-        """Train the stages the resumed checkpoint (if any) had not finished, in order."""
+    def train(self, *, stop_after: int | None = None) -> list[StageResult]:
+        """Train the stages the resumed checkpoint (if any) had not finished, in order; with
+        `stop_after`, each stage's first `stop_after` steps (its LR schedule unchanged)."""
         try:
             with progress_bar(disable=not self.parallel.is_main) as progress:
                 for index, stage in enumerate(self.stages):
                     if index < len(self.finished):
                         continue  # finished before the restart
-                    self.finished.append(self.train_stage(index, stage, progress))
+                    self.finished.append(self.train_stage(index, stage, progress,
+                                                          stop_after=stop_after))
         finally:
             self.log.close()
         whole = self._gather_whole()  # FSDP2: rank 0 evaluates and saves the whole model
@@ -354,7 +378,8 @@ class MultiExitGlueRecipe:
         self.parallel.close()
         return self.finished
 
-    def train_stage(self, index: int, stage: TrainingStage, progress: Progress) -> StageResult:
+    def train_stage(self, index: int, stage: TrainingStage, progress: Progress, *,
+                    stop_after: int | None = None) -> StageResult:
         """One stage: its trainable parts, optimizer, schedule and surgery; the loop."""
         config = self.config
         params = set_trainable(self.model, self.parts, stage)
@@ -387,8 +412,9 @@ class MultiExitGlueRecipe:
                 loss_fn=lambda batch: self.stage_losses(stage, batch),
                 surgery=self.surgery, optimizer=self.optimizer, scheduler=self.scheduler,
                 log=self.log, log_every=config.log_every, progress=progress, resume=resume,
-                save_checkpoint=self.save_checkpoint if config.checkpoints else None,
-                checkpoint_every=config.checkpoint_every,
+                save_checkpoint=(self.save_checkpoint
+                                 if config.checkpoints and self.checkpoints is not None else None),
+                checkpoint_every=config.checkpoint_every, stop_after=stop_after,
             )
         finally:
             self.surgery.remove()
@@ -429,12 +455,12 @@ class MultiExitGlueRecipe:
             self.model.set_preference(None)
         all_logits, labels = collect_exit_logits(self.model, self.eval_loader, self.device)
         check_finite_outputs(all_logits, what=f"{config.eval_split} evaluation")
-        save_exit_logits(all_logits, labels, self.output_dir)
+        save_exit_logits(all_logits, labels, self.folder)
         return evaluation_results(
             all_logits, labels, task=self.task, mode=config.mode, model=config.model,
             split=config.eval_split, rows=config.eval_rows, policy=self.plan.exit_policy,
             sweep_policies=self.plan.sweep,
-            output_dir=self.output_dir)
+            output_dir=self.folder)
 
     def training_summary(self) -> dict[str, Any]:
         """Steps, time and mean losses per stage; what the loss terms and weighting learned."""
@@ -457,7 +483,7 @@ class MultiExitGlueRecipe:
 
     def save(self) -> Path:
         """The model folder `gradsurg predict / eval` reload; never left half-written."""
-        folder = self.output_dir / "model"
+        folder = self.folder / "model"
         replace_folder(folder, lambda staging: self.model.save_pretrained(
             staging, tokenizer=self.tokenizer))
         return folder
@@ -531,4 +557,5 @@ PROGRAM = Program(
     "ELBERT)",
     evaluation_keys=EVALUATION_KEYS,
     resumable=True,
+    measure_conflicts=measure_conflicts,
 )
