@@ -85,10 +85,11 @@ def measure_conflicts(config: MultiExitGlueConfig, steps: int) -> MeasuredSteps:
     log = MemoryLog()
     recipe = MultiExitGlueRecipe(measured, None, log=log)
     recipe.setup()
-    total = stage_steps(recipe.steps_per_epoch, measured.epochs)
+    # blockwise(sum) takes one batch per step, so an epoch has one step per batch
+    total = stage_steps(recipe.batches_per_epoch, measured.epochs)
     if steps > total:
         raise ConfigError(f"--steps {steps}: the recipe trains {total} optimizer steps "
-                          f"({recipe.steps_per_epoch} per epoch, epochs {measured.epochs:g}); "
+                          f"({recipe.batches_per_epoch} per epoch, epochs {measured.epochs:g}); "
                           f"measure at most {total}")
     recipe.train(stop_after=steps)
     (stage,) = recipe.stages
