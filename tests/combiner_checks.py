@@ -440,3 +440,16 @@ def assert_builds_no_graph(name: str) -> None:
     expected = fresh(plain, names).gradient
     again = build(name)
     assert torch.equal(again(_leaf_matrix(), names).gradient, expected), name
+
+
+def simplex_projection(point: np.ndarray) -> np.ndarray:
+    """The NumPy reference's projection onto the simplex: max(point - theta, 0) summing to 1,
+    theta by bisection (not the sort the combiners use)."""
+    low, high = point.min() - 1.0, point.max()
+    for _ in range(200):
+        theta = (low + high) / 2
+        if np.maximum(point - theta, 0).sum() > 1:
+            low = theta
+        else:
+            high = theta
+    return np.maximum(point - (low + high) / 2, 0)

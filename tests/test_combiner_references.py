@@ -26,6 +26,7 @@ from combiner_checks import (
     normalized,
     row_scale,
     run,
+    simplex_projection,
     tolerance,
     vector_tolerance,
     well_posed,
@@ -733,18 +734,6 @@ class DBMTLReference:
         self.averages = self.beta * previous + (1 - self.beta) * m
         norms = np.linalg.norm(self.averages, axis=1)
         return sum(norms.max() / n * a for n, a in zip(norms, self.averages) if n > 0)
-
-
-def simplex_projection(point: np.ndarray) -> np.ndarray:
-    """Projection onto the simplex by bisection on the threshold (not by sorting)."""
-    low, high = point.min() - 1.0, point.max()
-    for _ in range(200):
-        theta = (low + high) / 2
-        if np.maximum(point - theta, 0).sum() > 1:
-            low = theta
-        else:
-            high = theta
-    return np.maximum(point - (low + high) / 2, 0)
 
 
 class MoCoReference:

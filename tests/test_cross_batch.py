@@ -12,6 +12,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from combiner_checks import simplex_projection
 from models import ThreeGroupNet, three_group_batch
 
 from gradsurg import Surgery
@@ -84,19 +85,6 @@ def test_modo_agrees_with_torchjd_step_by_step(options, seed):
 # ---- the papers' updates in NumPy -----------------------------------------------------------
 
 
-def simplex_by_bisection(point: np.ndarray) -> np.ndarray:
-    """Euclidean projection onto the simplex: max(point - theta, 0) summing to 1, theta by
-    bisection (not the sort the combiners use)."""
-    low, high = point.min() - 1.0, point.max()
-    for _ in range(200):
-        theta = (low + high) / 2
-        if np.maximum(point - theta, 0).sum() > 1:
-            low = theta
-        else:
-            high = theta
-    return np.maximum(point - (low + high) / 2, 0)
-
-
 def test_modo_is_the_papers_algorithm_1():
     """lambda <- Proj(lambda - gamma (grad F_z1^T grad F_z2 lambda + rho lambda)); the step
     along grad F_z3 lambda (here times k: the sum's scale)."""
@@ -105,7 +93,7 @@ def test_modo_is_the_papers_algorithm_1():
     lam = np.full(3, 1 / 3)
     for j1, j2, j3 in batches(4):
         a, b, c = (j.numpy() for j in (j1, j2, j3))
-        lam = simplex_by_bisection(lam - gamma * (a @ (b.T @ lam) + rho * lam))
+        lam = simplex_projection(lam - gamma * (a @ (b.T @ lam) + rho * lam))
         np.testing.assert_allclose(ours(combiner, [j1, j2, j3]), 3 * c.T @ lam, atol=1e-12)
 
 
@@ -121,7 +109,7 @@ def test_sdmgrad_without_momentum_is_the_papers_algorithm_1():
         s = np.mean(np.sqrt(np.maximum((a * b).sum(1), 0)))
         beta = lr / (s**2 + 1e-8)
         for _ in range(steps):
-            w = simplex_by_bisection(w - beta * (a @ (b.T @ (w + lam * preferred))))
+            w = simplex_projection(w - beta * (a @ (b.T @ (w + lam * preferred))))
         expected = 3 * c.T @ (w + lam * preferred) / (1 + lam)
         np.testing.assert_allclose(ours(combiner, [j1, j2, j3]), expected, atol=1e-11)
 

@@ -152,16 +152,21 @@ def check_initial_weight(weight: float, *, name: str, key: str, value: float,
             f"{high:.3g}")
 
 
-def check_preference(preference: object, *, name: str, groups: Sequence[str]) -> list[float]:
-    """A weighting's `preference`: one positive number per loss group (default all 1), or a
-    one-line ConfigError naming the weighting and the groups."""
+def per_group_numbers(values: object, *, name: str, key: str, groups: Sequence[str],
+                      default: float, low: float | None = None) -> list[float]:
+    """One number per loss group (default: `default` for each), each checked like
+    `check_number`, or a one-line ConfigError naming the weighting, the key and the groups."""
     k = len(groups)
-    if preference is None:
-        return [1.0] * k
-    if (not isinstance(preference, Sequence) or isinstance(preference, str)
-            or len(preference) != k):
-        raise ConfigError(f"weighting {name!r}: preference={preference!r} is invalid; "
-                          f"allowed: {k} positive numbers, one per loss group {list(groups)}")
-    for value in preference:
-        check_number(value, name=name, key="preference", low=0)
-    return list(preference)
+    if values is None:
+        return [default] * k
+    if not isinstance(values, Sequence) or isinstance(values, str) or len(values) != k:
+        what = "positive" if low == 0 else "finite"
+        raise ConfigError(f"weighting {name!r}: {key}={values!r} is invalid; allowed: {k} "
+                          f"{what} numbers, one per loss group {list(groups)}")
+    return [check_number(value, name=name, key=key, low=low) for value in values]
+
+
+def check_preference(preference: object, *, name: str, groups: Sequence[str]) -> list[float]:
+    """A weighting's `preference`: one positive number per loss group (default all 1)."""
+    return per_group_numbers(preference, name=name, key="preference", groups=groups,
+                             default=1.0, low=0)

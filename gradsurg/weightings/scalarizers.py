@@ -13,6 +13,7 @@ from gradsurg.weightings.base import (
     LossWeighting,
     check_number,
     check_preference,
+    per_group_numbers,
 )
 
 #: Added under PBI's square root so its gradient stays finite on the preference ray (torchjd's).
@@ -78,16 +79,9 @@ class PreferenceScalarization(LossWeighting):
 
 
 def check_reference(reference: object, *, name: str, groups: Sequence[str]) -> list[float]:
-    """PBI's reference point: one finite number per loss group (default all 0), else a
-    one-line ConfigError naming the groups."""
-    k = len(groups)
-    if reference is None:
-        return [0.0] * k
-    if (not isinstance(reference, Sequence) or isinstance(reference, str)
-            or len(reference) != k):
-        raise ConfigError(f"weighting {name!r}: reference={reference!r} is invalid; "
-                          f"allowed: {k} finite numbers, one per loss group {list(groups)}")
-    return [check_number(value, name=name, key="reference") for value in reference]
+    """PBI's reference point: one finite number per loss group (default all 0)."""
+    return per_group_numbers(reference, name=name, key="reference", groups=groups,
+                             default=0.0)
 
 
 @WEIGHTINGS.register
