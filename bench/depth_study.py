@@ -17,9 +17,10 @@ Phases (MiniLM, the screening's tasks: STS-B and the seeded 8,000-sentence SST-2
   measured cost, `bench/results/study_cost.json`), at each learning rate, gamma 0.9: "surgery
   costs 2.5x" weighed against a sum given the same compute.
 - `methods6`: the multi-exit methods built since (issue 28: PCD with the final exit primary,
-  RomeBERT's projection block by block, gradient equilibrium on RomeBERT-SD; `NEW_METHODS`) at the screening's setting on MiniLM, so
-  their ranking at 6 layers compares with the screening's and with 12 layers; plus the SST-2
-  runs of RomeBERT and the reversed projection, the 6-layer twins of their 12-layer runs.
+  RomeBERT's projection block by block, gradient equilibrium on RomeBERT-SD; `NEW_METHODS`)
+  at the screening's setting on MiniLM, so their ranking at 6 layers compares with the
+  screening's and with 12 layers; plus the SST-2 runs of RomeBERT and the reversed
+  projection, the 6-layer twins of their 12-layer runs.
 - `depth12`: does depth change the answer? The paper's claim was made on 12 layers, where
   early exits sit further from the final one. The screening's SST-2 run (8,000-sentence
   subset, one epoch, lr 5e-5, seed 42) on `model=mpnet-base` (12 x 768, offline; needs

@@ -392,8 +392,17 @@ def test_readme_issue_28_core_step_prose_matches_its_results_file():
     project = rows["project_sequential"]["time_ratio"]
     spread = max(abs(rows[name]["time_ratio"] - project)
                  for name in ("pcd", "cr_mogm", "blockwise_project"))
+    sdmgrad, modo = rows["sdmgrad"], rows["modo"]
     check_quotes({
-        r"`bench/results/core_step_issue28.json`; plain step ([\d.]+) s\)": [
-            rows["plain"]["median_step_s"]]})
+        r"`bench/results/core_step_issue28.json`; plain step ([\d.]+) s,": [
+            rows["plain"]["median_step_s"]],
+        rf"\({N}x against {N}x plain, the same memory: six rows\)": [
+            rows["exit_blockwise_upgrad"]["time_ratio"], rows["exit_upgrad"]["time_ratio"]],
+        rf"`sdmgrad` and `modo` cost {N}x and {N}x a plain step per optimizer step, i\.e\. about "
+        rf"{N}x and {N}x per batch, but hold three batches' graphs at once: {N} flat": [
+            sdmgrad["time_ratio"], modo["time_ratio"], sdmgrad["time_ratio"] / 3,
+            modo["time_ratio"] / 3, sdmgrad["extra_peak_flat_grads"]]})
     (bound,) = quoted(r"cost what `project` costs \(within ([\d.]+)x of it")
     assert spread <= float(bound), (spread, bound)
+    assert rows["sdmgrad"]["batches_per_step"] == rows["modo"]["batches_per_step"] == 3
+    assert rows["exit_upgrad"]["groups"] == rows["exit_blockwise_upgrad"]["groups"] == 6
