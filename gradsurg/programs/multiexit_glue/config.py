@@ -146,6 +146,8 @@ class MultiExitGlueConfig(ProgramConfig):
     # Resolved once, by the validators below, and handed to the run (see `task_spec`).
     _task_spec: Any = PrivateAttr(None)
     _exit_policy_setting: Any = PrivateAttr(None)
+    #: The combiner as validation built it, once for every check across keys (never trained).
+    _checked_combiner: Any = PrivateAttr(None)
 
     @model_validator(mode="after")
     def _optimizer_builds(self) -> MultiExitGlueConfig:
@@ -242,7 +244,7 @@ class MultiExitGlueConfig(ProgramConfig):
                              "stage, so there is nothing to weigh; remove the key")
         if self.combiner is not None:
             try:
-                per_step = COMBINERS.build(self.combiner, where="combiner").batches_per_step
+                per_step = self.combiner_for_checks().batches_per_step
             except ConfigError:
                 per_step = 1  # a bad combiner is the combiner check's to report
             if per_step > 1:
@@ -308,8 +310,7 @@ class MultiExitGlueConfig(ProgramConfig):
             raise ValueError(f"key 'combiner': mode {self.mode} trains the single loss group "
                              f"{next(iter(groups))!r}, so there is nothing to combine; remove "
                              "the key or split the loss with 'loss_groups'")
-        unknown = [g for g in COMBINERS.build(self.combiner, where="combiner").group_names()
-                   if g not in groups]
+        unknown = [g for g in self.combiner_for_checks().group_names() if g not in groups]
         if unknown:
             raise ValueError(f"key 'combiner': loss group {unknown[0]!r} does not exist in mode "
                              f"{self.mode}; allowed: {', '.join(groups)}")
@@ -346,11 +347,18 @@ class MultiExitGlueConfig(ProgramConfig):
                                  "(its default projects final against sd, groups that per-exit "
                                  "groups replace), e.g. combiner: upgrad")
             return self
-        for name in COMBINERS.build(self.combiner, where="combiner").group_names():
+        for name in self.combiner_for_checks().group_names():
             if re.fullmatch(r"exit[1-9][0-9]*", name) is None:
                 raise ValueError(f"key 'combiner': loss group {name!r} does not exist with "
                                  "exit_groups; allowed: exit1 .. exitL")
         return self
+
+    def combiner_for_checks(self) -> Any:
+        """The recipe's combiner built once for validation's checks across keys (its group
+        names, batches per step); the run trains with its own, built in setup."""
+        if self._checked_combiner is None:
+            self._checked_combiner = COMBINERS.build(self.combiner, where="combiner")
+        return self._checked_combiner
 
     def joint_groups(self, num_exits: int | None = None) -> dict[str, str | dict[str, Any]]:
         """A one-stage mode's loss groups: per-exit groups (which need the model's
