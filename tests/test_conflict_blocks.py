@@ -1,12 +1,18 @@
 """`Surgery(..., conflict_blocks=...)`: per-block cosines for any combiner, the keys and values
-`blockwise` logs and a NumPy reference, without changing the update; refusals in one line."""
+`blockwise` logs and a NumPy reference, without changing the update; refusals in one line.
+The recipe key `conflict_blocks`: refused where no two groups meet, and a real run's log
+drawn as a conflict map by `gradsurg compare`."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
 import torch
-from torch import nn
+from cli_runs import assert_run_refuses, invoke, tiny_recipe
+from fake_runs import compare
+from models import Exits, exit_losses
 
 from gradsurg import Surgery
 from gradsurg.combiners.stage import batch_mean_gramian
@@ -16,30 +22,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 LAYERS = ["layers.*"]
 EXITS = ["exit1", "exit2", "exit3"]
-
-
-class Exits(nn.Module):
-    """Three numbered layers with an exit after each: exit i's loss reaches layers 0..i-1."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.layers = nn.ModuleList([nn.Linear(5, 5) for _ in range(3)])
-        self.exits = nn.ModuleList([nn.Linear(5, 2) for _ in range(3)])
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        out = []
-        for layer, exit_head in zip(self.layers, self.exits):
-            x = torch.tanh(layer(x))
-            out.append(exit_head(x))
-        return out
-
-
-def exit_losses(model: Exits, seed: int = 1) -> dict[str, torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    x, y = torch.randn(12, 5, generator=generator), torch.randint(0, 2, (12,), generator=generator)
-    ce = nn.functional.cross_entropy
-    return {f"exit{i + 1}": ce(logits, y) for i, logits in enumerate(model(x))}
 
 
 def block_keys(diagnostics: dict[str, float]) -> dict[str, float]:
@@ -167,5 +149,50 @@ def test_an_option_that_would_log_nothing_is_one_line(options, groups, message):
 
 @pytest.mark.parametrize("blocks", ["per_block", [], ["layers.*", 3]])
 def test_a_bad_blocks_value_is_refused_when_the_surgery_is_built(blocks):
-    with pytest.raises(ConfigError, match=r"^conflict_blocks: blocks must be "):
+    with pytest.raises(ConfigError, match=r"^conflict_blocks must be "):
         Surgery(Exits(), None, "upgrad", conflict_blocks=blocks)
+
+
+# ---- the recipe key ------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["mode=deebert", "combiner=null"],
+     "key 'conflict_blocks': mode deebert trains one loss group per stage"),
+    (["mode=pabee", "combiner=null"],
+     "key 'conflict_blocks': mode pabee trains the single loss group"),
+    (["conflict_blocks=per_block"], "key 'conflict_blocks': must be 'per_layer' or a list"),
+])
+def test_the_recipe_key_is_refused_where_it_would_log_nothing(overrides, message, tmp_path):
+    assert_run_refuses(["conflict_blocks=per_layer", *overrides], message, tmp_path / "out")
+
+
+def block_lines(folder) -> list[dict]:
+    records = [json.loads(text) for text in (folder / "train_log.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k.startswith("conflict/")} for r in records]
+
+
+@pytest.mark.slow
+def test_a_run_with_the_key_logs_the_map_and_compare_draws_it(tmp_path, tiny_bert_dir,
+                                                               shared_glue_dir):
+    """romebert (project, final vs sd) logs every step; romebert_sd (sum, the matrix skipped)
+    one step per log line; compare draws both maps."""
+    runs = {}
+    for mode, log_every in (("romebert", 1), ("romebert_sd", 2)):
+        recipe = tiny_recipe(tmp_path, tiny_bert_dir, shared_glue_dir, mode=mode, train_rows=32,
+                             log_every=log_every, conflict_blocks="per_layer")
+        runs[mode] = tmp_path / mode
+        result = invoke("run", recipe, "--output", runs[mode], "--set", "save_model=false")
+        assert result.exit_code == 0, result.output
+    # 4 steps; 3 layers: the SD loss of exits 1 and 2 and the final loss meet in layers 0, 1
+    pairs = {f"conflict/encoder.layers.{i}/final/sd" for i in (0, 1)}
+    assert [set(line) for line in block_lines(runs["romebert"])] == [pairs] * 4
+    assert [set(line) for line in block_lines(runs["romebert_sd"])] == [pairs] * 2
+    out = tmp_path / "compare"
+    result = compare(*runs.values(), "--output", out)
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "compare.json").read_text())
+    assert len(data["conflict_maps"]) == 2
+    for stored in data["conflict_maps"].values():
+        assert stored["blocks"] == ["encoder.layers.0", "encoder.layers.1"]
+        assert stored["pairs"] == ["final/sd"] and stored["steps"] == 4
+        assert (out / stored["plot"]).read_bytes().startswith(b"\x89PNG")

@@ -28,18 +28,23 @@ Blocks = str | list[str]
 Spans = list[tuple[int, int]]
 
 
-def check_blocks(blocks: object, *, where: str) -> Blocks:
-    """`per_layer` or a non-empty list of name globs; anything else is a one-line error."""
+def blocks_problem(blocks: object) -> str | None:
+    """What is wrong with a `blocks` value (None: `per_layer` or a non-empty list of globs)."""
     if isinstance(blocks, str):
-        if blocks != PER_LAYER:
-            raise ConfigError(f"{where}: blocks must be {PER_LAYER!r} or a list of parameter "
-                              f"name globs, got {blocks!r}")
-        return blocks
+        return None if blocks == PER_LAYER else (f"must be {PER_LAYER!r} or a list of "
+                                                 "parameter name globs")
     if (not isinstance(blocks, Sequence) or not blocks
             or not all(isinstance(b, str) and b for b in blocks)):
-        raise ConfigError(f"{where}: blocks must be a non-empty list of parameter name globs, "
-                          f"got {blocks!r}")
-    return list(blocks)
+        return "must be a non-empty list of parameter name globs"
+    return None
+
+
+def check_blocks(blocks: object, *, name: str) -> Blocks:
+    """`blocks` as a block spec; a bad one is a one-line error saying what `name` must be."""
+    problem = blocks_problem(blocks)
+    if problem is not None:
+        raise ConfigError(f"{name} {problem}, got {blocks!r}")
+    return blocks if isinstance(blocks, str) else list(blocks)  # type: ignore[arg-type]
 
 
 def layer_of(name: str) -> str:
@@ -113,7 +118,7 @@ class BlockGramians:
     """Each block's Gramian of a matrix's rows, the blocks laid out once per layout."""
 
     def __init__(self, blocks: object, *, where: str) -> None:
-        self.blocks = check_blocks(blocks, where=where)
+        self.blocks = check_blocks(blocks, name=where)
         self.where = where
         self.layout: FlatLayout | None = None
         self.spans: dict[str, Spans] = {}

@@ -57,7 +57,7 @@ class Blockwise(Combiner):
             inner = COMBINERS.build(inner, where="combiner.inner")
         refuse_multi_batch(inner, inside="blockwise", where="combiner.inner")
         self.inner = inner
-        self.blocks = check_blocks(blocks, where=WHERE)
+        self.blocks = check_blocks(blocks, name=f"{WHERE}: blocks")
         self.layout: FlatLayout | None = None
         #: block name -> (column ranges, its own copy of `inner`)
         self.parts: dict[str, tuple[list[tuple[int, int]], Combiner]] = {}
