@@ -69,6 +69,11 @@ VARIANTS["blockwise_project"] = {
     "combiner": {"name": "blockwise",
                  "inner": {"name": "project", "target": "final", "reference": "sd"}},
     "mode": "sequential"}
+# ... and `project` over the whole vector logging each layer's cosines (conflict_blocks): the
+# update is project's, the cost each layer's Gramian on top
+VARIANTS["project_conflict_blocks"] = {
+    "combiner": {"name": "project", "target": "final", "reference": "sd"},
+    "mode": "sequential", "conflict_blocks": "per_layer"}
 # Per-exit groups (k = 6: exit i's own cross-entropy, the final exit's included): UPGrad over
 # the whole vector beside UPGrad block by block (one block per encoder layer, each over the
 # exits that reach it), and the robust aggregators, which need three or more groups.

@@ -415,9 +415,10 @@ COMPARE_EPILOG = (
     "dense curve, else results.json's fixed threshold list, noted). Runs of different tasks or "
     "evaluation sets are refused. Without --output the tables are only printed; with it, "
     "compare.md, compare.json, per_exit.png and metric_vs_time.png are written there. A run "
-    "whose train_log.jsonl holds per-block cosines (trained with the combiner blockwise) also "
-    "gets its conflict map: printed per block, and with --output drawn as conflicts_<run>.png "
-    "(layers x group pairs) and kept in compare.json's conflict_maps."
+    "whose train_log.jsonl holds per-block cosines (trained with the combiner blockwise or the "
+    "recipe key conflict_blocks) also gets its conflict map: printed per block, and with "
+    "--output drawn as conflicts_<run>.png (layers x group pairs) and kept in compare.json's "
+    "conflict_maps."
 )
 
 

@@ -39,6 +39,7 @@ from torch.optim import Optimizer
 
 from gradsurg.clipping import Clip
 from gradsurg.combiners import COMBINERS, Combiner
+from gradsurg.combiners.blocks import BlockGramians, Blocks
 from gradsurg.combiners.stage import Combine
 from gradsurg.distributed import SINGLE_PROCESS, AllReduce, DataParallel
 from gradsurg.engines import DDPTakeover, fsdp_mesh, refuse_fsdp1, unwrap_ddp
@@ -78,7 +79,14 @@ class Surgery:
         max_grad_norm: clip the combined gradient (all trainable parameters) to this norm.
         diagnostics_every: with fixed-weight combiners (sum, mean) the matrix is skipped (one
             backward of the summed loss gives the same gradient); set N to still build it every
-            N-th step for diagnostics. Other combiners always build it.
+            N-th step for diagnostics (and `conflict_blocks`). Other combiners always build it.
+        conflict_blocks: `per_layer` or a list of parameter name globs (as `blockwise`'s
+            `blocks`): on every step that builds the matrix, log per block and pair of groups
+            reaching it `cosine/<block>/<a>/<b>` and `conflict/<block>/<a>/<b>` (1 when the
+            cosine is negative), the keys `blockwise` logs, for any combiner and without
+            changing the update, so any run can show its conflict map. Cost: each block's
+            Gramian, one more pass over the matrix. With `sum` or `mean` it needs
+            `diagnostics_every` (the steps that build the matrix).
         reuse_buffer: keep the `[k, n]` matrix's memory between steps instead of allocating
             (and page-faulting) it anew.
         nonfinite: `skip` (default), `raise`, `scaler` (you drive a torch.amp.GradScaler) or
@@ -118,6 +126,7 @@ class Surgery:
         accumulation_steps: int = 1,
         max_grad_norm: float | None = None,
         diagnostics_every: int | None = None,
+        conflict_blocks: Blocks | None = None,
         reuse_buffer: bool = True,
         nonfinite: NonFinite = "skip",
         max_nonfinite_steps: int = 10,
@@ -152,6 +161,8 @@ class Surgery:
         self._engine_checked: nn.Module | None = None
         self.accumulation_steps = accumulation_steps
         self.diagnostics_every = diagnostics_every
+        self.conflict_blocks = (None if conflict_blocks is None
+                                else BlockGramians(conflict_blocks, where="conflict_blocks"))
         self.loss_scale = loss_scale
         self.max_grad_norm = max_grad_norm
         self.mode: BackwardMode = mode
@@ -255,6 +266,7 @@ class Surgery:
             groups = {name: scale(loss) for name, loss in groups.items()}
         if names != self.combiner.names:  # the first step, or the groups changed
             self.combiner.bind(names)
+            self._check_conflict_blocks(names)
         weights = self.combiner.linear_weights()
         try:
             self.collector.add(groups, weight=weight, scale=self.loss_scale,
@@ -532,7 +544,7 @@ class Surgery:
             stages.append(AllReduce(data_parallel))
         if self.loss_scale is not None:
             stages.append(Unscale(self.loss_scale))
-        stages.append(Combine(self.combiner, data_parallel))
+        stages.append(Combine(self.combiner, data_parallel, blocks=self.conflict_blocks))
         if self.max_grad_norm is not None:
             stages.append(Clip(self.max_grad_norm, data_parallel))
         stages.append(self.nonfinite)
@@ -560,6 +572,21 @@ class Surgery:
                 "of a step were collected but not combined, so .grad is not final; call "
                 "surgery.backward for the rest, pass last_micro_batch=True on the last one, or "
                 "call surgery.combine() before stepping")
+
+    def _check_conflict_blocks(self, names: list[str]) -> None:
+        """`conflict_blocks` that would never log a value is refused in one line."""
+        if self.conflict_blocks is None:
+            return
+        if len(names) < 2:
+            raise ConfigError(f"conflict_blocks: the step has {len(names)} loss group(s) "
+                              f"{names}, so no pair of groups to compare; drop conflict_blocks")
+        weights = self.combiner.linear_weights()
+        if (self.diagnostics_every is None and weights is not None
+                and len(set(weights)) == 1):
+            raise ConfigError(
+                f"conflict_blocks: combiner {self.combiner.name!r} never builds the gradient "
+                "matrix (one backward of the summed loss gives its gradient), so no block "
+                "would ever be measured; set diagnostics_every=N to build it every N-th step")
 
     def _shortcut_weight(self, weights: list[float] | None) -> float | None:
         """The one weight of a fixed, uniform-weight combiner (`weights`: its linear weights)

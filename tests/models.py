@@ -1,4 +1,5 @@
-"""Small models shared by the core tests: two heads over a shared trunk, and a frozen part."""
+"""Small models shared by the core tests: two heads over a shared trunk, and a frozen part;
+three layers with an exit after each."""
 
 from __future__ import annotations
 
@@ -49,6 +50,30 @@ ALL_SPECS = {name: name for name in COMBINERS.names()}
 ALL_SPECS["project"] = {"name": "project", "target": "a", "reference": "b"}
 ALL_SPECS["merge"] = {"name": "merge", "groups": ["a", "b"], "inner": "pcgrad", "into": "ab",
                   "then": "sum"}  # then ab + c
+
+
+class Exits(nn.Module):
+    """Three numbered layers with an exit after each: exit i's loss reaches layers 0..i-1."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.layers = nn.ModuleList([nn.Linear(5, 5) for _ in range(3)])
+        self.exits = nn.ModuleList([nn.Linear(5, 2) for _ in range(3)])
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        out = []
+        for layer, exit_head in zip(self.layers, self.exits):
+            x = torch.tanh(layer(x))
+            out.append(exit_head(x))
+        return out
+
+
+def exit_losses(model: Exits, seed: int = 1) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    x, y = torch.randn(12, 5, generator=generator), torch.randint(0, 2, (12,), generator=generator)
+    ce = nn.functional.cross_entropy
+    return {f"exit{i + 1}": ce(logits, y) for i, logits in enumerate(model(x))}
 
 
 class Poison(torch.autograd.Function):

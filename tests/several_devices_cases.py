@@ -81,8 +81,10 @@ def rank_world() -> tuple[int, int]:
     return 0, 1
 
 
-def own_loop(combiner: Any, engine: str) -> torch.Tensor:
-    """SGD, 2 steps x 2 micro-batches, clipping; `engine`: none, ddp or fsdp2."""
+def own_loop(combiner: Any, engine: str, *, diagnostics: dict[str, float] | None = None,
+             **surgery_options: Any) -> torch.Tensor:
+    """SGD, 2 steps x 2 micro-batches, clipping; `engine`: none, ddp or fsdp2. The last
+    step's diagnostics go into `diagnostics` when given."""
     rank, world = rank_world()
     model = Layered()
     x, y = data()
@@ -99,7 +101,7 @@ def own_loop(combiner: Any, engine: str) -> torch.Tensor:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.2)
     options: dict[str, Any] = {"data_parallel": SINGLE_PROCESS} if engine == "none" else {}
     surgery = Surgery(stepped, optimizer, combiner, accumulation_steps=2, max_grad_norm=0.5,
-                      **options)
+                      **options, **surgery_options)
     for start in range(0, GLOBAL_ROWS, 2 * MICRO):
         for micro in range(2):
             rows = slice(start + micro * MICRO, start + (micro + 1) * MICRO)
@@ -114,7 +116,20 @@ def own_loop(combiner: Any, engine: str) -> torch.Tensor:
             surgery.backward(halves if len(halves) > 1 else halves[0])
         optimizer.step()
         optimizer.zero_grad()
+    if diagnostics is not None:
+        diagnostics.update(surgery.diagnostics)
     return flat_weights(model)
+
+
+def block_conflicts(engine: str) -> dict[str, float] | str:
+    """The last step's per-layer cosines and conflicts (`conflict_blocks`) under `engine`,
+    upgrad's update unchanged; an error as its line."""
+    facts: dict[str, float] = {}
+    try:
+        own_loop("upgrad", engine, diagnostics=facts, conflict_blocks="per_layer")
+    except Exception as error:
+        return f"{type(error).__name__}: {error}"
+    return {key: value for key, value in facts.items() if key.count("/") == 3}
 
 
 def fsdp_row_memory() -> torch.Tensor:
@@ -352,6 +367,8 @@ def main(out: Path) -> None:
                 results[f"{engine}/{name}"] = f"{type(error).__name__}: {error}"
                 if engine == "ddp":
                     traceback.print_exc()
+    for engine in ("ddp", "fsdp2"):
+        results[f"block_conflicts/{engine}"] = block_conflicts(engine)
     results["fsdp2_memory"] = fsdp_row_memory()
     results["unwrapped_ddp"] = unwrapped_ddp_message()
     for case in FAILURES:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from models import Exits, exit_losses
 from torch import nn
 
 from gradsurg import Surgery
@@ -14,30 +15,6 @@ from gradsurg.errors import ConfigError
 from gradsurg.params import FlatLayout
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-class Exits(nn.Module):
-    """Three numbered layers with an exit after each: exit i's loss reaches layers 0..i-1."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.layers = nn.ModuleList([nn.Linear(5, 5) for _ in range(3)])
-        self.exits = nn.ModuleList([nn.Linear(5, 2) for _ in range(3)])
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        out = []
-        for layer, exit_head in zip(self.layers, self.exits):
-            x = torch.tanh(layer(x))
-            out.append(exit_head(x))
-        return out
-
-
-def exit_losses(model: Exits) -> dict[str, torch.Tensor]:
-    generator = torch.Generator().manual_seed(1)
-    x, y = torch.randn(12, 5, generator=generator), torch.randint(0, 2, (12,), generator=generator)
-    ce = nn.functional.cross_entropy
-    return {f"exit{i + 1}": ce(logits, y) for i, logits in enumerate(model(x))}
 
 
 def layout_of(model: nn.Module, prefix: str) -> FlatLayout:

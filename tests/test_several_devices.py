@@ -66,6 +66,20 @@ def test_fsdp2_model_equals_one_process_or_is_refused_by_name(name, two_ranks):
         assert "\n" not in got and "DDP" in got
 
 
+@pytest.mark.parametrize("engine", ["ddp", "fsdp2"])
+def test_block_cosines_on_two_ranks_equal_one_process(engine, two_ranks):
+    """`conflict_blocks`: under DDP from the all-reduced rows, under FSDP2 from the ranks'
+    block Gramians all-reduced (a block's columns are its parameters' shards)."""
+    got = two_ranks[0][f"block_conflicts/{engine}"]
+    assert isinstance(got, dict), got
+    reference = cases.block_conflicts("none")
+    assert isinstance(reference, dict) and len(reference) == 18  # 3 layers x 3 pairs x 2
+    assert sorted(got) == sorted(reference)
+    for key, value in reference.items():
+        assert got[key] == pytest.approx(value, abs=1e-5), key
+    assert two_ranks[1][f"block_conflicts/{engine}"] == got
+
+
 def test_some_combiners_run_sharded_and_every_refusal_says_why():
     sharded = [name for name in SPECS if COMBINERS.get(name).exact_on_shards]
     refused = sorted(set(SPECS) - set(sharded))

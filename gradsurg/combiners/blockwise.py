@@ -3,23 +3,25 @@
 from __future__ import annotations
 
 import copy
-import re
 from collections.abc import Sequence
-from fnmatch import fnmatchcase
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
 from gradsurg.combiners.base import COMBINERS, Combined, Combiner, refuse_multi_batch
+from gradsurg.combiners.blocks import (
+    PER_LAYER,
+    block_columns,
+    block_facts,
+    block_spans,
+    check_blocks,
+)
 from gradsurg.combiners.gramian import gramian
 from gradsurg.errors import ConfigError
 from gradsurg.params import FlatLayout
 
-#: `blocks: per_layer`: parameters grouped by their name up to the first numbered part
-#: (`encoder.layers.3.attention.query.weight` -> `encoder.layers.3`); the others form `other`.
-PER_LAYER = "per_layer"
-_NUMBERED = re.compile(r"^(.*?\.\d+)(\.|$)")
+WHERE = "combiner 'blockwise'"
 
 
 @COMBINERS.register
@@ -54,15 +56,8 @@ class Blockwise(Combiner):
         if not isinstance(inner, Combiner):
             inner = COMBINERS.build(inner, where="combiner.inner")
         refuse_multi_batch(inner, inside="blockwise", where="combiner.inner")
-        if isinstance(blocks, str):
-            if blocks != PER_LAYER:
-                raise ConfigError(f"combiner 'blockwise': blocks must be {PER_LAYER!r} or a "
-                                  f"list of parameter name globs, got {blocks!r}")
-        elif not blocks or not all(isinstance(b, str) and b for b in blocks):
-            raise ConfigError(f"combiner 'blockwise': blocks must be a non-empty list of "
-                              f"parameter name globs, got {blocks!r}")
         self.inner = inner
-        self.blocks = blocks if isinstance(blocks, str) else list(blocks)
+        self.blocks = check_blocks(blocks, name=f"{WHERE}: blocks")
         self.layout: FlatLayout | None = None
         #: block name -> (column ranges, its own copy of `inner`)
         self.parts: dict[str, tuple[list[tuple[int, int]], Combiner]] = {}
@@ -75,31 +70,7 @@ class Blockwise(Combiner):
         """Split the columns by parameter block (once per layout)."""
         if layout is self.layout:
             return
-        names = list(layout.names)
-        if self.blocks == PER_LAYER:
-            assignment = {name: _layer_of(name) for name in names}
-        else:
-            assignment = {}
-            for name in names:
-                hits = [glob for glob in self.blocks if fnmatchcase(name, glob)]
-                if len(hits) != 1:
-                    raise ConfigError(
-                        f"combiner 'blockwise': parameter {name!r} matches "
-                        f"{'no block' if not hits else f'several blocks {hits}'}; every "
-                        "selected parameter must fall in exactly one of the blocks")
-                assignment[name] = hits[0]
-            for glob in self.blocks:
-                if glob not in assignment.values():
-                    raise ConfigError(f"combiner 'blockwise': block {glob!r} matches no "
-                                      "selected parameter")
-        ranges: dict[str, list[tuple[int, int]]] = {}
-        for name, start, shape in zip(names, layout.offsets, layout.shapes):
-            spans = ranges.setdefault(assignment[name], [])
-            end = start + shape.numel()
-            if spans and spans[-1][1] == start:
-                spans[-1] = (spans[-1][0], end)  # adjacent parameters: one slice
-            else:
-                spans.append((start, end))
+        ranges = block_spans(layout, self.blocks, where=WHERE)
         self.parts = {}
         for block, spans in ranges.items():
             inner = copy.deepcopy(self.inner)
@@ -118,8 +89,7 @@ class Blockwise(Combiner):
         info: dict[str, float] = {}
         named = set(self.inner.group_names())
         for block, (spans, inner) in self.parts.items():
-            columns = (matrix[:, spans[0][0]:spans[0][1]] if len(spans) == 1
-                       else torch.cat([matrix[:, a:b] for a, b in spans], dim=1))
+            columns = block_columns(matrix, spans)
             block_gram = gramian(columns)
             active = [i for i in range(len(self.names)) if block_gram[i, i] > 0]
             if not active:
@@ -127,7 +97,7 @@ class Blockwise(Combiner):
             names = [self.names[i] for i in active]
             rows = columns if len(active) == len(self.names) else columns[active]
             sub_gram = block_gram[active][:, active]
-            info.update(_block_facts(block, names, sub_gram))
+            info.update(block_facts(block, names, sub_gram.tolist()))
             if named <= set(names):
                 result = inner(rows, names, gram=sub_gram)
                 combined = result.gradient
@@ -153,21 +123,3 @@ class Blockwise(Combiner):
             if block in blocks:
                 inner.load_state_dict(blocks.pop(block))
         self._pending_state = blocks  # blocks not laid out yet: applied by use_layout
-
-
-def _layer_of(name: str) -> str:
-    match = _NUMBERED.match(name)
-    return match.group(1) if match else "other"
-
-
-def _block_facts(block: str, names: list[str], gram: Tensor) -> dict[str, float]:
-    """Cosine and conflict (cosine < 0) of every pair of the block's active groups."""
-    values = gram.tolist()
-    facts: dict[str, float] = {}
-    for i in range(len(names)):
-        for j in range(i + 1, len(names)):
-            denominator = (values[i][i] * values[j][j]) ** 0.5
-            cosine = values[i][j] / denominator if denominator > 0 else 0.0
-            facts[f"cosine/{block}/{names[i]}/{names[j]}"] = cosine
-            facts[f"conflict/{block}/{names[i]}/{names[j]}"] = float(cosine < 0)
-    return facts

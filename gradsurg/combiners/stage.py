@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from gradsurg.combiners.base import Combiner
+from gradsurg.combiners.blocks import BlockGramians, active_facts
 from gradsurg.combiners.gramian import gramian
 from gradsurg.distributed import SINGLE_PROCESS, DataParallel
 from gradsurg.engines import sharded_grad
@@ -24,6 +25,9 @@ class Combine(Stage):
     with the combiner), `grad_norm/combined`, and whatever the combiner reports under its own
     name (`project/fired`, `pcgrad/conflicts`, ...). After the one-backward shortcut of a
     fixed-weight combiner there is no matrix: the summed gradient is scaled instead.
+    With `blocks` (`Surgery(..., conflict_blocks=...)`), also `cosine/<block>/<a>/<b>` and
+    `conflict/<block>/<a>/<b>` of the groups reaching each block, read off the matrix before
+    the combiner runs, so the update is the same with or without them.
     State: `combiner` (e.g. PCGrad's generator, GradVac's targets).
 
     A multi-batch step (`step.batches` b > 1, rows `<group>@<batch>`): the combiner gets the
@@ -32,8 +36,10 @@ class Combine(Stage):
     selection hold the sum over b batches, divided by b here (one batch's scale).
     """
 
-    def __init__(self, combiner: Combiner, data_parallel: DataParallel = SINGLE_PROCESS) -> None:
+    def __init__(self, combiner: Combiner, data_parallel: DataParallel = SINGLE_PROCESS, *,
+                 blocks: BlockGramians | None = None) -> None:
         self.combiner = combiner
+        self.blocks = blocks
         #: Under FSDP2 (`sharded`) the rows are this rank's columns: the Gramian and the norm
         #: are summed over ranks, and each rank writes its shard of the combined gradient.
         self.data_parallel = data_parallel
@@ -64,8 +70,9 @@ class Combine(Stage):
             gradient = step.matrix.new_full((step.matrix.shape[1],), float("nan"))
             info: dict[str, float] = {}
         else:
+            block_info = self._block_facts(step, groups)  # before a combiner may reuse rows
             combined = self.combiner(step.matrix, groups, gram=gram)
-            gradient, info = combined.gradient, combined.info
+            gradient, info = combined.gradient, {**combined.info, **block_info}
         step.matrix = None  # the rows are spent; the buffer may be reused next step
         for p, view in zip(step.layout.params, step.layout.views(gradient)):
             p.grad = sharded_grad(p, view)
@@ -77,6 +84,23 @@ class Combine(Stage):
         step.diagnostics.update(gram_diagnostics(batch_mean_gramian(gram, step.batches),
                                                  groups))
         step.diagnostics["grad_norm/combined"] = float(self.data_parallel.norm([gradient]))
+
+    def _block_facts(self, step: StepGradients, groups: list[str]) -> dict[str, float]:
+        """Each block's cosines and conflicts. Under FSDP2 a rank's block columns are its
+        shards of the block's parameters, so the ranks' block Gramians sum to the whole
+        block's: one all-reduce of all of them makes them exact (as for the whole Gramian)."""
+        if self.blocks is None:
+            return {}
+        assert step.matrix is not None
+        blocks, grams = self.blocks(step.matrix, step.layout)
+        if self.data_parallel.sharded:
+            self.data_parallel.all_reduce_(grams)
+            grams = (grams + grams.transpose(1, 2)) / 2
+        values = batch_mean_gramian(grams, step.batches).tolist()  # one device sync
+        info: dict[str, float] = {}
+        for block, gram in zip(blocks, values):
+            info.update(active_facts(block, groups, gram))
+        return info
 
     def state_dict(self) -> dict[str, Any]:
         return {"combiner": self.combiner.state_dict(), "combiner_name": self.combiner.name}
@@ -114,11 +138,13 @@ def nonfinite_rows(matrix: Tensor, gram: Tensor, names: Sequence[str], *,
 
 
 def batch_mean_gramian(gram: Tensor, batches: int) -> Tensor:
-    """The Gramian of the mean of `batches` stacked batches' rows, from theirs."""
+    """The Gramian of the mean of `batches` stacked batches' rows, from theirs (of each
+    Gramian in a stack `[..., b k, b k]`)."""
     if batches == 1:
         return gram
-    k = gram.shape[0] // batches
-    return gram.reshape(batches, k, batches, k).sum(dim=(0, 2)) / batches**2
+    k = gram.shape[-1] // batches
+    lead = gram.shape[:-2]
+    return gram.reshape(*lead, batches, k, batches, k).sum(dim=(-4, -2)) / batches**2
 
 
 def gram_diagnostics(gram: Tensor, names: Sequence[str]) -> dict[str, float]:

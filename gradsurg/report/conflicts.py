@@ -1,6 +1,7 @@
 """The conflict map: where in the network loss groups pull against each other.
 
-The combiner `blockwise` logs, per parameter block and pair of groups reaching it, the cosine
+The combiner `blockwise` (and any run with `Surgery(..., conflict_blocks=...)`, the recipe key
+`conflict_blocks`) logs, per parameter block and pair of groups reaching it, the cosine
 of their gradients (`cosine/<block>/<a>/<b>`) and whether it was negative
 (`conflict/<block>/<a>/<b>`, 1 or 0). The map averages them over the logged steps: per block
 and pair, the mean cosine and the share of steps in conflict. A log line holds its interval's
@@ -60,7 +61,8 @@ def _cell(key: str) -> tuple[str, str, str] | None:
 
 
 def has_block_cosines(records: Iterable[Mapping[str, Any]]) -> bool:
-    """Whether any record holds a per-block cosine (a run trained with `blockwise`)."""
+    """Whether any record holds a per-block cosine (a run trained with `blockwise` or
+    `conflict_blocks`)."""
     return any(_cell(key) is not None for record in records for key in record)
 
 
@@ -96,7 +98,7 @@ def conflict_map(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             steps += weight
     if not weights["cosine"]:
         raise ConfigError("the log holds no per-block cosines (cosine/<block>/<a>/<b>, which "
-                          "the combiner blockwise logs)")
+                          "the combiner blockwise or the option conflict_blocks logs)")
     blocks = sorted({block for block, _ in weights["cosine"]}, key=_natural)
     pairs = sorted({pair for _, pair in weights["cosine"]}, key=_natural)
     table = {MEASURES[m]: {block: {pair: (sums[m][block, pair] / weights[m][block, pair]
@@ -137,7 +139,8 @@ def read_log(path: Path) -> list[dict[str, Any]]:
 
 def run_conflict_map(folder: Path) -> dict[str, Any] | None:
     """The map of a run folder's train_log.jsonl; None when it has no log or its log has no
-    per-block cosines (a run trained without `blockwise`)."""
+    per-block cosines (a run trained without `blockwise`
+    or `conflict_blocks`)."""
     path = folder / JSONL_FILE
     if not path.is_file():
         return None

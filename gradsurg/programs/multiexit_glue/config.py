@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from gradsurg.combiners import COMBINERS
+from gradsurg.combiners.blocks import blocks_problem
 from gradsurg.data.glue import GLUE_TASKS, TaskSpec, get_task
 from gradsurg.errors import ConfigError
 from gradsurg.loggers import LoggerNames
@@ -117,6 +118,13 @@ class MultiExitGlueConfig(ProgramConfig):
         "each layer's output passes 1/(L-i+1) of its own exit's gradient and (L-i)/(L-i+1) of "
         "the deeper layers', so layer i gets the mean of the gradients of the exits above it, "
         "not their sum; one-stage modes; saved with the model")
+    conflict_blocks: str | list[str] | None = Field(
+        None, description="log, per parameter block and pair of loss groups, the cosine and "
+        "whether it was negative (cosine/<block>/<a>/<b>, conflict/<block>/<a>/<b>), so "
+        "`gradsurg compare` draws the run's conflict map; per_layer: a block per encoder "
+        "layer, or a list of globs over the surgery parameters; the update is unchanged. With "
+        "sum or mean the matrix is built once per log line for it; one-stage modes with two or "
+        "more loss groups")
     include: list[str] | None = Field(["encoder.layers.*"], description="surgery parameters")
     exclude: list[str] | None = Field(None, description="parameters left out of surgery")
     exit_policy: str | dict[str, Any] = Field(
@@ -186,6 +194,14 @@ class MultiExitGlueConfig(ProgramConfig):
     @classmethod
     def _buildable_policy(cls, value: str | dict[str, Any]) -> str | dict[str, Any]:
         return _buildable(POLICIES, value, where="exit_policy")
+
+    @field_validator("conflict_blocks")
+    @classmethod
+    def _known_blocks(cls, value: str | list[str] | None) -> str | list[str] | None:
+        problem = None if value is None else blocks_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
 
     @field_validator("loss_groups")
     @classmethod
@@ -314,6 +330,20 @@ class MultiExitGlueConfig(ProgramConfig):
         if unknown:
             raise ValueError(f"key 'combiner': loss group {unknown[0]!r} does not exist in mode "
                              f"{self.mode}; allowed: {', '.join(groups)}")
+        return self
+
+    @model_validator(mode="after")
+    def _conflict_blocks_have_pairs(self) -> MultiExitGlueConfig:
+        if self.conflict_blocks is None:
+            return self
+        if not self.mode_spec.one_stage:
+            raise ValueError(f"key 'conflict_blocks': mode {self.mode} trains one loss group "
+                             "per stage, so no two groups' gradients ever meet; use a "
+                             "one-stage mode with two or more loss groups")
+        if self.exit_groups is None and len(self.joint_groups()) < 2:
+            raise ValueError(f"key 'conflict_blocks': mode {self.mode} trains the single loss "
+                             f"group {next(iter(self.joint_groups()))!r}, so there is no pair "
+                             "to compare; split the loss with 'loss_groups' or 'exit_groups'")
         return self
 
     @model_validator(mode="after")

@@ -34,6 +34,7 @@ def per_group_recipe(config: MultiExitGlueConfig) -> tuple[MultiExitGlueConfig, 
     where the recipe has no form with two or more loss groups."""
     mode = config.mode_spec
     changes: dict[str, Any] = {"combiner": MEASURING_COMBINER, "weighting": None,
+                               "conflict_blocks": None,  # blockwise logs the same keys
                                "log_every": 1, "checkpoints": False, "save_model": False}
     if config.exit_groups is not None:
         groups = f"per-exit loss groups (the recipe's exit_groups: {config.exit_groups})"

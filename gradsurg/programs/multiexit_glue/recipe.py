@@ -396,6 +396,10 @@ class MultiExitGlueRecipe:
             self.model, self.optimizer, self.combiner if several else "sum",
             include=config.include if several else None,
             exclude=config.exclude if several else None,
+            # sum and mean skip the matrix: build it once per log line for the block cosines
+            conflict_blocks=config.conflict_blocks if several else None,
+            diagnostics_every=(config.log_every if several and config.conflict_blocks
+                               else None),
             max_grad_norm=config.max_grad_norm,
             max_nonfinite_steps=config.max_nonfinite_steps,
             data_parallel=self.parallel,
