@@ -71,6 +71,10 @@ SCREENING_EPOCHS = 1.0
 #: The 12-layer phase: the screening's SST-2 run and learning rate on the 12-layer backbone.
 DEPTH12_TASK = "sst2"
 DEPTH12_SETTING = ("model=mpnet-base", "optimizer.lr=5e-5")
+#: Each 12-layer run logs its own conflict map (per layer, per pair of its loss groups; the
+#: update unchanged: `sum` takes the sum from the rows on the logged steps). DeeBERT's stages
+#: train one group each, so it has none.
+CONFLICT_LOGGING = ("conflict_blocks=per_layer",)
 DEPTH12_CONFIGS = ["deebert", "romebert_sd", "romebert", "romebert_reversed", BEST_SURGERY]
 #: The multi-exit methods built after the first study (issue 28), as configurations of the
 #: first study's recipes; planned only here, so the first study's plan stays as it ran.
@@ -110,6 +114,8 @@ class Run:
     config: str
     setting: tuple[str, ...]
     seed: int = 42
+    #: Settings that change what the run logs, not what it trains (kept out of the folder name).
+    logging: tuple[str, ...] = ()
 
     @property
     def slug(self) -> str:
@@ -122,7 +128,7 @@ class Run:
 
     def command(self, runs: Path) -> list[str]:
         sets = [f"task={self.task}", f"seed={self.seed}", *study.COMMON, *BASE[self.task],
-                *self.setting]
+                *self.setting, *self.logging]
         return [*study.run_command(self.config, sets, self.folder(runs), CONFIGS), "--resume"]
 
 
@@ -138,7 +144,8 @@ def plan(phase: str) -> list[Run]:
                                                  f"epochs={epochs}"))
                 for task in TASKS for lr in LEARNING_RATES]
     if phase == "depth12":
-        return [Run(phase, DEPTH12_TASK, config, DEPTH12_SETTING)
+        return [Run(phase, DEPTH12_TASK, config, DEPTH12_SETTING,
+                    logging=() if config in study.TWO_STAGE else CONFLICT_LOGGING)
                 for config in [*DEPTH12_CONFIGS, *DEPTH12_NEW_METHODS]]
     if phase == "methods6":
         return [*(Run(phase, task, config, METHODS6_SETTING)

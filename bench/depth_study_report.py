@@ -24,7 +24,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 COLLECTED = HERE / "results" / "depth_study"
-KEPT_FILES = ("results.json", "exit_logits.safetensors", "commit.txt", "command.txt")
+KEPT_FILES = ("results.json", "exit_logits.safetensors", "commit.txt", "command.txt",
+              "train_log.jsonl")
 BUDGETS = (25.0, 30.0, 40.0, 50.0, 60.0, 100.0)
 #: The first study's setting, the untuned reference of every configuration.
 FIRST_STUDY_SETTING = {"lr": "5e-5", "gamma": "0.9"}
@@ -193,6 +194,27 @@ def methods_section(runs: Path) -> list[str]:
     return [*lines, *single_rows(runs, depth_study.DEPTH12_TASK, entries)]
 
 
+def conflict_section(runs: Path) -> list[str]:
+    """Each 12-layer run's own conflict map (it logged `conflict_blocks: per_layer`): per
+    layer, the share of logged steps on which its loss groups' gradients conflicted."""
+    from gradsurg.report.conflicts import markdown_lines, run_conflict_map
+
+    lines = ["## Where the loss groups conflict at 12 layers", "",
+             "Each 12-layer run logged its groups' cosine per encoder layer "
+             "(`conflict_blocks: per_layer`, every `log_every` steps; `gradsurg compare` draws "
+             "it): per layer, the share of logged steps with a negative cosine, over the pairs "
+             "of groups reaching the layer.", ""]
+    for run in depth_study.plan("depth12"):
+        if not run.logging:
+            continue
+        found = run_conflict_map(run.folder(runs))
+        finished_run = (run.folder(runs) / "results.json").is_file()
+        missing = ("Finished, but its log holds no per-block cosines." if finished_run
+                   else "Not finished yet.")
+        lines += [f"### {run.config}", "", *(markdown_lines(found) if found else [missing, ""])]
+    return lines
+
+
 def _cell(found: dict[str, Any] | None, budget: float, metric: str) -> str:
     best = None if found is None else found.get(f"{budget:g}")
     return "-" if best is None else f"{100 * best[metric]:.2f}"
@@ -226,6 +248,7 @@ def write_report(runs: Path, output: Path) -> Path:
         lines += tuned_rows(runs, task)
     lines += matched_section(runs)
     lines += methods_section(runs)
+    lines += conflict_section(runs)
     todo = [run for phase in depth_study.PHASES for run in depth_study.plan(phase)
             if not (run.folder(runs) / "results.json").is_file()]
     if todo:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shlex
 import sys
 from pathlib import Path
@@ -47,6 +48,9 @@ def test_depth12_is_the_screenings_sst2_run_on_the_12_layer_backbone(depth, monk
         twin = (six_layers[run.config] if run.config in depth.NEW_METHODS
                 else depth.study.Run("screening", "sst2", run.config, 42))
         screening = resolved(twin.command(runs_dir))
+        # each 12-layer run with two or more groups logs its conflict map, which trains the same
+        assert recipe.pop("conflict_blocks", None) == (
+            None if run.config == "deebert" else "per_layer")
         assert recipe["model"] == "mpnet-base" and screening["model"] == "minilm"
         # everything else is the screening's run: the 6- and 12-layer results compare directly
         assert {**recipe, "model": None} == {**screening, "model": None}
@@ -141,6 +145,17 @@ def test_report_tunes_on_one_half_scores_on_the_other_and_collects_small_files(
     twelve = text.split("## 12 layers")[1].splitlines()
     assert "| deebert | 6 layers | 75.00 |" in "\n".join(twelve)
     assert "| deebert | 12 layers | - | - |" in "\n".join(twelve)
+    # a 12-layer run's own conflict map, from the per-block cosines its log holds
+    romebert = next(run for run in depth.plan("depth12") if run.config == "romebert")
+    romebert.folder(runs).mkdir(parents=True)
+    (romebert.folder(runs) / "train_log.jsonl").write_text("\n".join(json.dumps(
+        {"stage": "joint", "step": step, "cosine/encoder.layers.0/final/sd": cosine,
+         "conflict/encoder.layers.0/final/sd": float(cosine < 0)})
+        for step, cosine in ((50, -0.2), (100, 0.4), (150, 0.3), (200, -0.1))) + "\n")
+    section = report.write_report(runs, tmp_path / "again.md").read_text().split(
+        "## Where the loss groups conflict at 12 layers")[1]
+    assert section.split("### romebert\n")[1].split("###")[0].count("| encoder.layers.0 | 1 | "
+                                                                     "50.0% |") == 1
     copied = report.collect(runs, tmp_path / "kept")
     assert len(copied) == 2
     assert sorted(p.name for p in copied[0].iterdir()) == [
