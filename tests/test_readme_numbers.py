@@ -406,3 +406,14 @@ def test_readme_issue_28_core_step_prose_matches_its_results_file():
     assert spread <= float(bound), (spread, bound)
     assert rows["sdmgrad"]["batches_per_step"] == rows["modo"]["batches_per_step"] == 3
     assert rows["exit_upgrad"]["groups"] == rows["exit_blockwise_upgrad"]["groups"] == 6
+
+
+def test_readme_conflict_blocks_cost_matches_its_results_file():
+    rows = {row["variant"]: row
+            for row in load("bench/results/core_step_conflict_blocks.json")["rows"]}
+    logged, plain_project = rows["project_conflict_blocks"], rows["project_sequential"]
+    check_quotes({
+        rf"`bench/results/core_step_conflict_blocks.json`\): {N}x plain against {N}x, extra "
+        rf"peak {N} flat gradients against {N}\.": [
+            logged["time_ratio"], plain_project["time_ratio"],
+            logged["extra_peak_flat_grads"], plain_project["extra_peak_flat_grads"]]})
