@@ -265,7 +265,10 @@ def write_report(runs: Path, output: Path) -> Path:
              f"`{runs.relative_to(ROOT) if runs.is_relative_to(ROOT) else runs}`; "
              f"trained at commit(s) {', '.join(commits(runs)) or '-'} "
              "(each run's exact command is in its `command.txt`). Measurements of the "
-             "12-layer backbone and ELBERT are in docs/depth_study_notes.md.", "",
+             "12-layer backbone and ELBERT are in docs/depth_study_notes.md. The "
+             f"`{depth_study.study.CONCLUSIONS}` section is written by hand and kept as it is "
+             "when the report is rewritten.", "",
+             *depth_study.study.kept_conclusions(output),
              "## Tuned baselines (MiniLM, the screening's STS-B and 8,000-sentence SST-2)", "",
              "Each configuration at lr 2e-5 / 5e-5 / 1e-4 (x SD's gamma 0.5 / 0.9 where it has "
              "SD). 'first study' is the first study's one setting, scored held out; 'tuned' "

@@ -160,3 +160,28 @@ def test_report_tunes_on_one_half_scores_on_the_other_and_collects_small_files(
     assert len(copied) == 2
     assert sorted(p.name for p in copied[0].iterdir()) == [
         "commit.txt", "exit_logits.safetensors", "results.json"]
+
+
+DOC = ROOT / "docs" / "depth_study.md"
+
+
+def test_the_hand_written_conclusions_quote_only_numbers_of_the_report_below_them():
+    import re
+
+    text = DOC.read_text(encoding="utf-8")
+    conclusions, tables = text.split("\n## Conclusions\n", 1)[1].split("\n## ", 1)
+    quoted = re.findall(r"(?<![\d.])\d+\.\d\d(?!\d)", conclusions)
+    assert len(quoted) >= 20, quoted
+    for number in quoted:
+        assert re.search(rf"(?<![\d.]){re.escape(number)}(?!\d)", tables), (
+            f"docs/depth_study.md's conclusions quote {number}, which the report below lacks")
+
+
+@pytest.mark.slow
+def test_the_report_is_what_the_kept_runs_give(report, tmp_path):
+    """docs/depth_study.md is the report of bench/results/depth_study as committed (its
+    conclusions kept): rewriting it from the kept runs changes nothing."""
+    written = tmp_path / "depth_study.md"
+    written.write_text(DOC.read_text(encoding="utf-8"))
+    report.write_report(report.COLLECTED, written)
+    assert written.read_text(encoding="utf-8") == DOC.read_text(encoding="utf-8")
