@@ -86,7 +86,8 @@ def test_readme_study_numbers_are_in_the_study_report_it_names():
     `bench/study.py --report` writes from the runs and bench/results/study_cost.json)."""
     text = readme_text()
     start = text.index("**Study")
-    paragraph = text[start:text.index("Without `GLUE_DIR`", start)]
+    # up to the depth study's bullet, whose numbers come from docs/depth_study.md
+    paragraph = text[start:text.index("- **Tuned and compute-matched baselines**", start)]
     assert "docs/study.md" in paragraph
     report = (ROOT / "docs" / "study.md").read_text(encoding="utf-8")
     quoted = re.findall(r"(?<![\d.])\d+\.\d\d(?![\d])", paragraph)
@@ -94,6 +95,18 @@ def test_readme_study_numbers_are_in_the_study_report_it_names():
     for number in quoted:
         assert re.search(rf"(?<![\d.]){re.escape(number)}(?!\d)", report), \
             f"README's study paragraph quotes {number}, which docs/study.md does not have"
+
+
+def test_readme_depth_study_numbers_are_in_the_depth_study_report():
+    text = readme_text()
+    start = text.index("**Tuned and compute-matched baselines**")
+    paragraph = text[start:text.index("Without `GLUE_DIR`", start)]
+    report = (ROOT / "docs" / "depth_study.md").read_text(encoding="utf-8")
+    quoted = re.findall(r"(?<![\d.])\d+\.\d\d(?![\d])", paragraph)
+    assert len(quoted) >= 5, quoted
+    for number in quoted:
+        assert re.search(rf"(?<![\d.]){re.escape(number)}(?!\d)", report), \
+            f"README's depth-study bullet quotes {number}, which docs/depth_study.md lacks"
 
 
 def load(path: str) -> dict:
