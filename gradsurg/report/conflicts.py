@@ -248,11 +248,12 @@ def block_table(result: Mapping[str, Any], share: float = DEFAULT_SHARE) -> Tabl
     for name in ("block", "pairs", "steps in conflict", "mean cosine",
                  f"pairs >= {_threshold(share)}", "most in conflict"):
         table.add_column(name, justify="left" if name in ("block", "most in conflict")
-                         else "right")
+                         else "right", no_wrap=name in ("block", "most in conflict"))
+        # (a cut name says nothing; the share goes on its own line instead)
     for row in block_rates(result, share):
         table.add_row(row["block"], str(row["pairs"]), _percent(row["conflict_share"]),
                       f"{row['mean_cosine']:+.3f}", str(row["cells_in_conflict"]),
-                      f"{row['most']['pair']} ({_percent(row['most']['conflict_share'])})")
+                      f"{row['most']['pair']}\n({_percent(row['most']['conflict_share'])})")
     return table
 
 
