@@ -239,3 +239,54 @@ def test_the_recipe_key_trains_another_model(tiny_bert_dir, shared_glue_dir, tmp
     assert not torch.equal(weights["ge"]["encoder.layers.0.output.dense.weight"],
                            weights["plain"]["encoder.layers.0.output.dense.weight"])
     assert not torch.equal(weights["ge"][top], weights["plain"][top])  # later steps differ
+
+
+# ---- the building block on another multi-exit model (the digits plugin's MLP) --------------
+
+
+def test_any_multi_exit_forward_gets_each_layers_mean_from_the_building_block():
+    """`equilibrium_branches` in the digits plugin's MLP: each layer's parameters get the mean
+    of the exit gradients reaching them (autograd exit by exit), the exits their own."""
+    from gradsurg_digits.model import MultiExitMLP
+
+    torch.manual_seed(0)
+    plain = MultiExitMLP(inputs=5, hidden=7, layers=4, classes=3).double()
+    balanced = MultiExitMLP(inputs=5, hidden=7, layers=4, classes=3,
+                            gradient_equilibrium=True).double()
+    balanced.load_state_dict(plain.state_dict())
+    x = torch.randn(6, 5, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    params = dict(plain.named_parameters())
+    per_exit = [torch.autograd.grad(torch.nn.functional.cross_entropy(logits, y),
+                                    list(params.values()), allow_unused=True,
+                                    retain_graph=True)
+                for logits in plain(x)]
+    outputs = balanced(x)
+    for got, want in zip(outputs, plain(x), strict=True):
+        assert torch.equal(got, want)  # the forward pass is unchanged
+    sum(torch.nn.functional.cross_entropy(logits, y) for logits in outputs).backward()
+    for index, (name, param) in enumerate(dict(balanced.named_parameters()).items()):
+        layer = int(name.split(".")[1])
+        reaching = range(layer, 4) if name.startswith("layers.") else [layer]  # exits: own
+        expected = sum(per_exit[e][index] for e in reaching) / (
+            len(reaching) if name.startswith("layers.") else 1)
+        torch.testing.assert_close(param.grad, expected, rtol=1e-12, atol=1e-14)
+
+
+def test_the_building_block_refuses_a_layer_outside_the_network():
+    from gradsurg.multiexit.equilibrium import equilibrium_branches
+
+    with pytest.raises(ValueError, match=r"layer index 4 is outside 0\.\.3"):
+        equilibrium_branches(torch.ones(2, requires_grad=True), 4, 4)
+
+
+def test_the_digits_recipe_trains_with_gradient_equilibrium(tmp_path):
+    from gradsurg_digits.program import train
+
+    from gradsurg.recipes import load_recipe
+
+    _, plain_config = load_recipe("digits_project", ["epochs=2"])
+    _, config = load_recipe("digits_project", ["epochs=2", "gradient_equilibrium=true"])
+    balanced, plain = train(config, tmp_path), train(plain_config, None)
+    assert min(balanced["exit_accuracy"]) > 0.5, balanced["exit_accuracy"]  # chance is 0.1
+    assert balanced["exit_accuracy"] != plain["exit_accuracy"]  # the rule changed training

@@ -24,6 +24,7 @@ from gradsurg.conditioning import PreferenceProjection, centre, check_ray
 from gradsurg.errors import ConfigError, GradsurgError
 from gradsurg.multiexit.adapters import EncoderAdapter, make_adapter
 from gradsurg.multiexit.backbones import load_backbone
+from gradsurg.multiexit.equilibrium import equilibrium_branches
 from gradsurg.multiexit.exits import Exit, check_pooling
 from gradsurg.multiexit.folders import (
     check_json_files,
@@ -145,19 +146,6 @@ class MultiExitConfig:
             raise ConfigError(f"{path}: {error}") from None
 
 
-class _ScaleGradient(torch.autograd.Function):
-    """Identity in the forward pass; the gradient flowing back is multiplied by `scale`."""
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, scale: float) -> Tensor:
-        ctx.scale = scale
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
-        return grad * ctx.scale, None
-
-
 class MultiExitModel(nn.Module):
     """Encoder adapter + one :class:`Exit` per layer; returns every exit's logits.
 
@@ -273,19 +261,12 @@ class MultiExitModel(nn.Module):
         hidden = self.embed(input_ids, attention_mask, token_type_ids)
         mask = self.encoder.prepare_mask(attention_mask, hidden)
         logits: list[Tensor] = []
-        last = self.num_exits - 1
-        balance = self.config.gradient_equilibrium and torch.is_grad_enabled()
         for i, exit_head in enumerate(self.exits):
             hidden = self.encoder.run_layer(i, hidden, mask)
-            if balance and i < last:
-                # 0-based i: exits i..last reach this output, `reaching` of them; exit i's
-                # branch carries 1/reaching of the gradient, the deeper path the rest.
-                reaching = self.num_exits - i
-                logits.append(exit_head(_ScaleGradient.apply(hidden, 1.0 / reaching),
-                                        mask.padding))
-                hidden = _ScaleGradient.apply(hidden, (reaching - 1) / reaching)
-            else:
-                logits.append(exit_head(hidden, mask.padding))
+            to_exit = hidden
+            if self.config.gradient_equilibrium:
+                to_exit, hidden = equilibrium_branches(hidden, i, self.num_exits)
+            logits.append(exit_head(to_exit, mask.padding))
         return logits
 
     # -- construction -------------------------------------------------------------

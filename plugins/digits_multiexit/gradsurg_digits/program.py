@@ -66,6 +66,9 @@ class DigitsConfig(ProgramConfig):
     exit_groups: bool = Field(
         False, description="one loss group per exit, exit1..exitL (L = layers): exitL the last "
         "exit's CE, each earlier exit its share of sd; replaces final and sd")
+    gradient_equilibrium: bool = Field(
+        False, description="gradient equilibrium (Li et al., ICCV 2019): each layer's "
+        "parameters get the mean of the gradients of the exits reaching them, not their sum")
 
     _moved_keys = model_validator(mode="before")(refuse_moved_keys)
 
@@ -141,7 +144,7 @@ def train(config: DigitsConfig, output_dir: Path | None = None) -> dict[str, Any
     torch.manual_seed(config.seed)
     x_train, y_train, x_test, y_test = digits_split(config.seed, config.test_fraction)
     model = MultiExitMLP(inputs=x_train.shape[1], hidden=config.hidden, layers=config.layers,
-                         classes=10)
+                         classes=10, gradient_equilibrium=config.gradient_equilibrium)
     parallel = DataParallel.from_environment()  # torchrun: each rank a share of every batch
     weighting = None
     if config.weighting is not None:  # a training part: its learned weights join the optimizer
