@@ -146,7 +146,7 @@ def plot_conflict_map(result: Mapping[str, Any], path: str | os.PathLike[str], *
                       title: str | None = None) -> Path:
     """Two heatmaps, blocks down and group pairs across: the mean cosine of each pair's
     gradients (-1..1, negative in red) and the share of steps they conflicted (0..1, each
-    cell labelled in %); a pair a block never saw is blank. `result` is
+    cell labelled in %, rounded down); a pair a block never saw is blank. `result` is
     `gradsurg.report.conflicts.conflict_map`'s."""
     blocks, pairs = list(result["blocks"]), list(result["pairs"])
     if not blocks or not pairs:
@@ -161,7 +161,8 @@ def plot_conflict_map(result: Mapping[str, Any], path: str | os.PathLike[str], *
     labelled = len(blocks) * len(pairs) <= MAX_LABELLED_CELLS
     for axes, key, name, (low, high), colours in (
             (panels[0], "mean_cosine", "mean cosine", (-1.0, 1.0), "coolwarm_r"),
-            (panels[1], "conflict_share", "share of steps with cosine < 0 (cells: %)",
+            (panels[1], "conflict_share",
+             "share of steps with cosine < 0 (cells: %, rounded down)",
              (0.0, 1.0), "Reds")):
         grid = [[math.nan if result[key][b][p] is None else result[key][b][p] for p in pairs]
                 for b in blocks]
@@ -175,7 +176,10 @@ def plot_conflict_map(result: Mapping[str, Any], path: str | os.PathLike[str], *
             for row, values in enumerate(grid):
                 for column, value in enumerate(values):
                     if not math.isnan(value):
-                        axes.text(column, row, f"{value * 100:.0f}", ha="center", va="center",
+                        # rounded down, so a cell labelled 10 or more is one the verdict's
+                        # default threshold (10%) counts
+                        axes.text(column, row, f"{math.floor(value * 100 + 1e-9)}",
+                                  ha="center", va="center",
                                   fontsize=6, color="white" if value > 0.5 else "black")
     figure.suptitle(title or f"where the loss groups conflict ({result.get('steps', '?')} "
                     "steps)", fontsize=10)
