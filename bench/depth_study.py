@@ -4,6 +4,7 @@
     GLUE_DIR=../shared/glue_data python bench/depth_study.py --phase matched
     GLUE_DIR=../shared/glue_data python bench/depth_study.py --phase methods6
     GLUE_DIR=../shared/glue_data python bench/depth_study.py --phase depth12
+    GLUE_DIR=../shared/glue_data python bench/depth_study.py --phase seeds12
     python bench/depth_study.py --list [--phase tuned]
 
 Phases (MiniLM, the screening's tasks: STS-B and the seeded 8,000-sentence SST-2 subset):
@@ -28,6 +29,10 @@ Phases (MiniLM, the screening's tasks: STS-B and the seeded 8,000-sentence SST-2
   UPGrad, so each compares directly with its MiniLM screening run. A 12-layer step costs
   5.6x a MiniLM one; the five runs about 10 hours, per-exit UPGrad half of it
   (`bench/results/depth12_estimate.json`, `docs/depth_study_notes.md`).
+
+- `seeds12`: seeds 43 and 44 of the 12-layer runs of DeeBERT, RomeBERT-SD (the sum) and the
+  best other 12-layer configuration by the first study's rule (area under the metric-vs-time
+  curve at seed 42); it refuses to start before the 12-layer phase has finished.
 
 Runs are launched by `bench/study.py`'s launcher: the real CLI, resumable (`--resume`), one CPU
 thread each, niced, each folder recording its commit and command. Run from a worktree pinned to
@@ -75,6 +80,9 @@ DEPTH12_SETTING = ("model=mpnet-base", "optimizer.lr=5e-5")
 #: update unchanged: `sum` takes the sum from the rows on the logged steps). DeeBERT's stages
 #: train one group each, so it has none.
 CONFLICT_LOGGING = ("conflict_blocks=per_layer",)
+#: A 12-layer run takes one to five hours and a working session ends at a fixed time: a
+#: checkpoint every 50 steps (not the screening's 200) bounds what a stop loses to minutes.
+DEPTH12_CHECKPOINTS = ("checkpoint_every=50",)
 DEPTH12_CONFIGS = ["deebert", "romebert_sd", "romebert", "romebert_reversed", BEST_SURGERY]
 #: The multi-exit methods built after the first study (issue 28), as configurations of the
 #: first study's recipes; planned only here, so the first study's plan stays as it ran.
@@ -114,7 +122,8 @@ class Run:
     config: str
     setting: tuple[str, ...]
     seed: int = 42
-    #: Settings that change what the run logs, not what it trains (kept out of the folder name).
+    #: Settings that change what the run logs or how often it saves, not what it trains (kept
+    #: out of the folder name).
     logging: tuple[str, ...] = ()
 
     @property
@@ -132,8 +141,44 @@ class Run:
         return [*study.run_command(self.config, sets, self.folder(runs), CONFIGS), "--resume"]
 
 
-def plan(phase: str) -> list[Run]:
-    """Every run of a phase, cheapest configurations first."""
+class PhaseNotReady(Exception):
+    """A phase whose plan depends on runs that have not finished."""
+
+
+def depth12_run(config: str, seed: int = 42) -> Run:
+    """One 12-layer run: the screening's SST-2 run on mpnet-base, logging its conflict map when
+    it trains two or more groups at once."""
+    logging = () if config in study.TWO_STAGE else CONFLICT_LOGGING
+    return Run("depth12", DEPTH12_TASK, config, DEPTH12_SETTING, seed,
+               logging=(*logging, *DEPTH12_CHECKPOINTS))
+
+
+#: The 12-layer phase always seeds these: two-stage DeeBERT and the sum (RomeBERT-SD).
+ALWAYS_SEEDED_12 = ("deebert", "romebert_sd")
+
+
+def best_depth12_config(runs: Path) -> str | None:
+    """The 12-layer phase's best configuration besides DeeBERT and RomeBERT-SD, by the first
+    study's rule (the highest normalized area under the metric-vs-time curve, seed 42). None
+    until every 12-layer run has finished."""
+    candidates = [run for run in plan("depth12") if run.config not in ALWAYS_SEEDED_12]
+    areas = {}
+    for run in candidates:
+        results = run.folder(runs) / "results.json"
+        if not results.is_file():
+            return None
+        areas[run.config] = float(json.loads(results.read_text())["tradeoff"]["auc"])
+    return max(areas, key=lambda config: areas[config])
+
+
+def seeded_depth12_configs(best: str) -> list[str]:
+    """DeeBERT, the sum and the best other configuration: the runs given seeds 43 and 44."""
+    return [*ALWAYS_SEEDED_12, best]
+
+
+def plan(phase: str, runs: Path | None = None) -> list[Run]:
+    """Every run of a phase, cheapest configurations first (`runs`: where finished runs are,
+    which the seeds phase reads to pick its configurations)."""
     if phase == "tuned":
         configs = ["deebert", "romebert_sd", BEST_SURGERY]
         return [Run(phase, task, config, setting)
@@ -144,9 +189,16 @@ def plan(phase: str) -> list[Run]:
                                                  f"epochs={epochs}"))
                 for task in TASKS for lr in LEARNING_RATES]
     if phase == "depth12":
-        return [Run(phase, DEPTH12_TASK, config, DEPTH12_SETTING,
-                    logging=() if config in study.TWO_STAGE else CONFLICT_LOGGING)
-                for config in [*DEPTH12_CONFIGS, *DEPTH12_NEW_METHODS]]
+        return [depth12_run(config) for config in [*DEPTH12_CONFIGS, *DEPTH12_NEW_METHODS]]
+    if phase == "seeds12":
+        if runs is None:
+            raise ValueError("the seeds12 phase needs the runs folder to pick its best config")
+        best = best_depth12_config(runs)
+        if best is None:
+            raise PhaseNotReady("seeds12 picks its configurations from the finished 12-layer "
+                                "phase; run --phase depth12 first")
+        return [depth12_run(config, seed) for config in seeded_depth12_configs(best)
+                for seed in study.SEEDS[1:]]
     if phase == "methods6":
         return [*(Run(phase, task, config, METHODS6_SETTING)
                   for task in TASKS for config in NEW_METHODS),
@@ -161,7 +213,7 @@ METHODS6_SETTING = ("optimizer.lr=5e-5",)
 #: 12-layer configurations whose 6-layer twin the tuned phase did not run (the first study's
 #: screening runs kept no logits): re-run at the screening's setting on SST-2.
 UNTWINNED_CONFIGS = ("romebert", "romebert_reversed")
-PHASES = ("tuned", "matched", "methods6", "depth12")
+PHASES = ("tuned", "matched", "methods6", "depth12", "seeds12")
 
 
 def main() -> None:
@@ -171,7 +223,10 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--list", action="store_true", help="list the runs and their state")
     args = parser.parse_args()
-    runs = plan(args.phase)
+    try:
+        runs = plan(args.phase, args.runs)
+    except PhaseNotReady as error:
+        sys.exit(f"error: {error}")
     todo = [r for r in runs if not (r.folder(args.runs) / "results.json").is_file()]
     if args.list:
         for r in runs:

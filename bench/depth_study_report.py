@@ -43,9 +43,16 @@ def _depth_study():
 depth_study = _depth_study()
 
 
+def planned(runs: Path, phase: str) -> list[Any]:
+    """A phase's runs; none yet for a phase whose plan waits on unfinished runs."""
+    try:
+        return depth_study.plan(phase, runs)
+    except depth_study.PhaseNotReady:
+        return []
+
+
 def finished(runs: Path, phase: str) -> list[Any]:
-    return [run for run in depth_study.plan(phase)
-            if (run.folder(runs) / "results.json").is_file()]
+    return [run for run in planned(runs, phase) if (run.folder(runs) / "results.json").is_file()]
 
 
 def collect(runs: Path, into: Path = COLLECTED) -> list[Path]:
@@ -76,15 +83,15 @@ def tuned_rows(runs: Path, task: str) -> list[str]:
     )
     from gradsurg.run_folder import load_run
 
-    planned = [run for run in depth_study.plan("tuned") if run.task == task]
+    planned_runs = [run for run in depth_study.plan("tuned") if run.task == task]
     done = [run for run in finished(runs, "tuned") if run.task == task]
     budgets = " | ".join(f"{b:g}%" for b in BUDGETS)
     lines = [f"### {task}: held-out best metric x 100 within a time budget", "",
              f"| configuration | runs | setting | {budgets} | chosen at 100% / 40% |",
              "| --- | --- | --- | " + " | ".join("---:" for _ in BUDGETS) + " | --- |"]
-    for config in dict.fromkeys(run.config for run in planned):
+    for config in dict.fromkeys(run.config for run in planned_runs):
         mine = [run for run in done if run.config == config]
-        count = f"{len(mine)}/{sum(run.config == config for run in planned)}"
+        count = f"{len(mine)}/{sum(run.config == config for run in planned_runs)}"
         if not mine:
             lines.append(f"| {config} | {count} | - | " + " | ".join("-" for _ in BUDGETS)
                          + " | - |")
@@ -224,8 +231,8 @@ def conflict_section(runs: Path) -> list[str]:
              "it): per layer, the share of logged steps with a negative cosine, over the pairs "
              "of groups reaching the layer.", ""]
     for run in depth_study.plan("depth12"):
-        if not run.logging:
-            continue
+        if not set(depth_study.CONFLICT_LOGGING) <= set(run.logging):
+            continue  # DeeBERT's stages train one group at a time
         found = run_conflict_map(run.folder(runs))
         finished_run = (run.folder(runs) / "results.json").is_file()
         missing = ("Finished, but its log holds no per-block cosines." if finished_run
@@ -279,12 +286,14 @@ def write_report(runs: Path, output: Path) -> Path:
     lines += matched_section(runs)
     lines += methods_section(runs)
     lines += conflict_section(runs)
-    todo = [run for phase in depth_study.PHASES for run in depth_study.plan(phase)
+    todo = [f"- {run.phase} / {run.task} / {run.config} / {run.slug} / seed {run.seed}"
+            for phase in depth_study.PHASES for run in planned(runs, phase)
             if not (run.folder(runs) / "results.json").is_file()]
+    if not planned(runs, "seeds12"):
+        todo.append("- seeds12: seeds 43 and 44 of DeeBERT, RomeBERT-SD and the best other "
+                    "12-layer configuration, picked once the 12-layer phase has finished")
     if todo:
-        lines += ["## Not finished yet", "",
-                  *(f"- {run.phase} / {run.task} / {run.config} / {run.slug}" for run in todo),
-                  ""]
+        lines += ["## Not finished yet", "", *todo, ""]
     output.write_text("\n".join(lines))
     return output
 

@@ -51,6 +51,8 @@ def test_depth12_is_the_screenings_sst2_run_on_the_12_layer_backbone(depth, monk
         # each 12-layer run with two or more groups logs its conflict map, which trains the same
         assert recipe.pop("conflict_blocks", None) == (
             None if run.config == "deebert" else "per_layer")
+        # and saves every 50 steps, so a stopped session loses minutes, not hours
+        assert (recipe.pop("checkpoint_every"), screening.pop("checkpoint_every")) == (50, 200)
         assert recipe["model"] == "mpnet-base" and screening["model"] == "minilm"
         # everything else is the screening's run: the 6- and 12-layer results compare directly
         assert {**recipe, "model": None} == {**screening, "model": None}
@@ -92,6 +94,39 @@ def test_list_shows_each_depth12_run_and_whether_it_finished(depth, monkeypatch,
     assert len(lines) == len(depth.plan("depth12"))
     assert lines[1] == f"done  {finished}"
     assert all(line.startswith("todo  ") for i, line in enumerate(lines) if i != 1)
+
+
+def finish(run, runs_dir: Path, auc: float) -> None:
+    run.folder(runs_dir).mkdir(parents=True)
+    (run.folder(runs_dir) / "results.json").write_text(json.dumps({"tradeoff": {"auc": auc}}))
+
+
+def test_seeds12_waits_for_the_12_layer_phase_then_seeds_deebert_the_sum_and_the_best(
+        depth, monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(backbones, "find_parts", lambda model: ([], "0"))
+    first = depth.plan("depth12")
+    areas = {"romebert": 0.61, "romebert_reversed": 0.60, "exit_upgrad": 0.58, "pcd": 0.63,
+             "blockwise_project": 0.55, "gradient_equilibrium": 0.62,
+             "deebert": 0.99, "romebert_sd": 0.98}  # the always-seeded two are not candidates
+    for run in first[:-1]:
+        finish(run, tmp_path, areas[run.config])
+    monkeypatch.setattr(sys, "argv", ["depth_study.py", "--phase", "seeds12", "--runs",
+                                      str(tmp_path)])
+    with pytest.raises(SystemExit) as refused:
+        depth.main()
+    assert str(refused.value).startswith("error: seeds12 picks its configurations from the "
+                                         "finished 12-layer phase")
+    finish(first[-1], tmp_path, areas[first[-1].config])
+    seeds = depth.plan("seeds12", tmp_path)
+    assert [(run.config, run.seed) for run in seeds] == [
+        (config, seed) for config in ("deebert", "romebert_sd", "pcd") for seed in (43, 44)]
+    by_config = {run.config: run for run in first}
+    for run in seeds:  # the seed-42 run's command but for its seed, in a sibling folder
+        twin = by_config[run.config]
+        assert run.folder(tmp_path) == twin.folder(tmp_path).parent / f"seed-{run.seed}"
+        assert [item.replace(f"seed={run.seed}", "seed=42").replace(f"seed-{run.seed}",
+                                                                       "seed-42")
+                for item in run.command(tmp_path)] == twin.command(tmp_path)
 
 
 @pytest.fixture(scope="module")
