@@ -22,6 +22,9 @@ Phases (MiniLM, the screening's tasks: STS-B and the seeded 8,000-sentence SST-2
   at the screening's setting on MiniLM, so their ranking at 6 layers compares with the
   screening's and with 12 layers; plus the SST-2 runs of RomeBERT and the reversed
   projection, the 6-layer twins of their 12-layer runs.
+- `conflicts6`: the 6-layer SST-2 twins of the 12-layer runs that train two or more groups,
+  re-run as they ran with `conflict_blocks: per_layer`, so each 12-layer conflict map has a
+  6-layer map beside it; their scores should equal the twins' (the logging trains the same).
 - `depth12`: does depth change the answer? The paper's claim was made on 12 layers, where
   early exits sit further from the final one. The screening's SST-2 run (8,000-sentence
   subset, one epoch, lr 5e-5, seed 42) on `model=mpnet-base` (12 x 768, offline; needs
@@ -199,6 +202,9 @@ def plan(phase: str, runs: Path | None = None) -> list[Run]:
                                 "phase; run --phase depth12 first")
         return [depth12_run(config, seed) for config in seeded_depth12_configs(best)
                 for seed in study.SEEDS[1:]]
+    if phase == "conflicts6":
+        return [Run(phase, DEPTH12_TASK, config, METHODS6_SETTING, logging=CONFLICT_LOGGING)
+                for config in CONFLICTS6_CONFIGS]
     if phase == "methods6":
         return [*(Run(phase, task, config, METHODS6_SETTING)
                   for task in TASKS for config in NEW_METHODS),
@@ -213,7 +219,12 @@ METHODS6_SETTING = ("optimizer.lr=5e-5",)
 #: 12-layer configurations whose 6-layer twin the tuned phase did not run (the first study's
 #: screening runs kept no logits): re-run at the screening's setting on SST-2.
 UNTWINNED_CONFIGS = ("romebert", "romebert_reversed")
-PHASES = ("tuned", "matched", "methods6", "depth12", "seeds12")
+#: The 12-layer configurations that log a conflict map, cheapest first: their 6-layer SST-2
+#: twins re-run with the same logging, so the maps compare by depth (the earlier 6-layer runs
+#: logged none). Each should also reproduce its twin's scores: the logging trains the same.
+CONFLICTS6_CONFIGS = ("romebert_sd", "gradient_equilibrium", "romebert", "romebert_reversed",
+                      "pcd", "blockwise_project", BEST_SURGERY)
+PHASES = ("tuned", "matched", "methods6", "conflicts6", "depth12", "seeds12")
 
 
 def main() -> None:

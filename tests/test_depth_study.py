@@ -82,6 +82,22 @@ def test_six_layer_twins_are_the_screenings_runs(depth):
     assert "pcd" not in depth.study.CONFIGS  # the first study's plan stays as it ran
 
 
+def test_conflicts6_reruns_the_6_layer_twins_of_the_12_layer_maps_with_logging(depth):
+    runs_dir = Path("/tmp/runs")
+    plan = depth.plan("conflicts6")
+    twelve = {run.config for run in depth.plan("depth12") if run.config != "deebert"}
+    assert {run.config for run in plan} == twelve and len(plan) == len(twelve)
+    methods6 = {run.config: run for run in depth.plan("methods6") if run.task == "sst2"}
+    for run in plan:
+        twin = methods6.get(run.config) or depth.study.Run("screening", "sst2", run.config, 42)
+        recipe = resolved(run.command(runs_dir))
+        validate_recipe(recipe, source="conflicts6")  # the logging is accepted for each
+        assert recipe.pop("conflict_blocks") == "per_layer"
+        assert recipe == resolved(twin.command(runs_dir))
+        assert run.folder(runs_dir) == runs_dir / "conflicts6" / "sst2" / run.config / \
+            "lr=5e-5" / "seed-42"
+
+
 def test_list_shows_each_depth12_run_and_whether_it_finished(depth, monkeypatch, tmp_path,
                                                             capsys):
     finished = depth.plan("depth12")[1].folder(tmp_path)
