@@ -164,13 +164,11 @@ def best_depth12_config(runs: Path) -> str | None:
     """The 12-layer phase's best configuration besides DeeBERT and RomeBERT-SD, by the first
     study's rule (the highest normalized area under the metric-vs-time curve, seed 42). None
     until every 12-layer run has finished."""
-    candidates = [run for run in plan("depth12") if run.config not in ALWAYS_SEEDED_12]
-    areas = {}
-    for run in candidates:
-        results = run.folder(runs) / "results.json"
-        if not results.is_file():
-            return None
-        areas[run.config] = float(json.loads(results.read_text())["tradeoff"]["auc"])
+    if not all((run.folder(runs) / "results.json").is_file() for run in plan("depth12")):
+        return None
+    areas = {run.config: float(json.loads((run.folder(runs) / "results.json").read_text())
+                               ["tradeoff"]["auc"])
+             for run in plan("depth12") if run.config not in ALWAYS_SEEDED_12}
     return max(areas, key=lambda config: areas[config])
 
 

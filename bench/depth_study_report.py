@@ -220,25 +220,83 @@ def methods_section(runs: Path) -> list[str]:
     return [*lines, *single_rows(runs, depth_study.DEPTH12_TASK, entries)]
 
 
-def conflict_section(runs: Path) -> list[str]:
-    """Each 12-layer run's own conflict map (it logged `conflict_blocks: per_layer`): per
-    layer, the share of logged steps on which its loss groups' gradients conflicted."""
-    from gradsurg.report.conflicts import markdown_lines, run_conflict_map
+#: The encoder's thirds, for reading maps of different depths side by side.
+THIRDS = ("lower", "middle", "upper")
 
-    lines = ["## Where the loss groups conflict at 12 layers", "",
-             "Each 12-layer run logged its groups' cosine per encoder layer "
-             "(`conflict_blocks: per_layer`, every `log_every` steps; `gradsurg compare` draws "
-             "it): per layer, the share of logged steps with a negative cosine, over the pairs "
-             "of groups reaching the layer.", ""]
+
+def _layer_index(block: str) -> int:
+    return int(block.rsplit(".", 1)[1])  # per-layer blocks are `<encoder>.layers.<i>`
+
+
+def thirds_of(found: dict[str, Any], layers: int) -> list[float | None]:
+    """A map's mean conflict share in the lower, middle and upper third of a `layers`-layer
+    encoder (the mean over the third's blocks of each block's mean over its pairs); None for a
+    third no two groups reach."""
+    from gradsurg.report.conflicts import block_rates
+
+    shares: list[list[float]] = [[] for _ in THIRDS]
+    for row in block_rates(found):
+        shares[3 * _layer_index(row["block"]) // layers].append(row["conflict_share"])
+    return [sum(third) / len(third) if third else None for third in shares]
+
+
+def conflict_section(runs: Path) -> list[str]:
+    """Each 12-layer run's own conflict map beside its 6-layer twin's (both logged
+    `conflict_blocks: per_layer`): per layer, the share of logged steps on which the loss
+    groups' gradients conflicted; and whether logging left the 6-layer runs as they trained."""
+    from gradsurg.report.conflicts import markdown_lines, run_conflict_map, verdict
+
+    lines = ["## Where the loss groups conflict, at 6 and at 12 layers", "",
+             "Each 12-layer run, and its 6-layer twin re-run for this (`conflicts6`), logged its "
+             "groups' cosine per encoder layer (`conflict_blocks: per_layer`, every `log_every` "
+             "steps; `gradsurg compare` draws it). A cell is one (layer, pair of groups); its "
+             "share is the share of logged steps with a negative cosine. By depth: the mean "
+             "share in each third of the encoder (layers 1-2 / 3-4 / 5-6 of 6; 1-4 / 5-8 / "
+             "9-12 of 12), '-' where no two groups reach.", "",
+             "| configuration | layers | cells >= 10% | lower | middle | upper |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    six = {run.config: run for run in depth_study.plan("conflicts6")}
+    details: list[str] = []
     for run in depth_study.plan("depth12"):
         if not set(depth_study.CONFLICT_LOGGING) <= set(run.logging):
             continue  # DeeBERT's stages train one group at a time
-        found = run_conflict_map(run.folder(runs))
-        finished_run = (run.folder(runs) / "results.json").is_file()
-        missing = ("Finished, but its log holds no per-block cosines." if finished_run
-                   else "Not finished yet.")
-        lines += [f"### {run.config}", "", *(markdown_lines(found) if found else [missing, ""])]
-    return lines
+        for layers, each in ((6, six[run.config]), (12, run)):
+            done = (each.folder(runs) / "results.json").is_file()
+            found = run_conflict_map(each.folder(runs)) if done else None  # whole runs only
+            if found is None:
+                state = ("finished, but its log holds no per-block cosines" if done
+                         else "not finished")
+                lines.append(f"| {run.config} | {layers} | {state} | | | |")
+                details += [f"### {run.config}, {layers} layers", "", state.capitalize() + ".",
+                            ""]
+                continue
+            said = verdict(found)
+            cells = " | ".join("-" if share is None else f"{share * 100:.1f}%"
+                               for share in thirds_of(found, layers))
+            lines.append(f"| {run.config} | {layers} | {len(said.hot)}/{said.cells} | {cells} |")
+            details += [f"### {run.config}, {layers} layers", "", *markdown_lines(found)]
+    return [*lines, "", *reproduction_lines(runs), *details]
+
+
+def reproduction_lines(runs: Path) -> list[str]:
+    """Whether the conflict-logging 6-layer runs trained as their twins did: the largest
+    difference of their exits' evaluation logits."""
+    from gradsurg.run_folder import load_run
+
+    lines = ["The 6-layer runs that logged the maps against their twins without logging (the "
+             "tuned or `methods6` run at the same setting): the largest absolute difference of "
+             "any exit's evaluation logit.", "",
+             "| configuration | max abs logit difference |", "| --- | ---: |"]
+    twins = {run.config: run for run in depth_study.plan("methods6")
+             if run.task == depth_study.DEPTH12_TASK}
+    for run in depth_study.plan("conflicts6"):
+        twin = twins.get(run.config) or first_study_run(run.task, run.config)
+        if not all((r.folder(runs) / "results.json").is_file() for r in (run, twin)):
+            lines.append(f"| {run.config} | not finished |")
+            continue
+        logged, plain = load_run(run.folder(runs)).logits, load_run(twin.folder(runs)).logits
+        lines.append(f"| {run.config} | {(logged - plain).abs().max().item():.2e} |")
+    return [*lines, ""]
 
 
 def policy_of(results: dict[str, Any]) -> tuple[Any, dict[str, Any]]:

@@ -191,26 +191,45 @@ def test_report_tunes_on_one_half_scores_on_the_other_and_collects_small_files(
     assert "| 37.50 |" in row  # 0 on the half lucky never saw, 75 the other way
     untuned = next(line for line in text.splitlines() if "(first study)" in line)
     assert untuned.startswith("| deebert | 1 | lr=5e-5 (first study) | 75.00 |")
-    assert "- tuned / sst2 / deebert / lr=1e-4" in text  # not finished yet
+    assert "- tuned / sst2 / deebert / lr=1e-4 / seed 42" in text  # not finished yet
     # the 12-layer table puts each configuration's 6-layer twin beside it
     twelve = text.split("## 12 layers")[1].splitlines()
     assert "| deebert | 6 layers | 75.00 |" in "\n".join(twelve)
     assert "| deebert | 12 layers | - | - |" in "\n".join(twelve)
-    # a 12-layer run's own conflict map, from the per-block cosines its log holds
+    # a finished 12-layer run's own conflict map, from the per-block cosines its log holds
     romebert = next(run for run in depth.plan("depth12") if run.config == "romebert")
+    cosines = {0: (-0.2, 0.4, 0.3, -0.1), 11: (0.2, 0.4, 0.3, 0.1)}  # layers 1 and 12
+    log = "\n".join(json.dumps(
+        {"stage": "joint", "step": 50 * (i + 1),
+         **{key: value for layer, each in cosines.items() for key, value in (
+             (f"cosine/encoder.layers.{layer}/final/sd", each[i]),
+             (f"conflict/encoder.layers.{layer}/final/sd", float(each[i] < 0)))}})
+        for i in range(4)) + "\n"
     romebert.folder(runs).mkdir(parents=True)
-    (romebert.folder(runs) / "train_log.jsonl").write_text("\n".join(json.dumps(
-        {"stage": "joint", "step": step, "cosine/encoder.layers.0/final/sd": cosine,
-         "conflict/encoder.layers.0/final/sd": float(cosine < 0)})
-        for step, cosine in ((50, -0.2), (100, 0.4), (150, 0.3), (200, -0.1))) + "\n")
+    (romebert.folder(runs) / "train_log.jsonl").write_text(log)
+    unfinished = report.write_report(runs, tmp_path / "again.md").read_text()
+    assert "| romebert | 12 | not finished | | | |" in unfinished  # no map of half a run
+    (romebert.folder(runs) / "train_log.jsonl").unlink()
+    romebert.folder(runs).rmdir()
+    write_finished(romebert.folder(runs), steady)
+    (romebert.folder(runs) / "train_log.jsonl").write_text(log)
+    # its 6-layer twin logged the map too and trained as its twin without logging did
+    for run in (next(r for r in depth.plan(phase) if r.config == "romebert"
+                     and r.task == "sst2") for phase in ("methods6", "conflicts6")):
+        write_finished(run.folder(runs), steady)
     section = report.write_report(runs, tmp_path / "again.md").read_text().split(
-        "## Where the loss groups conflict at 12 layers")[1]
-    assert section.split("### romebert\n")[1].split("###")[0].count("| encoder.layers.0 | 1 | "
-                                                                     "50.0% |") == 1
+        "## Where the loss groups conflict, at 6 and at 12 layers")[1]
+    # layer 1 of 12 is in the lower third and conflicts on half the steps, layer 12 on none
+    assert "| romebert | 12 | 1/2 | 50.0% | - | 0.0% |" in section
+    assert "| romebert | 6 | finished, but its log holds no per-block cosines |" in section
+    assert "| romebert | 0.00e+00 |" in section and "| pcd | not finished |" in section
+    assert section.split("### romebert, 12 layers\n")[1].split("###")[0].count(
+        "| encoder.layers.0 | 1 | 50.0% |") == 1
     copied = report.collect(runs, tmp_path / "kept")
-    assert len(copied) == 2
+    assert len(copied) == 5
     assert sorted(p.name for p in copied[0].iterdir()) == [
         "commit.txt", "exit_logits.safetensors", "results.json"]
+    assert "train_log.jsonl" in {p.name for p in romebert.folder(tmp_path / "kept").iterdir()}
 
 
 DOC = ROOT / "docs" / "depth_study.md"
