@@ -64,11 +64,13 @@ from glue_study.plan import (  # noqa: E402
 from glue_study.report import (  # noqa: E402
     CONCLUSIONS,
     COST_FILE,
+    DEPTH_ANSWERS,
     MEAN_COSINE,
     SURGERY_FACTS,
     cost_section,
     exact_commands,
     kept_conclusions,
+    kept_section,
     leaders,
     majority_baseline,
     recommendation_section,
@@ -80,11 +82,13 @@ from glue_study.report import (  # noqa: E402
 )
 
 __all__ = [
-    "ALWAYS_SEEDED", "COMMON", "CONCLUSIONS", "CONFIGS", "COST_FILE", "MEAN_COSINE",
+    "ALWAYS_SEEDED", "COMMON", "CONCLUSIONS", "CONFIGS", "COST_FILE", "DEPTH_ANSWERS",
+    "MEAN_COSINE",
     "OTHER_SPLITS", "PAPER_CONFIGS", "PAPER_MODES", "PHASES", "RECOMMEND_BUDGETS", "ROOT",
     "SCREENED_INTO_PAPER", "SEEDS", "SURGERY_FACTS", "TWO_STAGE", "Run", "SeedNumbers",
     "best_paper_config", "commit", "cost_section", "exact_commands", "finished_runs",
-    "held_out_scores", "kept_conclusions", "launch", "leaders", "main", "majority_baseline",
+    "held_out_scores", "kept_conclusions", "kept_section", "launch", "leaders", "main",
+    "majority_baseline",
     "picks_over_splits", "plan", "planned_runs", "recommend", "recommendation_scores",
     "recommendation_section", "run_all", "run_command", "seed_scores", "seed_spread",
     "seed_table", "seeded_candidates", "seeded_leaders", "task_answers", "task_report",

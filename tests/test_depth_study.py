@@ -255,3 +255,21 @@ def test_the_report_is_what_the_kept_runs_give(report, tmp_path):
     written.write_text(DOC.read_text(encoding="utf-8"))
     report.write_report(report.COLLECTED, written)
     assert written.read_text(encoding="utf-8") == DOC.read_text(encoding="utf-8")
+
+
+def test_the_studys_depth_answers_quote_only_numbers_of_the_depth_study_report():
+    """docs/study.md's hand-written depth answers quote the depth study's tables."""
+    import re
+
+    from bench_modules import load_bench
+
+    heading = load_bench("study").DEPTH_ANSWERS
+    section = (ROOT / "docs" / "study.md").read_text(encoding="utf-8").split(
+        f"\n{heading}\n", 1)[1].split("\n## ", 1)[0].split("\n### ", 1)[0]
+    tables = DOC.read_text(encoding="utf-8").split("\n## Conclusions\n", 1)[1].split(
+        "\n## ", 1)[1]
+    quoted = re.findall(r"(?<![\d.])\d+\.\d\d(?!\d)", section)
+    assert len(quoted) >= 20, quoted
+    for number in quoted:
+        assert re.search(rf"(?<![\d.]){re.escape(number)}(?!\d)", tables), (
+            f"docs/study.md's depth answers quote {number}, which docs/depth_study.md lacks")

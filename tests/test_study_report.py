@@ -123,11 +123,13 @@ def test_report_answers_the_questions_and_keeps_the_hand_written_conclusions(stu
     assert "Majority-class baseline (every example labelled 0, the evaluation set's most " \
            "frequent label): accuracy x 100 = 50.00." in text
     # hand-written conclusions survive a rewrite, in the same place
-    output.write_text(text.replace("### sst2", "## Conclusions\n\nPick X.\n\n### sst2", 1))
+    output.write_text(text.replace("### sst2", f"## Conclusions\n\nPick X.\n\n"
+                                   f"{study.DEPTH_ANSWERS}\n\nAt 12 layers, Y.\n\n### sst2", 1))
     study.write_report(runs, output)
     again = output.read_text()
     assert again.splitlines().count("## Conclusions") == 1 and "Pick X." in again
-    assert again.index("Pick X.") < again.index("### sst2")
+    assert again.splitlines().count(study.DEPTH_ANSWERS) == 1
+    assert again.index("Pick X.") < again.index("At 12 layers, Y.") < again.index("### sst2")
 
 
 def test_report_prices_each_configuration_from_the_side_by_side_cost_file(study, tmp_path):

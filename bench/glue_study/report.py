@@ -250,22 +250,31 @@ def _mean_sd(values: list[float]) -> str:
 
 
 CONCLUSIONS = "## Conclusions"
+#: The depth study's plain answers (bench/depth_study.py, docs/depth_study.md), written by
+#: hand beside the conclusions they revisit.
+DEPTH_ANSWERS = "## Depth, tuning and compute: plain answers (the depth study)"
+HAND_WRITTEN = (CONCLUSIONS, DEPTH_ANSWERS)
 
 
-def kept_conclusions(output: Path) -> list[str]:
-    """The hand-written conclusions of an earlier report (its `## Conclusions` section up to
-    the next heading of its level), so rewriting the tables keeps the prose."""
+def kept_section(output: Path, heading: str) -> list[str]:
+    """A hand-written section of an earlier report (`heading` up to the next heading of its
+    level or below), so rewriting the tables keeps the prose."""
     if not output.is_file():
         return []
     kept: list[str] = []
     for line in output.read_text().splitlines():
         if kept and (line.startswith("## ") or line.startswith("### ")):
             break
-        if kept or line.strip() == CONCLUSIONS:
+        if kept or line.strip() == heading:
             kept.append(line)
     while kept and not kept[-1].strip():
         kept.pop()
     return [*kept, ""] if kept else []
+
+
+def kept_conclusions(output: Path) -> list[str]:
+    """The hand-written `## Conclusions` of an earlier report."""
+    return kept_section(output, CONCLUSIONS)
 
 
 COST_FILE = ROOT / "bench" / "results" / "study_cost.json"
@@ -338,9 +347,10 @@ def write_report(runs: Path, output: Path, cost_file: Path = COST_FILE) -> list[
     lines = ["# Study: when does gradient surgery pay off in multi-exit training?", "",
              "Written by `python bench/study.py --report` from the runs under "
              f"`{runs}`; each run's commit is in its table. Runs not finished yet are listed "
-             f"at the end. The `{CONCLUSIONS}` section is written by hand and kept as it is "
-             "when the report is rewritten.", ""]
-    lines += kept_conclusions(output)
+             f"at the end. The `{CONCLUSIONS}` and `{DEPTH_ANSWERS}` sections are "
+             "written by hand and kept as they are when the report is rewritten.", ""]
+    for heading in HAND_WRITTEN:
+        lines += kept_section(output, heading)
     for phase in PHASES:
         for task in PHASES[phase]:
             lines += task_report(runs, phase, task, figures)
