@@ -25,6 +25,9 @@ Phases (MiniLM, the screening's tasks: STS-B and the seeded 8,000-sentence SST-2
 - `conflicts6`: the 6-layer SST-2 twins of the 12-layer runs that train two or more groups,
   re-run as they ran with `conflict_blocks: per_layer`, so each 12-layer conflict map has a
   6-layer map beside it; their scores should equal the twins' (the logging trains the same).
+- `elbert`: ELBERT's measured recipe (`bench/results/elbert/recipe.yaml`) at seeds 42-44 with
+  its exit weights started at the default W = 0 and at ELBERT's 4.0: one seed said 4.0 gives a
+  2x speed-up the default does not; three decide the default.
 - `depth12`: does depth change the answer? The paper's claim was made on 12 layers, where
   early exits sit further from the final one. The screening's SST-2 run (8,000-sentence
   subset, one epoch, lr 5e-5, seed 42) on `model=mpnet-base` (12 x 768, offline; needs
@@ -177,7 +180,42 @@ def seeded_depth12_configs(best: str) -> list[str]:
     return [*ALWAYS_SEEDED_12, best]
 
 
-def plan(phase: str, runs: Path | None = None) -> list[Run]:
+#: ELBERT's measured recipe (MiniLM, 4,000 SST-2 sentences, one epoch; docs/depth_study_notes.md)
+ELBERT_RECIPE = HERE / "results" / "elbert" / "recipe.yaml"
+#: Where its learned exit weights start: the default W = 0 (w = 0.5) and ELBERT's code's 4.0.
+ELBERT_INITS = ("0", "4.0")
+
+
+@dataclass(frozen=True)
+class ElbertRun:
+    """ELBERT's measured recipe at one start of its exit weights and one seed: one seed said
+    init 4.0 gives the 2x speed-up the default start does not; three say whether to change
+    the default."""
+
+    init: str
+    seed: int
+    phase: str = "elbert"
+    task: str = "sst2"
+    config: str = "elbert"
+
+    @property
+    def slug(self) -> str:
+        return f"init={self.init}"
+
+    def folder(self, runs: Path) -> Path:
+        return runs / self.phase / self.slug / f"seed-{self.seed}"
+
+    def command(self, runs: Path) -> list[str]:
+        sets = [f"seed={self.seed}"]
+        if self.init != "0":  # the default start is the recipe as users get it
+            sets.append(f"loss_groups={{exits: {{name: learned_exit_weights, init: {self.init}}}}}")
+        args = [sys.executable, "-m", "gradsurg", "run", str(ELBERT_RECIPE)]
+        for item in sets:
+            args += ["--set", item]
+        return [*args, "--output", str(self.folder(runs)), "--resume"]
+
+
+def plan(phase: str, runs: Path | None = None) -> list[Run | ElbertRun]:
     """Every run of a phase, cheapest configurations first (`runs`: where finished runs are,
     which the seeds phase reads to pick its configurations)."""
     if phase == "tuned":
@@ -200,6 +238,8 @@ def plan(phase: str, runs: Path | None = None) -> list[Run]:
                                 "phase; run --phase depth12 first")
         return [depth12_run(config, seed) for config in seeded_depth12_configs(best)
                 for seed in study.SEEDS[1:]]
+    if phase == "elbert":
+        return [ElbertRun(init, seed) for seed in study.SEEDS for init in ELBERT_INITS]
     if phase == "conflicts6":
         return [Run(phase, DEPTH12_TASK, config, METHODS6_SETTING, logging=CONFLICT_LOGGING)
                 for config in CONFLICTS6_CONFIGS]
@@ -222,7 +262,7 @@ UNTWINNED_CONFIGS = ("romebert", "romebert_reversed")
 #: logged none). Each should also reproduce its twin's scores: the logging trains the same.
 CONFLICTS6_CONFIGS = ("romebert_sd", "gradient_equilibrium", "romebert", "romebert_reversed",
                       "pcd", "blockwise_project", BEST_SURGERY)
-PHASES = ("tuned", "matched", "methods6", "conflicts6", "depth12", "seeds12")
+PHASES = ("tuned", "matched", "methods6", "conflicts6", "elbert", "depth12", "seeds12")
 
 
 def main() -> None:

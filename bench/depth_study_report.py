@@ -25,7 +25,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 COLLECTED = HERE / "results" / "depth_study"
 KEPT_FILES = ("results.json", "exit_logits.safetensors", "commit.txt", "command.txt",
-              "train_log.jsonl")
+              "train_log.jsonl", "recipe.yaml")
 BUDGETS = (25.0, 30.0, 40.0, 50.0, 60.0, 100.0)
 #: The first study's setting, the untuned reference of every configuration.
 FIRST_STUDY_SETTING = {"lr": "5e-5", "gamma": "0.9"}
@@ -299,6 +299,52 @@ def reproduction_lines(runs: Path) -> list[str]:
     return [*lines, ""]
 
 
+def _elbert_rules():
+    """bench/elbert_rules.py: each ELBERT run's exits under its window rule and without it."""
+    spec = importlib.util.spec_from_file_location("elbert_rules", HERE / "elbert_rules.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def elbert_section(runs: Path) -> list[str]:
+    """ELBERT's measured recipe at both starts of its exit weights, three seeds each: held out
+    within each budget, and the least time within one point of each run's own final exit."""
+    import statistics
+
+    plan = depth_study.plan("elbert")
+    entries = [(f"elbert, init {run.init}", f"seed {run.seed}", run)
+               for init in depth_study.ELBERT_INITS for run in plan if run.init == init]
+    lines = ["## ELBERT's exit weights: where they start, three seeds (MiniLM)", "",
+             "ELBERT's measured recipe (`bench/results/elbert/recipe.yaml`: 4,000 SST-2 "
+             "sentences, one epoch, its confidence-window rule) with the learned exit weights "
+             "started at the default W = 0 (w = 0.5) and at ELBERT's code's 4.0 (w = 0.982). "
+             "Held out as above, each run at its own threshold:", "",
+             *single_rows(runs, "sst2", entries),
+             "Each run's final exit, and the least expected time at which its window rule is "
+             "within one point of it (`bench/elbert_rules.py`; not held out):", "",
+             "| start | seed | final exit | least time within 1 point |",
+             "| --- | ---: | ---: | ---: |"]
+    done = [run for run in plan if (run.folder(runs) / "results.json").is_file()]
+    summaries = {run: _elbert_rules().summarize(run.folder(runs)) for run in done}
+    for init in depth_study.ELBERT_INITS:
+        mine = [run for run in done if run.init == init]
+        for run in mine:
+            found = summaries[run]
+            lines.append(f"| init {init} | {run.seed} | {found['exit_accuracy'][-1]:.2f} | "
+                         f"{found['rules']['confidence_window']['least_time_within_1_point']:.1f}%"
+                         " |")
+        if len(mine) > 1:
+            finals = [summaries[run]["exit_accuracy"][-1] for run in mine]
+            least = [summaries[run]["rules"]["confidence_window"]["least_time_within_1_point"]
+                     for run in mine]
+            lines.append(f"| init {init} | mean ± sd of {len(mine)} | "
+                         f"{statistics.mean(finals):.2f} ± {statistics.stdev(finals):.2f} | "
+                         f"{statistics.mean(least):.1f} ± {statistics.stdev(least):.1f}% |")
+    return [*lines, ""]
+
+
 def policy_of(results: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     """The exit policy a run was swept with (its class, its parameters), from results.json."""
     from gradsurg.multiexit.policies import POLICIES
@@ -344,6 +390,7 @@ def write_report(runs: Path, output: Path) -> Path:
     lines += matched_section(runs)
     lines += methods_section(runs)
     lines += conflict_section(runs)
+    lines += elbert_section(runs)
     todo = [f"- {run.phase} / {run.task} / {run.config} / {run.slug} / seed {run.seed}"
             for phase in depth_study.PHASES for run in planned(runs, phase)
             if not (run.folder(runs) / "results.json").is_file()]

@@ -98,6 +98,30 @@ def test_conflicts6_reruns_the_6_layer_twins_of_the_12_layer_maps_with_logging(d
             "lr=5e-5" / "seed-42"
 
 
+def test_elbert_phase_reruns_the_measured_recipe_at_both_starts_and_three_seeds(depth):
+    """Seed 42 at each start is the stored measurement's recipe exactly (so the re-run checks
+    it); seeds 43 and 44 differ from it in the seed alone."""
+    import yaml
+
+    runs_dir = Path("/tmp/runs")
+    plan = depth.plan("elbert")
+    assert sorted((run.init, run.seed) for run in plan) == [
+        (init, seed) for init in ("0", "4.0") for seed in (42, 43, 44)]
+    stored = {"0": "elbert_exit_weights_lr", "4.0": "elbert_exit_weights_init4"}
+    for run in plan:
+        recipe = resolved(run.command(runs_dir))
+        validate_recipe(recipe, source="elbert")
+        measured = yaml.safe_load((ROOT / "bench" / "results" / stored[run.init] /
+                                   "recipe.yaml").read_text())
+        expected = {**measured, "seed": run.seed}
+        # a key the stored recipe has and this one lacks is at its default, null
+        assert {key: recipe.get(key) for key in {*recipe, *expected}} == {
+            key: expected.get(key) for key in {*recipe, *expected}}
+        assert set(recipe) - set(expected) == set()
+        assert run.command(runs_dir)[-2:] == [str(run.folder(runs_dir)), "--resume"]
+    assert len({run.folder(runs_dir) for run in plan}) == len(plan)
+
+
 def test_list_shows_each_depth12_run_and_whether_it_finished(depth, monkeypatch, tmp_path,
                                                             capsys):
     finished = depth.plan("depth12")[1].folder(tmp_path)
@@ -230,6 +254,28 @@ def test_report_tunes_on_one_half_scores_on_the_other_and_collects_small_files(
     assert sorted(p.name for p in copied[0].iterdir()) == [
         "commit.txt", "exit_logits.safetensors", "results.json"]
     assert "train_log.jsonl" in {p.name for p in romebert.folder(tmp_path / "kept").iterdir()}
+
+
+def test_elbert_section_scores_each_start_per_seed_and_over_seeds(depth, report, tmp_path):
+    """From the stored seed-42 measurements, one of them also standing in for seed 43."""
+    import shutil
+
+    stored = {"0": "elbert_exit_weights_lr", "4.0": "elbert_exit_weights_init4"}
+    for run in depth.plan("elbert"):
+        if run.seed in (42, 43) and not (run.init == "4.0" and run.seed == 43):
+            shutil.copytree(ROOT / "bench" / "results" / stored[run.init], run.folder(tmp_path))
+    section = "\n".join(report.elbert_section(tmp_path))
+    # held out at each budget; the stored notes give 50.3% and 61.7% not held out
+    assert "| elbert, init 4.0 | seed 43 | - | - | - | - | - | - |" in section
+    assert "| init 0 | 42 | 82.68 | 61.7% |" in section and "| init 0 | 43 | 82.68 | 61.7% |" \
+        in section
+    assert "| init 4.0 | 42 | 81.77 | 50.3% |" in section
+    assert "| init 0 | mean ± sd of 2 | 82.68 ± 0.00 | 61.7 ± 0.0% |" in section
+    assert "init 4.0 | mean ± sd" not in section  # one seed has no spread
+    row = next(line for line in section.splitlines()
+               if line.startswith("| elbert, init 0 | seed 42 |"))
+    cells = [cell.strip() for cell in row.split("|")[3:-1]]
+    assert len(cells) == 6 and "-" not in cells, row
 
 
 DOC = ROOT / "docs" / "depth_study.md"
