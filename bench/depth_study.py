@@ -85,7 +85,10 @@ DEPTH12_SETTING = ("model=mpnet-base", "optimizer.lr=5e-5")
 #: Each 12-layer run logs its own conflict map (per layer, per pair of its loss groups; the
 #: update unchanged: `sum` takes the sum from the rows on the logged steps). DeeBERT's stages
 #: train one group each, so it has none.
-CONFLICT_LOGGING = ("conflict_blocks=per_layer",)
+#: A log line every 5 steps: combiners that build the matrix each step log every step's
+#: cosines either way, but sum-based runs (RomeBERT-SD, gradient equilibrium) measure them on
+#: one step per log line, so this gives them 100 measured steps per epoch instead of 10.
+CONFLICT_LOGGING = ("conflict_blocks=per_layer", "log_every=5")
 #: A 12-layer run takes one to five hours and a working session ends at a fixed time: a
 #: checkpoint every 50 steps (not the screening's 200) bounds what a stop loses to minutes.
 DEPTH12_CHECKPOINTS = ("checkpoint_every=50",)

@@ -248,8 +248,10 @@ def conflict_section(runs: Path) -> list[str]:
 
     lines = ["## Where the loss groups conflict, at 6 and at 12 layers", "",
              "Each 12-layer run, and its 6-layer twin re-run for this (`conflicts6`), logged its "
-             "groups' cosine per encoder layer (`conflict_blocks: per_layer`, every `log_every` "
-             "steps; `gradsurg compare` draws it). A cell is one (layer, pair of groups); its "
+             "groups' cosine per encoder layer (`conflict_blocks: per_layer`, a log line every "
+             "5 steps; `gradsurg compare` draws it): each step's where the combiner builds the "
+             "matrix anyway, one step per log line (100 in the epoch) for the sum-based "
+             "romebert_sd and gradient_equilibrium. A cell is one (layer, pair of groups); its "
              "share is the share of logged steps with a negative cosine. By depth: the mean "
              "share in each third of the encoder (layers 1-2 / 3-4 / 5-6 of 6; 1-4 / 5-8 / "
              "9-12 of 12), '-' where no two groups reach.", "",

@@ -51,6 +51,9 @@ def test_depth12_is_the_screenings_sst2_run_on_the_12_layer_backbone(depth, monk
         # each 12-layer run with two or more groups logs its conflict map, which trains the same
         assert recipe.pop("conflict_blocks", None) == (
             None if run.config == "deebert" else "per_layer")
+        # every 5th step measured where the combiner skips the matrix (sum): 100 per epoch
+        assert (recipe.pop("log_every", 50), screening.pop("log_every", 50)) == (
+            50 if run.config == "deebert" else 5, 50)
         # and saves every 50 steps, so a stopped session loses minutes, not hours
         assert (recipe.pop("checkpoint_every"), screening.pop("checkpoint_every")) == (50, 200)
         assert recipe["model"] == "mpnet-base" and screening["model"] == "minilm"
@@ -92,8 +95,10 @@ def test_conflicts6_reruns_the_6_layer_twins_of_the_12_layer_maps_with_logging(d
         twin = methods6.get(run.config) or depth.study.Run("screening", "sst2", run.config, 42)
         recipe = resolved(run.command(runs_dir))
         validate_recipe(recipe, source="conflicts6")  # the logging is accepted for each
-        assert recipe.pop("conflict_blocks") == "per_layer"
-        assert recipe == resolved(twin.command(runs_dir))
+        assert (recipe.pop("conflict_blocks"), recipe.pop("log_every")) == ("per_layer", 5)
+        plain = resolved(twin.command(runs_dir))
+        assert plain.pop("log_every", 50) == 50
+        assert recipe == plain
         assert run.folder(runs_dir) == runs_dir / "conflicts6" / "sst2" / run.config / \
             "lr=5e-5" / "seed-42"
 
