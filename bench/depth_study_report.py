@@ -242,7 +242,7 @@ def thirds_of(found: dict[str, Any], layers: int) -> list[float | None]:
 
 def conflict_section(runs: Path) -> list[str]:
     """Each 12-layer run's own conflict map beside its 6-layer twin's (both logged
-    `conflict_blocks: per_layer`): per layer, the share of logged steps on which the loss
+    `conflict_blocks: per_layer`): per layer, the share of measured steps on which the loss
     groups' gradients conflicted; and whether logging left the 6-layer runs as they trained."""
     from gradsurg.report.conflicts import markdown_lines, run_conflict_map, verdict
 
@@ -252,7 +252,7 @@ def conflict_section(runs: Path) -> list[str]:
              "5 steps; `gradsurg compare` draws it): each step's where the combiner builds the "
              "matrix anyway, one step per log line (100 in the epoch) for the sum-based "
              "romebert_sd and gradient_equilibrium. A cell is one (layer, pair of groups); its "
-             "share is the share of logged steps with a negative cosine. By depth: the mean "
+             "share is the share of measured steps with a negative cosine. By depth: the mean "
              "share in each third of the encoder (layers 1-2 / 3-4 / 5-6 of 6; 1-4 / 5-8 / "
              "9-12 of 12), '-' where no two groups reach.", "",
              "| configuration | layers | cells >= 10% | lower | middle | upper |",

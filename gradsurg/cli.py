@@ -461,7 +461,7 @@ def compare(
             drawn = (f"heatmap: {output / names[label]}" if output is not None
                      else "--output DIR draws its heatmap")
             console.print(f"conflicts: {label}: its train_log.jsonl holds per-block cosines "
-                          f"({result['steps']} steps); "
+                          f"({conflict_report.steps_text(result)}); "
                           f"{conflict_report.verdict(result).text()}; {drawn}", highlight=False)
         if output is not None:
             written = write_comparison(comparison, output, maps)

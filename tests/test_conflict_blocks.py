@@ -15,6 +15,7 @@ from fake_runs import compare
 from models import Exits, exit_losses
 
 from gradsurg import Surgery
+from gradsurg.combiners.blocks import MEASURED_KEY
 from gradsurg.combiners.stage import batch_mean_gramian
 from gradsurg.errors import ConfigError
 
@@ -98,16 +99,51 @@ def test_sum_measures_on_the_steps_that_build_the_matrix_only():
     model = Exits()
     surgery = Surgery(model, None, "sum", include=LAYERS, conflict_blocks=LAYERS,
                       diagnostics_every=2)
-    logged = []
+    logged, said = [], []
     for step in range(3):
         surgery.backward(exit_losses(model, seed=step))
         logged.append(bool(block_keys(surgery.diagnostics)))
+        said.append(surgery.diagnostics[MEASURED_KEY])
         model.zero_grad()
     assert logged == [True, False, True]  # steps 1 and 3 (diagnostics_every=2)
+    assert said == [1.0, 0.0, 1.0]  # so a log line's mean is its share of measured steps
     # globs name the blocks: one block over all layers, every exit reaches it
     assert sorted(block_keys(surgery.diagnostics)) == sorted(
         f"{m}/layers.*/{a}/{b}" for m in ("cosine", "conflict")
         for a, b in (("exit1", "exit2"), ("exit1", "exit3"), ("exit2", "exit3")))
+
+
+def test_a_combiner_that_builds_the_matrix_measures_every_step():
+    assert first_step({"name": "project", "target": "exit3", "reference": "exit1"},
+                      conflict_blocks=LAYERS)[MEASURED_KEY] == 1.0
+    assert MEASURED_KEY not in first_step("upgrad")  # no conflict_blocks, nothing said
+
+
+def test_the_map_weighs_each_line_by_the_steps_it_measured():
+    """Two lines of 5 steps; the sum measured one step of each (share 0.2): the first in
+    conflict, the second not. Half the measured steps conflict, whatever the logged steps."""
+    from gradsurg.report.conflicts import conflict_map, markdown_lines
+
+    key = "conflict/layers.0/a/b"
+    lines = [{"stage": "joint", "step": 5, key: 1.0, "cosine/layers.0/a/b": -0.5,
+              MEASURED_KEY: 0.2},
+             {"stage": "joint", "step": 10, key: 0.0, "cosine/layers.0/a/b": 0.3,
+              MEASURED_KEY: 0.2},
+             {"stage": "joint", "step": 20, key: 0.0, "cosine/layers.0/a/b": 0.1,
+              MEASURED_KEY: 0.4}]
+    found = conflict_map(lines)
+    # measured 1 + 1 + 4 steps: conflict on 1 of 6, the cosine weighed the same way
+    assert (found["steps"], found["measured_steps"]) == (20, 6)
+    assert found["conflict_share"]["layers.0"]["a/b"] == pytest.approx(1 / 6)
+    assert found["mean_cosine"]["layers.0"]["a/b"] == pytest.approx((-0.5 + 0.3 + 4 * 0.1) / 6)
+    assert "(over 20 steps, 6 of them measured)." in markdown_lines(found)[0]
+    # a log that does not say (blockwise measures every step) counts every step
+    plain = conflict_map([{k: v for k, v in line.items() if k != MEASURED_KEY}
+                          for line in lines])
+    assert (plain["steps"], plain["measured_steps"]) == (20, 20)
+    assert "(over 20 steps)." in markdown_lines(plain)[0]
+    with pytest.raises(ConfigError, match=r"log line 2: conflict_blocks/measured is 1\.5"):
+        conflict_map([lines[0], {**lines[1], MEASURED_KEY: 1.5}])
 
 
 def test_a_multi_batch_combiner_logs_the_cosines_of_the_batches_mean():
@@ -196,3 +232,6 @@ def test_a_run_with_the_key_logs_the_map_and_compare_draws_it(tmp_path, tiny_ber
         assert stored["blocks"] == ["encoder.layers.0", "encoder.layers.1"]
         assert stored["pairs"] == ["final/sd"] and stored["steps"] == 4
         assert (out / stored["plot"]).read_bytes().startswith(b"\x89PNG")
+    # the sum measured one step per log line, project every step
+    assert sorted(stored["measured_steps"] for stored in data["conflict_maps"].values()) == [
+        2, 4]

@@ -26,6 +26,11 @@ _NUMBERED = re.compile(r"^(.*?\.\d+)(\.|$)")
 
 Blocks = str | list[str]
 Spans = list[tuple[int, int]]
+#: Logged by `Surgery(..., conflict_blocks=...)` each step: 1 when the step measured its block
+#: cosines, 0 when it skipped the matrix (sum or mean between `diagnostics_every` steps). A log
+#: line's mean is then the share of its steps measured, so a map counts measured steps, not
+#: logged ones; a log without it (e.g. `blockwise`, which measures every step) counts all.
+MEASURED_KEY = "conflict_blocks/measured"
 
 
 def blocks_problem(blocks: object) -> str | None:

@@ -199,7 +199,7 @@ def write_conflict_plots(maps: Mapping[str, Mapping[str, Any]], folder: Path
     names = conflict_plot_names(list(maps))
     return {label: plot_conflict_map(result, folder / names[label],
                                      title=f"{label}: where the loss groups conflict "
-                                           f"({result['steps']} steps)")
+                                           f"({conflicts.steps_text(result)})")
             for label, result in maps.items()}
 
 

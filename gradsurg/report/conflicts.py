@@ -3,11 +3,13 @@
 The combiner `blockwise` (and any run with `Surgery(..., conflict_blocks=...)`, the recipe key
 `conflict_blocks`) logs, per parameter block and pair of groups reaching it, the cosine
 of their gradients (`cosine/<block>/<a>/<b>`) and whether it was negative
-(`conflict/<block>/<a>/<b>`, 1 or 0). The map averages them over the logged steps: per block
+(`conflict/<block>/<a>/<b>`, 1 or 0). The map averages them over the measured steps: per block
 and pair, the mean cosine and the share of steps in conflict. A log line holds its interval's
 means, so each line weighs as many steps as it covers (its step minus the previous line's of
-the same stage): the map is the per-step mean whatever `log_every` was. A pair a block never
-saw stays None.
+the same stage): the map is the per-step mean whatever `log_every` was. Where a sum measured
+one step in N (`diagnostics_every`), the log says so (`conflict_blocks/measured`, its line's
+share of measured steps) and each line weighs the steps it measured. A pair a block never saw
+stays None.
 
 Read by `gradsurg conflicts` (a short run in memory), `gradsurg compare` (a finished run's
 train_log.jsonl) and bench/conflict_map.py; the heatmap is `plots.plot_conflict_map`.
@@ -25,6 +27,7 @@ from typing import Any
 from rich.table import Table
 
 from gradsurg import strict_json
+from gradsurg.combiners.blocks import MEASURED_KEY
 from gradsurg.errors import ConfigError
 from gradsurg.loggers import JSONL_FILE, is_number
 
@@ -39,6 +42,7 @@ __all__ = [
     "markdown_lines",
     "read_log",
     "run_conflict_map",
+    "steps_text",
     "verdict",
 ]
 
@@ -74,14 +78,18 @@ def _natural(text: str) -> tuple[Any, ...]:
 def conflict_map(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """The map of training log records: `blocks`, `pairs` (both in natural order),
     `mean_cosine[block][pair]` and `conflict_share[block][pair]` (None where the pair never
-    met in the block), `log_lines` (records with per-block cosines) and `steps` (the steps
-    they cover). A log without per-block cosines is a ConfigError."""
+    met in the block), `log_lines` (records with per-block cosines), `steps` (the steps they
+    cover) and `measured_steps` (those of them that measured the cosines: fewer where a sum
+    measured one step in N, `MEASURED_KEY`). Each line weighs the steps it measured. A log
+    without per-block cosines is a ConfigError."""
     sums: dict[str, dict[tuple[str, str], float]] = {m: defaultdict(float) for m in MEASURES}
     weights: dict[str, dict[tuple[str, str], float]] = {m: defaultdict(float) for m in MEASURES}
     previous: dict[Any, int] = {}
     lines = steps = 0
+    measured_steps = 0.0
     for index, record in enumerate(records, 1):
-        weight = _steps_covered(record, previous, index)
+        covered = _steps_covered(record, previous, index)
+        weight = covered * _measured_share(record, index)
         found = False
         for key, value in record.items():
             cell = _cell(key)
@@ -95,7 +103,8 @@ def conflict_map(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             found = True
         if found:
             lines += 1
-            steps += weight
+            steps += covered
+            measured_steps += weight
     if not weights["cosine"]:
         raise ConfigError("the log holds no per-block cosines (cosine/<block>/<a>/<b>, which "
                           "the combiner blockwise or the option conflict_blocks logs)")
@@ -105,7 +114,25 @@ def conflict_map(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
                                           if weights[m].get((block, pair)) else None)
                                    for pair in pairs} for block in blocks}
              for m in MEASURES}
-    return {"blocks": blocks, "pairs": pairs, **table, "log_lines": lines, "steps": steps}
+    return {"blocks": blocks, "pairs": pairs, **table, "log_lines": lines, "steps": steps,
+            "measured_steps": round(measured_steps)}
+
+
+def _measured_share(record: Mapping[str, Any], index: int) -> float:
+    """The share of a log line's steps that measured the block cosines (1 for a log that does
+    not say)."""
+    share = record.get(MEASURED_KEY, 1.0)
+    if not is_number(share) or not 0 <= float(share) <= 1:
+        raise ConfigError(f"log line {index}: {MEASURED_KEY} is {share!r}, not a share in "
+                          "[0, 1]")
+    return float(share)
+
+
+def steps_text(result: Mapping[str, Any]) -> str:
+    """`500 steps`, or `500 steps, 100 of them measured` where fewer measured the cosines."""
+    measured = result.get("measured_steps", result["steps"])
+    return (f"{result['steps']} steps" if measured >= result["steps"]
+            else f"{result['steps']} steps, {measured} of them measured")
 
 
 def _steps_covered(record: Mapping[str, Any], previous: dict[Any, int], index: int) -> int:
@@ -232,7 +259,7 @@ def block_rates(result: Mapping[str, Any], share: float = DEFAULT_SHARE
 def conflict_table(result: Mapping[str, Any], share: float = DEFAULT_SHARE, *,
                    title: str | None = None) -> Table:
     """One row per (block, pair) the run saw: mean cosine, share of steps in conflict."""
-    table = Table(title=title or f"conflict map: {result['steps']} steps")
+    table = Table(title=title or f"conflict map: {steps_text(result)}")
     for name, justify in (("block", "left"), ("pair", "left"), ("mean cosine", "right"),
                           ("steps in conflict", "right"), (f">= {_threshold(share)}", "center")):
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
@@ -259,7 +286,7 @@ def block_table(result: Mapping[str, Any], share: float = DEFAULT_SHARE) -> Tabl
 
 def markdown_lines(result: Mapping[str, Any], share: float = DEFAULT_SHARE) -> list[str]:
     """The verdict and the per-block rates as Markdown (compare.md)."""
-    lines = [verdict(result, share).text() + f" ({result['steps']} logged steps).", "",
+    lines = [verdict(result, share).text() + f" (over {steps_text(result)}).", "",
              "| block | pairs | steps in conflict | mean cosine | most in conflict |",
              "| --- | ---: | ---: | ---: | --- |"]
     lines += [f"| {row['block']} | {row['pairs']} | {_percent(row['conflict_share'])} | "
