@@ -301,6 +301,40 @@ def reproduction_lines(runs: Path) -> list[str]:
     return [*lines, ""]
 
 
+def seeds_section(runs: Path) -> list[str]:
+    """The 12-layer runs given seeds 43 and 44 beside their seed-42 run, held out as above,
+    and each budget's mean ± sd over the three seeds."""
+    import statistics
+
+    lines = ["## 12 layers, three seeds", "",
+             "DeeBERT, RomeBERT-SD and the best other 12-layer configuration by the first "
+             "study's rule (area under the metric-vs-time curve at seed 42), at seeds 42, 43 "
+             "and 44; held out as above, each run at its own threshold.", ""]
+    seeded = depth_study.plan("seeds12", runs) if planned(runs, "seeds12") else []
+    if not seeded:
+        return [*lines, "Not started: the configurations are picked once the 12-layer phase "
+                        "has finished.", ""]
+    first = {run.config: run for run in depth_study.plan("depth12")}
+    budgets = " | ".join(f"{b:g}%" for b in BUDGETS)
+    lines += [f"| configuration | seed | {budgets} |",
+              "| --- | --- | " + " | ".join("---:" for _ in BUDGETS) + " |"]
+    for config in dict.fromkeys(run.config for run in seeded):
+        runs_of = [first[config], *(run for run in seeded if run.config == config)]
+        found = [_held_out(runs, depth_study.DEPTH12_TASK, run) for run in runs_of]
+        for run, each in zip(runs_of, found, strict=True):
+            cells = [_cell(each[1], b, each[0]) if each else "-" for b in BUDGETS]
+            lines.append(f"| {config} | {run.seed} | " + " | ".join(cells) + " |")
+        if all(found):
+            means = []
+            for budget in BUDGETS:
+                values = [100 * each[1][f"{budget:g}"][each[0]] for each in found
+                          if each[1].get(f"{budget:g}") is not None]
+                means.append(f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+                             if len(values) == len(found) else "-")
+            lines.append(f"| {config} | mean ± sd | " + " | ".join(means) + " |")
+    return [*lines, ""]
+
+
 def _elbert_rules():
     """bench/elbert_rules.py: each ELBERT run's exits under its window rule and without it."""
     spec = importlib.util.spec_from_file_location("elbert_rules", HERE / "elbert_rules.py")
@@ -391,6 +425,7 @@ def write_report(runs: Path, output: Path) -> Path:
         lines += tuned_rows(runs, task)
     lines += matched_section(runs)
     lines += methods_section(runs)
+    lines += seeds_section(runs)
     lines += conflict_section(runs)
     lines += elbert_section(runs)
     todo = [f"- {run.phase} / {run.task} / {run.config} / {run.slug} / seed {run.seed}"

@@ -283,6 +283,38 @@ def test_elbert_section_scores_each_start_per_seed_and_over_seeds(depth, report,
     assert len(cells) == 6 and "-" not in cells, row
 
 
+def test_seeds_section_waits_then_shows_each_seed_and_the_mean_over_three(depth, report,
+                                                                          tmp_path):
+    import statistics
+
+    assert "Not started" in "\n".join(report.seeds_section(tmp_path))
+    first = depth.plan("depth12")
+    for index, run in enumerate(first):
+        right = torch.ones(16, dtype=torch.bool)
+        right[:index % 4] = False
+        write_finished(run.folder(tmp_path), right)
+        results = json.loads((run.folder(tmp_path) / "results.json").read_text())
+        auc = 0.7 if run.config == "gradient_equilibrium" else 0.5
+        results["tradeoff"] = {"auc": auc}
+        (run.folder(tmp_path) / "results.json").write_text(json.dumps(results))
+    seeded = depth.plan("seeds12", tmp_path)
+    for run in seeded:
+        if run.config == "deebert":  # right on 14 and 13 of 16
+            right = torch.ones(16, dtype=torch.bool)
+            right[: run.seed - 41] = False
+            write_finished(run.folder(tmp_path), right)
+    section = report.seeds_section(tmp_path)
+    rows = {tuple(cell.strip() for cell in line.split("|")[1:3]): line for line in section
+            if line.startswith("| ")}
+    full = [float(rows["deebert", str(seed)].split("|")[-2]) for seed in (42, 43, 44)]
+    assert full == [100.0, 87.5, 81.25]
+    mean = rows["deebert", "mean ± sd"].split("|")[-2].strip()
+    assert mean == f"{statistics.mean(full):.2f} ± {statistics.stdev(full):.2f}"
+    assert ("gradient_equilibrium", "43") in rows and ("gradient_equilibrium", "mean ± sd") \
+        not in rows  # its seeds have not run
+    assert rows["gradient_equilibrium", "43"].count(" - ") == len(report.BUDGETS)
+
+
 DOC = ROOT / "docs" / "depth_study.md"
 
 
