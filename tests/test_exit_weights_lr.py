@@ -49,8 +49,10 @@ def test_exit_weights_move_measurably_through_the_cli(tiny_bert_dir, shared_glue
     """Four steps at the model's lr 2e-5: the weights' own default (1e-2) moves them. A
     checkpoint whose optimizer has one group (written before the weights had their own) is
     refused on --resume in one line."""
+    start_at_zero = "loss_groups={exits: {name: learned_exit_weights, init: 0}}"  # slope 1/4
     moved = [abs(w - 0.5) for w in run_elbert(tiny_bert_dir, shared_glue_dir, tmp_path,
-                                              "checkpoints=true", "checkpoint_every=2")]
+                                              "checkpoints=true", "checkpoint_every=2",
+                                              start_at_zero)]
     (checkpoint,) = (tmp_path / "checkpoints").glob("step-*")
     state = torch.load(checkpoint / "state.pt", weights_only=True)
     first, second = state["optimizer"]["param_groups"]
@@ -59,7 +61,8 @@ def test_exit_weights_move_measurably_through_the_cli(tiny_bert_dir, shared_glue
     torch.save(state, checkpoint / "state.pt")
     (checkpoint / "checksums.json").unlink()  # written before checksums were, like the rest
     result = runner.invoke(app, [*elbert_args(tiny_bert_dir, shared_glue_dir, tmp_path,
-                                              "checkpoints=true", "checkpoint_every=2"),
+                                              "checkpoints=true", "checkpoint_every=2",
+                                              start_at_zero),
                                  "--resume"])
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert result.exit_code == 2 and len(errors) == 1, result.output
@@ -75,7 +78,7 @@ def test_how_far_the_weights_move_is_set_by_their_lr(lr, low, high):
     """Ten AdamW steps of the real loss term, its groups from `param_groups`, against a model
     weight at lr 2e-5: an early exit whose loss stays above the final one loses weight by
     about 10 x lr / 4 (Adam's step is about lr whatever the gradient's size)."""
-    term = LOSS_TERMS.build("learned_exit_weights", 3, where="test")
+    term = LOSS_TERMS.build({"name": "learned_exit_weights", "init": 0.0}, 3, where="test")
     model = torch.nn.Linear(2, 2)
     settings = OptimizerSettings(name="adamw", lr=2e-5, weight_decay=0.01)
     groups = param_groups([*model.parameters(), *term.parameters()],
@@ -139,12 +142,17 @@ def test_the_key_is_accepted_wherever_a_term_learns():
     assert result.exit_code == 2 and "exit_weights_lr" in result.output
 
 
-def test_the_weights_can_start_where_elberts_code_starts_them():
-    term = LOSS_TERMS.build({"name": "learned_exit_weights", "init": 4.0}, 4, where="test")
-    weights = term.exit_weights().detach()
+def test_the_weights_start_where_elberts_code_starts_them_unless_told():
+    """By default at ELBERT's 4.0 (three seeds on MiniLM favoured it, docs/depth_study.md);
+    `init` starts them anywhere else, e.g. 0 (every early weight 0.5)."""
     expected = 1 / (1 + math.exp(-4.0))
-    torch.testing.assert_close(weights[:3], torch.full((3,), expected))
-    assert weights[3].item() == pytest.approx(4 - 3 * expected)  # every exit weighted about 1
+    for spec in ("learned_exit_weights", {"name": "learned_exit_weights", "init": 4.0}):
+        weights = LOSS_TERMS.build(spec, 4, where="test").exit_weights().detach()
+        torch.testing.assert_close(weights[:3], torch.full((3,), expected))
+        assert weights[3].item() == pytest.approx(4 - 3 * expected)  # each exit about 1
+    half = LOSS_TERMS.build({"name": "learned_exit_weights", "init": 0}, 4, where="test")
+    torch.testing.assert_close(half.exit_weights().detach(),
+                               torch.tensor([0.5, 0.5, 0.5, 2.5]))
     for bad in (float("nan"), "4", True):
         with pytest.raises(ConfigError, match=r"loss_groups\.exits: .*init=.* is invalid"):
             LOSS_TERMS.build({"name": "learned_exit_weights", "init": bad}, 4,

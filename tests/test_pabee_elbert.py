@@ -116,7 +116,8 @@ def test_elbert_recipe_on_a_random_albert_shares_one_exit_and_learns_its_weights
     assert results["exit_policy"]["name"] == "confidence_window"
     weights = [results["loss_terms"][f"joint/exits/exit_weight/{i}"] for i in (1, 2, 3)]
     assert sum(weights) == pytest.approx(3.0, abs=1e-5)
-    assert all(abs(w - 0.5) > 1e-6 for w in weights[:2])  # trained away from sigmoid(0)
+    start = 1 / (1 + math.exp(-4.0))  # ELBERT's start, the default
+    assert all(abs(w - start) > 1e-6 for w in weights[:2])  # trained away from it
     # the weights are checkpointed with the model (a resumed run continues them)
     checkpoint = sorted((tmp_path / "checkpoints").glob("step-*"))[-1] / "model.safetensors"
     with safe_open(str(checkpoint), "pt") as stored:
