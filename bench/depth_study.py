@@ -209,9 +209,10 @@ class ElbertRun:
         return runs / self.phase / self.slug / f"seed-{self.seed}"
 
     def command(self, runs: Path) -> list[str]:
-        sets = [f"seed={self.seed}"]
-        if self.init != "0":  # the default start is the recipe as users get it
-            sets.append(f"loss_groups={{exits: {{name: learned_exit_weights, init: {self.init}}}}}")
+        # the start said outright: the default moved from 0 to 4.0 after these runs (at
+        # 18e510e, init 0 was the default and its runs' commands leave it out)
+        sets = [f"seed={self.seed}",
+                f"loss_groups={{exits: {{name: learned_exit_weights, init: {self.init}}}}}"]
         args = [sys.executable, "-m", "gradsurg", "run", str(ELBERT_RECIPE)]
         for item in sets:
             args += ["--set", item]
