@@ -31,16 +31,18 @@ BUDGETS = (25.0, 30.0, 40.0, 50.0, 60.0, 100.0)
 FIRST_STUDY_SETTING = {"lr": "5e-5", "gamma": "0.9"}
 
 
-def _depth_study():
-    spec = importlib.util.spec_from_file_location("depth_study", HERE / "depth_study.py")
+def _bench_module(name: str):
+    """bench/<name>.py as a module (bench/ is not a package); registered under its name,
+    which the dataclasses it defines look up."""
+    spec = importlib.util.spec_from_file_location(name, HERE / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    sys.modules["depth_study"] = module
+    sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
 
 
-depth_study = _depth_study()
+depth_study = _bench_module("depth_study")
 
 
 def planned(runs: Path, phase: str) -> list[Any]:
@@ -310,7 +312,7 @@ def seeds_section(runs: Path) -> list[str]:
              "DeeBERT, RomeBERT-SD and the best other 12-layer configuration by the first "
              "study's rule (area under the metric-vs-time curve at seed 42), at seeds 42, 43 "
              "and 44; held out as above, each run at its own threshold.", ""]
-    seeded = depth_study.plan("seeds12", runs) if planned(runs, "seeds12") else []
+    seeded = planned(runs, "seeds12")
     if not seeded:
         return [*lines, "Not started: the configurations are picked once the 12-layer phase "
                         "has finished.", ""]
@@ -335,15 +337,6 @@ def seeds_section(runs: Path) -> list[str]:
     return [*lines, ""]
 
 
-def _elbert_rules():
-    """bench/elbert_rules.py: each ELBERT run's exits under its window rule and without it."""
-    spec = importlib.util.spec_from_file_location("elbert_rules", HERE / "elbert_rules.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def elbert_section(runs: Path) -> list[str]:
     """ELBERT's measured recipe at both starts of its exit weights, three seeds each: held out
     within each budget, and the least time within one point of each run's own final exit."""
@@ -363,7 +356,8 @@ def elbert_section(runs: Path) -> list[str]:
              "| start | seed | final exit | least time within 1 point |",
              "| --- | ---: | ---: | ---: |"]
     done = [run for run in plan if (run.folder(runs) / "results.json").is_file()]
-    summaries = {run: _elbert_rules().summarize(run.folder(runs)) for run in done}
+    elbert_rules = _bench_module("elbert_rules")  # each run's exits under its window rule
+    summaries = {run: elbert_rules.summarize(run.folder(runs)) for run in done}
     for init in depth_study.ELBERT_INITS:
         mine = [run for run in done if run.init == init]
         for run in mine:

@@ -39,7 +39,7 @@ from torch.optim import Optimizer
 
 from gradsurg.clipping import Clip
 from gradsurg.combiners import COMBINERS, Combiner
-from gradsurg.combiners.blocks import MEASURED_KEY, BlockGramians, Blocks
+from gradsurg.combiners.blocks import BlockGramians, Blocks
 from gradsurg.combiners.stage import Combine
 from gradsurg.distributed import SINGLE_PROCESS, AllReduce, DataParallel
 from gradsurg.engines import DDPTakeover, fsdp_mesh, refuse_fsdp1, unwrap_ddp
@@ -309,10 +309,6 @@ class Surgery:
             self.losses = batch_means({name: float(value) for name, value in step.losses.items()},
                                       step.batches)
             self.diagnostics = step.diagnostics
-            if self.conflict_blocks is not None:
-                self.diagnostics[MEASURED_KEY] = float(any(
-                    key.startswith("conflict/") and key.count("/") == 3
-                    for key in self.diagnostics))
         if self._weighting_step is not None:  # the pipeline's own decision, as Unscale reads it
             self._weighting_step.close(self.data_parallel, skipped=step.skipped)
 

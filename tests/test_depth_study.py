@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from bench_modules import load_bench
+from quoted_numbers import assert_quotes_only
 
 from gradsurg.multiexit import backbones
 from gradsurg.recipes import apply_overrides, read_recipe, validate_recipe
@@ -321,15 +322,10 @@ DOC = ROOT / "docs" / "depth_study.md"
 
 
 def test_the_hand_written_conclusions_quote_only_numbers_of_the_report_below_them():
-    import re
-
     text = DOC.read_text(encoding="utf-8")
     conclusions, tables = text.split("\n## Conclusions\n", 1)[1].split("\n## ", 1)
-    quoted = re.findall(r"(?<![\d.])\d+\.\d\d(?!\d)", conclusions)
-    assert len(quoted) >= 20, quoted
-    for number in quoted:
-        assert re.search(rf"(?<![\d.]){re.escape(number)}(?!\d)", tables), (
-            f"docs/depth_study.md's conclusions quote {number}, which the report below lacks")
+    assert_quotes_only(conclusions, tables, at_least=20, message=(
+        "docs/depth_study.md's conclusions quote {number}, which the report below lacks"))
 
 
 @pytest.mark.slow
@@ -344,17 +340,10 @@ def test_the_report_is_what_the_kept_runs_give(report, tmp_path):
 
 def test_the_studys_depth_answers_quote_only_numbers_of_the_depth_study_report():
     """docs/study.md's hand-written depth answers quote the depth study's tables."""
-    import re
-
-    from bench_modules import load_bench
-
     heading = load_bench("study").DEPTH_ANSWERS
     section = (ROOT / "docs" / "study.md").read_text(encoding="utf-8").split(
         f"\n{heading}\n", 1)[1].split("\n## ", 1)[0].split("\n### ", 1)[0]
     tables = DOC.read_text(encoding="utf-8").split("\n## Conclusions\n", 1)[1].split(
         "\n## ", 1)[1]
-    quoted = re.findall(r"(?<![\d.])\d+\.\d\d(?!\d)", section)
-    assert len(quoted) >= 20, quoted
-    for number in quoted:
-        assert re.search(rf"(?<![\d.]){re.escape(number)}(?!\d)", tables), (
-            f"docs/study.md's depth answers quote {number}, which docs/depth_study.md lacks")
+    assert_quotes_only(section, tables, at_least=20, message=(
+        "docs/study.md's depth answers quote {number}, which docs/depth_study.md lacks"))

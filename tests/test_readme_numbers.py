@@ -8,6 +8,7 @@ from itertools import takewhile
 from pathlib import Path
 
 import yaml
+from quoted_numbers import assert_quotes_only
 
 ROOT = Path(__file__).resolve().parents[1]
 NUMBER = r"(\d+(?:\.\d+)?)"
@@ -90,11 +91,8 @@ def test_readme_study_numbers_are_in_the_study_report_it_names():
     paragraph = text[start:text.index("- **Tuned and compute-matched baselines**", start)]
     assert "docs/study.md" in paragraph
     report = (ROOT / "docs" / "study.md").read_text(encoding="utf-8")
-    quoted = re.findall(r"(?<![\d.])\d+\.\d\d(?![\d])", paragraph)
-    assert len(quoted) >= 10, quoted
-    for number in quoted:
-        assert re.search(rf"(?<![\d.]){re.escape(number)}(?!\d)", report), \
-            f"README's study paragraph quotes {number}, which docs/study.md does not have"
+    assert_quotes_only(paragraph, report, at_least=10, message=(
+        "README's study paragraph quotes {number}, which docs/study.md does not have"))
 
 
 def test_readme_depth_study_numbers_are_in_the_depth_study_report():
@@ -102,11 +100,8 @@ def test_readme_depth_study_numbers_are_in_the_depth_study_report():
     start = text.index("**Tuned and compute-matched baselines**")
     paragraph = text[start:text.index("Without `GLUE_DIR`", start)]
     report = (ROOT / "docs" / "depth_study.md").read_text(encoding="utf-8")
-    quoted = re.findall(r"(?<![\d.])\d+\.\d\d(?![\d])", paragraph)
-    assert len(quoted) >= 5, quoted
-    for number in quoted:
-        assert re.search(rf"(?<![\d.]){re.escape(number)}(?!\d)", report), \
-            f"README's depth-study bullet quotes {number}, which docs/depth_study.md lacks"
+    assert_quotes_only(paragraph, report, at_least=5, message=(
+        "README's depth-study bullet quotes {number}, which docs/depth_study.md lacks"))
 
 
 def load(path: str) -> dict:

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from gradsurg.combiners.base import Combiner
-from gradsurg.combiners.blocks import BlockGramians, active_facts
+from gradsurg.combiners.blocks import MEASURED_KEY, BlockGramians, active_facts
 from gradsurg.combiners.gramian import gramian
 from gradsurg.distributed import SINGLE_PROCESS, DataParallel
 from gradsurg.engines import sharded_grad
@@ -27,7 +27,8 @@ class Combine(Stage):
     fixed-weight combiner there is no matrix: the summed gradient is scaled instead.
     With `blocks` (`Surgery(..., conflict_blocks=...)`), also `cosine/<block>/<a>/<b>` and
     `conflict/<block>/<a>/<b>` of the groups reaching each block, read off the matrix before
-    the combiner runs, so the update is the same with or without them.
+    the combiner runs, so the update is the same with or without them, and `MEASURED_KEY`
+    (1 on such a step, 0 on one without a matrix or with a non-finite row).
     State: `combiner` (e.g. PCGrad's generator, GradVac's targets).
 
     A multi-batch step (`step.batches` b > 1, rows `<group>@<batch>`): the combiner gets the
@@ -45,6 +46,8 @@ class Combine(Stage):
         self.data_parallel = data_parallel
 
     def run(self, step: StepGradients) -> None:
+        if self.blocks is not None:  # 1 once `_block_facts` has measured this step
+            step.diagnostics[MEASURED_KEY] = 0.0
         if step.matrix is None:
             if step.shortcut_weight != 1.0:
                 for p in step.layout.params:
@@ -97,7 +100,7 @@ class Combine(Stage):
             self.data_parallel.all_reduce_(grams)
             grams = (grams + grams.transpose(1, 2)) / 2
         values = batch_mean_gramian(grams, step.batches).tolist()  # one device sync
-        info: dict[str, float] = {}
+        info: dict[str, float] = {MEASURED_KEY: 1.0}
         for block, gram in zip(blocks, values):
             info.update(active_facts(block, groups, gram))
         return info
