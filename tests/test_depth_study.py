@@ -86,6 +86,24 @@ def test_six_layer_twins_are_the_screenings_runs(depth):
     assert "pcd" not in depth.study.CONFIGS  # the first study's plan stays as it ran
 
 
+def test_tuned_grid_goes_past_its_first_edge_and_the_matched_runs_stay_as_planned(depth):
+    """Every configuration of the tuned phase also trains at 2e-4 (the first grid's largest
+    rate, 1e-4, won most choices), on both tasks; the matched phase keeps the issue's three."""
+    runs_dir = Path("/tmp/runs")
+    rates = {}
+    for run in depth.plan("tuned"):
+        config = validate_recipe(resolved(run.command(runs_dir)), source="tuned")[1]
+        rates.setdefault((run.task, run.config), []).append(config.optimizer.lr)
+    assert set(rates) == {(task, config) for task in ("stsb", "sst2")
+                          for config in ("deebert", "romebert_sd", "exit_upgrad")}
+    for (task, config), found in rates.items():
+        per_rate = 1 if config == "deebert" else 2  # SD's two gammas
+        assert sorted(found) == sorted([2e-5, 5e-5, 1e-4, 2e-4] * per_rate), (task, config)
+    matched = {validate_recipe(resolved(run.command(runs_dir)), source="matched")[1]
+               .optimizer.lr for run in depth.plan("matched")}
+    assert matched == {2e-5, 5e-5, 1e-4}
+
+
 def test_conflicts6_reruns_the_6_layer_twins_of_the_12_layer_maps_with_logging(depth):
     runs_dir = Path("/tmp/runs")
     plan = depth.plan("conflicts6")
@@ -218,7 +236,7 @@ def test_report_tunes_on_one_half_scores_on_the_other_and_collects_small_files(
     write_finished(deebert[1].folder(runs), steady)  # lr 5e-5: the first study's setting
     text = report.write_report(runs, tmp_path / "depth_study.md").read_text()
     row = next(line for line in text.splitlines() if "tuned over 2" in line)
-    assert row.startswith("| deebert | 2/3 | tuned over 2 | ")
+    assert row.startswith("| deebert | 2/4 | tuned over 2 | ")
     assert row.endswith("| lr=2e-5 & lr=5e-5 / lr=2e-5 & lr=5e-5 |")  # lucky, then steady
     assert "| 37.50 |" in row  # 0 on the half lucky never saw, 75 the other way
     untuned = next(line for line in text.splitlines() if "(first study)" in line)
