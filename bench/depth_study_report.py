@@ -412,10 +412,12 @@ def write_report(runs: Path, output: Path) -> Path:
              *depth_study.study.kept_conclusions(output),
              "## Tuned baselines (MiniLM, the screening's STS-B and 8,000-sentence SST-2)", "",
              "Each configuration at lr "
-             f"{' / '.join(depth_study.TUNED_LEARNING_RATES)} (x SD's gamma "
-             f"{' / '.join(depth_study.GAMMAS)} where it has SD; "
-             f"{depth_study.EDGE_LEARNING_RATE} was added, at a later commit, after the first "
-             "three rates put most choices on the largest). 'first study' is the first "
+             f"{' / '.join(depth_study.LEARNING_RATES)} (x SD's gamma "
+             f"{' / '.join(depth_study.GAMMAS)} where it has SD), then at larger rates, each "
+             "added at a later commit while the largest so far won the choice: "
+             + "; ".join(f"{task} {' / '.join(rates)}"
+                         for task, rates in depth_study.EDGE_LEARNING_RATES.items())
+             + ". 'first study' is the first "
              "study's one setting, scored held out; 'tuned' "
              "chooses the setting with the exit threshold on one half of the dev set and scores "
              "it on the other, both ways round ('chosen': the setting picked each way).", ""]
