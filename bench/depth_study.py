@@ -84,6 +84,8 @@ EDGE_LEARNING_RATES = {"stsb": ("2e-4", "4e-4", "8e-4"), "sst2": ("2e-4",)}
 def tuned_learning_rates(task: str) -> tuple[str, ...]:
     """The learning rates the tuned phase trains a task at."""
     return (*LEARNING_RATES, *EDGE_LEARNING_RATES[task])
+
+
 GAMMAS = ("0.5", "0.9")
 #: The first study's best surgery configuration (per-exit UPGrad, chosen by its rule).
 BEST_SURGERY = "exit_upgrad"

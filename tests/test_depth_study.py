@@ -89,8 +89,7 @@ def test_six_layer_twins_are_the_screenings_runs(depth):
 def test_tuned_grid_goes_past_its_edges_and_the_matched_runs_stay_as_planned(depth):
     """Every configuration of the tuned phase also trains at 2e-4 on both tasks (the first
     grid's largest rate, 1e-4, won most choices) and at 4e-4 and 8e-4 on STS-B (each time the
-    largest so far won there);
-    the matched phase keeps the issue's three."""
+    largest so far won there); the matched phase keeps the issue's three."""
     runs_dir = Path("/tmp/runs")
     rates = {}
     for run in depth.plan("tuned"):
