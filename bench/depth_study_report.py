@@ -15,6 +15,7 @@ single setting (lr 5e-5, gamma 0.9) scored the same way (`held_out_best_within`)
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import shutil
 import sys
@@ -79,10 +80,7 @@ def is_first_study_setting(run: Any) -> bool:
 def tuned_rows(runs: Path, task: str) -> list[str]:
     """One task's table: each configuration untuned and tuned, held out, at every budget."""
     from gradsurg.data.glue import get_task
-    from gradsurg.multiexit.evaluation.held_out import (
-        held_out_best_over_settings,
-        held_out_best_within,
-    )
+    from gradsurg.multiexit.evaluation.held_out import held_out_best_over_settings
     from gradsurg.run_folder import load_run
 
     planned_runs = [run for run in depth_study.plan("tuned") if run.task == task]
@@ -103,12 +101,10 @@ def tuned_rows(runs: Path, task: str) -> list[str]:
         metric = first.results["primary_metric"]
         rule, params = policy_of(first.results)
         spec = get_task(task)  # resolved once for the table
-        untuned = next((slug for slug, run in zip(loaded, mine) if is_first_study_setting(run)),
-                       None)
+        untuned = next((run for run in mine if is_first_study_setting(run)), None)
         if untuned is not None:
-            plain = held_out_best_within(loaded[untuned].logits, loaded[untuned].labels, spec,
-                                         rule, params, BUDGETS)
-            lines.append(f"| {config} | 1 | {untuned} (first study) | "
+            plain = _held_out(runs, task, untuned)[1]
+            lines.append(f"| {config} | 1 | {untuned.slug} (first study) | "
                          + " | ".join(_cell(plain, b, metric) for b in BUDGETS) + " | - |")
         tuned = held_out_best_over_settings({slug: run.logits for slug, run in loaded.items()},
                                             first.labels, spec, rule, params, BUDGETS)
@@ -132,13 +128,24 @@ def single_rows(runs: Path, task: str, entries: list[tuple[str, str, Any]]) -> l
 
 
 def _held_out(runs: Path, task: str, run: Any) -> tuple[str, Any] | None:
+    """A finished run's primary metric and held-out best within every budget; None for a run
+    not finished. Several tables show the same run (a 6-layer twin, the first study's
+    setting): each is scored once, keyed by its files' state, not once per table."""
+    results = run.folder(runs) / "results.json"
+    if not results.is_file():
+        return None
+    logits = run.folder(runs) / "exit_logits.safetensors"
+    stamp = tuple(p.stat().st_mtime_ns if p.is_file() else None for p in (results, logits))
+    return _scored(run.folder(runs), task, stamp)
+
+
+@functools.cache
+def _scored(folder: Path, task: str, stamp: tuple[int | None, ...]) -> tuple[str, Any]:
     from gradsurg.data.glue import get_task
     from gradsurg.multiexit.evaluation.held_out import held_out_best_within
     from gradsurg.run_folder import load_run
 
-    if not (run.folder(runs) / "results.json").is_file():
-        return None
-    loaded = load_run(run.folder(runs))
+    loaded = load_run(folder)
     rule, params = policy_of(loaded.results)
     return loaded.results["primary_metric"], held_out_best_within(
         loaded.logits, loaded.labels, get_task(task), rule, params, BUDGETS)
