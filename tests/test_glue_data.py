@@ -15,6 +15,7 @@ from gradsurg.data import (
     get_task,
     hub_to_glue_schema,
     load_glue,
+    load_glue_sample,
     read_glue_tsv,
     tokenize_dataset,
 )
@@ -132,6 +133,21 @@ def test_load_glue_schema(glue_dir: Path) -> None:
     reg = load_glue("stsb", "dev", data_dir=str(glue_dir), max_rows=3)
     assert reg.features["label"].dtype == "float32"
     assert reg[0]["label"] == pytest.approx(5.0)
+
+
+@pytest.mark.parametrize(("task", "rows", "seed"), [("sst2", 8_000, 42), ("stsb", 500, 7)])
+def test_a_seeded_sample_is_the_rows_datasets_shuffle_gives(glue_dir: Path, task: str,
+                                                            rows: int, seed: int) -> None:
+    """The study's seeded subsets (8,000 SST-2 sentences) were drawn with `Dataset.shuffle`:
+    the sample drawn without building the whole split must be the same rows in the same order."""
+    sample = load_glue_sample(task, "train", rows=rows, seed=seed, data_dir=glue_dir)
+    whole = load_glue(task, "train", data_dir=glue_dir)
+    assert sample.to_dict() == whole.shuffle(seed=seed).select(range(rows)).to_dict()
+    assert sample.features == whole.features
+    rte = load_glue_sample("rte", "dev", rows=10_000, seed=seed, data_dir=glue_dir)
+    assert rte.to_dict() == load_glue("rte", "dev", data_dir=glue_dir).to_dict()  # all, in order
+    with pytest.raises(ConfigError, match="max_rows"):
+        load_glue_sample(task, "train", rows=-1, seed=seed, data_dir=glue_dir)
 
 
 def test_load_glue_uses_env(glue_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,6 +8,7 @@ from gradsurg.data.glue import (
     get_task,
     hub_to_glue_schema,
     load_glue,
+    load_glue_sample,
     read_glue_tsv,
 )
 
@@ -19,6 +20,7 @@ __all__ = [
     "get_task",
     "hub_to_glue_schema",
     "load_glue",
+    "load_glue_sample",
     "read_glue_tsv",
     "tokenize_dataset",
 ]

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from gradsurg.errors import ConfigError, DataError
 
 HUB_DATASET = "nyu-mll/glue"
@@ -345,17 +347,42 @@ def load_glue(task: str | TaskSpec, split: str, *, data_dir: str | os.PathLike[s
     switch to the hub, so runs cannot mix data sources unnoticed.
     """
     spec = get_task(task)
-    file_name = spec.file_name(split)
     _check_max_rows(max_rows)
     root = resolve_data_dir(data_dir)
     if root is None:
         return _load_from_hub(spec, split, max_rows=max_rows)
+    return examples_to_dataset(_local_examples(spec, split, root, max_rows), spec)
+
+
+def load_glue_sample(task: str | TaskSpec, split: str, *, rows: int, seed: int,
+                     data_dir: str | os.PathLike[str] | None = None) -> Any:
+    """``rows`` rows of one split drawn at random: the rows, in the order, that
+    ``load_glue(...).shuffle(seed=seed).select(range(rows))`` gives (the whole split, unshuffled,
+    when it has no more rows), without first building the whole split as a Dataset, which on a
+    large split (MNLI's 393k rows) costs more than reading it."""
+    spec = get_task(task)
+    _check_max_rows(rows)
+    root = resolve_data_dir(data_dir)
+    if root is None:
+        data = _load_from_hub(spec, split, max_rows=None)
+        return data if rows >= len(data) else data.shuffle(seed=seed).select(range(rows))
+    examples = _local_examples(spec, split, root, None)
+    if rows < len(examples):
+        # Dataset.shuffle's permutation (numpy's default generator seeded with `seed`);
+        # tests/test_glue_data.py checks it against datasets itself
+        order = np.random.default_rng(seed).permutation(len(examples))[:rows]
+        examples = [examples[i] for i in order]
+    return examples_to_dataset(examples, spec)
+
+
+def _local_examples(spec: TaskSpec, split: str, root: Path, max_rows: int | None
+                    ) -> list[Example]:
+    file_name = spec.file_name(split)
     folder = root / spec.folder
     if not folder.is_dir():
         raise DataError(f"{folder}: no such GLUE task folder (expected {spec.folder}/{file_name} "
                         f"under {root})")
-    examples = read_glue_tsv(folder / file_name, spec, max_rows=max_rows)
-    return examples_to_dataset(examples, spec)
+    return read_glue_tsv(folder / file_name, spec, max_rows=max_rows)
 
 
 def _load_from_hub(spec: TaskSpec, split: str, *, max_rows: int | None) -> Any:

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gradsurg.data.glue import TaskSpec, load_glue
+from gradsurg.data.glue import TaskSpec, load_glue, load_glue_sample
 from gradsurg.multiexit.model import MultiExitModel
 
 
@@ -21,10 +21,7 @@ def load_split(task: TaskSpec, split: str, *, data_dir: str | None, rows: int | 
     """One split; `rows` with a seed takes a seeded random subset (train), else the first rows."""
     if shuffle_seed is None or rows is None:
         return load_glue(task, split, data_dir=data_dir, max_rows=rows)
-    data = load_glue(task, split, data_dir=data_dir)
-    if rows >= len(data):
-        return data
-    return data.shuffle(seed=shuffle_seed).select(range(rows))
+    return load_glue_sample(task, split, rows=rows, seed=shuffle_seed, data_dir=data_dir)
 
 
 def epoch_order(size: int, batch_size: int, *, seed: int, epoch: int) -> list[list[int]]:
