@@ -35,7 +35,9 @@ Phases (MiniLM, the screening's tasks: STS-B and the seeded 8,000-sentence SST-2
   gradsurg[mpnet]) for DeeBERT, RomeBERT-SD, RomeBERT, reversed projection and per-exit
   UPGrad, so each compares directly with its MiniLM screening run. A 12-layer step costs
   5.6x a MiniLM one; the five runs about 10 hours, per-exit UPGrad half of it
-  (`bench/results/depth12_estimate.json`, `docs/depth_study_notes.md`).
+  (`bench/results/depth12_estimate.json`, `docs/depth_study_notes.md`). A session's machine
+  is reset when it ends, so a run must finish within one: per-exit UPGrad trains on two
+  threads (`DEPTH12_BOTH_CORES`), launched alone with `--jobs 1`.
 
 - `seeds12`: seeds 43 and 44 of the 12-layer runs of DeeBERT, RomeBERT-SD (the sum) and the
   best other 12-layer configuration by the first study's rule (area under the metric-vs-time
@@ -107,6 +109,12 @@ CONFLICT_LOGGING = ("conflict_blocks=per_layer", "log_every=5")
 #: A 12-layer run takes one to five hours and a working session ends at a fixed time: a
 #: checkpoint every 50 steps (not the screening's 200) bounds what a stop loses to minutes.
 DEPTH12_CHECKPOINTS = ("checkpoint_every=50",)
+#: 12-layer configurations too long to finish on one thread within a working session: per-exit
+#: UPGrad (twelve backward passes a step) was estimated at about 4 hours (bench/results/
+#: depth12_estimate.json, scaled by the other runs' measured times). The machine is reset
+#: between sessions, so an unfinished run is lost: these train on both cores, started alone
+#: (`--jobs 1`). The thread count changes summation order, not what the run trains.
+DEPTH12_BOTH_CORES = (BEST_SURGERY,)
 DEPTH12_CONFIGS = ["deebert", "romebert_sd", "romebert", "romebert_reversed", BEST_SURGERY]
 #: The multi-exit methods built after the first study (issue 28), as configurations of the
 #: first study's recipes; planned only here, so the first study's plan stays as it ran.
@@ -174,8 +182,9 @@ def depth12_run(config: str, seed: int = 42) -> Run:
     """One 12-layer run: the screening's SST-2 run on mpnet-base, logging its conflict map when
     it trains two or more groups at once."""
     logging = () if config in study.TWO_STAGE else CONFLICT_LOGGING
+    threads = ("threads=2",) if config in DEPTH12_BOTH_CORES else ()
     return Run("depth12", DEPTH12_TASK, config, DEPTH12_SETTING, seed,
-               logging=(*logging, *DEPTH12_CHECKPOINTS))
+               logging=(*logging, *DEPTH12_CHECKPOINTS, *threads))
 
 
 #: The 12-layer phase always seeds these: two-stage DeeBERT and the sum (RomeBERT-SD).
