@@ -157,8 +157,8 @@ class Run:
     config: str
     setting: tuple[str, ...]
     seed: int = 42
-    #: Settings that change what the run logs or how often it saves, not what it trains (kept
-    #: out of the folder name).
+    #: Settings that change what the run logs, how often it saves or on how many threads it
+    #: trains, not what it trains (kept out of the folder name).
     logging: tuple[str, ...] = ()
 
     @property

@@ -131,10 +131,12 @@ def _held_out(runs: Path, task: str, run: Any) -> tuple[str, Any] | None:
     """A finished run's primary metric and held-out best within every budget; None for a run
     not finished. Several tables show the same run (a 6-layer twin, the first study's
     setting): each is scored once, keyed by its files' state, not once per table."""
-    results = run.folder(runs) / "results.json"
+    from gradsurg.run_folder import EXIT_LOGITS_FILE, RESULTS_FILE
+
+    results = run.folder(runs) / RESULTS_FILE
     if not results.is_file():
         return None
-    logits = run.folder(runs) / "exit_logits.safetensors"
+    logits = run.folder(runs) / EXIT_LOGITS_FILE
     stamp = tuple(p.stat().st_mtime_ns if p.is_file() else None for p in (results, logits))
     return _scored(run.folder(runs), task, stamp)
 
