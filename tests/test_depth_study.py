@@ -36,8 +36,8 @@ def test_depth12_is_the_screenings_sst2_run_on_the_12_layer_backbone(depth, monk
     runs_dir = Path("/tmp/runs")
     plan = depth.plan("depth12")
     assert [run.config for run in plan] == ["deebert", "romebert_sd", "romebert",
-                                            "romebert_reversed", "exit_upgrad", "pcd",
-                                            "blockwise_project", "gradient_equilibrium"]
+                                            "romebert_reversed", "pcd", "blockwise_project",
+                                            "gradient_equilibrium"]
     six_layers = {run.config: run for run in depth.plan("methods6") if run.task == "sst2"}
     for run in plan:
         command = run.command(runs_dir)
@@ -58,14 +58,31 @@ def test_depth12_is_the_screenings_sst2_run_on_the_12_layer_backbone(depth, monk
         # and saves every 50 steps, so a stopped session loses minutes, not hours
         assert (recipe.pop("checkpoint_every"), screening.pop("checkpoint_every")) == (50, 200)
         assert recipe["model"] == "mpnet-base" and screening["model"] == "minilm"
-        # per-exit UPGrad alone trains on both cores, to finish within one working session
-        assert (recipe.pop("threads"), screening.pop("threads")) == (
-            2 if run.config == "exit_upgrad" else 1, 1)
         # everything else is the screening's run: the 6- and 12-layer results compare directly
         assert {**recipe, "model": None} == {**screening, "model": None}
         assert (config.train_rows, config.epochs, config.batch_size, config.optimizer.lr,
                 config.seed) == (8000, 1, 16, 5e-5, 42)
     assert len({run.folder(runs_dir) for run in plan}) == len(plan)
+
+
+def test_depth12_small_is_the_12_layer_run_on_the_first_3000_sentences(depth, monkeypatch):
+    """Per-exit UPGrad's 12-layer epoch does not fit a session: it and the runs it is read
+    against train on 3,000 sentences, each otherwise exactly its 8,000-sentence 12-layer run."""
+    monkeypatch.setattr(backbones, "find_parts", lambda model: ([], "0"))  # CI: not installed
+    runs_dir = Path("/tmp/runs")
+    plan = depth.plan("depth12_small")
+    # the longest first, so that two lanes end together
+    assert [run.config for run in plan] == ["exit_upgrad", "deebert", "romebert_sd", "pcd"]
+    for run in plan:
+        full = depth.depth12_run(run.config)
+        assert run.folder(runs_dir) == (runs_dir / "depth12_small" / "sst2" / run.config /
+                                        "model=mpnet-base,lr=5e-5,train_rows=3000" / "seed-42")
+        small, whole = resolved(run.command(runs_dir)), resolved(full.command(runs_dir))
+        config = validate_recipe(small, source="depth12_small")[1]
+        assert (config.train_rows, config.threads) == (3000, 1)
+        assert {**small, "train_rows": None} == {**whole, "train_rows": None}
+    # full-size per-exit UPGrad is planned nowhere else at 12 layers
+    assert "exit_upgrad" not in {run.config for run in depth.plan("depth12")}
 
 
 def test_six_layer_twins_are_the_screenings_runs(depth):
@@ -112,7 +129,8 @@ def test_tuned_grid_goes_past_its_edges_and_the_matched_runs_stay_as_planned(dep
 def test_conflicts6_reruns_the_6_layer_twins_of_the_12_layer_maps_with_logging(depth):
     runs_dir = Path("/tmp/runs")
     plan = depth.plan("conflicts6")
-    twelve = {run.config for run in depth.plan("depth12") if run.config != "deebert"}
+    twelve = {run.config for phase in ("depth12", "depth12_small") for run in depth.plan(phase)
+              if run.config != "deebert"}
     assert {run.config for run in plan} == twelve and len(plan) == len(twelve)
     methods6 = {run.config: run for run in depth.plan("methods6") if run.task == "sst2"}
     for run in plan:
