@@ -228,6 +228,26 @@ def methods_section(runs: Path) -> list[str]:
     for run in depth_study.plan("depth12"):
         twin = six.get(run.config) or first_study_run(run.task, run.config)
         entries += [(run.config, "6 layers", twin), (run.config, "12 layers", run)]
+    return [*lines, *single_rows(runs, depth_study.DEPTH12_TASK, entries),
+            *small_section(runs)]
+
+
+def small_section(runs: Path) -> list[str]:
+    """Per-exit UPGrad at 12 layers on the subset's first sentences, beside the runs it is read
+    against on the same sentences and (where it ran) each one's 8,000-sentence run."""
+    rows = depth_study.DEPTH12_SMALL_ROWS
+    lines = [f"## 12 layers on {rows:,} sentences: per-exit UPGrad (SST-2)", "",
+             "Per-exit UPGrad's 8,000-sentence epoch at 12 layers does not fit the working "
+             "session a run must finish in (`depth12_small` in `bench/depth_study.py`). It and "
+             f"the runs it is read against trained on the first {rows:,} sentences of the same "
+             "seeded subset (one epoch, lr 5e-5, seed 42); the 8,000-sentence run of each "
+             "beside it.", ""]
+    full = {run.config: run for run in depth_study.plan("depth12")}
+    entries = []
+    for run in depth_study.plan("depth12_small"):
+        entries.append((run.config, f"{rows:,} sentences", run))
+        if run.config in full:
+            entries.append((run.config, "8,000 sentences", full[run.config]))
     return [*lines, *single_rows(runs, depth_study.DEPTH12_TASK, entries)]
 
 
@@ -269,25 +289,31 @@ def conflict_section(runs: Path) -> list[str]:
              "| configuration | layers | cells >= 10% | lower | middle | upper |",
              "| --- | ---: | ---: | ---: | ---: | ---: |"]
     six = {run.config: run for run in depth_study.plan("conflicts6")}
+    rows = f"{depth_study.DEPTH12_SMALL_ROWS:,} sentences"
     details: list[str] = []
-    for run in depth_study.plan("depth12"):
+    mapped: set[str] = set()  # configurations whose 6-layer map is in the table already
+    for run in [*depth_study.plan("depth12"), *depth_study.plan("depth12_small")]:
         if not set(depth_study.CONFLICT_LOGGING) <= set(run.logging):
             continue  # DeeBERT's stages train one group at a time
-        for layers, each in ((6, six[run.config]), (12, run)):
+        maps = [] if run.config in mapped else [("6", "6 layers", 6, six[run.config])]
+        maps.append(("12", "12 layers", 12, run) if run.phase == "depth12"
+                    else (f"12 ({rows})", f"12 layers, {rows}", 12, run))
+        mapped.add(run.config)
+        for label, title, layers, each in maps:
+            heading = f"### {run.config}, {title}"
             done = (each.folder(runs) / "results.json").is_file()
             found = run_conflict_map(each.folder(runs)) if done else None  # whole runs only
             if found is None:
                 state = ("finished, but its log holds no per-block cosines" if done
                          else "not finished")
-                lines.append(f"| {run.config} | {layers} | {state} | | | |")
-                details += [f"### {run.config}, {layers} layers", "", state.capitalize() + ".",
-                            ""]
+                lines.append(f"| {run.config} | {label} | {state} | | | |")
+                details += [heading, "", state.capitalize() + ".", ""]
                 continue
             said = verdict(found)
             cells = " | ".join("-" if share is None else f"{share * 100:.1f}%"
                                for share in thirds_of(found, layers))
-            lines.append(f"| {run.config} | {layers} | {len(said.hot)}/{said.cells} | {cells} |")
-            details += [f"### {run.config}, {layers} layers", "", *markdown_lines(found)]
+            lines.append(f"| {run.config} | {label} | {len(said.hot)}/{said.cells} | {cells} |")
+            details += [heading, "", *markdown_lines(found)]
     return [*lines, "", *reproduction_lines(runs), *details]
 
 

@@ -388,3 +388,35 @@ def test_the_studys_depth_answers_quote_only_numbers_of_the_depth_study_report()
         "\n## ", 1)[1]
     assert_quotes_only(section, tables, at_least=20, message=(
         "docs/study.md's depth answers quote {number}, which docs/depth_study.md lacks"))
+
+
+def test_the_3000_sentence_runs_get_their_own_table_and_conflict_rows(depth, report, tmp_path):
+    """Per-exit UPGrad's shrunk 12-layer run is reported beside the references on the same
+    sentences (and their 8,000-sentence runs), and its conflict map beside its 6-layer twin's;
+    a configuration mapped at both sizes shows its 6-layer map once."""
+    small = {run.config: run for run in depth.plan("depth12_small")}
+    full = {run.config: run for run in depth.plan("depth12")}
+    right = torch.ones(16, dtype=torch.bool)
+    right[:3] = False  # 13 of 16
+    write_finished(small["exit_upgrad"].folder(tmp_path), right)
+    write_finished(full["deebert"].folder(tmp_path), torch.ones(16, dtype=torch.bool))
+    # the upper third conflicts on every measured step, the lower on none (12 layers)
+    lines = [json.dumps({"step": step, "cosine/encoder.layers.0/exit1/exit2": 0.3,
+                         "conflict/encoder.layers.0/exit1/exit2": 0,
+                         "cosine/encoder.layers.11/exit11/exit12": -0.2,
+                         "conflict/encoder.layers.11/exit11/exit12": 1}) for step in (5, 10)]
+    (small["exit_upgrad"].folder(tmp_path) / "train_log.jsonl").write_text("\n".join(lines))
+
+    rows = {tuple(cell.strip() for cell in line.split("|")[1:3]): line
+            for line in report.small_section(tmp_path) if line.startswith("| ")}
+    assert float(rows["exit_upgrad", "3,000 sentences"].split("|")[-2]) == 81.25
+    assert float(rows["deebert", "8,000 sentences"].split("|")[-2]) == 100.0
+    assert rows["deebert", "3,000 sentences"].count(" - ") == len(report.BUDGETS)
+    assert ("exit_upgrad", "8,000 sentences") not in rows  # it never ran on all of them
+
+    section = report.conflict_section(tmp_path)
+    table = [line for line in section if line.startswith("| ") and line.count("|") == 7]
+    assert "| exit_upgrad | 12 (3,000 sentences) | 1/2 | 0.0% | - | 100.0% |" in table
+    assert [line.split("|")[2].strip() for line in table if line.startswith(
+        "| romebert_sd |")] == ["6", "12", "12 (3,000 sentences)"]
+    assert "### exit_upgrad, 12 layers, 3,000 sentences" in section
