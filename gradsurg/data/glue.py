@@ -228,9 +228,10 @@ def _parse_label(spec: TaskSpec, raw: str, where: str) -> int | float:
                         f"(allowed: {allowed})") from None
 
 
-def _check_max_rows(max_rows: int | None) -> None:
+def _check_max_rows(max_rows: int | None, name: str = "max_rows") -> None:
+    """`name`: the argument as the caller's signature spells it, for the error."""
     if max_rows is not None and (type(max_rows) is not int or max_rows < 0):
-        raise ConfigError(f"max_rows must be None or a non-negative integer, got {max_rows!r}")
+        raise ConfigError(f"{name} must be None or a non-negative integer, got {max_rows!r}")
 
 
 def read_glue_tsv(path: str | os.PathLike[str], task: str | TaskSpec, *,
@@ -361,7 +362,7 @@ def load_glue_sample(task: str | TaskSpec, split: str, *, rows: int, seed: int,
     when it has no more rows), without first building the whole split as a Dataset, which on a
     large split (MNLI's 393k rows) costs more than reading it."""
     spec = get_task(task)
-    _check_max_rows(rows)
+    _check_max_rows(rows, "rows")
     root = resolve_data_dir(data_dir)
     if root is None:
         data = _load_from_hub(spec, split, max_rows=None)
