@@ -41,7 +41,8 @@ Phases (MiniLM, the screening's tasks: STS-B and the seeded 8,000-sentence SST-2
   too: its 8,000-sentence epoch does not fit the working session a run must finish in.
 - `seeds12`: seeds 43 and 44 of the 12-layer runs of DeeBERT, RomeBERT-SD (the sum) and the
   best other 12-layer configuration by the first study's rule (area under the metric-vs-time
-  curve at seed 42); it refuses to start before the 12-layer phase has finished.
+  curve at seed 42). DeeBERT's and RomeBERT-SD's seeds are planned from the start; the best
+  other configuration's join once the 12-layer phase has finished (which picks it).
 
 Runs are launched by `bench/study.py`'s launcher: the real CLI, resumable (`--resume`), one CPU
 thread each, niced, each folder recording its commit and command. Run from a worktree pinned to
@@ -179,10 +180,6 @@ class Run:
         return [*study.run_command(self.config, sets, self.folder(runs), CONFIGS), "--resume"]
 
 
-class PhaseNotReady(Exception):
-    """A phase whose plan depends on runs that have not finished."""
-
-
 def depth12_run(config: str, seed: int = 42, *, train_rows: int | None = None) -> Run:
     """One 12-layer run: the screening's SST-2 run on mpnet-base, logging its conflict map when
     it trains two or more groups at once; `train_rows`: on that many of its sentences instead
@@ -274,11 +271,8 @@ def plan(phase: str, runs: Path | None = None) -> list[Run | ElbertRun]:
         if runs is None:
             raise ValueError("the seeds12 phase needs the runs folder to pick its best config")
         best = best_depth12_config(runs)
-        if best is None:
-            raise PhaseNotReady("seeds12 picks its configurations from the finished 12-layer "
-                                "phase; run --phase depth12 first")
-        return [depth12_run(config, seed) for config in seeded_depth12_configs(best)
-                for seed in study.SEEDS[1:]]
+        configs = list(ALWAYS_SEEDED_12) if best is None else seeded_depth12_configs(best)
+        return [depth12_run(config, seed) for config in configs for seed in study.SEEDS[1:]]
     if phase == "elbert":
         return [ElbertRun(init, seed) for seed in study.SEEDS for init in ELBERT_INITS]
     if phase == "conflicts6":
@@ -316,10 +310,10 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--list", action="store_true", help="list the runs and their state")
     args = parser.parse_args()
-    try:
-        runs = plan(args.phase, args.runs)
-    except PhaseNotReady as error:
-        sys.exit(f"error: {error}")
+    runs = plan(args.phase, args.runs)
+    if args.phase == "seeds12" and best_depth12_config(args.runs) is None:
+        print("note: the best other 12-layer configuration's seeds join once the depth12 "
+              "phase has finished; planned now: DeeBERT's and RomeBERT-SD's", file=sys.stderr)
     todo = [r for r in runs if not (r.folder(args.runs) / "results.json").is_file()]
     if args.list:
         for r in runs:

@@ -190,21 +190,23 @@ def finish(run, runs_dir: Path, auc: float) -> None:
     (run.folder(runs_dir) / "results.json").write_text(json.dumps({"tradeoff": {"auc": auc}}))
 
 
-def test_seeds12_waits_for_the_12_layer_phase_then_seeds_deebert_the_sum_and_the_best(
+def test_seeds12_seeds_deebert_and_the_sum_at_once_and_the_best_once_the_12_layers_are_in(
         depth, monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(backbones, "find_parts", lambda model: ([], "0"))
     first = depth.plan("depth12")
-    areas = {"romebert": 0.61, "romebert_reversed": 0.60, "exit_upgrad": 0.58, "pcd": 0.63,
+    areas = {"romebert": 0.61, "romebert_reversed": 0.60, "pcd": 0.63,
              "blockwise_project": 0.55, "gradient_equilibrium": 0.62,
              "deebert": 0.99, "romebert_sd": 0.98}  # the always-seeded two are not candidates
     for run in first[:-1]:
         finish(run, tmp_path, areas[run.config])
     monkeypatch.setattr(sys, "argv", ["depth_study.py", "--phase", "seeds12", "--runs",
-                                      str(tmp_path)])
-    with pytest.raises(SystemExit) as refused:
-        depth.main()
-    assert str(refused.value).startswith("error: seeds12 picks its configurations from the "
-                                         "finished 12-layer phase")
+                                      str(tmp_path), "--list"])
+    depth.main()
+    listed, said = capsys.readouterr()
+    assert [line.split("/")[-3:] for line in listed.splitlines()] == [
+        [config, "model=mpnet-base,lr=5e-5", f"seed-{seed}"]
+        for config in ("deebert", "romebert_sd") for seed in (43, 44)]
+    assert said.startswith("note: the best other 12-layer configuration's seeds join once")
     finish(first[-1], tmp_path, areas[first[-1].config])
     seeds = depth.plan("seeds12", tmp_path)
     assert [(run.config, run.seed) for run in seeds] == [
@@ -331,7 +333,9 @@ def test_seeds_section_waits_then_shows_each_seed_and_the_mean_over_three(depth,
                                                                           tmp_path):
     import statistics
 
-    assert "Not started" in "\n".join(report.seeds_section(tmp_path))
+    waiting = "\n".join(report.seeds_section(tmp_path))
+    assert "The best other configuration is picked once" in waiting
+    assert "| deebert | 43 | - |" in waiting and "| romebert_sd | 44 | - |" in waiting
     first = depth.plan("depth12")
     for index, run in enumerate(first):
         right = torch.ones(16, dtype=torch.bool)
