@@ -6,6 +6,7 @@
     GLUE_DIR=../shared/glue_data python bench/depth_study.py --phase depth12
     GLUE_DIR=../shared/glue_data python bench/depth_study.py --phase depth12_small --jobs 2
     GLUE_DIR=../shared/glue_data python bench/depth_study.py --phase seeds12
+    GLUE_DIR=../shared/glue_data python bench/depth_study.py --phase depth12 --phase seeds12
     python bench/depth_study.py --list [--phase tuned]
 
 Phases (MiniLM, the screening's tasks: STS-B and the seeded 8,000-sentence SST-2 subset):
@@ -305,13 +306,17 @@ PHASES = ("tuned", "matched", "methods6", "conflicts6", "elbert", "depth12", "de
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--phase", choices=PHASES, default="tuned")
+    parser.add_argument("--phase", choices=PHASES, action="append",
+                        help="default tuned; given more than once, the phases' runs in the "
+                             "order given share the --jobs lanes (a session's last runs of one "
+                             "phase beside the next one's first)")
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "depth_study")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--list", action="store_true", help="list the runs and their state")
     args = parser.parse_args()
-    runs = plan(args.phase, args.runs)
-    if args.phase == "seeds12" and best_depth12_config(args.runs) is None:
+    phases = list(dict.fromkeys(args.phase or ["tuned"]))
+    runs = [run for phase in phases for run in plan(phase, args.runs)]
+    if "seeds12" in phases and best_depth12_config(args.runs) is None:
         print("note: the best other 12-layer configuration's seeds join once the depth12 "
               "phase has finished; planned now: DeeBERT's and RomeBERT-SD's", file=sys.stderr)
     todo = [r for r in runs if not (r.folder(args.runs) / "results.json").is_file()]

@@ -207,6 +207,14 @@ def test_seeds12_seeds_deebert_and_the_sum_at_once_and_the_best_once_the_12_laye
         [config, "model=mpnet-base,lr=5e-5", f"seed-{seed}"]
         for config in ("deebert", "romebert_sd") for seed in (43, 44)]
     assert said.startswith("note: the best other 12-layer configuration's seeds join once")
+    # two phases share the lanes: the 12-layer phase's last run first, then the seeds
+    monkeypatch.setattr(sys, "argv", ["depth_study.py", "--phase", "depth12", "--phase",
+                                      "seeds12", "--runs", str(tmp_path), "--list"])
+    depth.main()
+    listed = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert listed == [["done", str(run.folder(tmp_path))] for run in first[:-1]] + [
+        ["todo", str(run.folder(tmp_path))]
+        for run in [first[-1], *depth.plan("seeds12", tmp_path)]]
     finish(first[-1], tmp_path, areas[first[-1].config])
     seeds = depth.plan("seeds12", tmp_path)
     assert [(run.config, run.seed) for run in seeds] == [
