@@ -186,11 +186,9 @@ def depth12_run(config: str, seed: int = 42, *, train_rows: int | None = None) -
     it trains two or more groups at once; `train_rows`: on that many of its sentences instead
     (the `depth12_small` phase)."""
     logging = () if config in study.TWO_STAGE else CONFLICT_LOGGING
-    if train_rows is None:
-        return Run("depth12", DEPTH12_TASK, config, DEPTH12_SETTING, seed,
-                   logging=(*logging, *DEPTH12_CHECKPOINTS))
-    return Run("depth12_small", DEPTH12_TASK, config,
-               (*DEPTH12_SETTING, f"train_rows={train_rows}"), seed,
+    phase, rows = ("depth12", ()) if train_rows is None else (
+        "depth12_small", (f"train_rows={train_rows}",))
+    return Run(phase, DEPTH12_TASK, config, (*DEPTH12_SETTING, *rows), seed,
                logging=(*logging, *DEPTH12_CHECKPOINTS))
 
 
